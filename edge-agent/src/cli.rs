@@ -1,0 +1,251 @@
+//! Command-line interface **(contract: see docs/cli.md)**.
+
+use crate::build;
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use mote_runtime::backend::BackendChoice;
+use mote_runtime::{kserve, DeploymentSpec, Limits, Receipt, Runtime, RuntimeConfig};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// mote: sandboxed WebAssembly inference for edge GPU nodes.
+#[derive(Parser, Debug)]
+#[command(name = "mote", version, about)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one job: a guest component on one KServe v2 request.
+    Run(RunArgs),
+    /// Build a guest crate or workspace into components.
+    Build {
+        /// Crate or workspace directory.
+        dir: PathBuf,
+        /// Where to write NAME.wasm components.
+        #[arg(long, default_value = "build/guests")]
+        out: PathBuf,
+        /// Toolchain: wasip2 (rustup target) or build-std (distribution rustc).
+        #[arg(long)]
+        toolchain: Option<String>,
+    },
+    /// Turn a wit-bindgen core module into a component.
+    Componentize {
+        /// Core wasm module.
+        input: PathBuf,
+        /// Output component.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Check a receipt's signature and, optionally, its hashes.
+    Verify {
+        /// Receipt JSON file.
+        receipt: PathBuf,
+        /// The guest component the receipt should name.
+        #[arg(long)]
+        guest: Option<PathBuf>,
+        /// Model files the receipt should list (repeatable).
+        #[arg(long)]
+        model: Vec<PathBuf>,
+        /// The request JSON the receipt should hash.
+        #[arg(long)]
+        input: Option<PathBuf>,
+    },
+    /// Print what this node can do (backends, devices, node id) as JSON.
+    Specs,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Guest component (.wasm).
+    guest: PathBuf,
+    /// KServe v2 infer request (JSON file, `-` for stdin).
+    #[arg(long)]
+    input: PathBuf,
+    /// A model the guest may load by name: NAME=PATH.onnx (repeatable).
+    #[arg(long = "model", value_name = "NAME=PATH")]
+    models: Vec<String>,
+    /// Backend: auto, ort-cpu or ort-cuda.
+    #[arg(long, default_value = "auto")]
+    backend: String,
+    /// Write the signed receipt here.
+    #[arg(long)]
+    receipt: Option<PathBuf>,
+    /// Fuel limit (default: the built-in default).
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Deadline in milliseconds.
+    #[arg(long)]
+    deadline_ms: Option<u64>,
+    /// Linear memory limit in MiB.
+    #[arg(long)]
+    memory_mb: Option<u64>,
+    /// Use an ephemeral node key instead of the one in the data directory.
+    #[arg(long)]
+    ephemeral_key: bool,
+}
+
+pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => run_job(args),
+        Command::Build { dir, out, toolchain } => {
+            let tc = match toolchain.as_deref() {
+                None => None,
+                Some("wasip2") => Some(build::Toolchain::Wasip2),
+                Some("build-std") => Some(build::Toolchain::BuildStd),
+                Some(other) => bail!("--toolchain {other}: expected wasip2 or build-std"),
+            };
+            build::build(&dir, &out, tc)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Componentize { input, output } => {
+            let module = std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
+            let component = build::componentize(&module)?;
+            std::fs::write(&output, component).with_context(|| format!("writing {}", output.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { receipt, guest, model, input } => verify(receipt, guest, model, input),
+        Command::Specs => specs(),
+    }
+}
+
+fn read(path: &PathBuf) -> Result<Vec<u8>> {
+    if path.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).context("reading stdin")?;
+        return Ok(buf);
+    }
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn parse_request_file(path: &PathBuf) -> Result<mote_runtime::Request> {
+    let text = read(path)?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    kserve::parse_request(&json).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+fn run_job(args: RunArgs) -> Result<ExitCode> {
+    let backend = BackendChoice::parse(&args.backend).map_err(anyhow::Error::msg)?;
+    let guest = read(&args.guest)?;
+    let mut models = Vec::new();
+    for m in &args.models {
+        let (name, path) = m.split_once('=').with_context(|| format!("--model {m}: expected NAME=PATH"))?;
+        let bytes = std::fs::read(path).with_context(|| format!("reading model {path}"))?;
+        models.push((name.to_string(), bytes));
+    }
+    let request = parse_request_file(&args.input)?;
+    let mut limits = Limits::default();
+    if let Some(f) = args.fuel {
+        limits.fuel = f;
+    }
+    if let Some(d) = args.deadline_ms {
+        limits.deadline_ms = d;
+    }
+    if let Some(m) = args.memory_mb {
+        limits.memory_bytes = m << 20;
+    }
+    let config = RuntimeConfig {
+        data_dir: if args.ephemeral_key { None } else { RuntimeConfig::default().data_dir },
+        pool_instances: 4,
+        ..RuntimeConfig::default()
+    };
+    let runtime = Runtime::new(config).map_err(anyhow::Error::msg)?;
+    if let BackendChoice::Fixed(_) = backend {
+        // A backend asked for by name must exist; say so before running.
+        runtime.backend_device(backend).map_err(anyhow::Error::msg)?;
+    }
+    let name = args.guest.file_stem().map_or_else(|| "guest".into(), |s| s.to_string_lossy().into_owned());
+    let deployment = runtime.deploy(DeploymentSpec { name: name.clone(), guest, models, limits, backend })?;
+    let report = deployment.run(&request);
+    for line in &report.log {
+        eprintln!("[guest {:?}] {}", line.level, line.message);
+    }
+    let r = &report.receipt;
+    eprintln!(
+        "usage: outcome={} fuel={} wall={:.3}ms backend={:.3}ms bytes_in={} bytes_out={} peak_memory={}KiB graphs={} backend={} device={:?} price={}",
+        r.outcome,
+        r.usage.fuel,
+        r.usage.wall_ns as f64 / 1e6,
+        r.usage.backend_ns as f64 / 1e6,
+        r.usage.bytes_in,
+        r.usage.bytes_out,
+        r.usage.peak_memory_bytes / 1024,
+        r.usage.graphs_loaded,
+        r.backend,
+        r.device,
+        r.price_units
+    );
+    if let Some(path) = &args.receipt {
+        std::fs::write(path, r.to_json_pretty()).with_context(|| format!("writing {}", path.display()))?;
+    }
+    match report.result {
+        Ok(response) => {
+            let json = kserve::response_json(&response, Some(&name)).map_err(anyhow::Error::msg)?;
+            println!("{}", serde_json::to_string(&json)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: job failed ({}): {}", e.outcome, e.message);
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+fn verify(receipt: PathBuf, guest: Option<PathBuf>, models: Vec<PathBuf>, input: Option<PathBuf>) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(&receipt).with_context(|| format!("reading {}", receipt.display()))?;
+    let r = Receipt::verify_json(&text).map_err(|e| anyhow::anyhow!("{}: {e}", receipt.display()))?;
+    let mut problems = Vec::new();
+    if let Some(g) = guest {
+        let sha = mote_runtime::receipt::sha256_hex(&read(&g)?);
+        if sha != r.guest_sha256 {
+            problems.push(format!("guest {} has sha256 {sha}, the receipt names {}", g.display(), r.guest_sha256));
+        }
+    }
+    for m in models {
+        let sha = mote_runtime::receipt::sha256_hex(&read(&m)?);
+        if !r.model_sha256.contains(&sha) {
+            problems.push(format!("model {} (sha256 {sha}) is not among the receipt's models", m.display()));
+        }
+    }
+    if let Some(i) = input {
+        let req = parse_request_file(&i)?;
+        let sha = mote_runtime::digest(&req.inputs, &req.parameters);
+        if sha != r.input_sha256 {
+            problems.push(format!("request {} hashes to {sha}, the receipt has {}", i.display(), r.input_sha256));
+        }
+    }
+    if !problems.is_empty() {
+        bail!("{}: signature valid, but {}", receipt.display(), problems.join("; "));
+    }
+    println!("ok: receipt {} signed by node {} (outcome {}, {} price units)", r.job_id, r.node_id, r.outcome, r.price_units);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn specs() -> Result<ExitCode> {
+    let runtime = Runtime::new(RuntimeConfig::default()).map_err(anyhow::Error::msg)?;
+    let device = |choice| match runtime.backend_device(choice) {
+        Ok((k, d)) => serde_json::json!({"available": true, "backend": k.as_str(), "device": d}),
+        Err(e) => serde_json::json!({"available": false, "reason": e}),
+    };
+    let ort = match mote_runtime::backend::ort::OrtBackend::probe() {
+        Ok(p) => serde_json::to_value(p)?,
+        Err(e) => serde_json::json!({"error": e}),
+    };
+    let specs = serde_json::json!({
+        "node_id": runtime.node_id(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "arch": std::env::consts::ARCH,
+        "onnxruntime": ort,
+        "backends": {
+            "ort-cpu": device(BackendChoice::Fixed(mote_runtime::backend::BackendKind::OrtCpu)),
+            "ort-cuda": device(BackendChoice::Fixed(mote_runtime::backend::BackendKind::OrtCuda)),
+            "auto": device(BackendChoice::Auto),
+        },
+    });
+    println!("{}", serde_json::to_string_pretty(&specs)?);
+    Ok(ExitCode::SUCCESS)
+}

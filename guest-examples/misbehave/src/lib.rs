@@ -1,0 +1,70 @@
+//! A guest that misbehaves on purpose, for the runtime's limit tests. The
+//! request parameter `mode` picks the misbehaviour.
+
+use mote_sdk::{log, Graph, Handler, HandlerError, Request, Response, Target, Tensor, TensorData, TensorType, IoTensor};
+
+struct Misbehave;
+
+fn param<'a>(req: &'a Request, key: &str) -> Option<&'a str> {
+    req.parameters.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+impl Handler for Misbehave {
+    fn handle(req: Request) -> Result<Response, HandlerError> {
+        let mode = param(&req, "mode").unwrap_or("ok");
+        match mode {
+            "ok" => Ok(Response { outputs: vec![IoTensor::from_f32("ok", &[1], &[1.0])], parameters: vec![] }),
+            "spin" => {
+                let mut x: u64 = 1;
+                loop {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            }
+            "grow" => {
+                let mut hog: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hog.push(vec![1u8; 16 << 20]);
+                    std::hint::black_box(&hog);
+                }
+            }
+            "huge-tensor" => {
+                // Claims a 4 GiB × 4 tensor with a few bytes of data.
+                let t = Tensor::new(TensorType::Fp32, &[65536, 65536, 4], &[0u8; 16]);
+                Ok(Response { outputs: vec![t.to_io("never")], parameters: vec![] })
+            }
+            "bad-onnx" => match Graph::load_onnx(b"this is not an onnx model", Target::Cpu) {
+                Ok(_) => Err(HandlerError::BackendError("garbage loaded as a model".into())),
+                Err(e) => Ok(Response {
+                    outputs: vec![IoTensor::from_strings("error", &[1], &[&e.to_string()])],
+                    parameters: vec![],
+                }),
+            },
+            "missing-model" => {
+                let e = Graph::by_name("no-such-model").err().map(|e| e.to_string()).unwrap_or_default();
+                Ok(Response { outputs: vec![IoTensor::from_strings("error", &[1], &[&e])], parameters: vec![] })
+            }
+            "gpu" => match Graph::load_onnx(b"irrelevant", Target::Gpu) {
+                Ok(_) => Err(HandlerError::BackendError("gpu load unexpectedly succeeded".into())),
+                Err(e) => Ok(Response {
+                    outputs: vec![IoTensor::from_strings("error", &[1], &[&e.to_string()])],
+                    parameters: vec![],
+                }),
+            },
+            "panic" => panic!("the guest panicked on purpose"),
+            "log" => {
+                log::info("hello from the guest log");
+                println!("hello from stdout");
+                eprintln!("hello from stderr");
+                let u = mote_sdk::usage();
+                Ok(Response {
+                    outputs: vec![IoTensor::from_i64("fuel", &[1], &[u.fuel as i64])],
+                    parameters: vec![("peak_memory_bytes".into(), u.peak_memory_bytes.to_string())],
+                })
+            }
+            "invalid" => Err(HandlerError::InvalidInput("the guest refused the request".into())),
+            other => Err(HandlerError::InvalidInput(format!("unknown mode '{other}'"))),
+        }
+    }
+}
+
+mote_sdk::export_handler!(Misbehave);

@@ -1,0 +1,176 @@
+//! Inference backends behind one trait stack.
+//!
+//! The shape follows wasmtime-wasi-nn (`Backend → BackendGraph →
+//! BackendExecutionContext`) with two differences that matter for a
+//! multi-tenant node: a graph is shared (`Arc`) by every job that loads the
+//! same model, and state that cannot be shared safely lives in the execution
+//! context, which each job owns alone. There is no lock per graph.
+
+pub mod ort;
+
+use crate::tensor::ElementType;
+use std::fmt;
+use std::sync::Arc;
+
+/// Which engine runs a graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum BackendKind {
+    /// ONNX Runtime, CPU execution provider.
+    #[serde(rename = "ort-cpu")]
+    OrtCpu,
+    /// ONNX Runtime, CUDA execution provider.
+    #[serde(rename = "ort-cuda")]
+    OrtCuda,
+}
+
+impl BackendKind {
+    /// The name used on the command line and in receipts.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OrtCpu => "ort-cpu",
+            Self::OrtCuda => "ort-cuda",
+        }
+    }
+
+    /// Whether this backend runs on a GPU.
+    pub fn is_gpu(self) -> bool {
+        matches!(self, Self::OrtCuda)
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A deployment's backend choice: a fixed backend, or `auto`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum BackendChoice {
+    /// The best backend this node has: CUDA, else ORT CPU. Graphs loaded with
+    /// target `cpu` run on ORT CPU; target `gpu` needs a GPU backend.
+    #[default]
+    Auto,
+    /// Always this backend.
+    Fixed(BackendKind),
+}
+
+impl BackendChoice {
+    /// Parses `auto`, `ort-cpu` or `ort-cuda`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "ort-cpu" | "cpu" => Ok(Self::Fixed(BackendKind::OrtCpu)),
+            "ort-cuda" | "cuda" => Ok(Self::Fixed(BackendKind::OrtCuda)),
+            other => Err(format!("unknown backend '{other}': expected auto, ort-cpu or ort-cuda")),
+        }
+    }
+}
+
+impl fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Fixed(k) => k.fmt(f),
+        }
+    }
+}
+
+/// The class of a backend failure, mapped onto wasi-nn error codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendErrorKind {
+    /// The model bytes are not a valid model.
+    InvalidEncoding,
+    /// Inputs do not fit the model (names, types, shapes).
+    InvalidArgument,
+    /// The backend cannot do what was asked (operator, device, type).
+    Unsupported,
+    /// The backend failed while running.
+    Runtime,
+}
+
+/// A backend failure with a message for people.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct BackendError {
+    /// What kind of failure.
+    pub kind: BackendErrorKind,
+    /// What went wrong, and what to do where that is known.
+    pub message: String,
+}
+
+impl BackendError {
+    /// Creates an error of `kind`.
+    pub fn new(kind: BackendErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+}
+
+/// Declared type of a graph input or output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// Input or output name.
+    pub name: String,
+    /// Element type as ONNX names it (`"float32"`, `"int64"`, …).
+    pub element: String,
+    /// Shape with `-1` for dynamic axes.
+    pub shape: Vec<i64>,
+}
+
+/// A borrowed input tensor.
+#[derive(Clone, Copy, Debug)]
+pub struct TensorView<'a> {
+    /// Element type.
+    pub ty: ElementType,
+    /// Shape.
+    pub dims: &'a [u32],
+    /// Row-major little-endian bytes.
+    pub data: &'a [u8],
+}
+
+/// An output tensor produced by a backend.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OwnedTensor {
+    /// Element type.
+    pub ty: ElementType,
+    /// Shape.
+    pub dims: Vec<u32>,
+    /// Row-major little-endian bytes.
+    pub data: Vec<u8>,
+}
+
+/// The device a backend computes on, as recorded in receipts.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceInfo {
+    /// Backend that owns the device.
+    pub backend: BackendKind,
+    /// Human-readable device name, e.g. `cpu (x86_64, 2 threads)`.
+    pub name: String,
+}
+
+/// An engine that turns model bytes into graphs.
+pub trait Backend: Send + Sync {
+    /// Which backend this is.
+    fn kind(&self) -> BackendKind;
+    /// The device it computes on.
+    fn device(&self) -> &DeviceInfo;
+    /// Loads an ONNX model.
+    fn load(&self, model: Arc<[u8]>) -> Result<Arc<dyn BackendGraph>, BackendError>;
+}
+
+/// A loaded model, shareable by any number of jobs.
+pub trait BackendGraph: Send + Sync {
+    /// Opens a context that computes independently of all others.
+    fn init_execution_context(&self) -> Result<Box<dyn BackendExecutionContext>, BackendError>;
+    /// The model's declared inputs.
+    fn inputs(&self) -> &[TensorInfo];
+    /// The model's declared outputs.
+    fn outputs(&self) -> &[TensorInfo];
+}
+
+/// One job's inference state over a graph.
+pub trait BackendExecutionContext: Send {
+    /// Runs the graph on named inputs; returns every output, by name, in the
+    /// model's output order.
+    fn compute(&mut self, inputs: &[(&str, TensorView<'_>)]) -> Result<Vec<(String, OwnedTensor)>, BackendError>;
+}

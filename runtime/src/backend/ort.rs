@@ -1,0 +1,458 @@
+//! ONNX Runtime backend (`ort`, loaded dynamically).
+//!
+//! The library is not linked at build time: it is found at run time
+//! (`ORT_DYLIB_PATH`, then the project's `deps/onnxruntime/`), so one `mote`
+//! binary works with the CPU wheel and with `onnxruntime-gpu`.
+//!
+//! `ort::Session::run` needs `&mut Session` (some ORT allocators are not
+//! thread safe), so a graph keeps a pool of sessions for the same model: an
+//! execution context takes one for its lifetime and gives it back on drop.
+//! Sequential jobs reuse one session (no rebuild); concurrent jobs get their
+//! own and never wait on each other.
+
+use super::{
+    Backend, BackendError, BackendErrorKind, BackendExecutionContext, BackendGraph, BackendKind, DeviceInfo,
+    OwnedTensor, TensorInfo, TensorView,
+};
+use crate::tensor::ElementType;
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynValue, TensorElementType, TensorRefMut, ValueType};
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// File names the ONNX Runtime shared library is found under.
+const LIB_PREFIX: &str = "libonnxruntime.so";
+
+/// Finds the ONNX Runtime shared library: `ORT_DYLIB_PATH`, then
+/// `MOTE_DEPS_DIR/onnxruntime/`, then `deps/onnxruntime/` beside the source
+/// tree or any ancestor of the running executable.
+pub fn find_library() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("ORT_DYLIB_PATH points to {}, which is not a file", p.display()))
+        };
+    }
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(d) = std::env::var_os("MOTE_DEPS_DIR") {
+        dirs.push(PathBuf::from(d).join("onnxruntime"));
+    }
+    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deps/onnxruntime"));
+    if let Ok(exe) = std::env::current_exe() {
+        dirs.extend(exe.ancestors().skip(1).map(|a| a.join("deps/onnxruntime")));
+    }
+    for dir in &dirs {
+        if let Some(lib) = library_in(dir) {
+            return Ok(lib);
+        }
+    }
+    Err(format!(
+        "ONNX Runtime library not found (looked in ORT_DYLIB_PATH and {}); run `make setup` \
+         (scripts/setup.sh) to install it, or set ORT_DYLIB_PATH to libonnxruntime.so",
+        dirs.first().map_or_else(String::new, |d| d.display().to_string())
+    ))
+}
+
+fn library_in(dir: &Path) -> Option<PathBuf> {
+    let exact = dir.join(LIB_PREFIX);
+    if exact.is_file() {
+        return Some(exact);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(LIB_PREFIX)))
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// The process-wide ORT environment (the library can be loaded only once).
+struct OrtEnv {
+    env: ort::environment::Environment,
+    library: PathBuf,
+    cuda_provider: bool,
+}
+
+fn environment() -> Result<&'static OrtEnv, BackendError> {
+    static ENV: OnceLock<Result<OrtEnv, String>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let library = find_library()?;
+        let env = ort::init_from(&library)
+            .map_err(|e| format!("loading ONNX Runtime from {}: {e}", library.display()))?
+            .with_name("mote")
+            .with_telemetry(false)
+            .build()
+            .map_err(|e| format!("initialising ONNX Runtime: {e}"))?;
+        let cuda_provider = <ort::ep::CUDA as ort::ep::ExecutionProvider>::is_available().unwrap_or(false);
+        Ok(OrtEnv { env, library, cuda_provider })
+    })
+    .as_ref()
+    .map_err(|e| BackendError::new(BackendErrorKind::Unsupported, e.clone()))
+}
+
+/// What this node's ONNX Runtime can do, for `mote specs` and receipts.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OrtProbe {
+    /// Path of the loaded library.
+    pub library: String,
+    /// Whether the library carries the CUDA execution provider.
+    pub cuda_provider: bool,
+    /// Whether a CUDA device accepted a session (`None` without provider).
+    pub cuda_device: Option<Result<(), String>>,
+}
+
+/// ONNX Runtime on one execution provider.
+pub struct OrtBackend {
+    kind: BackendKind,
+    device: DeviceInfo,
+    intra_threads: usize,
+    sessions_built: Arc<AtomicU64>,
+}
+
+impl OrtBackend {
+    /// ONNX Runtime on the CPU execution provider.
+    pub fn cpu(intra_threads: usize) -> Result<Self, BackendError> {
+        let env = environment()?;
+        let threads = if intra_threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            intra_threads
+        };
+        tracing::debug!(library = %env.library.display(), "ONNX Runtime loaded");
+        Ok(Self {
+            kind: BackendKind::OrtCpu,
+            device: DeviceInfo {
+                backend: BackendKind::OrtCpu,
+                name: format!("cpu ({}, {threads} threads)", std::env::consts::ARCH),
+            },
+            intra_threads,
+            sessions_built: Arc::default(),
+        })
+    }
+
+    /// ONNX Runtime on the CUDA execution provider, device 0. Fails with a
+    /// clear message when the library has no CUDA provider or no device
+    /// accepts a session.
+    pub fn cuda(intra_threads: usize) -> Result<Self, BackendError> {
+        let env = environment()?;
+        if !env.cuda_provider {
+            return Err(BackendError::new(
+                BackendErrorKind::Unsupported,
+                format!(
+                    "no CUDA: the ONNX Runtime at {} has no CUDA execution provider (install onnxruntime-gpu)",
+                    env.library.display()
+                ),
+            ));
+        }
+        let backend = Self {
+            kind: BackendKind::OrtCuda,
+            device: DeviceInfo { backend: BackendKind::OrtCuda, name: "cuda:0".into() },
+            intra_threads,
+            sessions_built: Arc::default(),
+        };
+        // A device answers only if a real session can be placed on it.
+        backend.build_session(&identity_model()).map_err(|e| {
+            BackendError::new(BackendErrorKind::Unsupported, format!("no CUDA: no device accepted a session: {e}"))
+        })?;
+        backend.sessions_built.store(0, Ordering::Relaxed);
+        Ok(backend)
+    }
+
+    /// Loads the library and reports what it can do, without failing.
+    pub fn probe() -> Result<OrtProbe, String> {
+        let env = environment().map_err(|e| e.message)?;
+        let cuda_device = env.cuda_provider.then(|| Self::cuda(1).map(|_| ()).map_err(|e| e.message));
+        Ok(OrtProbe { library: env.library.display().to_string(), cuda_provider: env.cuda_provider, cuda_device })
+    }
+
+    /// Number of ORT sessions this backend has built (each is a full graph
+    /// optimisation, so caching shows up here).
+    pub fn sessions_built(&self) -> u64 {
+        self.sessions_built.load(Ordering::Relaxed)
+    }
+
+    fn build_session(&self, model: &[u8]) -> Result<Session, BackendError> {
+        let env = environment()?;
+        let fail = |e: ort::Error<ort::session::builder::SessionBuilder>| {
+            BackendError::new(BackendErrorKind::Runtime, format!("configuring ONNX Runtime session: {e}"))
+        };
+        let mut builder = Session::builder(&env.env)
+            .map_err(|e| BackendError::new(BackendErrorKind::Runtime, format!("creating ONNX Runtime session: {e}")))?;
+        if self.intra_threads > 0 {
+            builder = builder.with_intra_threads(self.intra_threads).map_err(fail)?;
+        }
+        if self.kind == BackendKind::OrtCuda {
+            builder = builder
+                .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
+                .map_err(fail)?;
+        }
+        let session = builder.commit_from_memory(model).map_err(|e| classify_load_error(&e))?;
+        self.sessions_built.fetch_add(1, Ordering::Relaxed);
+        Ok(session)
+    }
+}
+
+fn classify_load_error(e: &ort::Error) -> BackendError {
+    let msg = e.to_string();
+    let kind = if msg.contains("Protobuf parsing failed") || msg.contains("INVALID_PROTOBUF") || msg.contains("parse") {
+        BackendErrorKind::InvalidEncoding
+    } else if msg.contains("NOT_IMPLEMENTED") || msg.contains("Could not find an implementation") {
+        BackendErrorKind::Unsupported
+    } else {
+        BackendErrorKind::InvalidEncoding
+    };
+    BackendError::new(kind, format!("ONNX Runtime rejected the model: {msg}"))
+}
+
+impl Backend for OrtBackend {
+    fn kind(&self) -> BackendKind {
+        self.kind
+    }
+
+    fn device(&self) -> &DeviceInfo {
+        &self.device
+    }
+
+    fn load(&self, model: Arc<[u8]>) -> Result<Arc<dyn BackendGraph>, BackendError> {
+        let session = self.build_session(&model)?;
+        let inputs = session.inputs().iter().map(|o| info(o.name(), o.dtype())).collect();
+        let outputs = session.outputs().iter().map(|o| info(o.name(), o.dtype())).collect();
+        Ok(Arc::new(OrtGraph {
+            inner: Arc::new(GraphInner {
+                backend: OrtBackend {
+                    kind: self.kind,
+                    device: self.device.clone(),
+                    intra_threads: self.intra_threads,
+                    sessions_built: self.sessions_built.clone(),
+                },
+                model,
+                idle: Mutex::new(vec![session]),
+            }),
+            inputs,
+            outputs,
+        }))
+    }
+}
+
+fn info(name: &str, ty: &ValueType) -> TensorInfo {
+    match ty {
+        ValueType::Tensor { ty, shape, .. } => {
+            TensorInfo { name: name.to_string(), element: ty.to_string(), shape: shape.iter().copied().collect() }
+        }
+        other => TensorInfo { name: name.to_string(), element: other.to_string(), shape: vec![] },
+    }
+}
+
+struct GraphInner {
+    backend: OrtBackend,
+    model: Arc<[u8]>,
+    /// Sessions not in use by any execution context.
+    idle: Mutex<Vec<Session>>,
+}
+
+struct OrtGraph {
+    inner: Arc<GraphInner>,
+    inputs: Vec<TensorInfo>,
+    outputs: Vec<TensorInfo>,
+}
+
+impl BackendGraph for OrtGraph {
+    fn init_execution_context(&self) -> Result<Box<dyn BackendExecutionContext>, BackendError> {
+        let pooled = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let session = match pooled {
+            Some(s) => s,
+            None => self.inner.backend.build_session(&self.inner.model)?,
+        };
+        Ok(Box::new(OrtContext { session: Some(session), graph: self.inner.clone() }))
+    }
+
+    fn inputs(&self) -> &[TensorInfo] {
+        &self.inputs
+    }
+
+    fn outputs(&self) -> &[TensorInfo] {
+        &self.outputs
+    }
+}
+
+struct OrtContext {
+    session: Option<Session>,
+    graph: Arc<GraphInner>,
+}
+
+impl Drop for OrtContext {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            self.graph.idle.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+        }
+    }
+}
+
+fn element_of(t: ElementType) -> TensorElementType {
+    match t {
+        ElementType::F16 => TensorElementType::Float16,
+        ElementType::F32 => TensorElementType::Float32,
+        ElementType::F64 => TensorElementType::Float64,
+        ElementType::Bf16 => TensorElementType::Bfloat16,
+        ElementType::U8 => TensorElementType::Uint8,
+        ElementType::I32 => TensorElementType::Int32,
+        ElementType::I64 => TensorElementType::Int64,
+    }
+}
+
+fn element_from(t: TensorElementType) -> Option<ElementType> {
+    Some(match t {
+        TensorElementType::Float16 => ElementType::F16,
+        TensorElementType::Float32 => ElementType::F32,
+        TensorElementType::Float64 => ElementType::F64,
+        TensorElementType::Bfloat16 => ElementType::Bf16,
+        // Booleans are one byte 0/1, the same bytes as U8.
+        TensorElementType::Uint8 | TensorElementType::Bool => ElementType::U8,
+        TensorElementType::Int32 => ElementType::I32,
+        TensorElementType::Int64 => ElementType::I64,
+        _ => return None,
+    })
+}
+
+/// Wraps guest bytes as an ORT tensor without copying them.
+fn input_value<'a>(
+    view: &TensorView<'a>,
+    want: Option<TensorElementType>,
+) -> Result<SessionInputValue<'a>, BackendError> {
+    let mut ty = element_of(view.ty);
+    // A model input declared `bool` accepts U8 bytes (wasi-nn has no bool).
+    if view.ty == ElementType::U8 && want == Some(TensorElementType::Bool) {
+        ty = TensorElementType::Bool;
+    }
+    let shape = ort::value::Shape::new(view.dims.iter().map(|&d| i64::from(d)));
+    let count: usize = view.dims.iter().map(|&d| d as usize).product();
+    if count * view.ty.size() != view.data.len() {
+        return Err(BackendError::new(
+            BackendErrorKind::InvalidArgument,
+            format!("tensor data is {} bytes but shape {:?} needs {}", view.data.len(), view.dims, count * view.ty.size()),
+        ));
+    }
+    let info = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default)
+        .map_err(|e| BackendError::new(BackendErrorKind::Runtime, e.to_string()))?;
+    let ptr = view.data.as_ptr() as *mut std::ffi::c_void;
+    let misaligned = (ptr as usize) % view.ty.size() != 0;
+    macro_rules! wrap {
+        ($t:ty) => {{
+            if misaligned {
+                // Rare (the ABI copy is normally aligned): copy into an owned,
+                // aligned tensor.
+                let mut owned = ort::value::DynTensor::new(&ort::memory::Allocator::default(), ty, shape)
+                    .map_err(|e| BackendError::new(BackendErrorKind::Runtime, e.to_string()))?;
+                // SAFETY: the tensor was just allocated with exactly `data.len()` bytes on the CPU.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(view.data.as_ptr(), owned.data_ptr_mut().cast::<u8>(), view.data.len())
+                };
+                SessionInputValue::from(owned.into_dyn())
+            } else {
+                // SAFETY: `ptr` is CPU memory of `data.len()` bytes, aligned for
+                // the element type, and outlives the returned value ('a). ORT
+                // only reads input tensors.
+                let t: TensorRefMut<'a, $t> = unsafe { TensorRefMut::from_raw(info, ptr, shape) }
+                    .map_err(|e| BackendError::new(BackendErrorKind::InvalidArgument, e.to_string()))?;
+                SessionInputValue::from(t)
+            }
+        }};
+    }
+    Ok(match ty {
+        TensorElementType::Float16 => wrap!(half::f16),
+        TensorElementType::Float32 => wrap!(f32),
+        TensorElementType::Float64 => wrap!(f64),
+        TensorElementType::Bfloat16 => wrap!(half::bf16),
+        TensorElementType::Uint8 => wrap!(u8),
+        TensorElementType::Bool => wrap!(bool),
+        TensorElementType::Int32 => wrap!(i32),
+        TensorElementType::Int64 => wrap!(i64),
+        other => {
+            return Err(BackendError::new(BackendErrorKind::Unsupported, format!("unsupported input type {other}")));
+        }
+    })
+}
+
+fn output_tensor(name: &str, value: &DynValue) -> Result<OwnedTensor, BackendError> {
+    let ValueType::Tensor { ty, shape, .. } = value.dtype() else {
+        return Err(BackendError::new(
+            BackendErrorKind::Unsupported,
+            format!("output '{name}' is a {}, not a tensor; wasi-nn returns tensors only", value.dtype()),
+        ));
+    };
+    let elem = element_from(*ty).ok_or_else(|| {
+        BackendError::new(
+            BackendErrorKind::Unsupported,
+            format!("output '{name}' has element type {ty}, which wasi-nn cannot carry"),
+        )
+    })?;
+    let dims = shape
+        .iter()
+        .map(|&d| u32::try_from(d))
+        .collect::<Result<Vec<u32>, _>>()
+        .map_err(|_| BackendError::new(BackendErrorKind::Runtime, format!("output '{name}' has a bad shape")))?;
+    let len = dims.iter().map(|&d| d as usize).product::<usize>() * elem.size();
+    let tensor = value
+        .view()
+        .downcast::<ort::value::DynTensorValueType>()
+        .map_err(|e| BackendError::new(BackendErrorKind::Runtime, e.to_string()))?;
+    let ptr = tensor.data_ptr().cast::<u8>();
+    let data = if len == 0 || ptr.is_null() {
+        Vec::new()
+    } else {
+        // SAFETY: a CPU output tensor of `len` bytes (outputs are bound to
+        // CPU memory; for CUDA sessions ORT copies outputs back by default).
+        unsafe { std::slice::from_raw_parts(ptr, len) }.to_vec()
+    };
+    Ok(OwnedTensor { ty: elem, dims, data })
+}
+
+impl BackendExecutionContext for OrtContext {
+    fn compute(&mut self, inputs: &[(&str, TensorView<'_>)]) -> Result<Vec<(String, OwnedTensor)>, BackendError> {
+        let session = self.session.as_mut().expect("session present until drop");
+        let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
+        for (name, view) in inputs {
+            let declared = session.inputs().iter().find(|o| o.name() == *name).ok_or_else(|| {
+                let names: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
+                BackendError::new(
+                    BackendErrorKind::InvalidArgument,
+                    format!("the model has no input named '{name}' (inputs: {})", names.join(", ")),
+                )
+            })?;
+            let want = declared.dtype().tensor_type();
+            values.push((Cow::Borrowed(*name), input_value(view, want)?));
+        }
+        let outputs = session.run(values).map_err(|e| {
+            let msg = e.to_string();
+            let kind = if msg.contains("Invalid rank")
+                || msg.contains("Got invalid dimensions")
+                || msg.contains("Unexpected input data type")
+                || msg.contains("Missing Input")
+            {
+                BackendErrorKind::InvalidArgument
+            } else {
+                BackendErrorKind::Runtime
+            };
+            BackendError::new(kind, format!("inference failed: {msg}"))
+        })?;
+        let mut result = Vec::with_capacity(outputs.len());
+        for (name, value) in outputs.iter() {
+            result.push((name.to_string(), output_tensor(name, &value)?));
+        }
+        Ok(result)
+    }
+}
+
+/// A one-node ONNX model (`Identity` on a float tensor), used to ask a
+/// device whether it accepts a session.
+fn identity_model() -> Vec<u8> {
+    let mut d = crate::graph_builder::GraphDraft::default();
+    let x = d.input("x", ElementType::F32, &[1]).expect("valid input");
+    d.lower(&[("y".into(), x)]).expect("valid graph")
+}

@@ -1,0 +1,114 @@
+//! `mote:edge/usage` and `mote:edge/log` host implementations, and the
+//! bounded per-job log.
+
+use super::bindings::mote::edge::{log, usage};
+use super::JobState;
+use serde::Serialize;
+use wasmtime::component::{Access, HasSelf};
+use wasmtime::AsContext;
+
+/// Severity of a job log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Very detailed.
+    Trace,
+    /// Debugging detail.
+    Debug,
+    /// Progress.
+    Info,
+    /// Unexpected but handled.
+    Warn,
+    /// Failure.
+    Error,
+    /// A line the guest wrote to stdout.
+    Stdout,
+    /// A line the guest wrote to stderr.
+    Stderr,
+}
+
+/// One line of a job log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LogLine {
+    /// Severity.
+    pub level: LogLevel,
+    /// Text.
+    pub message: String,
+}
+
+/// A job log that keeps at most `max_bytes` of text; later lines are
+/// counted, not kept.
+#[derive(Debug)]
+pub(crate) struct JobLog {
+    pub(crate) lines: Vec<LogLine>,
+    bytes: u64,
+    max_bytes: u64,
+    pub(crate) dropped: u64,
+}
+
+impl JobLog {
+    pub(crate) fn new(max_bytes: u64) -> Self {
+        Self { lines: Vec::new(), bytes: 0, max_bytes, dropped: 0 }
+    }
+
+    /// Appends a line; returns false if it was dropped for the limit.
+    pub(crate) fn push(&mut self, level: LogLevel, message: String) -> bool {
+        let len = message.len() as u64;
+        if self.bytes + len > self.max_bytes {
+            self.dropped += 1;
+            return false;
+        }
+        self.bytes += len;
+        self.lines.push(LogLine { level, message });
+        true
+    }
+}
+
+impl log::Host for JobState {
+    fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        let level = match level {
+            log::Level::Trace => LogLevel::Trace,
+            log::Level::Debug => LogLevel::Debug,
+            log::Level::Info => LogLevel::Info,
+            log::Level::Warn => LogLevel::Warn,
+            log::Level::Error => LogLevel::Error,
+        };
+        self.log.push(level, message);
+        Ok(())
+    }
+}
+
+impl usage::Host for JobState {}
+
+impl super::bindings::mote::edge::types::Host for JobState {}
+
+impl usage::HostWithStore<JobState> for HasSelf<JobState> {
+    fn current(mut host: Access<'_, JobState, Self>) -> usage::Usage {
+        let fuel_left = host.as_context().get_fuel().unwrap_or(0);
+        let s = host.get();
+        usage::Usage {
+            fuel: s.limits.fuel.saturating_sub(fuel_left),
+            wall_ns: s.started.elapsed().as_nanos() as u64,
+            backend_ns: s.meter.backend_ns,
+            bytes_in: s.meter.bytes_in,
+            bytes_out: s.meter.bytes_out,
+            peak_memory_bytes: s.limiter.peak_bytes,
+            graphs_loaded: s.meter.graphs_loaded,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_keeps_within_its_byte_limit() {
+        let mut log = JobLog::new(10);
+        assert!(log.push(LogLevel::Info, "12345".into()));
+        assert!(log.push(LogLevel::Info, "12345".into()));
+        assert!(!log.push(LogLevel::Info, "x".into()));
+        assert_eq!(log.lines.len(), 2);
+        assert_eq!(log.dropped, 1);
+    }
+}

@@ -1,0 +1,212 @@
+//! `wasi:nn` host implementation.
+
+use super::bindings::wasi::nn::{errors, graph, inference, tensor};
+use super::{abort, JobState, NnError, NnExecContext, NnGraph, NnResult, NnTensor};
+use crate::backend::TensorView;
+use crate::limits::Outcome;
+use crate::receipt::sha256_hex;
+use crate::tensor::ElementType;
+use errors::ErrorCode;
+use std::sync::Arc;
+use std::time::Instant;
+use wasmtime::component::Resource;
+
+pub(crate) fn element_type(t: tensor::TensorType) -> ElementType {
+    use tensor::TensorType as T;
+    match t {
+        T::Fp16 => ElementType::F16,
+        T::Fp32 => ElementType::F32,
+        T::Fp64 => ElementType::F64,
+        T::Bf16 => ElementType::Bf16,
+        T::U8 => ElementType::U8,
+        T::I32 => ElementType::I32,
+        T::I64 => ElementType::I64,
+    }
+}
+
+pub(crate) fn tensor_type(t: ElementType) -> tensor::TensorType {
+    use tensor::TensorType as T;
+    match t {
+        ElementType::F16 => T::Fp16,
+        ElementType::F32 => T::Fp32,
+        ElementType::F64 => T::Fp64,
+        ElementType::Bf16 => T::Bf16,
+        ElementType::U8 => T::U8,
+        ElementType::I32 => T::I32,
+        ElementType::I64 => T::I64,
+    }
+}
+
+impl tensor::HostTensor for JobState {
+    fn new(
+        &mut self,
+        dimensions: Vec<u32>,
+        ty: tensor::TensorType,
+        data: Vec<u8>,
+    ) -> wasmtime::Result<Resource<NnTensor>> {
+        let ty = element_type(ty);
+        let claimed = dimensions
+            .iter()
+            .try_fold(ty.size() as u64, |acc, &d| acc.checked_mul(u64::from(d)))
+            .unwrap_or(u64::MAX);
+        self.check_tensor_bytes(&format!("tensor {dimensions:?}"), claimed)?;
+        if claimed != data.len() as u64 {
+            return Err(abort(
+                Outcome::InvalidInput,
+                format!(
+                    "tensor of shape {dimensions:?} and type {ty:?} needs {claimed} bytes but {} were given",
+                    data.len()
+                ),
+            ));
+        }
+        Ok(self.table.push(NnTensor { dims: dimensions, ty, data })?)
+    }
+
+    fn dimensions(&mut self, t: Resource<NnTensor>) -> wasmtime::Result<Vec<u32>> {
+        Ok(self.table.get(&t)?.dims.clone())
+    }
+
+    fn ty(&mut self, t: Resource<NnTensor>) -> wasmtime::Result<tensor::TensorType> {
+        Ok(tensor_type(self.table.get(&t)?.ty))
+    }
+
+    fn data(&mut self, t: Resource<NnTensor>) -> wasmtime::Result<Vec<u8>> {
+        Ok(self.table.get(&t)?.data.clone())
+    }
+
+    fn drop(&mut self, t: Resource<NnTensor>) -> wasmtime::Result<()> {
+        self.table.delete(t)?;
+        Ok(())
+    }
+}
+
+impl tensor::Host for JobState {}
+
+impl errors::HostError for JobState {
+    fn code(&mut self, e: Resource<NnError>) -> wasmtime::Result<ErrorCode> {
+        Ok(self.table.get(&e)?.code)
+    }
+
+    fn data(&mut self, e: Resource<NnError>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&e)?.data.clone())
+    }
+
+    fn drop(&mut self, e: Resource<NnError>) -> wasmtime::Result<()> {
+        self.table.delete(e)?;
+        Ok(())
+    }
+}
+
+impl errors::Host for JobState {}
+
+impl graph::HostGraph for JobState {
+    fn init_execution_context(&mut self, g: Resource<NnGraph>) -> NnResult<Resource<NnExecContext>> {
+        let graph = self.table.get(&g)?.graph.clone();
+        let start = Instant::now();
+        let ctx = graph.init_execution_context();
+        self.meter.backend_ns += start.elapsed().as_nanos() as u64;
+        match ctx {
+            Ok(ctx) => Ok(Ok(self.table.push(NnExecContext { ctx: Some(ctx) })?)),
+            Err(e) => self.backend_error(e),
+        }
+    }
+
+    fn drop(&mut self, g: Resource<NnGraph>) -> wasmtime::Result<()> {
+        self.table.delete(g)?;
+        Ok(())
+    }
+}
+
+impl graph::Host for JobState {
+    fn load(
+        &mut self,
+        parts: Vec<Vec<u8>>,
+        encoding: graph::GraphEncoding,
+        target: graph::ExecutionTarget,
+    ) -> NnResult<Resource<NnGraph>> {
+        use graph::GraphEncoding as E;
+        if !matches!(encoding, E::Onnx | E::Autodetect) {
+            return self.nn_error(
+                ErrorCode::InvalidEncoding,
+                format!("graph encoding {encoding:?} is not supported; this node loads ONNX models"),
+            );
+        }
+        let bytes: Arc<[u8]> = match <[Vec<u8>; 1]>::try_from(parts) {
+            Ok([one]) => one.into(),
+            Err(parts) => {
+                return self.nn_error(
+                    ErrorCode::InvalidArgument,
+                    format!("an ONNX model is one part, got {} parts", parts.len()),
+                );
+            }
+        };
+        let kind = match self.resolve_backend(Some(target)) {
+            Ok(k) => k,
+            Err(msg) => return self.nn_error(ErrorCode::UnsupportedOperation, msg),
+        };
+        let sha = sha256_hex(&bytes);
+        self.load_model(bytes, sha, kind)
+    }
+
+    fn load_by_name(&mut self, name: String) -> NnResult<Resource<NnGraph>> {
+        let Some(model) = self.models.get(&name).cloned() else {
+            let mut known: Vec<&str> = self.models.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            return self.nn_error(
+                ErrorCode::NotFound,
+                format!("no model named '{name}' in this deployment (models: {})", known.join(", ")),
+            );
+        };
+        let kind = match self.resolve_backend(None) {
+            Ok(k) => k,
+            Err(msg) => return self.nn_error(ErrorCode::UnsupportedOperation, msg),
+        };
+        self.load_model(model.bytes.clone(), model.sha256.clone(), kind)
+    }
+}
+
+impl inference::HostGraphExecutionContext for JobState {
+    fn compute(
+        &mut self,
+        c: Resource<NnExecContext>,
+        inputs: Vec<(String, Resource<NnTensor>)>,
+    ) -> NnResult<Vec<(String, Resource<NnTensor>)>> {
+        let Some(mut ctx) = self.table.get_mut(&c)?.ctx.take() else {
+            return Err(wasmtime::Error::msg("execution context re-entered"));
+        };
+        let result: wasmtime::Result<_> = (|| {
+            let mut views = Vec::with_capacity(inputs.len());
+            let mut bytes_in = 0u64;
+            for (name, t) in &inputs {
+                let t = self.table.get(t)?;
+                bytes_in += t.data.len() as u64;
+                views.push((name.as_str(), TensorView { ty: t.ty, dims: &t.dims, data: &t.data }));
+            }
+            let start = Instant::now();
+            let out = ctx.compute(&views);
+            wasmtime::Result::Ok((out, start.elapsed().as_nanos() as u64, bytes_in))
+        })();
+        self.table.get_mut(&c)?.ctx = Some(ctx);
+        let (out, ns, bytes_in) = result?;
+        self.meter.backend_ns += ns;
+        self.meter.bytes_in += bytes_in;
+        let outputs = match out {
+            Ok(o) => o,
+            Err(e) => return self.backend_error(e),
+        };
+        let mut result = Vec::with_capacity(outputs.len());
+        for (name, t) in outputs {
+            self.check_tensor_bytes(&format!("output '{name}'"), t.data.len() as u64)?;
+            self.meter.bytes_out += t.data.len() as u64;
+            result.push((name, self.table.push(NnTensor { dims: t.dims, ty: t.ty, data: t.data })?));
+        }
+        Ok(Ok(result))
+    }
+
+    fn drop(&mut self, c: Resource<NnExecContext>) -> wasmtime::Result<()> {
+        self.table.delete(c)?;
+        Ok(())
+    }
+}
+
+impl inference::Host for JobState {}

@@ -1,0 +1,310 @@
+//! Signed usage receipts **(contract: see docs/receipts.md)**.
+//!
+//! A receipt is JSON; its signature is ed25519 by the node key over the
+//! canonical form of the receipt without its `signature` field: keys sorted
+//! at every level, no whitespace. All numbers are integers, so the canonical
+//! form survives any JSON round trip.
+
+use crate::limits::Outcome;
+use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// Resources one job consumed **(contract)**.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Wasm fuel consumed by guest code.
+    pub fuel: u64,
+    /// Wall time of the whole job, in nanoseconds.
+    pub wall_ns: u64,
+    /// Time inside backend compute (and graph loads), in nanoseconds.
+    pub backend_ns: u64,
+    /// Tensor bytes passed into the backend.
+    pub bytes_in: u64,
+    /// Tensor bytes returned by the backend.
+    pub bytes_out: u64,
+    /// Peak guest linear memory, in bytes.
+    pub peak_memory_bytes: u64,
+    /// Graphs loaded by the job.
+    pub graphs_loaded: u32,
+}
+
+/// A signed record of one job **(contract)**.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receipt {
+    /// Random id of the job (32 hex digits).
+    pub job_id: String,
+    /// The node's ed25519 public key, hex.
+    pub node_id: String,
+    /// sha256 of the guest component bytes, hex.
+    pub guest_sha256: String,
+    /// sha256 of every model the job loaded (ONNX bytes; lowered ONNX for
+    /// builder graphs), hex, in load order without repeats.
+    pub model_sha256: Vec<String>,
+    /// sha256 of the request in canonical binary form (docs/receipts.md).
+    pub input_sha256: String,
+    /// sha256 of the response in canonical binary form; empty-input hash
+    /// when the job produced none.
+    pub output_sha256: String,
+    /// Start time, RFC 3339 UTC.
+    pub started_at: String,
+    /// What was consumed.
+    #[serde(flatten)]
+    pub usage: Usage,
+    /// How the job ended.
+    pub outcome: Outcome,
+    /// Backend that ran the job's graphs (`none` if it loaded none).
+    pub backend: String,
+    /// Device that ran them.
+    pub device: String,
+    /// Price of the job in the node's price units.
+    pub price_units: u64,
+    /// ed25519 signature, hex, over the canonical JSON without this field.
+    #[serde(default)]
+    pub signature: String,
+}
+
+/// Why a receipt did not verify.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// Not a receipt.
+    #[error("not a receipt: {0}")]
+    Malformed(String),
+    /// `node_id` is not an ed25519 public key.
+    #[error("node_id is not a valid ed25519 public key")]
+    BadNodeId,
+    /// The signature does not match the content.
+    #[error("signature does not match: the receipt was altered or not signed by node {0}")]
+    BadSignature(String),
+}
+
+/// Serialises a JSON value canonically: object keys sorted, no spaces.
+pub fn canonical_json(value: &serde_json::Value) -> Vec<u8> {
+    fn write(v: &serde_json::Value, out: &mut Vec<u8>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                out.push(b'{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend(serde_json::to_vec(k).expect("string serialises"));
+                    out.push(b':');
+                    write(&map[k], out);
+                }
+                out.push(b'}');
+            }
+            serde_json::Value::Array(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write(item, out);
+                }
+                out.push(b']');
+            }
+            scalar => out.extend(serde_json::to_vec(scalar).expect("scalar serialises")),
+        }
+    }
+    let mut out = Vec::new();
+    write(value, &mut out);
+    out
+}
+
+fn signed_bytes(value: &serde_json::Value) -> Vec<u8> {
+    let mut v = value.clone();
+    if let serde_json::Value::Object(map) = &mut v {
+        map.remove("signature");
+    }
+    canonical_json(&v)
+}
+
+impl Receipt {
+    /// Signs the receipt in place with `key` (also sets `node_id`).
+    pub fn sign(&mut self, key: &NodeKey) {
+        self.node_id = key.node_id();
+        self.signature.clear();
+        let value = serde_json::to_value(&*self).expect("receipt serialises");
+        self.signature = hex::encode(key.signing.sign(&signed_bytes(&value)).to_bytes());
+    }
+
+    /// Pretty JSON for files and responses.
+    pub fn to_json_pretty(&self) -> String {
+        serde_json::to_string_pretty(self).expect("receipt serialises")
+    }
+
+    /// Parses receipt JSON and checks its signature against its `node_id`.
+    pub fn verify_json(text: &str) -> Result<Receipt, VerifyError> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| VerifyError::Malformed(e.to_string()))?;
+        let receipt: Receipt =
+            serde_json::from_value(value.clone()).map_err(|e| VerifyError::Malformed(e.to_string()))?;
+        let key_bytes: [u8; 32] = hex::decode(&receipt.node_id)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or(VerifyError::BadNodeId)?;
+        let key = VerifyingKey::from_bytes(&key_bytes).map_err(|_| VerifyError::BadNodeId)?;
+        let sig_bytes: [u8; 64] = hex::decode(&receipt.signature)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| VerifyError::BadSignature(receipt.node_id.clone()))?;
+        let sig = ed25519_dalek::Signature::from_bytes(&sig_bytes);
+        key.verify(&signed_bytes(&value), &sig).map_err(|_| VerifyError::BadSignature(receipt.node_id.clone()))?;
+        Ok(receipt)
+    }
+}
+
+/// The node's signing identity.
+pub struct NodeKey {
+    signing: SigningKey,
+}
+
+impl std::fmt::Debug for NodeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeKey").field("node_id", &self.node_id()).finish_non_exhaustive()
+    }
+}
+
+impl NodeKey {
+    /// A fresh random key (tests, ephemeral nodes).
+    pub fn generate() -> Self {
+        Self { signing: SigningKey::generate(&mut rand::rngs::OsRng) }
+    }
+
+    /// Loads `dir/node.key`, creating it (mode 0600) on first use.
+    pub fn load_or_create(dir: &Path) -> std::io::Result<Self> {
+        let path = dir.join("node.key");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let bytes: [u8; 32] = hex::decode(text.trim()).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{} is not a node key (64 hex digits)", path.display()),
+                    )
+                })?;
+                Ok(Self { signing: SigningKey::from_bytes(&bytes) })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir)?;
+                let key = Self::generate();
+                write_private(&path, hex::encode(key.signing.to_bytes()).as_bytes())?;
+                Ok(key)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The public key, hex: the node's id in receipts.
+    pub fn node_id(&self) -> String {
+        hex::encode(self.signing.verifying_key().to_bytes())
+    }
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+/// The node's data directory: `MOTE_HOME`, else `$XDG_DATA_HOME/mote`, else
+/// `~/.local/share/mote`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("MOTE_HOME") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(d).join("mote");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".local/share/mote")
+}
+
+/// Hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Receipt {
+        Receipt {
+            job_id: "00".repeat(16),
+            node_id: String::new(),
+            guest_sha256: sha256_hex(b"guest"),
+            model_sha256: vec![sha256_hex(b"model")],
+            input_sha256: sha256_hex(b"in"),
+            output_sha256: sha256_hex(b"out"),
+            started_at: "2026-11-25T00:00:00Z".into(),
+            usage: Usage { fuel: 12345, wall_ns: 99, backend_ns: 50, ..Usage::default() },
+            outcome: Outcome::Ok,
+            backend: "ort-cpu".into(),
+            device: "cpu".into(),
+            price_units: 7,
+            signature: String::new(),
+        }
+    }
+
+    #[test]
+    fn signed_receipt_verifies_and_tampering_fails() {
+        let key = NodeKey::generate();
+        let mut r = sample();
+        r.sign(&key);
+        let text = r.to_json_pretty();
+        let back = Receipt::verify_json(&text).expect("fresh receipt verifies");
+        assert_eq!(back, r);
+
+        // Any changed field breaks the signature.
+        let tampered = text.replace("\"fuel\": 12345", "\"fuel\": 12344");
+        assert_ne!(tampered, text);
+        assert!(matches!(Receipt::verify_json(&tampered), Err(VerifyError::BadSignature(_))));
+        let tampered = text.replace("\"outcome\": \"ok\"", "\"outcome\": \"trap\"");
+        assert!(matches!(Receipt::verify_json(&tampered), Err(VerifyError::BadSignature(_))));
+
+        // Re-signing under another key is detected by the node id.
+        let other = NodeKey::generate();
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["node_id"] = other.node_id().into();
+        assert!(matches!(Receipt::verify_json(&v.to_string()), Err(VerifyError::BadSignature(_))));
+
+        // Key order and whitespace do not matter.
+        let compact = serde_json::to_string(&r).unwrap();
+        Receipt::verify_json(&compact).unwrap();
+    }
+
+    #[test]
+    fn node_key_persists_with_private_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = NodeKey::load_or_create(dir.path()).unwrap();
+        let b = NodeKey::load_or_create(dir.path()).unwrap();
+        assert_eq!(a.node_id(), b.node_id());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("node.key")).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::write(dir.path().join("node.key"), "nope").unwrap();
+        assert!(NodeKey::load_or_create(dir.path()).is_err());
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_recursively() {
+        let v: serde_json::Value = serde_json::from_str(r#"{"b":1,"a":{"d":[1,{"z":0,"y":1}],"c":"x"}}"#).unwrap();
+        assert_eq!(canonical_json(&v), br#"{"a":{"c":"x","d":[1,{"y":1,"z":0}]},"b":1}"#);
+    }
+}

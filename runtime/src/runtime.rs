@@ -1,0 +1,582 @@
+//! The runtime: engine, backends, cache, deployments and jobs.
+
+use crate::backend::ort::OrtBackend;
+use crate::backend::{Backend, BackendChoice, BackendError, BackendKind};
+use crate::graph_cache::{CacheStats, GraphCache};
+use crate::host::bindings::{self, exports::mote::edge::handler, mote::edge::types as wit};
+use crate::host::{JobState, LogLevel, LogLine};
+use crate::limits::{JobAbort, Limits, Outcome};
+use crate::price::PriceTable;
+use crate::receipt::{sha256_hex, NodeKey, Receipt, Usage};
+use crate::tensor::{Datatype, IoTensor};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::WasiCtxBuilder;
+
+/// How often the epoch ticks; deadlines are rounded up to it.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Node-wide settings.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Threads per ONNX Runtime session (0: ORT's default, all cores).
+    pub ort_threads: usize,
+    /// Component instances the pooling allocator keeps ready (also the most
+    /// jobs that can run at once).
+    pub pool_instances: u32,
+    /// Largest linear memory any deployment may allow, in bytes.
+    pub max_memory_bytes: u64,
+    /// Graphs the cache holds.
+    pub cache_graphs: usize,
+    /// Node key directory (`node.key`), or `None` for an ephemeral key.
+    pub data_dir: Option<PathBuf>,
+    /// wasmtime's compiled-module cache, on disk (`None`: off).
+    pub compile_cache: bool,
+    /// Prices for receipts.
+    pub price: PriceTable,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            ort_threads: 0,
+            pool_instances: 64,
+            max_memory_bytes: 4 << 30,
+            cache_graphs: 64,
+            data_dir: Some(crate::receipt::default_data_dir()),
+            compile_cache: false,
+            price: PriceTable::default(),
+        }
+    }
+}
+
+/// Backends, each created on first use (loading ONNX Runtime, probing CUDA).
+pub(crate) struct Backends {
+    threads: usize,
+    cpu: OnceLock<Result<Arc<OrtBackend>, BackendError>>,
+    cuda: OnceLock<Result<Arc<OrtBackend>, BackendError>>,
+}
+
+impl Backends {
+    pub(crate) fn get(&self, kind: BackendKind) -> Result<Arc<dyn Backend>, BackendError> {
+        let cell = match kind {
+            BackendKind::OrtCpu => &self.cpu,
+            BackendKind::OrtCuda => &self.cuda,
+        };
+        let b = cell.get_or_init(|| {
+            let b = match kind {
+                BackendKind::OrtCpu => OrtBackend::cpu(self.threads),
+                BackendKind::OrtCuda => OrtBackend::cuda(self.threads),
+            };
+            if let Err(e) = &b {
+                tracing::info!(backend = %kind, "backend unavailable: {e}");
+            }
+            b.map(Arc::new)
+        });
+        match b {
+            Ok(b) => Ok(b.clone() as Arc<dyn Backend>),
+            Err(e) => Err(e.clone()),
+        }
+    }
+
+    /// The best GPU backend this node can use, if any.
+    pub(crate) fn best_gpu(&self) -> Option<BackendKind> {
+        self.get(BackendKind::OrtCuda).ok().map(|_| BackendKind::OrtCuda)
+    }
+
+    fn sessions_built(&self) -> u64 {
+        [&self.cpu, &self.cuda]
+            .iter()
+            .filter_map(|c| c.get().and_then(|r| r.as_ref().ok()))
+            .map(|b| b.sessions_built())
+            .sum()
+    }
+}
+
+/// State shared by all jobs.
+pub(crate) struct Shared {
+    pub(crate) backends: Backends,
+    pub(crate) cache: GraphCache,
+    key: NodeKey,
+    price: PriceTable,
+}
+
+/// A model a deployment may load by name.
+#[derive(Clone)]
+pub(crate) struct Model {
+    pub(crate) bytes: Arc<[u8]>,
+    pub(crate) sha256: String,
+}
+
+pub(crate) type Models = HashMap<String, Model>;
+
+/// The node runtime. Cheap to clone; all clones share one engine.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<JobState>>,
+    shared: Arc<Shared>,
+    /// Stops the epoch thread when the last clone is dropped.
+    _ticker: Arc<Ticker>,
+}
+
+struct Ticker(Arc<AtomicBool>);
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Why a deployment could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The guest is not a valid component.
+    #[error("guest is not a valid WebAssembly component: {0}")]
+    InvalidGuest(String),
+    /// The guest imports something mote does not provide, or lacks the
+    /// `handler` export.
+    #[error("guest does not fit the mote:edge/job world: {0}")]
+    WorldMismatch(String),
+    /// A bad model or setting.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Everything needed to create a [`Deployment`].
+#[derive(Clone, Debug, Default)]
+pub struct DeploymentSpec {
+    /// Deployment name.
+    pub name: String,
+    /// Component bytes.
+    pub guest: Vec<u8>,
+    /// Named ONNX models the guest may `load-by-name`.
+    pub models: Vec<(String, Vec<u8>)>,
+    /// Limits per job.
+    pub limits: Limits,
+    /// Backend choice.
+    pub backend: BackendChoice,
+}
+
+/// A compiled guest with its models, ready to run jobs.
+#[derive(Clone)]
+pub struct Deployment {
+    name: String,
+    pre: bindings::JobPre<JobState>,
+    guest_sha256: String,
+    models: Arc<Models>,
+    limits: Limits,
+    backend: BackendChoice,
+    runtime: Runtime,
+}
+
+/// One inference request (KServe v2 data model).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Request {
+    /// Input tensors.
+    pub inputs: Vec<IoTensor>,
+    /// String parameters.
+    pub parameters: Vec<(String, String)>,
+}
+
+/// One inference response.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Response {
+    /// Output tensors.
+    pub outputs: Vec<IoTensor>,
+    /// String parameters.
+    pub parameters: Vec<(String, String)>,
+}
+
+/// Why a job produced no response.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{outcome}: {message}")]
+pub struct JobError {
+    /// How the job ended.
+    pub outcome: Outcome,
+    /// What happened.
+    pub message: String,
+}
+
+/// Everything a job produced.
+#[derive(Debug)]
+pub struct JobReport {
+    /// The response, or why there is none.
+    pub result: Result<Response, JobError>,
+    /// The signed receipt.
+    pub receipt: Receipt,
+    /// Captured log lines (guest log, stdout, stderr).
+    pub log: Vec<LogLine>,
+}
+
+impl Runtime {
+    /// Creates a runtime: engine with fuel, epochs and the pooling allocator.
+    pub fn new(config: RuntimeConfig) -> Result<Self, String> {
+        let mut wc = Config::new();
+        wc.consume_fuel(true);
+        wc.epoch_interruption(true);
+        wc.wasm_component_model(true);
+        let mut pool = PoolingAllocationConfig::default();
+        let n = config.pool_instances.max(1);
+        pool.total_component_instances(n)
+            .total_core_instances(n * 8)
+            .total_memories(n * 2)
+            .total_tables(n * 4)
+            .max_memory_size(config.max_memory_bytes as usize);
+        wc.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        if config.compile_cache {
+            let cache = wasmtime::Cache::from_file(None).map_err(|e| format!("compiled-module cache: {e}"))?;
+            wc.cache(Some(cache));
+        }
+        let engine = Engine::new(&wc).map_err(|e| format!("creating the wasm engine: {e}"))?;
+
+        let mut linker = Linker::<JobState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| format!("linking WASI: {e}"))?;
+        bindings::Job::add_to_linker::<_, HasSelf<JobState>>(&mut linker, |s| s)
+            .map_err(|e| format!("linking mote:edge: {e}"))?;
+
+        let key = match &config.data_dir {
+            Some(dir) => NodeKey::load_or_create(dir)
+                .map_err(|e| format!("node key in {}: {e}", dir.display()))?,
+            None => NodeKey::generate(),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let engine = engine.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("mote-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| format!("starting the epoch thread: {e}"))?;
+        }
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+            shared: Arc::new(Shared {
+                backends: Backends { threads: config.ort_threads, cpu: OnceLock::new(), cuda: OnceLock::new() },
+                cache: GraphCache::new(config.cache_graphs),
+                key,
+                price: config.price,
+            }),
+            _ticker: Arc::new(Ticker(stop)),
+        })
+    }
+
+    /// The node id (ed25519 public key, hex) that signs receipts.
+    pub fn node_id(&self) -> String {
+        self.shared.key.node_id()
+    }
+
+    /// Graph cache counters.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.shared.cache.stats()
+    }
+
+    /// ORT sessions built so far (each one a full model optimisation).
+    pub fn sessions_built(&self) -> u64 {
+        self.shared.backends.sessions_built()
+    }
+
+    /// The backend and device `choice` resolves to for named models, or why
+    /// it cannot be used.
+    pub fn backend_device(&self, choice: BackendChoice) -> Result<(BackendKind, String), String> {
+        let kind = match choice {
+            BackendChoice::Fixed(k) => k,
+            BackendChoice::Auto => self.shared.backends.best_gpu().unwrap_or(BackendKind::OrtCpu),
+        };
+        let b = self.shared.backends.get(kind).map_err(|e| e.message)?;
+        Ok((kind, b.device().name.clone()))
+    }
+
+    /// Compiles a guest and prepares it (imports resolved once, so each job
+    /// only instantiates).
+    pub fn deploy(&self, spec: DeploymentSpec) -> Result<Deployment, DeployError> {
+        if spec.limits.memory_bytes > (4u64 << 30) {
+            return Err(DeployError::Invalid(format!(
+                "deployment '{}': memory limit {} exceeds the 4 GiB a wasm32 guest can address",
+                spec.name, spec.limits.memory_bytes
+            )));
+        }
+        let component =
+            Component::new(&self.engine, &spec.guest).map_err(|e| DeployError::InvalidGuest(format!("{e:#}")))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| DeployError::WorldMismatch(format!("{e:#}")))?;
+        let pre = bindings::JobPre::new(pre).map_err(|e| DeployError::WorldMismatch(format!("{e:#}")))?;
+        let mut models = Models::new();
+        for (name, bytes) in spec.models {
+            if bytes.is_empty() {
+                return Err(DeployError::Invalid(format!("model '{name}' is empty")));
+            }
+            let sha256 = sha256_hex(&bytes);
+            if models.insert(name.clone(), Model { bytes: bytes.into(), sha256 }).is_some() {
+                return Err(DeployError::Invalid(format!("model '{name}' is declared twice")));
+            }
+        }
+        Ok(Deployment {
+            name: spec.name,
+            pre,
+            guest_sha256: sha256_hex(&spec.guest),
+            models: Arc::new(models),
+            limits: spec.limits,
+            backend: spec.backend,
+            runtime: self.clone(),
+        })
+    }
+}
+
+impl Deployment {
+    /// The deployment's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// sha256 of the guest component.
+    pub fn guest_sha256(&self) -> &str {
+        &self.guest_sha256
+    }
+
+    /// The deployment's limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Runs one job: a fresh instance, limits armed, `handle` called once.
+    /// Never panics on guest behaviour; every failure is in the report.
+    pub fn run(&self, request: &Request) -> JobReport {
+        let started_at = SystemTime::now();
+        let start = Instant::now();
+        let rt = &self.runtime;
+        let stdout = MemoryOutputPipe::new(self.limits.max_log_bytes as usize);
+        let stderr = MemoryOutputPipe::new(self.limits.max_log_bytes as usize);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let state = JobState::new(rt.shared.clone(), self.models.clone(), self.backend, self.limits.clone(), wasi);
+        let mut store = Store::new(&rt.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let result = self.call(&mut store, request);
+        let fuel_left = store.get_fuel().unwrap_or(0);
+        let wall_ns = start.elapsed().as_nanos() as u64;
+
+        let state = store.into_data();
+        let mut log = state.log.lines;
+        for (pipe, level) in [(stdout, LogLevel::Stdout), (stderr, LogLevel::Stderr)] {
+            let text = pipe.contents();
+            log.extend(
+                String::from_utf8_lossy(&text)
+                    .lines()
+                    .map(|l| LogLine { level, message: l.to_string() }),
+            );
+        }
+        if state.log.dropped > 0 {
+            log.push(LogLine {
+                level: LogLevel::Warn,
+                message: format!("{} log lines dropped (max_log_bytes)", state.log.dropped),
+            });
+        }
+        let m = &state.meter;
+        let usage = Usage {
+            fuel: self.limits.fuel.saturating_sub(fuel_left),
+            wall_ns,
+            backend_ns: m.backend_ns,
+            bytes_in: m.bytes_in,
+            bytes_out: m.bytes_out,
+            peak_memory_bytes: state.limiter.peak_bytes,
+            graphs_loaded: m.graphs_loaded,
+        };
+        let outcome = match &result {
+            Ok(_) => Outcome::Ok,
+            Err(e) => e.outcome,
+        };
+        let (backend, device) = m
+            .backend_used
+            .clone()
+            .map_or_else(|| ("none".to_string(), "none".to_string()), |(k, d)| (k.to_string(), d));
+        let mut receipt = Receipt {
+            job_id: hex::encode(rand::random::<[u8; 16]>()),
+            node_id: String::new(),
+            guest_sha256: self.guest_sha256.clone(),
+            model_sha256: m.models.clone(),
+            input_sha256: digest(&request.inputs, &request.parameters),
+            output_sha256: match &result {
+                Ok(r) => digest(&r.outputs, &r.parameters),
+                Err(_) => digest(&[], &[]),
+            },
+            started_at: humantime::format_rfc3339_millis(started_at).to_string(),
+            price_units: rt.shared.price.price(usage.backend_ns, usage.fuel, usage.bytes_in + usage.bytes_out),
+            usage,
+            outcome,
+            backend,
+            device,
+            signature: String::new(),
+        };
+        receipt.sign(&rt.shared.key);
+        if let Err(e) = &result {
+            tracing::info!(deployment = %self.name, outcome = %e.outcome, "job failed: {}", e.message);
+        }
+        JobReport { result, receipt, log }
+    }
+
+    fn call(&self, store: &mut Store<JobState>, request: &Request) -> Result<Response, JobError> {
+        for t in &request.inputs {
+            t.validate().map_err(|m| JobError { outcome: Outcome::InvalidInput, message: m })?;
+            if t.data.len() as u64 > self.limits.max_tensor_bytes {
+                return Err(JobError {
+                    outcome: Outcome::InvalidInput,
+                    message: format!(
+                        "input '{}' is {} bytes; the deployment's tensor limit is {}",
+                        t.name,
+                        t.data.len(),
+                        self.limits.max_tensor_bytes
+                    ),
+                });
+            }
+        }
+        store.set_fuel(self.limits.fuel).map_err(|e| internal(&e))?;
+        let ticks = self.limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1);
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+
+        let job = self.pre.instantiate(&mut *store).map_err(|e| classify(&e))?;
+        let wit_request = wit::Request {
+            inputs: request.inputs.iter().map(to_wit).collect(),
+            parameters: request.parameters.clone(),
+        };
+        match job.mote_edge_handler().call_handle(&mut *store, &wit_request) {
+            Ok(Ok(resp)) => {
+                let outputs: Vec<IoTensor> = resp.outputs.into_iter().map(from_wit).collect();
+                for t in &outputs {
+                    t.validate().map_err(|m| JobError {
+                        outcome: Outcome::Trap,
+                        message: format!("guest returned a malformed output: {m}"),
+                    })?;
+                }
+                Ok(Response { outputs, parameters: resp.parameters })
+            }
+            Ok(Err(handler::HandlerError::InvalidInput(m))) => {
+                Err(JobError { outcome: Outcome::InvalidInput, message: m })
+            }
+            Ok(Err(handler::HandlerError::BackendError(m))) => {
+                Err(JobError { outcome: Outcome::BackendError, message: m })
+            }
+            Err(e) => Err(classify(&e)),
+        }
+    }
+}
+
+fn internal(e: &wasmtime::Error) -> JobError {
+    JobError { outcome: Outcome::Trap, message: format!("{e:#}") }
+}
+
+/// Maps a trap to the outcome the receipt records.
+fn classify(e: &wasmtime::Error) -> JobError {
+    if let Some(a) = e.downcast_ref::<JobAbort>() {
+        return JobError { outcome: a.outcome, message: a.message.clone() };
+    }
+    let outcome = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::OutOfFuel) => Outcome::FuelExhausted,
+        Some(wasmtime::Trap::Interrupt) => Outcome::Deadline,
+        _ => Outcome::Trap,
+    };
+    let message = match outcome {
+        Outcome::FuelExhausted => "guest ran out of fuel (limits.fuel)".to_string(),
+        Outcome::Deadline => "job ran past its deadline (limits.deadline_ms)".to_string(),
+        _ => format!("guest trapped: {e:#}"),
+    };
+    JobError { outcome, message }
+}
+
+fn to_wit(t: &IoTensor) -> wit::IoTensor {
+    wit::IoTensor { name: t.name.clone(), datatype: wit_datatype(t.datatype), shape: t.shape.clone(), data: t.data.clone() }
+}
+
+fn from_wit(t: wit::IoTensor) -> IoTensor {
+    IoTensor { name: t.name, datatype: host_datatype(t.datatype), shape: t.shape, data: t.data }
+}
+
+fn wit_datatype(d: Datatype) -> wit::Datatype {
+    use wit::Datatype as W;
+    match d {
+        Datatype::Bool => W::Bool,
+        Datatype::Uint8 => W::Uint8,
+        Datatype::Uint16 => W::Uint16,
+        Datatype::Uint32 => W::Uint32,
+        Datatype::Uint64 => W::Uint64,
+        Datatype::Int8 => W::Int8,
+        Datatype::Int16 => W::Int16,
+        Datatype::Int32 => W::Int32,
+        Datatype::Int64 => W::Int64,
+        Datatype::Fp16 => W::Fp16,
+        Datatype::Fp32 => W::Fp32,
+        Datatype::Fp64 => W::Fp64,
+        Datatype::Bf16 => W::Bf16,
+        Datatype::Bytes => W::Bytes,
+    }
+}
+
+fn host_datatype(d: wit::Datatype) -> Datatype {
+    use wit::Datatype as W;
+    match d {
+        W::Bool => Datatype::Bool,
+        W::Uint8 => Datatype::Uint8,
+        W::Uint16 => Datatype::Uint16,
+        W::Uint32 => Datatype::Uint32,
+        W::Uint64 => Datatype::Uint64,
+        W::Int8 => Datatype::Int8,
+        W::Int16 => Datatype::Int16,
+        W::Int32 => Datatype::Int32,
+        W::Int64 => Datatype::Int64,
+        W::Fp16 => Datatype::Fp16,
+        W::Fp32 => Datatype::Fp32,
+        W::Fp64 => Datatype::Fp64,
+        W::Bf16 => Datatype::Bf16,
+        W::Bytes => Datatype::Bytes,
+    }
+}
+
+/// sha256 of tensors and parameters in the canonical binary form of
+/// docs/receipts.md: every length is little-endian, tensors in order,
+/// parameters sorted.
+pub fn digest(tensors: &[IoTensor], parameters: &[(String, String)]) -> String {
+    let mut h = Sha256::new();
+    let put = |h: &mut Sha256, b: &[u8]| {
+        h.update((b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    h.update((tensors.len() as u64).to_le_bytes());
+    for t in tensors {
+        put(&mut h, t.name.as_bytes());
+        put(&mut h, t.datatype.as_str().as_bytes());
+        h.update((t.shape.len() as u64).to_le_bytes());
+        for d in &t.shape {
+            h.update(d.to_le_bytes());
+        }
+        put(&mut h, &t.data);
+    }
+    let mut params: Vec<&(String, String)> = parameters.iter().collect();
+    params.sort();
+    h.update((params.len() as u64).to_le_bytes());
+    for (k, v) in params {
+        put(&mut h, k.as_bytes());
+        put(&mut h, v.as_bytes());
+    }
+    hex::encode(h.finalize())
+}

@@ -1,0 +1,163 @@
+//! Typed wrappers over `wasi:nn` graphs and tensors.
+
+use crate::bindings::wasi::nn::{errors, graph, inference, tensor};
+use crate::{Datatype, HandlerError, IoTensor, Target};
+
+pub use tensor::TensorType;
+
+/// A wasi-nn error with its code and the host's explanation.
+#[derive(Debug)]
+pub struct NnError {
+    /// The error class.
+    pub code: errors::ErrorCode,
+    /// The host's message.
+    pub message: String,
+}
+
+impl std::fmt::Display for NnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for NnError {}
+
+impl From<errors::Error> for NnError {
+    fn from(e: errors::Error) -> Self {
+        Self { code: e.code(), message: e.data() }
+    }
+}
+
+impl From<NnError> for HandlerError {
+    fn from(e: NnError) -> Self {
+        match e.code {
+            errors::ErrorCode::InvalidArgument => HandlerError::InvalidInput(e.to_string()),
+            _ => HandlerError::BackendError(e.to_string()),
+        }
+    }
+}
+
+/// A tensor owned by the host.
+pub struct Tensor(pub(crate) tensor::Tensor);
+
+impl Tensor {
+    /// Creates a tensor from raw little-endian bytes.
+    pub fn new(ty: TensorType, dims: &[u32], data: &[u8]) -> Self {
+        Self(tensor::Tensor::new(dims, ty, data))
+    }
+
+    /// Creates an f32 tensor.
+    pub fn from_f32(dims: &[u32], values: &[f32]) -> Self {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Self::new(TensorType::Fp32, dims, &bytes)
+    }
+
+    /// The shape.
+    pub fn dims(&self) -> Vec<u32> {
+        self.0.dimensions()
+    }
+
+    /// The element type.
+    pub fn ty(&self) -> TensorType {
+        self.0.ty()
+    }
+
+    /// A copy of the raw bytes.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0.data()
+    }
+
+    /// The elements as f32, if this is an f32 tensor.
+    pub fn to_f32(&self) -> Option<Vec<f32>> {
+        (self.ty() == TensorType::Fp32).then(|| {
+            self.bytes().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        })
+    }
+
+    /// Converts a request tensor (its datatype must exist in wasi-nn:
+    /// FP16, FP32, FP64, BF16, UINT8, BOOL, INT32, INT64).
+    pub fn from_io(t: &IoTensor) -> Result<Self, HandlerError> {
+        let ty = match t.datatype {
+            Datatype::Fp16 => TensorType::Fp16,
+            Datatype::Fp32 => TensorType::Fp32,
+            Datatype::Fp64 => TensorType::Fp64,
+            Datatype::Bf16 => TensorType::Bf16,
+            Datatype::Uint8 | Datatype::Bool => TensorType::U8,
+            Datatype::Int32 => TensorType::I32,
+            Datatype::Int64 => TensorType::I64,
+            other => {
+                return Err(HandlerError::InvalidInput(format!(
+                    "input '{}' has datatype {other:?}, which wasi-nn cannot carry",
+                    t.name
+                )))
+            }
+        };
+        let dims = t
+            .shape
+            .iter()
+            .map(|&d| u32::try_from(d))
+            .collect::<Result<Vec<u32>, _>>()
+            .map_err(|_| HandlerError::InvalidInput(format!("input '{}': dimension too large", t.name)))?;
+        Ok(Self::new(ty, &dims, &t.data))
+    }
+
+    /// Converts to a response tensor named `name`.
+    pub fn to_io(&self, name: &str) -> IoTensor {
+        let datatype = match self.ty() {
+            TensorType::Fp16 => Datatype::Fp16,
+            TensorType::Fp32 => Datatype::Fp32,
+            TensorType::Fp64 => Datatype::Fp64,
+            TensorType::Bf16 => Datatype::Bf16,
+            TensorType::U8 => Datatype::Uint8,
+            TensorType::I32 => Datatype::Int32,
+            TensorType::I64 => Datatype::Int64,
+        };
+        IoTensor {
+            name: name.to_string(),
+            datatype,
+            shape: self.dims().into_iter().map(u64::from).collect(),
+            data: self.bytes(),
+        }
+    }
+}
+
+/// A loaded model with one execution context.
+pub struct Graph {
+    // Field order matters: the context must drop before its graph.
+    ctx: inference::GraphExecutionContext,
+    _graph: graph::Graph,
+}
+
+impl Graph {
+    pub(crate) fn from_graph(g: graph::Graph) -> Result<Self, NnError> {
+        let ctx = g.init_execution_context()?;
+        Ok(Self { ctx, _graph: g })
+    }
+
+    /// Loads ONNX model bytes for `target`.
+    pub fn load_onnx(model: &[u8], target: Target) -> Result<Self, NnError> {
+        let parts = [model.to_vec()];
+        Self::from_graph(graph::load(&parts, graph::GraphEncoding::Onnx, target)?)
+    }
+
+    /// Loads a model the deployment declares under `name`.
+    pub fn by_name(name: &str) -> Result<Self, NnError> {
+        Self::from_graph(graph::load_by_name(name)?)
+    }
+
+    /// Runs the model on named tensors and returns every named output.
+    pub fn run(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, NnError> {
+        let inputs: Vec<(String, tensor::Tensor)> = inputs.into_iter().map(|(n, t)| (n, t.0)).collect();
+        Ok(self.ctx.compute(inputs)?.into_iter().map(|(n, t)| (n, Tensor(t))).collect())
+    }
+
+    /// Runs the model on request tensors (by name) and returns response
+    /// tensors: the whole request/response path of a serving guest.
+    pub fn run_io(&self, inputs: &[IoTensor]) -> Result<Vec<IoTensor>, HandlerError> {
+        let tensors = inputs
+            .iter()
+            .map(|t| Ok((t.name.clone(), Tensor::from_io(t)?)))
+            .collect::<Result<Vec<_>, HandlerError>>()?;
+        Ok(self.run(tensors)?.iter().map(|(n, t)| t.to_io(n)).collect())
+    }
+}

@@ -1,0 +1,83 @@
+//! mote guest SDK: write inference jobs for the mote runtime in a few lines.
+//!
+//! A guest implements [`Handler`] and exports it with [`export_handler!`]:
+//!
+//! ```ignore
+//! use mote_sdk::{Graph, Handler, HandlerError, Request, Response};
+//!
+//! struct Echo;
+//! impl Handler for Echo {
+//!     fn handle(req: Request) -> Result<Response, HandlerError> {
+//!         let model = Graph::by_name("model")?;
+//!         let outputs = model.run_io(&req.inputs)?;
+//!         Ok(Response { outputs, parameters: vec![] })
+//!     }
+//! }
+//! mote_sdk::export_handler!(Echo);
+//! ```
+//!
+//! Models come either as ONNX bytes ([`Graph::load_onnx`]), by name from the
+//! deployment ([`Graph::by_name`]), or declared op by op with
+//! [`GraphBuilder`]. Everything goes through the standard `wasi:nn` API and
+//! mote's `mote:edge` interfaces, so the host decides where it runs.
+
+#![allow(unreachable_pub)]
+
+/// Raw bindings generated from mote's WIT (`mote:edge/job`).
+pub mod bindings {
+    #![allow(missing_docs)]
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "mote:edge/job",
+        pub_export_macro: true,
+        default_bindings_module: "mote_sdk::bindings",
+        export_macro_name: "export",
+        generate_all,
+    });
+}
+
+mod builder;
+mod graph;
+mod io;
+
+pub use bindings::exports::mote::edge::handler::Guest as Handler;
+pub use bindings::mote::edge::types::{Datatype, HandlerError, IoTensor, Request, Response};
+pub use bindings::wasi::nn::graph::ExecutionTarget as Target;
+pub use builder::{GraphBuilder, Operand};
+pub use graph::{Graph, NnError, Tensor, TensorType};
+pub use io::TensorData;
+
+/// Exports a [`Handler`] implementation as the guest's `handle` function.
+#[macro_export]
+macro_rules! export_handler {
+    ($t:ident) => {
+        $crate::bindings::export!($t with_types_in $crate::bindings);
+    };
+}
+
+/// The job's meter as the host counts it.
+pub fn usage() -> bindings::mote::edge::usage::Usage {
+    bindings::mote::edge::usage::current()
+}
+
+/// Leveled logging into the job log (kept by the host, bounded).
+pub mod log {
+    use crate::bindings::mote::edge::log::{log, Level};
+
+    /// Logs at info level.
+    pub fn info(msg: impl AsRef<str>) {
+        log(Level::Info, msg.as_ref());
+    }
+    /// Logs at warn level.
+    pub fn warn(msg: impl AsRef<str>) {
+        log(Level::Warn, msg.as_ref());
+    }
+    /// Logs at error level.
+    pub fn error(msg: impl AsRef<str>) {
+        log(Level::Error, msg.as_ref());
+    }
+    /// Logs at debug level.
+    pub fn debug(msg: impl AsRef<str>) {
+        log(Level::Debug, msg.as_ref());
+    }
+}
