@@ -253,6 +253,99 @@ def expected(path, m, req, feeds):
     return {"outputs": outs}
 
 
+def splitmix(seed):
+    """The guest-examples/mlp-builder weight stream, bit for bit."""
+    mask = (1 << 64) - 1
+    state = seed
+    while True:
+        state = (state + 0x9E3779B97F4A7C15) & mask
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        z ^= z >> 31
+        yield np.float32(z >> 40) / np.float32(16777216.0) * np.float32(2.0) - np.float32(1.0)
+
+
+def mlp_builder_reference(out, seed=7):
+    """The network mlp-builder declares, built here with onnx.helper and
+    run by ONNX Runtime on the same input."""
+    rng_w = splitmix(seed)
+
+    def take(shape, scale):
+        n = int(np.prod(shape))
+        return (np.array([next(rng_w) for _ in range(n)], np.float32) * np.float32(scale)).reshape(shape)
+
+    sc = lambda fan_in: np.float32(1.0) / np.sqrt(np.float32(fan_in))
+    w1, b1 = take((16, 32), sc(16)), take((32,), 0.1)
+    w2, b2 = take((32, 32), sc(32)), take((32,), 0.1)
+    w3, b3 = take((32, 10), sc(32)), take((10,), 0.1)
+    n = Net()
+    h = n.op("Relu", [n.op("Gemm", ["x", n.const(w1), n.const(b1)])])
+    h = n.op("Add", [n.op("MatMul", [h, n.const(w2)]), n.const(b2)])
+    e = n.op("Erf", [n.op("Mul", [h, n.const(np.array(np.float32(1.0) / np.sqrt(np.float32(2.0)), np.float32))])])
+    h = n.op("Mul", [n.op("Mul", [h, n.const(np.array(0.5, np.float32))]), n.op("Add", [e, n.const(np.array(1.0, np.float32))])])
+    h = n.op("LayerNormalization", [h, n.const(np.ones(32, np.float32)), n.const(np.zeros(32, np.float32))], axis=-1, epsilon=1e-5)
+    n.nodes.append(helper.make_node("Gemm", [h, n.const(w3), n.const(b3)], ["logits"]))
+    n.nodes.append(helper.make_node("Softmax", ["logits"], ["probs"], axis=-1))
+    m = model(n.nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 10]),
+               helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], n.inits, "mlp_builder")
+    path = os.path.join(out, "mlp_builder.reference.onnx")
+    onnx.save(m, path)
+    req, feeds = request_for(m, {"x": [3, 16]})
+    req["parameters"] = {"seed": str(seed)}
+    with open(os.path.join(out, "mlp_builder.request.json"), "w") as f:
+        json.dump(req, f)
+    with open(os.path.join(out, "mlp_builder.expected.json"), "w") as f:
+        json.dump(expected(path, m, req, feeds), f)
+
+
+def demo_image(h=180, w=240):
+    """A synthetic RGB picture: gradients and a disc."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    r = (255 * xx / (w - 1)).astype(np.float32)
+    g = (255 * yy / (h - 1)).astype(np.float32)
+    b = np.where((yy - h / 2) ** 2 + (xx - w / 3) ** 2 < (h / 4) ** 2, 230.0, 40.0).astype(np.float32)
+    return np.stack([r, g, b], axis=-1).round().astype(np.uint8)
+
+
+def classifier_reference(out, labels_path):
+    """The classifier guest's whole computation in numpy + ONNX Runtime."""
+    img = demo_image()
+    h, w, _ = img.shape
+    size = 224
+    mean = np.array([0.485, 0.456, 0.406], np.float32)
+    std = np.array([0.229, 0.224, 0.225], np.float32)
+
+    def coords(n_in):
+        f = np.maximum((np.arange(size, dtype=np.float32) + np.float32(0.5)) * np.float32(n_in / size) - np.float32(0.5), 0)
+        i0 = np.minimum(f.astype(np.int64), n_in - 1)
+        return i0, np.minimum(i0 + 1, n_in - 1), (f - i0).astype(np.float32)
+
+    y0, y1, dy = coords(h)
+    x0, x1, dx = coords(w)
+    p = img.astype(np.float32)
+    top = p[y0][:, x0] * (1 - dx)[None, :, None] + p[y0][:, x1] * dx[None, :, None]
+    bot = p[y1][:, x0] * (1 - dx)[None, :, None] + p[y1][:, x1] * dx[None, :, None]
+    v = top * (1 - dy)[:, None, None] + bot * dy[:, None, None]
+    x = ((v / 255.0 - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)
+    sess = ort.InferenceSession(os.path.join(out, "cnn.onnx"), providers=["CPUExecutionProvider"])
+    probs = sess.run(["probs"], {"image": x})[0][0]
+    order = sorted(range(len(probs)), key=lambda i: (-probs[i], i))[:5]
+    labels = open(labels_path).read().splitlines()
+    req = {"inputs": [{"name": "image", "shape": [h, w, 3], "datatype": "UINT8", "data": img.ravel().tolist()}],
+           "parameters": {"top_k": "5"}}
+    exp = {"outputs": [
+        {"name": "labels", "datatype": "BYTES", "shape": [5], "data": [labels[i] for i in order]},
+        {"name": "scores", "datatype": "FP32", "shape": [5], "data": [float(probs[i]) for i in order]},
+        {"name": "indices", "datatype": "INT64", "shape": [5], "data": order},
+    ]}
+    with open(os.path.join(out, "classifier.request.json"), "w") as f:
+        json.dump(req, f)
+    with open(os.path.join(out, "classifier.expected.json"), "w") as f:
+        json.dump(exp, f)
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "build/models"
     os.makedirs(out, exist_ok=True)
@@ -271,6 +364,9 @@ def main():
         with open(os.path.join(out, f"{name}.expected.json"), "w") as f:
             json.dump(expected(path, m, req, feeds), f)
         print(f"{path}: {os.path.getsize(path)} bytes", file=sys.stderr)
+    mlp_builder_reference(out)
+    here = os.path.dirname(os.path.abspath(__file__))
+    classifier_reference(out, os.path.join(here, "..", "guest-examples", "classifier", "labels.txt"))
 
 
 if __name__ == "__main__":

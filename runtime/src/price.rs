@@ -47,6 +47,7 @@ mod tests {
         assert_eq!(p.price(2_000_000_000, 0, 0), 2000);
         assert_eq!(p.price(0, 3_000_000_000, 0), 300);
         assert_eq!(p.price(0, 0, 1_500_000), 2);
-        assert_eq!(p.price(u64::MAX, u64::MAX, u64::MAX), u64::MAX);
+        let dear = PriceTable { per_backend_second: u64::MAX, per_gfuel: u64::MAX, per_mb: u64::MAX };
+        assert_eq!(dear.price(u64::MAX, u64::MAX, u64::MAX), u64::MAX, "saturates, never wraps");
     }
 }

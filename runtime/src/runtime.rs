@@ -310,12 +310,12 @@ impl Runtime {
             )));
         }
         let component =
-            Component::new(&self.engine, &spec.guest).map_err(|e| DeployError::InvalidGuest(format!("{e:#}")))?;
+            Component::new(&self.engine, &spec.guest).map_err(|e| DeployError::InvalidGuest(one_line(&e)))?;
         let pre = self
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| DeployError::WorldMismatch(format!("{e:#}")))?;
-        let pre = bindings::JobPre::new(pre).map_err(|e| DeployError::WorldMismatch(format!("{e:#}")))?;
+            .map_err(|e| DeployError::WorldMismatch(one_line(&e)))?;
+        let pre = bindings::JobPre::new(pre).map_err(|e| DeployError::WorldMismatch(one_line(&e)))?;
         let mut models = Models::new();
         for (name, bytes) in spec.models {
             if bytes.is_empty() {
@@ -372,8 +372,10 @@ impl Deployment {
         let state = JobState::new(rt.shared.clone(), self.models.clone(), self.backend, self.limits.clone(), wasi);
         let mut store = Store::new(&rt.engine, state);
         store.limiter(|s| &mut s.limiter);
+        let armed = store.set_fuel(self.limits.fuel).is_ok();
         let result = self.call(&mut store, request);
-        let fuel_left = store.get_fuel().unwrap_or(0);
+        // Fuel the guest burned (none if it never ran).
+        let fuel_left = if armed { store.get_fuel().unwrap_or(0) } else { self.limits.fuel };
         let wall_ns = start.elapsed().as_nanos() as u64;
 
         let state = store.into_data();
@@ -450,7 +452,6 @@ impl Deployment {
                 });
             }
         }
-        store.set_fuel(self.limits.fuel).map_err(|e| internal(&e))?;
         let ticks = self.limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1);
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
@@ -482,8 +483,9 @@ impl Deployment {
     }
 }
 
-fn internal(e: &wasmtime::Error) -> JobError {
-    JobError { outcome: Outcome::Trap, message: format!("{e:#}") }
+/// An error chain on one line (wasmtime's messages span several).
+fn one_line(e: &wasmtime::Error) -> String {
+    format!("{e:#}").split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Maps a trap to the outcome the receipt records.
@@ -499,7 +501,7 @@ fn classify(e: &wasmtime::Error) -> JobError {
     let message = match outcome {
         Outcome::FuelExhausted => "guest ran out of fuel (limits.fuel)".to_string(),
         Outcome::Deadline => "job ran past its deadline (limits.deadline_ms)".to_string(),
-        _ => format!("guest trapped: {e:#}"),
+        _ => format!("guest trapped: {}", one_line(e)),
     };
     JobError { outcome, message }
 }

@@ -14,9 +14,27 @@ pub struct NnError {
     pub message: String,
 }
 
+impl NnError {
+    /// The WIT name of the error code, e.g. `invalid-encoding`.
+    pub fn code_name(&self) -> &'static str {
+        use errors::ErrorCode as C;
+        match self.code {
+            C::InvalidArgument => "invalid-argument",
+            C::InvalidEncoding => "invalid-encoding",
+            C::Timeout => "timeout",
+            C::RuntimeError => "runtime-error",
+            C::UnsupportedOperation => "unsupported-operation",
+            C::TooLarge => "too-large",
+            C::NotFound => "not-found",
+            C::Security => "security",
+            C::Unknown => "unknown",
+        }
+    }
+}
+
 impl std::fmt::Display for NnError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}: {}", self.code, self.message)
+        write!(f, "{}: {}", self.code_name(), self.message)
     }
 }
 

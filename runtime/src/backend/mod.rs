@@ -148,6 +148,12 @@ pub struct DeviceInfo {
     pub name: String,
 }
 
+/// The ORT CPU backend on its own, for benchmarks that compare the sandbox
+/// against a direct backend call.
+pub fn backend_for_bench() -> Result<Box<dyn Backend>, BackendError> {
+    Ok(Box::new(ort::OrtBackend::cpu(0)?))
+}
+
 /// An engine that turns model bytes into graphs.
 pub trait Backend: Send + Sync {
     /// Which backend this is.

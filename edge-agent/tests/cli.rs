@@ -1,0 +1,130 @@
+//! End-to-end tests of the real `mote` binary: `run`, `verify`, `specs`,
+//! and how it fails on bad input.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn build() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../build"))
+}
+
+fn mote(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mote"))
+        .args(args)
+        .env("MOTE_HOME", tmp().join("home"))
+        .output()
+        .expect("start mote")
+}
+
+fn tmp() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mote-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn path(rel: &str) -> String {
+    let p = build().join(rel);
+    assert!(p.exists(), "{} missing: run `make guests` first", p.display());
+    p.to_string_lossy().into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn run_prints_a_kserve_response_and_writes_a_verifiable_receipt() {
+    let receipt = tmp().join("run-receipt.json");
+    let out = mote(&[
+        "run",
+        &path("guests/passthrough.wasm"),
+        "--model",
+        &format!("model={}", path("models/mlp.onnx")),
+        "--input",
+        &path("models/mlp.request.json"),
+        "--receipt",
+        receipt.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "mote run failed: {}", stderr(&out));
+    let resp: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    let names: Vec<&str> = resp["outputs"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["probs", "logits"]);
+    assert_eq!(resp["outputs"][0]["shape"], serde_json::json!([4, 10]));
+    assert!(stderr(&out).contains("usage: outcome=ok fuel="), "usage summary on stderr: {}", stderr(&out));
+
+    let ok = mote(&[
+        "verify",
+        receipt.to_str().unwrap(),
+        "--guest",
+        &path("guests/passthrough.wasm"),
+        "--model",
+        &path("models/mlp.onnx"),
+        "--input",
+        &path("models/mlp.request.json"),
+    ]);
+    assert!(ok.status.success(), "verify failed: {}", stderr(&ok));
+    assert!(String::from_utf8_lossy(&ok.stdout).starts_with("ok: receipt"));
+
+    // Tampering with any field breaks the signature.
+    let text = std::fs::read_to_string(&receipt).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["price_units"] = serde_json::json!(0);
+    let tampered = tmp().join("tampered.json");
+    std::fs::write(&tampered, v.to_string()).unwrap();
+    let bad = mote(&["verify", tampered.to_str().unwrap()]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("signature does not match"), "{}", stderr(&bad));
+
+    // A receipt for another guest is caught by the hash check.
+    let wrong = mote(&["verify", receipt.to_str().unwrap(), "--guest", &path("guests/classifier.wasm")]);
+    assert!(!wrong.status.success());
+    assert!(stderr(&wrong).contains("signature valid, but guest"), "{}", stderr(&wrong));
+}
+
+#[test]
+fn node_key_is_kept_between_runs() {
+    let home = tmp().join("home");
+    let id = |o: &Output| -> String {
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["node_id"].as_str().unwrap().to_string()
+    };
+    let a = mote(&["specs"]);
+    assert!(a.status.success(), "{}", stderr(&a));
+    let b = mote(&["specs"]);
+    assert_eq!(id(&a), id(&b));
+    assert!(home.join("node.key").exists());
+    let specs: serde_json::Value = serde_json::from_slice(&a.stdout).unwrap();
+    assert_eq!(specs["backends"]["ort-cpu"]["available"], true, "{specs}");
+    if specs["backends"]["ort-cuda"]["available"] == false {
+        let reason = specs["backends"]["ort-cuda"]["reason"].as_str().unwrap();
+        assert!(reason.contains("no CUDA"), "{reason}");
+    }
+}
+
+#[test]
+fn failures_exit_nonzero_with_a_one_line_error() {
+    let req = tmp().join("bad.json");
+    std::fs::write(&req, "{\"inputs\": [{\"name\": \"x\", \"shape\": [2], \"datatype\": \"FP32\", \"data\": [1]}]}").unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["run".into(), path("guests/passthrough.wasm"), "--input".into(), req.to_string_lossy().into()], "needs 8 bytes, got 4"),
+        (vec!["run".into(), "/nonexistent.wasm".into(), "--input".into(), req.to_string_lossy().into()], "reading /nonexistent.wasm"),
+        (vec!["run".into(), path("models/mlp.onnx"), "--input".into(), path("models/mlp.request.json")], "not a valid WebAssembly component"),
+        (
+            vec!["run".into(), path("guests/passthrough.wasm"), "--input".into(), path("models/mlp.request.json"), "--backend".into(), "tpu".into()],
+            "unknown backend 'tpu'",
+        ),
+        (
+            vec!["run".into(), path("guests/passthrough.wasm"), "--input".into(), path("models/mlp.request.json")],
+            "job failed (backend_error): not-found: no model named 'model'",
+        ),
+    ];
+    for (args, want) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = mote(&args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = stderr(&out);
+        let last = err.lines().last().unwrap_or_default();
+        assert!(last.starts_with("error: ") && last.contains(want), "{args:?}: last stderr line {last:?} should mention {want:?}");
+        assert!(out.stdout.is_empty(), "no response on failure");
+    }
+}

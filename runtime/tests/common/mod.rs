@@ -1,0 +1,92 @@
+//! Shared helpers for the runtime's integration tests: where the built
+//! guests and generated models live, and a runtime to run them on.
+
+#![allow(dead_code, unreachable_pub)]
+
+use mote_runtime::backend::BackendChoice;
+use mote_runtime::{kserve, Deployment, DeploymentSpec, Limits, Request, Runtime, RuntimeConfig};
+use std::path::PathBuf;
+
+/// `build/` at the repository root (`make guests` fills it).
+pub fn build_dir() -> PathBuf {
+    std::env::var_os("MOTE_BUILD_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../build")))
+}
+
+/// Reads a built artifact; a missing one is a setup problem, said plainly.
+pub fn artifact(rel: &str) -> Vec<u8> {
+    let path = build_dir().join(rel);
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!("{}: {e}. Run `make guests` (or `make test`) first to build guests and models.", path.display())
+    })
+}
+
+pub fn guest(name: &str) -> Vec<u8> {
+    artifact(&format!("guests/{name}.wasm"))
+}
+
+pub fn model(name: &str) -> Vec<u8> {
+    artifact(&format!("models/{name}.onnx"))
+}
+
+pub fn request_json(name: &str) -> serde_json::Value {
+    serde_json::from_slice(&artifact(&format!("models/{name}.request.json"))).expect("request JSON")
+}
+
+pub fn expected_json(name: &str) -> serde_json::Value {
+    serde_json::from_slice(&artifact(&format!("models/{name}.expected.json"))).expect("expected JSON")
+}
+
+pub fn request(name: &str) -> Request {
+    kserve::parse_request(&request_json(name)).expect("valid request")
+}
+
+pub fn runtime() -> Runtime {
+    Runtime::new(RuntimeConfig { data_dir: None, pool_instances: 16, ..RuntimeConfig::default() }).expect("runtime")
+}
+
+pub fn deploy(rt: &Runtime, guest_name: &str, models: &[(&str, &str)], limits: Limits) -> Deployment {
+    rt.deploy(DeploymentSpec {
+        name: guest_name.into(),
+        guest: guest(guest_name),
+        models: models.iter().map(|(n, m)| (n.to_string(), model(m))).collect(),
+        limits,
+        backend: BackendChoice::Auto,
+    })
+    .expect("deploy")
+}
+
+pub fn with_params(mut r: Request, params: &[(&str, &str)]) -> Request {
+    r.parameters.extend(params.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    r
+}
+
+/// Compares KServe outputs: same names, types and shapes; integers and
+/// strings exact, floats within `rtol`/`atol`.
+pub fn assert_outputs_match(got: &serde_json::Value, want: &serde_json::Value, rtol: f64, atol: f64) {
+    let got_outs = got["outputs"].as_array().expect("outputs array");
+    let want_outs = want["outputs"].as_array().expect("expected outputs array");
+    assert_eq!(got_outs.len(), want_outs.len(), "number of outputs: got {got_outs:?}");
+    for w in want_outs {
+        let name = w["name"].as_str().unwrap();
+        let g = got_outs.iter().find(|g| g["name"] == w["name"]).unwrap_or_else(|| panic!("missing output {name}"));
+        assert_eq!(g["datatype"], w["datatype"], "datatype of {name}");
+        assert_eq!(g["shape"], w["shape"], "shape of {name}");
+        let (gd, wd) = (g["data"].as_array().unwrap(), w["data"].as_array().unwrap());
+        assert_eq!(gd.len(), wd.len(), "element count of {name}");
+        let mut worst = 0f64;
+        for (i, (a, b)) in gd.iter().zip(wd).enumerate() {
+            if let (Some(x), Some(y)) = (a.as_f64(), b.as_f64()) {
+                let err = (x - y).abs();
+                assert!(
+                    err <= atol + rtol * y.abs(),
+                    "{name}[{i}]: got {x}, ONNX Runtime gave {y} (|diff| {err:e} > {atol:e} + {rtol:e}*|ref|)"
+                );
+                worst = worst.max(err);
+            } else {
+                assert_eq!(a, b, "{name}[{i}]");
+            }
+        }
+    }
+}

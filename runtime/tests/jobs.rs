@@ -1,0 +1,263 @@
+//! Limits, isolation, caching, errors and receipts, on real guests.
+
+mod common;
+
+use common::*;
+use mote_runtime::backend::{BackendChoice, BackendKind};
+use mote_runtime::{DeployError, DeploymentSpec, Limits, LogLevel, Outcome, Receipt, Request, Runtime};
+
+fn misbehave(rt: &Runtime, limits: Limits) -> mote_runtime::Deployment {
+    deploy(rt, "misbehave", &[("model", "mlp")], limits)
+}
+
+fn mode(m: &str) -> Request {
+    with_params(Request::default(), &[("mode", m)])
+}
+
+/// After a failure the same runtime still serves a normal job.
+fn still_serves(rt: &Runtime) {
+    let d = deploy(rt, "passthrough", &[("model", "mlp")], Limits::default());
+    let r = d.run(&request("mlp"));
+    assert!(r.result.is_ok(), "normal job after a failure: {:?}", r.result.err());
+}
+
+fn output_string(r: &mote_runtime::Response, name: &str) -> String {
+    let t = r.outputs.iter().find(|t| t.name == name).expect("output");
+    let parts = mote_runtime::tensor::split_bytes_elements(&t.data).unwrap();
+    String::from_utf8(parts[0].to_vec()).unwrap()
+}
+
+#[test]
+fn infinite_loop_hits_the_deadline() {
+    let rt = runtime();
+    let d = misbehave(&rt, Limits { deadline_ms: 200, fuel: u64::MAX / 2, ..Limits::default() });
+    let start = std::time::Instant::now();
+    let r = d.run(&mode("spin"));
+    let err = r.result.expect_err("spin must not finish");
+    assert_eq!(err.outcome, Outcome::Deadline, "{err}");
+    assert_eq!(r.receipt.outcome, Outcome::Deadline);
+    assert!(start.elapsed().as_secs() < 10, "deadline enforced promptly");
+    still_serves(&rt);
+}
+
+#[test]
+fn infinite_loop_exhausts_fuel() {
+    let rt = runtime();
+    let d = misbehave(&rt, Limits { fuel: 50_000_000, deadline_ms: 60_000, ..Limits::default() });
+    let r = d.run(&mode("spin"));
+    assert_eq!(r.result.expect_err("spin").outcome, Outcome::FuelExhausted);
+    assert_eq!(r.receipt.usage.fuel, 50_000_000, "all fuel consumed");
+    still_serves(&rt);
+}
+
+#[test]
+fn unbounded_memory_growth_hits_the_memory_limit() {
+    let rt = runtime();
+    let d = misbehave(&rt, Limits { memory_bytes: 64 << 20, ..Limits::default() });
+    let r = d.run(&mode("grow"));
+    let err = r.result.expect_err("grow must fail");
+    assert_eq!(err.outcome, Outcome::MemoryLimit, "{err}");
+    assert!(r.receipt.usage.peak_memory_bytes <= 64 << 20);
+    assert!(r.receipt.usage.peak_memory_bytes > 32 << 20, "it did grow: {}", r.receipt.usage.peak_memory_bytes);
+    still_serves(&rt);
+}
+
+#[test]
+fn a_huge_tensor_claim_is_invalid_input() {
+    let rt = runtime();
+    let r = misbehave(&rt, Limits::default()).run(&mode("huge-tensor"));
+    let err = r.result.expect_err("huge tensor");
+    assert_eq!(err.outcome, Outcome::InvalidInput, "{err}");
+    assert!(err.message.contains("exceeds the job's tensor limit"), "{err}");
+    still_serves(&rt);
+}
+
+#[test]
+fn malformed_onnx_is_a_clear_invalid_encoding_error() {
+    let rt = runtime();
+    let r = misbehave(&rt, Limits::default()).run(&mode("bad-onnx"));
+    let msg = output_string(&r.result.expect("guest handles the error"), "error");
+    assert!(msg.starts_with("invalid-encoding:"), "{msg}");
+    assert!(msg.contains("ONNX Runtime rejected the model"), "{msg}");
+    still_serves(&rt);
+}
+
+#[test]
+fn load_by_name_sees_only_the_deployment_models() {
+    let rt = runtime();
+    let r = misbehave(&rt, Limits::default()).run(&mode("missing-model"));
+    let msg = output_string(&r.result.expect("guest handles the error"), "error");
+    assert!(msg.starts_with("not-found:"), "{msg}");
+    assert!(msg.contains("no model named 'no-such-model'") && msg.contains("models: model"), "{msg}");
+}
+
+#[test]
+fn gpu_target_without_a_gpu_is_an_error_not_a_silent_cpu_run() {
+    let rt = runtime();
+    if rt.backend_device(BackendChoice::Fixed(BackendKind::OrtCuda)).is_ok() {
+        eprintln!("CUDA is available here; the no-GPU path is not exercised");
+        return;
+    }
+    let r = misbehave(&rt, Limits::default()).run(&mode("gpu"));
+    let msg = output_string(&r.result.expect("guest handles the error"), "error");
+    assert!(msg.starts_with("unsupported-operation:"), "{msg}");
+    assert!(msg.contains("no usable GPU backend"), "{msg}");
+    // And a deployment pinned to CUDA reports "no CUDA" cleanly.
+    let err = rt.backend_device(BackendChoice::Fixed(BackendKind::OrtCuda)).unwrap_err();
+    assert!(err.contains("no CUDA"), "{err}");
+}
+
+#[test]
+fn a_panicking_guest_traps_alone() {
+    let rt = runtime();
+    let r = misbehave(&rt, Limits::default()).run(&mode("panic"));
+    let err = r.result.expect_err("panic");
+    assert_eq!(err.outcome, Outcome::Trap);
+    still_serves(&rt);
+}
+
+#[test]
+fn guest_errors_map_to_outcomes() {
+    let rt = runtime();
+    let r = misbehave(&rt, Limits::default()).run(&mode("invalid"));
+    let err = r.result.expect_err("refused");
+    assert_eq!(err.outcome, Outcome::InvalidInput);
+    assert_eq!(err.message, "the guest refused the request");
+}
+
+#[test]
+fn logs_stdout_and_usage_are_captured() {
+    let rt = runtime();
+    let r = misbehave(&rt, Limits::default()).run(&mode("log"));
+    let resp = r.result.expect("log job");
+    let has = |lvl: LogLevel, text: &str| r.log.iter().any(|l| l.level == lvl && l.message == text);
+    assert!(has(LogLevel::Info, "hello from the guest log"), "{:?}", r.log);
+    // stdout/stderr are WASI streams: captured for wasm32-wasip2 guests; a
+    // wasm32-unknown-unknown guest (this one, built with build-std) has none.
+    if r.log.iter().any(|l| l.level == LogLevel::Stdout) {
+        assert!(has(LogLevel::Stdout, "hello from stdout"), "{:?}", r.log);
+        assert!(has(LogLevel::Stderr, "hello from stderr"), "{:?}", r.log);
+    }
+    let fuel_seen = i64::from_le_bytes(resp.outputs[0].data[..8].try_into().unwrap());
+    assert!(fuel_seen > 0 && (fuel_seen as u64) <= r.receipt.usage.fuel, "usage.current() fuel {fuel_seen}");
+    let peak: u64 = resp.parameters[0].1.parse().unwrap();
+    assert!(peak > 0);
+}
+
+#[test]
+fn bad_requests_are_rejected_before_the_guest_runs() {
+    let rt = runtime();
+    let d = deploy(&rt, "passthrough", &[("model", "mlp")], Limits::default());
+    let mut req = request("mlp");
+    req.inputs[0].data.pop();
+    let r = d.run(&req);
+    let err = r.result.expect_err("short data");
+    assert_eq!(err.outcome, Outcome::InvalidInput);
+    assert!(err.message.contains("needs 256 bytes, got 255"), "{err}");
+    assert_eq!(r.receipt.usage.fuel, 0, "the guest never ran");
+
+    // Wrong shape for the model: the backend refuses, the guest reports it.
+    let mut req = request("mlp");
+    req.inputs[0].shape = vec![8, 8];
+    let err = d.run(&req).result.expect_err("wrong shape");
+    assert_eq!(err.outcome, Outcome::InvalidInput, "{err}");
+    assert!(err.message.contains("invalid-argument"), "{err}");
+}
+
+#[test]
+fn bad_guests_are_refused_at_deploy_time() {
+    let rt = runtime();
+    let spec = |guest: Vec<u8>| DeploymentSpec { name: "bad".into(), guest, ..DeploymentSpec::default() };
+    let not_wasm = rt.deploy(spec(b"hello".to_vec())).err().expect("garbage refused");
+    assert!(matches!(not_wasm, DeployError::InvalidGuest(_)), "{not_wasm}");
+    // A core module is not a component.
+    let core = rt.deploy(spec(b"\0asm\x01\0\0\0".to_vec())).err().expect("core module refused");
+    assert!(matches!(core, DeployError::InvalidGuest(_)), "{core}");
+    // An empty component does not export the handler.
+    let empty = rt.deploy(spec(b"\0asm\x0d\0\x01\0".to_vec())).err().expect("empty component refused");
+    assert!(empty.to_string().contains("handler"), "{empty}");
+    still_serves(&rt);
+}
+
+#[test]
+fn second_load_of_a_model_is_a_cache_hit_without_a_new_session() {
+    let rt = runtime();
+    let d = deploy(&rt, "passthrough", &[("model", "cnn")], Limits::default());
+    let req = request("cnn");
+    let first = d.run(&req);
+    assert!(first.result.is_ok());
+    let after_first = rt.cache_stats();
+    assert_eq!((after_first.hits, after_first.misses), (0, 1));
+    assert_eq!(rt.sessions_built(), 1);
+    let second = d.run(&req);
+    assert_eq!(second.result.unwrap(), first.result.unwrap(), "same answer");
+    let after_second = rt.cache_stats();
+    assert_eq!((after_second.hits, after_second.misses), (1, 1), "second load hits the cache");
+    assert_eq!(rt.sessions_built(), 1, "no new ORT session for a cached graph");
+    assert!(second.receipt.usage.backend_ns < first.receipt.usage.backend_ns, "no rebuild cost");
+}
+
+#[test]
+fn many_jobs_run_the_same_model_at_once() {
+    let rt = runtime();
+    let d = deploy(&rt, "passthrough", &[("model", "transformer")], Limits::default());
+    let req = request("transformer");
+    let want = d.run(&req).result.expect("first job");
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6).map(|_| s.spawn(|| d.run(&req))).collect();
+        for h in handles {
+            assert_eq!(h.join().expect("no panic").result.expect("concurrent job"), want);
+        }
+    });
+    assert!(rt.sessions_built() >= 1 && rt.sessions_built() <= 7, "sessions: {}", rt.sessions_built());
+    assert_eq!(rt.cache_stats().misses, 1, "one graph shared by all jobs");
+}
+
+#[test]
+fn receipts_are_signed_and_describe_the_job() {
+    let rt = runtime();
+    let d = deploy(&rt, "passthrough", &[("model", "mlp")], Limits::default());
+    let req = request("mlp");
+    let r = d.run(&req);
+    let resp = r.result.as_ref().unwrap();
+    let text = r.receipt.to_json_pretty();
+    let v = Receipt::verify_json(&text).expect("valid signature");
+    assert_eq!(v.node_id, rt.node_id());
+    assert_eq!(v.guest_sha256, mote_runtime::receipt::sha256_hex(&guest("passthrough")));
+    assert_eq!(v.model_sha256, vec![mote_runtime::receipt::sha256_hex(&model("mlp"))]);
+    assert_eq!(v.input_sha256, mote_runtime::digest(&req.inputs, &req.parameters));
+    assert_eq!(v.output_sha256, mote_runtime::digest(&resp.outputs, &resp.parameters));
+    assert_eq!(v.backend, "ort-cpu");
+    assert!(v.usage.fuel > 0 && v.usage.wall_ns >= v.usage.backend_ns && v.usage.backend_ns > 0);
+    assert_eq!(v.usage.bytes_in, 4 * 16 * 4);
+    assert_eq!(v.usage.bytes_out, 2 * 4 * 10 * 4);
+    assert!(v.price_units > 0);
+    let tampered = text.replace(&format!("\"bytes_in\": {}", v.usage.bytes_in), "\"bytes_in\": 1");
+    assert!(Receipt::verify_json(&tampered).is_err(), "tampered receipt must fail");
+}
+
+#[test]
+fn builder_graphs_are_cached_by_content() {
+    let rt = runtime();
+    let d = deploy(&rt, "mlp-builder", &[], Limits::default());
+    let req = request("mlp_builder");
+    let a = d.run(&req).result.unwrap();
+    let b = d.run(&req).result.unwrap();
+    assert_eq!(a, b);
+    assert_eq!(rt.cache_stats().hits, 1, "same declared graph, same cache entry");
+    // Another seed declares another graph: a new entry.
+    let mut other = req.clone();
+    other.parameters = vec![("seed".into(), "8".into())];
+    let c = d.run(&other);
+    assert!(c.result.is_ok());
+    assert_eq!(rt.cache_stats().misses, 2);
+}
+
+#[test]
+fn max_graphs_ends_the_job() {
+    let rt = runtime();
+    let d = deploy(&rt, "mlp-builder", &[], Limits { max_graphs: 0, ..Limits::default() });
+    let err = d.run(&request("mlp_builder")).result.expect_err("no graphs allowed");
+    assert_eq!(err.outcome, Outcome::InvalidInput);
+    assert!(err.message.contains("max_graphs"), "{err}");
+}
