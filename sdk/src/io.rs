@@ -1,6 +1,27 @@
 //! Typed views of request and response tensors.
 
-use crate::{Datatype, HandlerError, IoTensor};
+use crate::{Datatype, HandlerError, IoTensor, Request};
+
+/// Access to a request's string parameters and inputs by name.
+pub trait RequestExt {
+    /// The value of parameter `key`, if given.
+    fn param(&self, key: &str) -> Option<&str>;
+    /// The input tensor named `name`, or an `invalid-input` error saying so.
+    fn input(&self, name: &str) -> Result<&IoTensor, HandlerError>;
+}
+
+impl RequestExt for Request {
+    fn param(&self, key: &str) -> Option<&str> {
+        self.parameters.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    fn input(&self, name: &str) -> Result<&IoTensor, HandlerError> {
+        self.inputs
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| HandlerError::InvalidInput(format!("missing input '{name}'")))
+    }
+}
 
 /// Typed access to [`IoTensor`] data.
 pub trait TensorData {

@@ -45,7 +45,7 @@ pub use bindings::mote::edge::types::{Datatype, HandlerError, IoTensor, Request,
 pub use bindings::wasi::nn::graph::ExecutionTarget as Target;
 pub use builder::{GraphBuilder, Operand};
 pub use graph::{Graph, NnError, Tensor, TensorType};
-pub use io::TensorData;
+pub use io::{RequestExt, TensorData};
 
 /// Exports a [`Handler`] implementation as the guest's `handle` function.
 #[macro_export]

@@ -1,17 +1,13 @@
 //! A guest that misbehaves on purpose, for the runtime's limit tests. The
 //! request parameter `mode` picks the misbehaviour.
 
-use mote_sdk::{log, Graph, Handler, HandlerError, Request, Response, Target, Tensor, TensorData, TensorType, IoTensor};
+use mote_sdk::{log, Graph, Handler, HandlerError, IoTensor, Request, RequestExt, Response, Target, Tensor, TensorData, TensorType};
 
 struct Misbehave;
 
-fn param<'a>(req: &'a Request, key: &str) -> Option<&'a str> {
-    req.parameters.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-}
-
 impl Handler for Misbehave {
     fn handle(req: Request) -> Result<Response, HandlerError> {
-        let mode = param(&req, "mode").unwrap_or("ok");
+        let mode = req.param("mode").unwrap_or("ok");
         match mode {
             "ok" => Ok(Response { outputs: vec![IoTensor::from_f32("ok", &[1], &[1.0])], parameters: vec![] }),
             "spin" => {

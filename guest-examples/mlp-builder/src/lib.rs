@@ -5,7 +5,7 @@
 //! Weights come from a seeded splitmix64 stream (parameter `seed`, default
 //! 7), so the same network can be rebuilt outside the guest and checked.
 
-use mote_sdk::{GraphBuilder, Handler, HandlerError, Request, Response, Target, Tensor, TensorType};
+use mote_sdk::{GraphBuilder, Handler, HandlerError, Request, RequestExt, Response, Target, Tensor, TensorType};
 
 struct MlpBuilder;
 
@@ -28,13 +28,9 @@ impl SplitMix {
 
 impl Handler for MlpBuilder {
     fn handle(req: Request) -> Result<Response, HandlerError> {
-        let x = req
-            .inputs
-            .iter()
-            .find(|t| t.name == "x")
-            .ok_or_else(|| HandlerError::InvalidInput("missing input 'x' (FP32 [batch, 16])".into()))?;
-        let seed = match req.parameters.iter().find(|(k, _)| k == "seed") {
-            Some((_, v)) => v.parse().map_err(|_| HandlerError::InvalidInput(format!("seed '{v}' is not a number")))?,
+        let x = req.input("x")?;
+        let seed = match req.param("seed") {
+            Some(v) => v.parse().map_err(|_| HandlerError::InvalidInput(format!("seed '{v}' is not a number")))?,
             None => 7u64,
         };
         let mut rng = SplitMix(seed);
