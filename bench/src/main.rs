@@ -46,7 +46,7 @@ fn main() -> anyhow::Result<()> {
         (v[v.len() / 2], v[v.len() * 99 / 100])
     };
     let (native_p50, native_p99) = time(&mut || {
-        ctx.compute(&[("x", view)]).expect("native run");
+        ctx.compute(&[("x", view)], None).expect("native run");
     });
     let (guest_p50, guest_p99) = time(&mut || {
         d.run(&request).result.expect("guest run");

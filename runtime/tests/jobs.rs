@@ -261,3 +261,30 @@ fn max_graphs_ends_the_job() {
     assert_eq!(err.outcome, Outcome::InvalidInput);
     assert!(err.message.contains("max_graphs"), "{err}");
 }
+
+#[test]
+fn a_long_backend_compute_is_stopped_at_the_deadline() {
+    let rt = runtime();
+    let limits = Limits { deadline_ms: 150, ..Limits::default() };
+    let d = deploy(&rt, "passthrough", &[("model", "cnn")], limits);
+    // 64 images: far more than 150 ms of convolutions on this machine.
+    let mut req = request("cnn");
+    let one = req.inputs[0].data.clone();
+    req.inputs[0].shape[0] = 64;
+    req.inputs[0].data = one.repeat(64);
+    let start = std::time::Instant::now();
+    let r = d.run(&req);
+    let elapsed = start.elapsed();
+    let err = r.result.expect_err("must not finish in time");
+    assert_eq!(err.outcome, Outcome::Deadline, "{err}");
+    assert!(err.message.contains("backend compute stopped"), "{err}");
+    // The full batch takes seconds; stopping must come well before that.
+    let full = {
+        let d = deploy(&rt, "passthrough", &[("model", "cnn")], Limits::default());
+        let t = std::time::Instant::now();
+        d.run(&req).result.expect("full batch without a deadline");
+        t.elapsed()
+    };
+    assert!(elapsed < full, "stopped after {elapsed:?}, the whole run takes {full:?}");
+    still_serves(&rt);
+}

@@ -87,6 +87,8 @@ pub enum BackendErrorKind {
     Unsupported,
     /// The backend failed while running.
     Runtime,
+    /// The computation was stopped at the job's deadline.
+    Timeout,
 }
 
 /// A backend failure with a message for people.
@@ -177,6 +179,11 @@ pub trait BackendGraph: Send + Sync {
 /// One job's inference state over a graph.
 pub trait BackendExecutionContext: Send {
     /// Runs the graph on named inputs; returns every output, by name, in the
-    /// model's output order.
-    fn compute(&mut self, inputs: &[(&str, TensorView<'_>)]) -> Result<Vec<(String, OwnedTensor)>, BackendError>;
+    /// model's output order. A run still going at `deadline` is stopped
+    /// with [`BackendErrorKind::Timeout`].
+    fn compute(
+        &mut self,
+        inputs: &[(&str, TensorView<'_>)],
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Vec<(String, OwnedTensor)>, BackendError>;
 }

@@ -16,12 +16,13 @@ use super::{
 };
 use crate::tensor::ElementType;
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
-use ort::session::{Session, SessionInputValue};
+use ort::session::{RunOptions, Session, SessionInputValue};
 use ort::value::{DynValue, TensorElementType, TensorRefMut, ValueType};
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::time::Instant;
 
 /// File names the ONNX Runtime shared library is found under.
 const LIB_PREFIX: &str = "libonnxruntime.so";
@@ -269,7 +270,10 @@ impl BackendGraph for OrtGraph {
             Some(s) => s,
             None => self.inner.backend.build_session(&self.inner.model)?,
         };
-        Ok(Box::new(OrtContext { session: Some(session), graph: self.inner.clone() }))
+        let run_options = RunOptions::new()
+            .map(Arc::new)
+            .map_err(|e| BackendError::new(BackendErrorKind::Runtime, format!("creating run options: {e}")))?;
+        Ok(Box::new(OrtContext { session: Some(session), graph: self.inner.clone(), run_options }))
     }
 
     fn inputs(&self) -> &[TensorInfo] {
@@ -284,6 +288,58 @@ impl BackendGraph for OrtGraph {
 struct OrtContext {
     session: Option<Session>,
     graph: Arc<GraphInner>,
+    /// Lets the watchdog stop a run at the job's deadline.
+    run_options: Arc<RunOptions>,
+}
+
+/// Stops ORT runs that pass their job's deadline. ORT checks the terminate
+/// flag between kernels, so a long inference ends soon after the deadline
+/// instead of holding the node. One thread serves the whole process.
+struct Watchdog {
+    due: Mutex<Vec<(Instant, Weak<RunOptions>)>>,
+    wake: Condvar,
+}
+
+impl Watchdog {
+    fn get() -> &'static Watchdog {
+        static DOG: OnceLock<&'static Watchdog> = OnceLock::new();
+        DOG.get_or_init(|| {
+            let dog: &'static Watchdog = Box::leak(Box::new(Watchdog { due: Mutex::default(), wake: Condvar::new() }));
+            std::thread::Builder::new()
+                .name("mote-ort-watchdog".into())
+                .spawn(move || dog.run())
+                .expect("spawn the ORT watchdog thread");
+            dog
+        })
+    }
+
+    fn watch(&self, deadline: Instant, run: &Arc<RunOptions>) {
+        self.due.lock().unwrap_or_else(|p| p.into_inner()).push((deadline, Arc::downgrade(run)));
+        self.wake.notify_one();
+    }
+
+    fn run(&self) {
+        let mut due = self.due.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let now = Instant::now();
+            due.retain(|(at, run)| {
+                if *at > now {
+                    return run.strong_count() > 0;
+                }
+                if let Some(run) = run.upgrade() {
+                    let _ = run.terminate();
+                }
+                false
+            });
+            due = match due.iter().map(|(at, _)| *at).min() {
+                Some(next) => {
+                    let wait = next.saturating_duration_since(now);
+                    self.wake.wait_timeout(due, wait).unwrap_or_else(|p| p.into_inner()).0
+                }
+                None => self.wake.wait(due).unwrap_or_else(|p| p.into_inner()),
+            };
+        }
+    }
 }
 
 impl Drop for OrtContext {
@@ -414,7 +470,21 @@ fn output_tensor(name: &str, value: &DynValue) -> Result<OwnedTensor, BackendErr
 }
 
 impl BackendExecutionContext for OrtContext {
-    fn compute(&mut self, inputs: &[(&str, TensorView<'_>)]) -> Result<Vec<(String, OwnedTensor)>, BackendError> {
+    fn compute(
+        &mut self,
+        inputs: &[(&str, TensorView<'_>)],
+        deadline: Option<Instant>,
+    ) -> Result<Vec<(String, OwnedTensor)>, BackendError> {
+        if let Some(at) = deadline {
+            if at <= Instant::now() {
+                return Err(BackendError::new(BackendErrorKind::Timeout, "the job's deadline passed before compute"));
+            }
+            // A fresh flag per run: a terminated RunOptions stays terminated.
+            self.run_options = RunOptions::new()
+                .map(Arc::new)
+                .map_err(|e| BackendError::new(BackendErrorKind::Runtime, format!("creating run options: {e}")))?;
+            Watchdog::get().watch(at, &self.run_options);
+        }
         let session = self.session.as_mut().expect("session present until drop");
         let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
         for (name, view) in inputs {
@@ -428,9 +498,11 @@ impl BackendExecutionContext for OrtContext {
             let want = declared.dtype().tensor_type();
             values.push((Cow::Borrowed(*name), input_value(view, want)?));
         }
-        let outputs = session.run(values).map_err(|e| {
+        let outputs = session.run_with_options(values, &self.run_options).map_err(|e| {
             let msg = e.to_string();
-            let kind = if msg.contains("Invalid rank")
+            let kind = if msg.contains("terminate flag") {
+                BackendErrorKind::Timeout
+            } else if msg.contains("Invalid rank")
                 || msg.contains("Got invalid dimensions")
                 || msg.contains("Unexpected input data type")
                 || msg.contains("Missing Input")

@@ -117,6 +117,9 @@ impl JobState {
             BackendErrorKind::InvalidArgument => ErrorCode::InvalidArgument,
             BackendErrorKind::Unsupported => ErrorCode::UnsupportedOperation,
             BackendErrorKind::Runtime => ErrorCode::RuntimeError,
+            BackendErrorKind::Timeout => {
+                return Err(abort(Outcome::Deadline, format!("backend compute stopped at the job deadline: {}", e.message)));
+            }
         };
         self.nn_error(code, e.message)
     }

@@ -183,7 +183,7 @@ impl inference::HostGraphExecutionContext for JobState {
                 views.push((name.as_str(), TensorView { ty: t.ty, dims: &t.dims, data: &t.data }));
             }
             let start = Instant::now();
-            let out = ctx.compute(&views);
+            let out = ctx.compute(&views, Some(self.started + self.limits.deadline()));
             wasmtime::Result::Ok((out, start.elapsed().as_nanos() as u64, bytes_in))
         })();
         self.table.get_mut(&c)?.ctx = Some(ctx);
