@@ -11,7 +11,7 @@ use std::process::ExitCode;
 /// mote: sandboxed WebAssembly inference for edge GPU nodes.
 #[derive(Parser, Debug)]
 #[command(name = "mote", version, about)]
-pub(crate) struct Cli {
+pub struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -55,6 +55,49 @@ enum Command {
     },
     /// Print what this node can do (backends, devices, node id) as JSON.
     Specs,
+    /// Serve deployments over HTTPS (KServe v2) and QUIC until SIGTERM.
+    Serve {
+        /// The node config (see mote.toml).
+        #[arg(long, default_value = "mote.toml")]
+        config: PathBuf,
+        /// Serve plain HTTP instead of HTTPS (loopback addresses only).
+        #[arg(long)]
+        insecure_http: bool,
+        /// Override `[server] listen`.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Override `[server] quic`.
+        #[arg(long)]
+        quic: Option<std::net::SocketAddr>,
+    },
+    /// Send a request to a node over QUIC (`mote/1`).
+    Infer {
+        /// Node address, HOST:PORT.
+        #[arg(long)]
+        quic: String,
+        /// Deployment name.
+        #[arg(long)]
+        model: String,
+        /// KServe v2 request JSON (`-` for stdin).
+        #[arg(long)]
+        input: PathBuf,
+        /// Bearer token of your tenant.
+        #[arg(long, default_value = "")]
+        token: String,
+        /// Trust this PEM certificate (default: the local node's generated one).
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// Trust the server whose certificate has this sha256 fingerprint.
+        #[arg(long)]
+        fingerprint: Option<String>,
+        /// TLS server name.
+        #[arg(long, default_value = "localhost")]
+        server_name: String,
+        /// Send the request this many times over one connection and report
+        /// latencies on stderr.
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -87,7 +130,8 @@ struct RunArgs {
     ephemeral_key: bool,
 }
 
-pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run_job(args),
         Command::Build { dir, out, toolchain } => {
@@ -108,6 +152,69 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Verify { receipt, guest, model, input } => verify(receipt, guest, model, input),
         Command::Specs => specs(),
+        Command::Serve { config, insecure_http, listen, quic } => {
+            let mut cfg = crate::config::Config::load(&config)?;
+            if let Some(l) = listen {
+                cfg.server.listen = l;
+            }
+            if quic.is_some() {
+                cfg.server.quic = quic;
+            }
+            tokio_runtime()?.block_on(crate::serve::serve(cfg, insecure_http))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Infer { quic, model, input, token, cert, fingerprint, server_name, repeat } => {
+            let request = parse_request_file(&input)?;
+            let trust = match (cert, fingerprint) {
+                (_, Some(fp)) => crate::tls::Trust::Fingerprint(fp),
+                (Some(c), None) => crate::tls::Trust::CaFile(c),
+                (None, None) => crate::tls::Trust::CaFile(mote_runtime::receipt::default_data_dir().join("tls/cert.pem")),
+            };
+            tokio_runtime()?.block_on(infer(&quic, &server_name, &trust, &model, &token, &request, repeat))
+        }
+    }
+}
+
+fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+async fn infer(
+    addr: &str,
+    server_name: &str,
+    trust: &crate::tls::Trust,
+    model: &str,
+    token: &str,
+    request: &mote_runtime::Request,
+    repeat: usize,
+) -> Result<ExitCode> {
+    use std::net::ToSocketAddrs;
+    let sock = addr.to_socket_addrs().with_context(|| format!("resolving {addr}"))?.next().context("no address")?;
+    let start = std::time::Instant::now();
+    let client = crate::quic::QuicClient::connect(sock, server_name, trust).await?;
+    let connect = start.elapsed();
+    let mut reply = None;
+    for i in 0..repeat.max(1) {
+        let t = std::time::Instant::now();
+        let r = client.infer(model, token, request).await?;
+        if repeat > 1 {
+            eprintln!("request {i}: {:.3} ms", t.elapsed().as_secs_f64() * 1e3);
+        }
+        reply = Some(r);
+    }
+    eprintln!("connected in {:.3} ms (one handshake for {} request(s))", connect.as_secs_f64() * 1e3, repeat.max(1));
+    let reply = reply.expect("at least one request");
+    match &reply.response {
+        Some(resp) if reply.is_ok() => {
+            let mut v = kserve::response_json(resp, Some(model)).map_err(anyhow::Error::msg)?;
+            v["parameters"] = reply.header["parameters"].clone();
+            println!("{}", serde_json::to_string(&v)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => {
+            eprintln!("error: {}", reply.error().unwrap_or("request failed"));
+            Ok(ExitCode::from(2))
+        }
     }
 }
 

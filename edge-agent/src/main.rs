@@ -1,8 +1,5 @@
 //! `mote`: the mote command-line tool and edge node.
 
-mod build;
-mod cli;
-
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
@@ -12,8 +9,8 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = cli::Cli::parse();
-    match cli::run(args) {
+    let args = mote_agent::cli::Cli::parse();
+    match mote_agent::cli::run(args) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -10,13 +10,82 @@ use serde_json::{json, Map, Value};
 
 /// Parses a KServe v2 infer request.
 pub fn parse_request(v: &Value) -> Result<Request, String> {
+    parse_request_with_binary(v, &[])
+}
+
+/// Parses a request in Triton's binary tensor extension: `v` is the JSON
+/// header, `binary` the bytes that followed it. Inputs whose `parameters`
+/// carry `binary_data_size` take that many bytes from `binary`, in input
+/// order; the others carry JSON `data`.
+pub fn parse_request_with_binary(v: &Value, binary: &[u8]) -> Result<Request, String> {
     let obj = v.as_object().ok_or("request must be a JSON object")?;
     let inputs = obj.get("inputs").and_then(Value::as_array).ok_or("request needs an \"inputs\" array")?;
     let mut tensors = Vec::with_capacity(inputs.len());
+    let mut rest = binary;
     for (i, input) in inputs.iter().enumerate() {
-        tensors.push(parse_tensor(input).map_err(|e| format!("inputs[{i}]: {e}"))?);
+        let size = input.get("parameters").and_then(|p| p.get("binary_data_size"));
+        let t = match size {
+            Some(size) => {
+                let size = size.as_u64().ok_or_else(|| format!("inputs[{i}]: binary_data_size must be an integer"))?;
+                let size = usize::try_from(size).map_err(|_| format!("inputs[{i}]: binary_data_size too large"))?;
+                if size > rest.len() {
+                    return Err(format!(
+                        "inputs[{i}]: binary_data_size {size} runs past the {} binary bytes left in the body",
+                        rest.len()
+                    ));
+                }
+                let (data, tail) = rest.split_at(size);
+                rest = tail;
+                let (name, datatype, shape) = parse_tensor_header(input).map_err(|e| format!("inputs[{i}]: {e}"))?;
+                let t = IoTensor { name, datatype, shape, data: data.to_vec() };
+                t.validate().map_err(|e| format!("inputs[{i}]: {e}"))?;
+                t
+            }
+            None => parse_tensor(input).map_err(|e| format!("inputs[{i}]: {e}"))?,
+        };
+        tensors.push(t);
+    }
+    if !rest.is_empty() {
+        return Err(format!("{} binary bytes in the body belong to no input", rest.len()));
     }
     Ok(Request { inputs: tensors, parameters: parse_parameters(obj.get("parameters"))? })
+}
+
+/// Which outputs a request wants as binary data (Triton extension): all
+/// when `parameters.binary_data_output` is true, else those listed in
+/// `outputs` with `parameters.binary_data` true. Also returns the requested
+/// output names, if the request lists any.
+pub fn output_preferences(v: &Value) -> (Box<dyn Fn(&str) -> bool + Send + Sync>, Option<Vec<String>>) {
+    let all = v.get("parameters").and_then(|p| p.get("binary_data_output")).and_then(Value::as_bool).unwrap_or(false);
+    let listed: Option<Vec<(String, bool)>> = v.get("outputs").and_then(Value::as_array).map(|outs| {
+        outs.iter()
+            .filter_map(|o| {
+                let name = o.get("name")?.as_str()?.to_string();
+                let bin = o.get("parameters").and_then(|p| p.get("binary_data")).and_then(Value::as_bool);
+                Some((name, bin.unwrap_or(all)))
+            })
+            .collect()
+    });
+    let names = listed.as_ref().map(|l| l.iter().map(|(n, _)| n.clone()).collect());
+    let binary: Box<dyn Fn(&str) -> bool + Send + Sync> = match listed {
+        Some(l) => Box::new(move |n: &str| l.iter().any(|(m, b)| m == n && *b)),
+        None => Box::new(move |_: &str| all),
+    };
+    (binary, names)
+}
+
+fn parse_tensor_header(v: &Value) -> Result<(String, Datatype, Vec<u64>), String> {
+    let name = v.get("name").and_then(Value::as_str).ok_or("tensor needs a string \"name\"")?.to_string();
+    let dt = v.get("datatype").and_then(Value::as_str).ok_or_else(|| format!("tensor '{name}' needs a \"datatype\""))?;
+    let datatype = Datatype::parse(dt).ok_or_else(|| format!("tensor '{name}': unknown datatype '{dt}'"))?;
+    let shape = v
+        .get("shape")
+        .and_then(Value::as_array)
+        .ok_or_else(|| format!("tensor '{name}' needs a \"shape\" array"))?
+        .iter()
+        .map(|d| d.as_u64().ok_or_else(|| format!("tensor '{name}': shape entries must be non-negative integers")))
+        .collect::<Result<Vec<u64>, _>>()?;
+    Ok((name, datatype, shape))
 }
 
 /// Parses KServe `parameters` (an object of scalars) into string pairs.
@@ -38,16 +107,7 @@ pub fn parse_parameters(v: Option<&Value>) -> Result<Vec<(String, String)>, Stri
 
 /// Parses one tensor object `{name, shape, datatype, data}`.
 pub fn parse_tensor(v: &Value) -> Result<IoTensor, String> {
-    let name = v.get("name").and_then(Value::as_str).ok_or("tensor needs a string \"name\"")?.to_string();
-    let dt = v.get("datatype").and_then(Value::as_str).ok_or_else(|| format!("tensor '{name}' needs a \"datatype\""))?;
-    let datatype = Datatype::parse(dt).ok_or_else(|| format!("tensor '{name}': unknown datatype '{dt}'"))?;
-    let shape = v
-        .get("shape")
-        .and_then(Value::as_array)
-        .ok_or_else(|| format!("tensor '{name}' needs a \"shape\" array"))?
-        .iter()
-        .map(|d| d.as_u64().ok_or_else(|| format!("tensor '{name}': shape entries must be non-negative integers")))
-        .collect::<Result<Vec<u64>, _>>()?;
+    let (name, datatype, shape) = parse_tensor_header(v)?;
     let data = v.get("data").ok_or_else(|| format!("tensor '{name}' needs \"data\""))?;
     let mut flat = Vec::new();
     flatten(data, &mut flat);
@@ -166,7 +226,42 @@ pub fn tensor_json(t: &IoTensor) -> Result<Value, String> {
 
 /// Encodes a response as a KServe v2 infer response.
 pub fn response_json(r: &Response, model_name: Option<&str>) -> Result<Value, String> {
-    let outputs = r.outputs.iter().map(tensor_json).collect::<Result<Vec<_>, _>>()?;
+    Ok(response_json_binary(r, model_name, &|_| false, None)?.0)
+}
+
+/// Encodes a response, putting the outputs for which `binary` is true after
+/// the JSON as raw bytes (Triton's binary extension; their JSON entry gets
+/// `parameters.binary_data_size`). `only` keeps just the named outputs.
+/// Returns the JSON and the binary tail.
+pub fn response_json_binary(
+    r: &Response,
+    model_name: Option<&str>,
+    binary: &dyn Fn(&str) -> bool,
+    only: Option<&[String]>,
+) -> Result<(Value, Vec<u8>), String> {
+    let mut tail = Vec::new();
+    let mut outputs = Vec::new();
+    for t in &r.outputs {
+        if only.is_some_and(|names| !names.contains(&t.name)) {
+            continue;
+        }
+        if binary(&t.name) {
+            outputs.push(json!({
+                "name": t.name,
+                "datatype": t.datatype.as_str(),
+                "shape": t.shape,
+                "parameters": {"binary_data_size": t.data.len()},
+            }));
+            tail.extend_from_slice(&t.data);
+        } else {
+            outputs.push(tensor_json(t)?);
+        }
+    }
+    if let Some(names) = only {
+        if let Some(missing) = names.iter().find(|n| !r.outputs.iter().any(|t| &&t.name == n)) {
+            return Err(format!("requested output '{missing}' is not among the outputs"));
+        }
+    }
     let mut obj = Map::new();
     if let Some(n) = model_name {
         obj.insert("model_name".into(), n.into());
@@ -178,7 +273,7 @@ pub fn response_json(r: &Response, model_name: Option<&str>) -> Result<Value, St
             Value::Object(r.parameters.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect()),
         );
     }
-    Ok(Value::Object(obj))
+    Ok((Value::Object(obj), tail))
 }
 
 #[cfg(test)]
@@ -208,6 +303,38 @@ mod tests {
             let back = tensor_json(&t).unwrap();
             assert_eq!(back["data"], data, "{dt}");
         }
+    }
+
+    #[test]
+    fn binary_inputs_and_outputs_follow_the_triton_extension() {
+        let header = json!({
+            "inputs": [
+                {"name": "a", "shape": [2], "datatype": "FP32", "parameters": {"binary_data_size": 8}},
+                {"name": "b", "shape": [1], "datatype": "INT64", "data": [5]},
+                {"name": "s", "shape": [2], "datatype": "BYTES", "parameters": {"binary_data_size": 13}},
+            ],
+            "outputs": [{"name": "a", "parameters": {"binary_data": true}}, {"name": "b"}],
+        });
+        let mut bin = Vec::new();
+        bin.extend(1.5f32.to_le_bytes());
+        bin.extend(2.5f32.to_le_bytes());
+        bin.extend(join_bytes_elements([&b"hi"[..], b"you"]));
+        let req = parse_request_with_binary(&header, &bin).unwrap();
+        assert_eq!(req.inputs[0].data, bin[..8]);
+        assert_eq!(req.inputs[1].data, 5i64.to_le_bytes());
+        assert_eq!(req.inputs[2].data, bin[8..]);
+        assert!(parse_request_with_binary(&header, &bin[..10]).unwrap_err().contains("runs past"));
+        let mut extra = bin.clone();
+        extra.push(0);
+        assert!(parse_request_with_binary(&header, &extra).unwrap_err().contains("belong to no input"));
+
+        let (binary, only) = output_preferences(&header);
+        let resp = Response { outputs: req.inputs.clone(), parameters: vec![] };
+        let (v, tail) = response_json_binary(&resp, None, &*binary, only.as_deref()).unwrap();
+        assert_eq!(v["outputs"].as_array().unwrap().len(), 2, "only the requested outputs");
+        assert_eq!(v["outputs"][0]["parameters"]["binary_data_size"], 8);
+        assert_eq!(v["outputs"][1]["data"], json!([5]));
+        assert_eq!(tail, bin[..8]);
     }
 
     #[test]

@@ -195,6 +195,19 @@ pub struct Response {
     pub parameters: Vec<(String, String)>,
 }
 
+/// The declared inputs and outputs of one of a deployment's models.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ModelInfo {
+    /// The model's name in the deployment.
+    pub name: String,
+    /// sha256 of the ONNX bytes.
+    pub sha256: String,
+    /// Declared inputs.
+    pub inputs: Vec<crate::backend::TensorInfo>,
+    /// Declared outputs.
+    pub outputs: Vec<crate::backend::TensorInfo>,
+}
+
 /// Why a job produced no response.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{outcome}: {message}")]
@@ -352,6 +365,39 @@ impl Deployment {
     /// The deployment's limits.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Gets the deployment ready to serve: loads every named model into the
+    /// graph cache (on the backend `load-by-name` will use) and instantiates
+    /// the guest once. Returns the models' declared inputs and outputs.
+    pub fn warm(&self) -> Result<Vec<ModelInfo>, String> {
+        let shared = &self.runtime.shared;
+        let (kind, _) = self.runtime.backend_device(self.backend)?;
+        let backend = shared.backends.get(kind).map_err(|e| e.message)?;
+        let mut names: Vec<&String> = self.models.keys().collect();
+        names.sort();
+        let mut infos = Vec::new();
+        for name in names {
+            let m = &self.models[name];
+            let (graph, _) = shared
+                .cache
+                .get_or_load(&m.sha256, kind, || backend.load(m.bytes.clone()))
+                .map_err(|e| format!("model '{name}': {}", e.message))?;
+            infos.push(ModelInfo {
+                name: name.clone(),
+                sha256: m.sha256.clone(),
+                inputs: graph.inputs().to_vec(),
+                outputs: graph.outputs().to_vec(),
+            });
+        }
+        let wasi = WasiCtxBuilder::new().build();
+        let state = JobState::new(shared.clone(), self.models.clone(), self.backend, self.limits.clone(), wasi);
+        let mut store = Store::new(&self.runtime.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_fuel(self.limits.fuel).map_err(|e| one_line(&e))?;
+        store.set_epoch_deadline(self.limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1));
+        self.pre.instantiate(&mut store).map_err(|e| format!("instantiating the guest: {}", classify(&e).message))?;
+        Ok(infos)
     }
 
     /// Runs one job: a fresh instance, limits armed, `handle` called once.

@@ -57,6 +57,15 @@ impl Handler for Misbehave {
                     parameters: vec![("peak_memory_bytes".into(), u.peak_memory_bytes.to_string())],
                 })
             }
+            "work" => {
+                // Busy for `ms` milliseconds of job wall time, then succeed.
+                let ms: u64 = req.param("ms").and_then(|v| v.parse().ok()).unwrap_or(100);
+                let mut spins = 0u64;
+                while mote_sdk::usage().wall_ns < ms * 1_000_000 {
+                    spins = std::hint::black_box(spins + 1);
+                }
+                Ok(Response { outputs: vec![IoTensor::from_i64("spins", &[1], &[spins as i64])], parameters: vec![] })
+            }
             "invalid" => Err(HandlerError::InvalidInput("the guest refused the request".into())),
             other => Err(HandlerError::InvalidInput(format!("unknown mode '{other}'"))),
         }

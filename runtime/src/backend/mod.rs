@@ -109,12 +109,12 @@ impl BackendError {
 }
 
 /// Declared type of a graph input or output.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct TensorInfo {
     /// Input or output name.
     pub name: String,
-    /// Element type as ONNX names it (`"float32"`, `"int64"`, …).
-    pub element: String,
+    /// KServe datatype (`None` for non-tensor values such as sequences).
+    pub datatype: Option<crate::tensor::Datatype>,
     /// Shape with `-1` for dynamic axes.
     pub shape: Vec<i64>,
 }

@@ -242,11 +242,29 @@ impl Backend for OrtBackend {
 }
 
 fn info(name: &str, ty: &ValueType) -> TensorInfo {
+    use crate::tensor::Datatype as D;
     match ty {
         ValueType::Tensor { ty, shape, .. } => {
-            TensorInfo { name: name.to_string(), element: ty.to_string(), shape: shape.iter().copied().collect() }
+            let datatype = match ty {
+                TensorElementType::Bool => Some(D::Bool),
+                TensorElementType::Uint8 => Some(D::Uint8),
+                TensorElementType::Uint16 => Some(D::Uint16),
+                TensorElementType::Uint32 => Some(D::Uint32),
+                TensorElementType::Uint64 => Some(D::Uint64),
+                TensorElementType::Int8 => Some(D::Int8),
+                TensorElementType::Int16 => Some(D::Int16),
+                TensorElementType::Int32 => Some(D::Int32),
+                TensorElementType::Int64 => Some(D::Int64),
+                TensorElementType::Float16 => Some(D::Fp16),
+                TensorElementType::Float32 => Some(D::Fp32),
+                TensorElementType::Float64 => Some(D::Fp64),
+                TensorElementType::Bfloat16 => Some(D::Bf16),
+                TensorElementType::String => Some(D::Bytes),
+                _ => None,
+            };
+            TensorInfo { name: name.to_string(), datatype, shape: shape.iter().copied().collect() }
         }
-        other => TensorInfo { name: name.to_string(), element: other.to_string(), shape: vec![] },
+        _ => TensorInfo { name: name.to_string(), datatype: None, shape: vec![] },
     }
 }
 

@@ -1,0 +1,221 @@
+//! `mote.toml`: the node's deployments, tenants and listeners
+//! (documented in docs/serve.md, example in `mote.toml` at the repo root).
+
+use anyhow::{bail, Context, Result};
+use mote_runtime::backend::BackendChoice;
+use mote_runtime::{Limits, PriceTable};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The whole file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Config {
+    #[serde(default)]
+    pub(crate) server: Server,
+    #[serde(default)]
+    pub(crate) price: PriceTable,
+    #[serde(default, rename = "tenant")]
+    pub(crate) tenants: Vec<Tenant>,
+    #[serde(default, rename = "deployment")]
+    pub(crate) deployments: Vec<DeploymentConfig>,
+}
+
+/// Listeners and node settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Server {
+    /// HTTPS (or, with `--insecure-http`, HTTP) listener.
+    pub(crate) listen: SocketAddr,
+    /// QUIC listener (`mote/1`); none if absent.
+    pub(crate) quic: Option<SocketAddr>,
+    /// PEM certificate chain; a self-signed one is generated if absent.
+    pub(crate) cert: Option<PathBuf>,
+    /// PEM private key for `cert`.
+    pub(crate) key: Option<PathBuf>,
+    /// Node data directory (node key, generated certificate).
+    pub(crate) data_dir: Option<PathBuf>,
+    /// How long in-flight requests may run after SIGTERM.
+    pub(crate) grace_period_ms: u64,
+    /// Threads per ONNX Runtime session (0: all cores).
+    pub(crate) ort_threads: usize,
+    /// Largest request body accepted, in bytes.
+    pub(crate) max_body_bytes: usize,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8443".parse().expect("valid address"),
+            quic: None,
+            cert: None,
+            key: None,
+            data_dir: None,
+            grace_period_ms: 10_000,
+            ort_threads: 0,
+            max_body_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A tenant and its bearer tokens.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Tenant {
+    pub(crate) name: String,
+    pub(crate) tokens: Vec<String>,
+}
+
+/// One deployment: a guest, its models, limits and admission bounds.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeploymentConfig {
+    pub(crate) name: String,
+    pub(crate) guest: PathBuf,
+    #[serde(default)]
+    pub(crate) models: BTreeMap<String, PathBuf>,
+    #[serde(default = "default_backend")]
+    pub(crate) backend: String,
+    /// Owning tenant; a deployment without one is visible to every caller.
+    pub(crate) tenant: Option<String>,
+    #[serde(default)]
+    pub(crate) limits: Limits,
+    /// Jobs of this deployment running at once.
+    #[serde(default = "default_concurrency")]
+    pub(crate) max_concurrency: usize,
+    /// Requests waiting beyond those; more get 503 at once.
+    #[serde(default = "default_queue")]
+    pub(crate) max_queue: usize,
+}
+
+fn default_backend() -> String {
+    "auto".into()
+}
+fn default_concurrency() -> usize {
+    2
+}
+fn default_queue() -> usize {
+    16
+}
+
+impl DeploymentConfig {
+    pub(crate) fn backend_choice(&self) -> Result<BackendChoice> {
+        BackendChoice::parse(&self.backend).map_err(|e| anyhow::anyhow!("deployment '{}': {e}", self.name))
+    }
+}
+
+impl Config {
+    /// Reads and checks a config file; relative paths are resolved against
+    /// the file's directory.
+    pub(crate) fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut cfg: Config = toml::from_str(&text).with_context(|| format!("{} is not a valid mote config", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for d in &mut cfg.deployments {
+            fix(&mut d.guest);
+            d.models.values_mut().for_each(fix);
+        }
+        for p in [&mut cfg.server.cert, &mut cfg.server.key, &mut cfg.server.data_dir].into_iter().flatten() {
+            fix(p);
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let mut names = HashSet::new();
+        for d in &self.deployments {
+            if d.name.is_empty() || !d.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                bail!("deployment name {:?}: use letters, digits, '-', '_' and '.'", d.name);
+            }
+            if !names.insert(&d.name) {
+                bail!("deployment '{}' is declared twice", d.name);
+            }
+            if d.max_concurrency == 0 {
+                bail!("deployment '{}': max_concurrency must be at least 1", d.name);
+            }
+            if let Some(t) = &d.tenant {
+                if !self.tenants.iter().any(|x| &x.name == t) {
+                    bail!("deployment '{}' names tenant '{t}', which has no [[tenant]] entry", d.name);
+                }
+            }
+        }
+        let mut tokens = HashSet::new();
+        for t in &self.tenants {
+            for tok in &t.tokens {
+                if tok.len() < 8 {
+                    bail!("tenant '{}': tokens must be at least 8 characters", t.name);
+                }
+                if !tokens.insert(tok) {
+                    bail!("a token is shared by two tenants; each token must name one tenant");
+                }
+            }
+        }
+        if self.server.cert.is_some() != self.server.key.is_some() {
+            bail!("[server] cert and key go together");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        let cfg: Config = toml::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn a_full_config_parses() {
+        let cfg = parse(
+            r#"
+            [server]
+            listen = "127.0.0.1:9000"
+            quic = "127.0.0.1:9001"
+            [price]
+            per_backend_second = 5
+            [[tenant]]
+            name = "acme"
+            tokens = ["acme-secret-1"]
+            [[deployment]]
+            name = "mlp"
+            guest = "passthrough.wasm"
+            models = { model = "mlp.onnx" }
+            tenant = "acme"
+            max_concurrency = 3
+            [deployment.limits]
+            deadline_ms = 100
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.deployments[0].limits.deadline_ms, 100);
+        assert_eq!(cfg.deployments[0].limits.fuel, Limits::default().fuel);
+        assert_eq!(cfg.price.per_backend_second, 5);
+        assert_eq!(cfg.server.quic.unwrap().port(), 9001);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        for (text, want) in [
+            ("[[deployment]]\nname='a'\nguest='g'\ntenant='nobody'", "has no [[tenant]]"),
+            ("[[deployment]]\nname='a b'\nguest='g'", "use letters"),
+            ("[[deployment]]\nname='a'\nguest='g'\n[[deployment]]\nname='a'\nguest='g'", "declared twice"),
+            ("[[tenant]]\nname='t'\ntokens=['short']", "at least 8"),
+            ("[server]\nlisten='nope'", "invalid socket address"),
+            ("[[deployment]]\nname='a'\nguest='g'\nlimts={}", "unknown field"),
+        ] {
+            let err = format!("{:#}", parse(text).unwrap_err());
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+}

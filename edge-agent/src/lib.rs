@@ -1,0 +1,15 @@
+//! mote edge agent: the `mote` command (run, build, verify, serve, infer)
+//! and the node that serves deployments over HTTPS and QUIC.
+//!
+//! The library side exposes the `mote/1` QUIC client ([`quic::QuicClient`])
+//! for Rust programs that call a node.
+
+mod build;
+pub mod cli;
+mod config;
+mod http;
+mod metrics;
+mod node;
+pub mod quic;
+mod serve;
+pub mod tls;

@@ -1,0 +1,269 @@
+//! The serving node, independent of transport: deployments, tenants,
+//! admission control and metrics. HTTP and QUIC both call [`Node::infer`].
+
+use crate::config::Config;
+use crate::metrics::{Dep, Metrics};
+use anyhow::{Context, Result};
+use mote_runtime::{Deployment, DeploymentSpec, JobReport, ModelInfo, Request, Runtime, RuntimeConfig};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// Why the node did not run a job.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NodeError {
+    /// Missing or unknown bearer token.
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    /// No such deployment for this caller.
+    #[error("no deployment named '{0}'")]
+    NotFound(String),
+    /// Concurrency and queue are full, or the queue wait passed the deadline.
+    #[error("deployment '{0}' is busy: {1}")]
+    Busy(String, &'static str),
+    /// The request could not be decoded.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// A bug or an unexpected failure.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Bounded concurrency plus a bounded queue for one deployment.
+pub(crate) struct Admission {
+    slots: Semaphore,
+    admitted: AtomicUsize,
+    capacity: usize,
+}
+
+/// A deployment as served.
+pub(crate) struct Served {
+    pub(crate) deployment: Deployment,
+    pub(crate) tenant: Option<String>,
+    pub(crate) models: Vec<ModelInfo>,
+    pub(crate) admission: Admission,
+}
+
+/// Who is calling.
+#[derive(Clone, Debug)]
+pub(crate) struct Caller {
+    tenant: Option<String>,
+}
+
+/// The node.
+pub(crate) struct Node {
+    pub(crate) runtime: Runtime,
+    deployments: HashMap<String, Arc<Served>>,
+    tokens: HashMap<String, String>,
+    pub(crate) failed: Vec<(String, String)>,
+    pub(crate) metrics: Metrics,
+    in_flight: AtomicUsize,
+    draining: AtomicBool,
+}
+
+struct InFlight<'a>(&'a Node);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.metrics.in_flight.dec();
+    }
+}
+
+impl Node {
+    /// Builds the runtime and compiles and warms every deployment. A broken
+    /// deployment is reported in `failed`; the others still serve.
+    pub(crate) fn new(cfg: &Config) -> Result<Self> {
+        let runtime = Runtime::new(RuntimeConfig {
+            ort_threads: cfg.server.ort_threads,
+            data_dir: Some(cfg.server.data_dir.clone().unwrap_or_else(mote_runtime::receipt::default_data_dir)),
+            price: cfg.price.clone(),
+            pool_instances: cfg.deployments.iter().map(|d| (d.max_concurrency + 1) as u32).sum::<u32>().max(8),
+            ..RuntimeConfig::default()
+        })
+        .map_err(anyhow::Error::msg)?;
+        let mut deployments = HashMap::new();
+        let mut failed = Vec::new();
+        for d in &cfg.deployments {
+            let started = Instant::now();
+            match Self::prepare(&runtime, d) {
+                Ok(served) => {
+                    tracing::info!(deployment = %d.name, elapsed = ?started.elapsed(), "deployment ready");
+                    deployments.insert(d.name.clone(), Arc::new(served));
+                }
+                Err(e) => {
+                    tracing::error!(deployment = %d.name, "deployment failed: {e:#}");
+                    failed.push((d.name.clone(), format!("{e:#}")));
+                }
+            }
+        }
+        let tokens = cfg
+            .tenants
+            .iter()
+            .flat_map(|t| t.tokens.iter().map(move |tok| (tok.clone(), t.name.clone())))
+            .collect();
+        Ok(Self {
+            runtime,
+            deployments,
+            tokens,
+            failed,
+            metrics: Metrics::new(),
+            in_flight: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    fn prepare(runtime: &Runtime, d: &crate::config::DeploymentConfig) -> Result<Served> {
+        let guest = std::fs::read(&d.guest).with_context(|| format!("reading guest {}", d.guest.display()))?;
+        let mut models = Vec::new();
+        for (name, path) in &d.models {
+            models.push((name.clone(), std::fs::read(path).with_context(|| format!("reading model {}", path.display()))?));
+        }
+        let deployment = runtime.deploy(DeploymentSpec {
+            name: d.name.clone(),
+            guest,
+            models,
+            limits: d.limits.clone(),
+            backend: d.backend_choice()?,
+        })?;
+        let models = deployment.warm().map_err(anyhow::Error::msg)?;
+        Ok(Served {
+            deployment,
+            tenant: d.tenant.clone(),
+            models,
+            admission: Admission {
+                slots: Semaphore::new(d.max_concurrency),
+                admitted: AtomicUsize::new(0),
+                capacity: d.max_concurrency + d.max_queue,
+            },
+        })
+    }
+
+    /// Resolves a bearer token. Without tenants in the config the node is
+    /// open; with tenants, every call needs a valid token.
+    pub(crate) fn authorize(&self, token: Option<&str>) -> Result<Caller, NodeError> {
+        if self.tokens.is_empty() {
+            return Ok(Caller { tenant: None });
+        }
+        let tenant = token.and_then(|t| self.tokens.get(t)).ok_or(NodeError::Unauthorized)?;
+        Ok(Caller { tenant: Some(tenant.clone()) })
+    }
+
+    /// A deployment the caller may see: its own, or one without a tenant.
+    /// Others' deployments are indistinguishable from missing ones.
+    pub(crate) fn lookup(&self, caller: &Caller, name: &str) -> Result<Arc<Served>, NodeError> {
+        match self.deployments.get(name) {
+            Some(s) if s.tenant.is_none() || s.tenant == caller.tenant => Ok(s.clone()),
+            _ => Err(NodeError::NotFound(name.to_string())),
+        }
+    }
+
+    /// Names of the deployments the caller may see.
+    pub(crate) fn visible(&self, caller: &Caller) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .deployments
+            .iter()
+            .filter(|(_, s)| s.tenant.is_none() || s.tenant == caller.tenant)
+            .map(|(n, _)| n.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// How many deployments are serving.
+    pub(crate) fn visible_all(&self) -> usize {
+        self.deployments.len()
+    }
+
+    /// Whether every configured deployment is serving.
+    pub(crate) fn ready(&self) -> bool {
+        self.failed.is_empty() && !self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Requests admitted and not yet answered.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Stops admitting new requests (graceful shutdown).
+    pub(crate) fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until no request is in flight or `grace` has passed.
+    pub(crate) async fn wait_idle(&self, grace: Duration) -> bool {
+        let until = Instant::now() + grace;
+        while self.in_flight() > 0 {
+            if Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    /// Admits and runs one job: 503 at once when the deployment's slots and
+    /// queue are full; the job itself runs on a blocking thread.
+    pub(crate) async fn infer(&self, served: Arc<Served>, request: Request) -> Result<JobReport, NodeError> {
+        let name = served.deployment.name().to_string();
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(NodeError::ShuttingDown);
+        }
+        let adm = &served.admission;
+        if adm.admitted.fetch_add(1, Ordering::SeqCst) >= adm.capacity {
+            adm.admitted.fetch_sub(1, Ordering::SeqCst);
+            self.metrics.count(&name, "busy");
+            return Err(NodeError::Busy(name, "all job slots and queue places are taken"));
+        }
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.metrics.in_flight.inc();
+        let _in_flight = InFlight(self);
+        struct Admitted<'a>(&'a AtomicUsize);
+        impl Drop for Admitted<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let _admitted = Admitted(&adm.admitted);
+
+        let queued = Instant::now();
+        let deadline = served.deployment.limits().deadline();
+        let permit = match tokio::time::timeout(deadline, adm.slots.acquire()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err(NodeError::Internal("admission semaphore closed".into())),
+            Err(_) => {
+                self.metrics.count(&name, "busy");
+                return Err(NodeError::Busy(name, "waited for a job slot past the deadline"));
+            }
+        };
+        let dep = Dep { deployment: name.clone() };
+        self.metrics.queue_seconds.get_or_create(&dep).observe(queued.elapsed().as_secs_f64());
+        let job = served.clone();
+        let report = tokio::task::spawn_blocking(move || job.deployment.run(&request))
+            .await
+            .map_err(|e| NodeError::Internal(format!("job thread: {e}")))?;
+        drop(permit);
+
+        let u = &report.receipt.usage;
+        self.metrics.count(&name, report.receipt.outcome.as_str());
+        self.metrics.guest_seconds.get_or_create(&dep).observe(u.wall_ns as f64 / 1e9);
+        self.metrics.backend_seconds.get_or_create(&dep).observe(u.backend_ns as f64 / 1e9);
+        self.metrics.fuel.get_or_create(&dep).inc_by(u.fuel);
+        self.metrics.backend_seconds_total.get_or_create(&dep).inc_by(u.backend_ns as f64 / 1e9);
+        Ok(report)
+    }
+
+    /// Metrics text, with cache gauges read now.
+    pub(crate) fn metrics_text(&self) -> String {
+        let c = self.runtime.cache_stats();
+        self.metrics.cache_hits.set(c.hits as i64);
+        self.metrics.cache_misses.set(c.misses as i64);
+        self.metrics.cache_entries.set(c.entries as i64);
+        self.metrics.encode()
+    }
+}
