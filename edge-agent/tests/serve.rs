@@ -1,0 +1,407 @@
+//! End-to-end tests of `mote serve`: the real binary on loopback, called
+//! over HTTPS (reqwest + the node's generated certificate) and QUIC (the
+//! crate's own client), compared with `mote run` on the same inputs.
+
+use mote_agent::quic::QuicClient;
+use mote_agent::tls::Trust;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn build() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../build"))
+}
+
+fn artifact(rel: &str) -> String {
+    let p = build().join(rel);
+    assert!(p.exists(), "{} missing: run `make guests` first", p.display());
+    p.to_string_lossy().into_owned()
+}
+
+const TOKEN_A: &str = "tenant-a-token";
+const TOKEN_B: &str = "tenant-b-token";
+
+/// A running `mote serve` with its addresses; killed on drop.
+struct Server {
+    child: Child,
+    https: SocketAddr,
+    quic: SocketAddr,
+    cert: PathBuf,
+    lines: mpsc::Receiver<String>,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+quic = "127.0.0.1:0"
+grace_period_ms = 10000
+
+[[tenant]]
+name = "a"
+tokens = ["{TOKEN_A}"]
+
+[[tenant]]
+name = "b"
+tokens = ["{TOKEN_B}"]
+
+[[deployment]]
+name = "mlp"
+guest = "{passthrough}"
+models = {{ model = "{mlp}" }}
+tenant = "a"
+
+[[deployment]]
+name = "cnn"
+guest = "{passthrough}"
+models = {{ model = "{cnn}" }}
+tenant = "a"
+
+[[deployment]]
+name = "secret-b"
+guest = "{passthrough}"
+models = {{ model = "{mlp}" }}
+tenant = "b"
+
+[[deployment]]
+name = "slow"
+guest = "{misbehave}"
+tenant = "a"
+max_concurrency = 1
+max_queue = 1
+[deployment.limits]
+deadline_ms = 20000
+{extra}
+"#,
+        passthrough = artifact("guests/passthrough.wasm"),
+        misbehave = artifact("guests/misbehave.wasm"),
+        mlp = artifact("models/mlp.onnx"),
+        cnn = artifact("models/cnn.onnx"),
+    )
+}
+
+fn start(extra_config: &str, flags: &[&str]) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = dir.path().join("mote.toml");
+    std::fs::write(&cfg_path, config(extra_config)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mote"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&cfg_path)
+        .args(flags)
+        .env("MOTE_HOME", dir.path().join("home"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start mote serve");
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let (mut https, mut quic, mut cert) = (None, None, None);
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = rx.recv_timeout(until.saturating_duration_since(Instant::now())).expect("server did not get ready");
+        if let Some(a) = line.strip_prefix("listening https://").or(line.strip_prefix("listening http://")) {
+            https = Some(a.parse().unwrap());
+        } else if let Some(a) = line.strip_prefix("listening quic://") {
+            quic = Some(a.split_whitespace().next().unwrap().parse().unwrap());
+        } else if let Some(rest) = line.strip_prefix("certificate ") {
+            cert = Some(PathBuf::from(rest.split(" sha256 ").next().unwrap()));
+        } else if line.starts_with("ready:") {
+            assert!(line.contains(", 0 failed"), "{line}");
+            break;
+        }
+    }
+    Server { child, https: https.unwrap(), quic: quic.unwrap(), cert: cert.unwrap(), lines: rx, dir }
+}
+
+fn client(cert: &Path) -> reqwest::Client {
+    let pem = std::fs::read(cert).unwrap();
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .tls_built_in_root_certs(false)
+        .build()
+        .unwrap()
+}
+
+fn url(s: &Server, path: &str) -> String {
+    format!("https://localhost:{}{path}", s.https.port())
+}
+
+fn mote_run(deployment_guest: &str, model: &str, request: &str) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_mote"))
+        .args(["run", &artifact(deployment_guest), "--model", &format!("model={}", artifact(model)), "--input", request, "--ephemeral-key"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+}
+
+#[test]
+fn https_and_quic_answer_like_mote_run() {
+    let s = start("", &[]);
+    let rt = rt();
+    let http = client(&s.cert);
+    for (name, model) in [("mlp", "models/mlp.onnx"), ("cnn", "models/cnn.onnx")] {
+        let req_path = artifact(&format!("models/{name}.request.json"));
+        let want = mote_run("guests/passthrough.wasm", model, &req_path);
+        let body = std::fs::read(&req_path).unwrap();
+
+        // HTTPS, JSON.
+        let got: Value = rt.block_on(async {
+            let r = http.post(url(&s, &format!("/v2/models/{name}/infer"))).bearer_auth(TOKEN_A).body(body.clone()).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json().await.unwrap()
+        });
+        assert_eq!(got["outputs"], want["outputs"], "{name} over HTTPS");
+        let receipt = got["parameters"]["mote_receipt"].as_str().expect("receipt in parameters");
+        mote_runtime::Receipt::verify_json(receipt).expect("HTTPS receipt verifies");
+
+        // QUIC.
+        let req = mote_runtime::kserve::parse_request(&serde_json::from_slice(&body).unwrap()).unwrap();
+        let reply = rt.block_on(async {
+            let c = QuicClient::connect(s.quic, "localhost", &Trust::CaFile(s.cert.clone())).await.unwrap();
+            c.infer(name, TOKEN_A, &req).await.unwrap()
+        });
+        assert!(reply.is_ok(), "{:?}", reply.error());
+        let resp = reply.response.unwrap();
+        let got = mote_runtime::kserve::response_json(&resp, None).unwrap();
+        assert_eq!(got["outputs"], want["outputs"], "{name} over QUIC");
+        mote_runtime::Receipt::verify_json(reply.header["parameters"]["mote_receipt"].as_str().unwrap()).unwrap();
+    }
+}
+
+#[test]
+fn binary_tensor_extension_over_https() {
+    let s = start("", &[]);
+    let rt = rt();
+    let http = client(&s.cert);
+    let req: Value = serde_json::from_slice(&std::fs::read(artifact("models/mlp.request.json")).unwrap()).unwrap();
+    let x: Vec<f32> = req["inputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    let bin: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let header = json!({
+        "inputs": [{"name": "x", "shape": [4, 16], "datatype": "FP32", "parameters": {"binary_data_size": bin.len()}}],
+        "outputs": [{"name": "probs", "parameters": {"binary_data": true}}],
+    });
+    let mut body = serde_json::to_vec(&header).unwrap();
+    let json_len = body.len();
+    body.extend(&bin);
+    let (headers, bytes) = rt.block_on(async {
+        let r = http
+            .post(url(&s, "/v2/models/mlp/infer"))
+            .bearer_auth(TOKEN_A)
+            .header("Inference-Header-Content-Length", json_len.to_string())
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        (r.headers().clone(), r.bytes().await.unwrap())
+    });
+    let n: usize = headers["inference-header-content-length"].to_str().unwrap().parse().unwrap();
+    let meta: Value = serde_json::from_slice(&bytes[..n]).unwrap();
+    assert_eq!(meta["outputs"].as_array().unwrap().len(), 1, "only the requested output");
+    assert_eq!(meta["outputs"][0]["parameters"]["binary_data_size"], 4 * 10 * 4);
+    let probs: Vec<f32> = bytes[n..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let want = mote_run("guests/passthrough.wasm", "models/mlp.onnx", &artifact("models/mlp.request.json"));
+    let want: Vec<f32> = want["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    assert_eq!(probs, want);
+}
+
+#[test]
+fn tenants_tokens_and_bad_requests_get_clear_4xx() {
+    let s = start("", &[]);
+    let rt = rt();
+    let http = client(&s.cert);
+    let mlp_req = std::fs::read(artifact("models/mlp.request.json")).unwrap();
+    let call = |path: &str, token: Option<&str>, body: Option<Vec<u8>>| -> (u16, Value) {
+        rt.block_on(async {
+            let mut r = match &body {
+                Some(b) => http.post(url(&s, path)).body(b.clone()),
+                None => http.get(url(&s, path)),
+            };
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            let resp = r.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json().await.unwrap_or(Value::Null))
+        })
+    };
+    let bad_dtype = json!({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "INT32", "data": vec![1; 16]}]});
+    let bad_shape = json!({"inputs": [{"name": "x", "shape": [2, 8], "datatype": "FP32", "data": vec![1.0; 16]}]});
+    let cases: Vec<(&str, Option<&str>, Option<Vec<u8>>, u16, &str)> = vec![
+        ("/v2/models/mlp/infer", None, Some(mlp_req.clone()), 401, "bearer token"),
+        ("/v2/models/mlp/infer", Some("wrong-token-xyz"), Some(mlp_req.clone()), 401, "bearer token"),
+        ("/v2/models/secret-b/infer", Some(TOKEN_A), Some(mlp_req.clone()), 404, "no deployment named 'secret-b'"),
+        ("/v2/models/secret-b", Some(TOKEN_A), None, 404, "no deployment named"),
+        ("/v2/models/nope/infer", Some(TOKEN_A), Some(mlp_req.clone()), 404, "no deployment named 'nope'"),
+        ("/v2/models/mlp/infer", Some(TOKEN_A), Some(b"{not json".to_vec()), 400, "not valid JSON"),
+        ("/v2/models/mlp/infer", Some(TOKEN_A), Some(serde_json::to_vec(&bad_dtype).unwrap()), 400, "invalid-argument"),
+        ("/v2/models/mlp/infer", Some(TOKEN_A), Some(serde_json::to_vec(&bad_shape).unwrap()), 400, "invalid-argument"),
+        (
+            "/v2/models/mlp/infer",
+            Some(TOKEN_A),
+            Some(br#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP32","data":[1]}]}"#.to_vec()),
+            400,
+            "needs 12 bytes",
+        ),
+    ];
+    for (path, token, body, status, text) in cases {
+        let (got, v) = call(path, token, body);
+        assert_eq!(got, status, "{path} with {token:?}: {v}");
+        assert!(v["error"].as_str().unwrap_or_default().contains(text), "{path}: {v} should mention {text:?}");
+    }
+    // Tenant b sees its own deployment, and only it.
+    assert_eq!(call("/v2/models/secret-b/infer", Some(TOKEN_B), Some(mlp_req.clone())).0, 200);
+    let (_, meta) = call("/v2", Some(TOKEN_B), None);
+    assert_eq!(meta["models"], json!(["secret-b"]));
+    // Still serving after all of that.
+    assert_eq!(call("/v2/models/mlp/infer", Some(TOKEN_A), Some(mlp_req)).0, 200);
+    assert_eq!(call("/v2/health/live", None, None).0, 200);
+    let (_, meta) = call("/v2/models/mlp", Some(TOKEN_A), None);
+    assert_eq!(meta["inputs"], json!([{"name": "x", "datatype": "FP32", "shape": [-1, 16]}]));
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn overload_gets_503_at_once_and_admitted_requests_succeed() {
+    let s = start("", &[]);
+    let rt = rt();
+    let http = client(&s.cert);
+    let body = serde_json::to_vec(&json!({"inputs": [], "parameters": {"mode": "work", "ms": "600"}})).unwrap();
+    let rss_before = rss_kib(s.child.id());
+    let results: Vec<(u16, Duration)> = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..12 {
+            let (http, u, body) = (http.clone(), url(&s, "/v2/models/slow/infer"), body.clone());
+            tasks.push(tokio::spawn(async move {
+                let t = Instant::now();
+                let r = http.post(u).bearer_auth(TOKEN_A).body(body).send().await.unwrap();
+                (r.status().as_u16(), t.elapsed())
+            }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    let ok = results.iter().filter(|(s, _)| *s == 200).count();
+    let busy: Vec<&Duration> = results.iter().filter(|(s, _)| *s == 503).map(|(_, d)| d).collect();
+    assert_eq!(ok + busy.len(), 12, "only 200 or 503: {results:?}");
+    assert!((1..=2).contains(&ok), "one running + one queued may succeed: {results:?}");
+    assert!(busy.iter().all(|d| d.as_millis() < 500), "503s come at once, not after waiting: {busy:?}");
+    // QUIC reports the same as a busy frame.
+    let req = mote_runtime::Request { inputs: vec![], parameters: vec![("mode".into(), "work".into()), ("ms".into(), "600".into())] };
+    let busy_quic = rt.block_on(async {
+        let c = std::sync::Arc::new(QuicClient::connect(s.quic, "localhost", &Trust::CaFile(s.cert.clone())).await.unwrap());
+        let tasks: Vec<_> = (0..6)
+            .map(|_| {
+                let (c, req) = (c.clone(), req.clone());
+                tokio::spawn(async move { c.infer("slow", TOKEN_A, &req).await.unwrap() })
+            })
+            .collect();
+        let mut busy = 0;
+        for t in tasks {
+            if t.await.unwrap().is_busy() {
+                busy += 1;
+            }
+        }
+        busy
+    });
+    assert!(busy_quic >= 4, "busy frames over QUIC: {busy_quic}");
+    let rss_after = rss_kib(s.child.id());
+    assert!(rss_after < rss_before + 200 * 1024, "memory stays bounded: {rss_before} KiB -> {rss_after} KiB");
+    let metrics = rt.block_on(async { http.get(url(&s, "/metrics")).send().await.unwrap().text().await.unwrap() });
+    assert!(metrics.contains("mote_requests_total{deployment=\"slow\",outcome=\"busy\"}"), "{metrics}");
+    assert!(metrics.contains("mote_in_flight_requests 0"), "{metrics}");
+}
+
+#[test]
+fn sigterm_lets_in_flight_requests_finish() {
+    let mut s = start("", &[]);
+    let rt = rt();
+    let http = client(&s.cert);
+    let body = serde_json::to_vec(&json!({"inputs": [], "parameters": {"mode": "work", "ms": "800"}})).unwrap();
+    let mlp_req = mote_runtime::kserve::parse_request(&serde_json::from_slice(&std::fs::read(artifact("models/mlp.request.json")).unwrap()).unwrap()).unwrap();
+    let pid = s.child.id();
+    let statuses = rt.block_on(async {
+        let quic = QuicClient::connect(s.quic, "localhost", &Trust::CaFile(s.cert.clone())).await.unwrap();
+        let https = {
+            let (http, u, body) = (http.clone(), url(&s, "/v2/models/slow/infer"), body.clone());
+            tokio::spawn(async move { http.post(u).bearer_auth(TOKEN_A).body(body).send().await.map(|r| r.status().as_u16()) })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // New work is refused while draining.
+        let refused = quic.infer("mlp", TOKEN_A, &mlp_req).await.map(|r| r.is_busy()).unwrap_or(true);
+        (https.await.unwrap(), refused)
+    });
+    assert_eq!(statuses.0.expect("in-flight HTTPS request completes"), 200);
+    assert!(statuses.1, "requests after SIGTERM are refused");
+    let status = s.child.wait().unwrap();
+    assert!(status.success(), "exit 0 after draining: {status:?}");
+    let lines: Vec<String> = s.lines.try_iter().collect();
+    assert!(lines.iter().any(|l| l == "stopped: all in-flight requests completed"), "{lines:?}");
+    let _ = &s.dir;
+}
+
+#[test]
+fn a_broken_deployment_is_reported_and_the_others_serve() {
+    let extra = r#"
+[[deployment]]
+name = "broken"
+guest = "/nonexistent/guest.wasm"
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = dir.path().join("mote.toml");
+    std::fs::write(&cfg_path, config(extra)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mote"))
+        .args(["serve", "--config", cfg_path.to_str().unwrap()])
+        .env("MOTE_HOME", dir.path().join("home"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if line.starts_with("ready:") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.iter().any(|l| l.starts_with("deployment broken: FAILED: reading guest /nonexistent/guest.wasm")), "{seen:?}");
+    assert!(seen.iter().any(|l| l == "ready: 4 deployment(s), 1 failed"), "{seen:?}");
+}
