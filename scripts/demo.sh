@@ -28,3 +28,43 @@ bold "\$ mote verify build/demo/receipt.json --guest build/guests/classifier.was
 bold "\$ mote run build/guests/passthrough.wasm --model model=build/models/mlp.onnx --input build/models/mlp.request.json"
 "$MOTE" run build/guests/passthrough.wasm --model model=build/models/mlp.onnx --input build/models/mlp.request.json | head -c 300
 echo " ..."
+
+bold "\$ mote serve --config mote.toml   (ports chosen by the OS for the demo)"
+LOG=build/demo/serve.log
+"$MOTE" serve --config mote.toml --listen 127.0.0.1:0 --quic 127.0.0.1:0 > "$LOG" 2>&1 &
+SERVER=$!
+trap 'kill -TERM $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 1 300); do grep -q '^ready:' "$LOG" && break; kill -0 $SERVER 2>/dev/null || break; sleep 0.1; done
+cat "$LOG"
+grep -q '^ready:' "$LOG" || { echo "mote serve did not start"; exit 1; }
+HTTPS=$(sed -n 's|^listening https://||p' "$LOG")
+QUIC=$(sed -n 's|^listening quic://\([^ ]*\).*|\1|p' "$LOG")
+CERT=$(sed -n 's|^certificate \(.*\) sha256 .*|\1|p' "$LOG")
+PORT=${HTTPS##*:}
+
+bold "\$ curl --cacert $CERT -H 'Authorization: Bearer demo-token-123' https://localhost:$PORT/v2/models/mlp/infer -d @build/models/mlp.request.json"
+curl -sS --cacert "$CERT" -H 'Authorization: Bearer demo-token-123' \
+  "https://localhost:$PORT/v2/models/mlp/infer" -d @build/models/mlp.request.json > build/demo/https.json
+python3 - build/demo/https.json <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for o in r["outputs"]:
+    print(f'  {o["name"]} {o["datatype"]} {o["shape"]}: {[round(v, 4) for v in o["data"][:5]]} ...')
+p = r["parameters"]
+print(f'  outcome={p["mote_outcome"]} fuel={p["mote_fuel"]} backend={p["mote_backend"]} (signed receipt in parameters.mote_receipt)')
+PY
+
+bold "\$ mote infer --quic $QUIC --model mlp --input build/models/mlp.request.json --token demo-token-123 --cert $CERT --repeat 3"
+"$MOTE" infer --quic "$QUIC" --model mlp --input build/models/mlp.request.json --token demo-token-123 \
+  --cert "$CERT" --repeat 3 > build/demo/quic.json
+python3 - build/demo/quic.json build/demo/https.json <<'PY'
+import json, sys
+q, h = (json.load(open(p)) for p in sys.argv[1:3])
+same = all(a["data"] == b["data"] for a, b in zip(q["outputs"], h["outputs"]))
+print(f'  QUIC outputs {"equal" if same else "DIFFER from"} the HTTPS outputs')
+PY
+
+bold "\$ kill -TERM mote serve"
+kill -TERM $SERVER; wait $SERVER || true
+trap - EXIT
+tail -2 "$LOG"

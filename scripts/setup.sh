@@ -25,6 +25,10 @@ apt_install() {
   fi
 }
 
+# 0. Tools the scripts use.
+command -v curl >/dev/null || apt_install curl
+command -v python3 >/dev/null || apt_install python3 python3-venv
+
 # 1. Guest toolchain: rustup's wasm32-wasip2 if present, else Debian's rustc
 #    with std sources (builds std for wasm32-unknown-unknown) and wasm-ld.
 if rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
@@ -40,14 +44,15 @@ else
 fi
 
 # 2. Python with onnx/onnxruntime/numpy, for generating test models and
-#    checking outputs against ONNX Runtime itself.
+#    checking outputs against ONNX Runtime itself, and Triton's HTTP client
+#    for the endpoint's compatibility test.
 if [ ! -x "$DEPS/venv/bin/python" ]; then
   say "creating Python venv in $DEPS/venv"
   python3 -m venv "$DEPS/venv"
 fi
-if ! "$DEPS/venv/bin/python" -c 'import onnx, onnxruntime, numpy' 2>/dev/null; then
-  say "installing onnx, onnxruntime, numpy into the venv"
-  "$DEPS/venv/bin/pip" install -q --disable-pip-version-check numpy onnx onnxruntime
+if ! "$DEPS/venv/bin/python" -c 'import onnx, onnxruntime, numpy, tritonclient.http' 2>/dev/null; then
+  say "installing onnx, onnxruntime, numpy, tritonclient[http] into the venv"
+  "$DEPS/venv/bin/pip" install -q --disable-pip-version-check numpy onnx onnxruntime "tritonclient[http]"
 fi
 
 # 3. The ONNX Runtime shared library for the host (ort load-dynamic), taken

@@ -405,3 +405,27 @@ guest = "/nonexistent/guest.wasm"
     assert!(seen.iter().any(|l| l.starts_with("deployment broken: FAILED: reading guest /nonexistent/guest.wasm")), "{seen:?}");
     assert!(seen.iter().any(|l| l == "ready: 4 deployment(s), 1 failed"), "{seen:?}");
 }
+
+#[test]
+fn tritons_own_python_client_works_unmodified() {
+    let python = build().join("../deps/venv/bin/python");
+    let have = Command::new(&python).args(["-c", "import tritonclient.http"]).status().is_ok_and(|s| s.success());
+    if !have {
+        assert!(std::env::var_os("CI").is_none(), "tritonclient[http] missing in deps/venv: scripts/setup.sh installs it");
+        eprintln!("skipping: tritonclient[http] is not installed in deps/venv (run scripts/setup.sh)");
+        return;
+    }
+    let s = start("", &[]);
+    let out = Command::new(&python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/triton_client.py"))
+        .arg(format!("localhost:{}", s.https.port()))
+        .arg(&s.cert)
+        .arg(TOKEN_A)
+        .arg(artifact("models/mlp.expected.json"))
+        .arg(artifact("models/mlp.request.json"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "tritonclient failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("tritonclient: 3 passed, 0 failed"), "{stdout}");
+}
