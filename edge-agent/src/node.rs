@@ -250,6 +250,16 @@ impl Node {
         drop(permit);
 
         let u = &report.receipt.usage;
+        tracing::info!(
+            deployment = %name,
+            outcome = %report.receipt.outcome,
+            queue_us = (queued.elapsed().as_micros() as u64).saturating_sub(u.wall_ns / 1000),
+            wall_us = u.wall_ns / 1000,
+            backend_us = u.backend_ns / 1000,
+            fuel = u.fuel,
+            job = %report.receipt.job_id,
+            "job done"
+        );
         self.metrics.count(&name, report.receipt.outcome.as_str());
         self.metrics.guest_seconds.get_or_create(&dep).observe(u.wall_ns as f64 / 1e9);
         self.metrics.backend_seconds.get_or_create(&dep).observe(u.backend_ns as f64 / 1e9);

@@ -429,3 +429,31 @@ fn tritons_own_python_client_works_unmodified() {
     assert!(out.status.success(), "tritonclient failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("tritonclient: 3 passed, 0 failed"), "{stdout}");
 }
+
+#[test]
+fn plain_http_needs_the_flag_and_loopback() {
+    // With the flag, on loopback: plain HTTP works.
+    let s = start("", &["--insecure-http"]);
+    let rt = rt();
+    let status = rt.block_on(async {
+        reqwest::Client::new().get(format!("http://127.0.0.1:{}/v2/health/live", s.https.port())).send().await.unwrap().status()
+    });
+    assert_eq!(status, 200);
+    // Without it the same port speaks only TLS.
+    let tls = start("", &[]);
+    let plain = rt.block_on(async {
+        reqwest::Client::new().get(format!("http://127.0.0.1:{}/v2/health/live", tls.https.port())).send().await
+    });
+    assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true), "plain HTTP must not be served on the TLS port");
+    // And never off loopback.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("mote.toml");
+    std::fs::write(&cfg, "[server]\nlisten = \"0.0.0.0:0\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mote"))
+        .args(["serve", "--config", cfg.to_str().unwrap(), "--insecure-http"])
+        .env("MOTE_HOME", dir.path().join("home"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback addresses only"), "{}", String::from_utf8_lossy(&out.stderr));
+}
