@@ -11,7 +11,7 @@ PY := deps/venv/bin/python
 MODELS := build/models/cnn.onnx
 GUESTS := build/guests/passthrough.wasm build/guests/classifier.wasm build/guests/mlp-builder.wasm build/guests/misbehave.wasm
 
-.PHONY: all setup host models guests demo test clean
+.PHONY: all setup host models guests demo test bench bench-quick clean
 all: host guests
 
 setup:
@@ -34,6 +34,12 @@ demo: guests
 test: guests
 	cargo test --release --workspace --exclude mote-sdk
 	@echo "== guest SDK (wasm32) builds: see 'make guests' above"
+
+bench: guests
+	$(CARGO_TARGET_DIR)/release/mote-bench
+
+bench-quick: guests
+	$(CARGO_TARGET_DIR)/release/mote-bench --quick --out build/bench
 
 clean:
 	rm -rf build

@@ -1,64 +1,243 @@
-//! mote benchmarks (see issue "Benchmarks"): for now, the sandbox overhead
-//! of the passthrough guest over the same model run by the runtime's ORT
-//! backend directly, on the generated MLP. Prints one JSON line.
+//! mote benchmarks. Every figure is measured in one run together with its
+//! baseline, and reported as a ratio: absolute times on shared machines mean
+//! little, ratios measured side by side do.
+//!
+//! Sections: sandbox overhead (guest vs native ORT), instantiation and
+//! compile times, endpoint transports under concurrency, backends, and fuel
+//! metering. Writes `results/latest.json`, `results/latest.md` and
+//! `results/latency.svg`.
 
+mod endpoint;
+mod report;
+mod stats;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
 use mote_runtime::backend::{backend_for_bench, TensorView};
-use mote_runtime::{kserve, DeploymentSpec, Limits, Runtime, RuntimeConfig};
-use std::time::Instant;
+use mote_runtime::{kserve, Deployment, DeploymentSpec, Limits, Request, Runtime, RuntimeConfig};
+use serde_json::{json, Value};
+use stats::Summary;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-fn main() -> anyhow::Result<()> {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../build");
-    let runs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(200);
-    let model = std::fs::read(format!("{root}/models/mlp.onnx"))?;
-    let guest = std::fs::read(format!("{root}/guests/passthrough.wasm"))?;
-    let req_json: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{root}/models/mlp.request.json"))?)?;
-    let request = kserve::parse_request(&req_json).map_err(anyhow::Error::msg)?;
+/// Benchmarks mote against native ONNX Runtime and across transports.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Small run counts (CI smoke run, under two minutes).
+    #[arg(long)]
+    quick: bool,
+    /// Where to write latest.json, latest.md and latency.svg.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
+    out: PathBuf,
+    /// The repository's build/ directory (guests and models).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../build"))]
+    build: PathBuf,
+}
 
-    let rt = Runtime::new(RuntimeConfig { data_dir: None, ..RuntimeConfig::default() }).map_err(anyhow::Error::msg)?;
-    let d = rt.deploy(DeploymentSpec {
-        name: "bench".into(),
-        guest,
-        models: vec![("model".into(), model.clone())],
+pub(crate) struct Ctx {
+    pub(crate) quick: bool,
+    pub(crate) build: PathBuf,
+}
+
+impl Ctx {
+    pub(crate) fn read(&self, rel: &str) -> Result<Vec<u8>> {
+        let p = self.build.join(rel);
+        std::fs::read(&p).with_context(|| format!("{}: run `make guests` first", p.display()))
+    }
+    pub(crate) fn request(&self, model: &str) -> Result<Request> {
+        let v: Value = serde_json::from_slice(&self.read(&format!("models/{model}.request.json"))?)?;
+        kserve::parse_request(&v).map_err(anyhow::Error::msg)
+    }
+    pub(crate) fn runs(&self, model: &str) -> usize {
+        match (self.quick, model) {
+            (true, "cnn") => 40,
+            (true, _) => 100,
+            (false, "cnn") => 200,
+            (false, _) => 1000,
+        }
+    }
+}
+
+pub(crate) fn bar(len: usize, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>28} [{bar:30}] {pos}/{len} {elapsed}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(what.to_string());
+    pb
+}
+
+/// Times `f` `runs` times after `runs / 10` warm-up calls.
+pub(crate) fn time(runs: usize, pb: &ProgressBar, mut f: impl FnMut()) -> Summary {
+    for _ in 0..(runs / 10).max(3) {
+        f();
+    }
+    let samples: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            pb.inc(1);
+            t.elapsed()
+        })
+        .collect();
+    Summary::of(&samples)
+}
+
+fn runtime(fuel: bool) -> Result<Runtime> {
+    Runtime::new(RuntimeConfig { data_dir: None, fuel_metering: fuel, ..RuntimeConfig::default() }).map_err(anyhow::Error::msg)
+}
+
+fn deploy(ctx: &Ctx, rt: &Runtime, guest: &str, model: Option<&str>) -> Result<Deployment> {
+    let models = match model {
+        Some(m) => vec![("model".to_string(), ctx.read(&format!("models/{m}.onnx"))?)],
+        None => vec![],
+    };
+    Ok(rt.deploy(DeploymentSpec {
+        name: guest.into(),
+        guest: ctx.read(&format!("guests/{guest}.wasm"))?,
+        models,
         limits: Limits::default(),
         ..DeploymentSpec::default()
-    })?;
+    })?)
+}
 
-    // Native: the same ORT backend, no sandbox.
+/// Guest (passthrough, a whole job with receipt) vs native ORT (the same
+/// backend object, same threads, no sandbox) on one model.
+fn overhead(ctx: &Ctx, rt: &Runtime, model: &str) -> Result<Value> {
+    let d = deploy(ctx, rt, "passthrough", Some(model))?;
+    let req = ctx.request(model)?;
     let backend = backend_for_bench()?;
-    let graph = backend.load(model.into())?;
-    let mut ctx = graph.init_execution_context()?;
-    let input = &request.inputs[0];
-    let dims: Vec<u32> = input.shape.iter().map(|&d| d as u32).collect();
-    let view = TensorView { ty: mote_runtime::tensor::ElementType::F32, dims: &dims, data: &input.data };
-
-    let time = |f: &mut dyn FnMut()| {
-        for _ in 0..20 {
-            f();
-        }
-        let mut v: Vec<f64> = (0..runs)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64() * 1e6
+    let graph = backend.load(ctx.read(&format!("models/{model}.onnx"))?.into())?;
+    let mut exec = graph.init_execution_context()?;
+    let dims: Vec<Vec<u32>> = req.inputs.iter().map(|t| t.shape.iter().map(|&d| d as u32).collect()).collect();
+    let runs = ctx.runs(model);
+    let pb = bar(runs * 2, &format!("overhead {model}"));
+    let native = time(runs, &pb, || {
+        let views: Vec<(&str, TensorView<'_>)> = req
+            .inputs
+            .iter()
+            .zip(&dims)
+            .map(|(t, d)| {
+                let ty = t.datatype.element_type().expect("wasi-nn type");
+                (t.name.as_str(), TensorView { ty, dims: d, data: &t.data })
             })
             .collect();
-        v.sort_by(f64::total_cmp);
-        (v[v.len() / 2], v[v.len() * 99 / 100])
-    };
-    let (native_p50, native_p99) = time(&mut || {
-        ctx.compute(&[("x", view)], None).expect("native run");
+        exec.compute(&views, None).expect("native run");
     });
-    let (guest_p50, guest_p99) = time(&mut || {
-        d.run(&request).result.expect("guest run");
+    let guest = time(runs, &pb, || {
+        d.run(&req).result.expect("guest run");
     });
-    println!(
-        "{}",
-        serde_json::json!({
-            "model": "mlp", "runs": runs,
-            "native_us": {"p50": native_p50, "p99": native_p99},
-            "guest_us": {"p50": guest_p50, "p99": guest_p99},
-            "ratio_p50": guest_p50 / native_p50,
-        })
-    );
+    pb.finish_and_clear();
+    Ok(json!({"model": model, "native": native, "guest": guest, "ratio_p50": guest.p50_us / native.p50_us,
+              "ratio_mean": guest.mean_us / native.mean_us}))
+}
+
+fn instantiation(ctx: &Ctx) -> Result<Value> {
+    let runs = if ctx.quick { 300 } else { 3000 };
+    let rt = runtime(true)?;
+    let pb = bar(runs * 3, "instantiation");
+    let empty = deploy(ctx, &rt, "misbehave", None)?;
+    let ok = Request { inputs: vec![], parameters: vec![("mode".into(), "ok".into())] };
+    let instantiate = time(runs, &pb, || empty.instantiate_probe().expect("instantiate"));
+    let empty_job = time(runs, &pb, || {
+        empty.run(&ok).result.expect("empty handler");
+    });
+    // The signature alone, to show what of a job is the receipt.
+    let key = mote_runtime::NodeKey::generate();
+    let mut receipt = empty.run(&ok).receipt;
+    let sign = time(runs, &pb, || receipt.sign(&key));
+    pb.finish_and_clear();
+
+    // Compile: cold, then from wasmtime's compiled-module cache (on disk).
+    let guest = ctx.read("guests/classifier.wasm")?;
+    let spec = || DeploymentSpec { name: "c".into(), guest: guest.clone(), ..DeploymentSpec::default() };
+    let t = Instant::now();
+    rt.deploy(spec())?;
+    let cold = t.elapsed();
+    let cached_rt =
+        Runtime::new(RuntimeConfig { data_dir: None, compile_cache: true, ..RuntimeConfig::default() }).map_err(anyhow::Error::msg)?;
+    cached_rt.deploy(spec())?; // fills the cache
+    let t = Instant::now();
+    cached_rt.deploy(spec())?;
+    let cached = t.elapsed();
+    Ok(json!({
+        "instantiate": instantiate,
+        "empty_job": empty_job,
+        "receipt_sign": sign,
+        "compile_cold_ms": cold.as_secs_f64() * 1e3,
+        "compile_cached_ms": cached.as_secs_f64() * 1e3,
+        "guest_bytes": guest.len(),
+    }))
+}
+
+fn metering(ctx: &Ctx) -> Result<Value> {
+    let mut out = Vec::new();
+    for (guest, model, req) in [("passthrough", Some("mlp"), ctx.request("mlp")?), ("classifier", None, ctx.request("classifier")?)] {
+        let runs = if ctx.quick { 50 } else { 300 };
+        let pb = bar(runs * 2, &format!("metering {guest}"));
+        let on = deploy(ctx, &runtime(true)?, guest, model)?;
+        let off = deploy(ctx, &runtime(false)?, guest, model)?;
+        let with = time(runs, &pb, || {
+            on.run(&req).result.expect("metered run");
+        });
+        let without = time(runs, &pb, || {
+            off.run(&req).result.expect("unmetered run");
+        });
+        pb.finish_and_clear();
+        out.push(json!({"guest": guest, "fuel_on": with, "fuel_off": without, "ratio_p50": with.p50_us / without.p50_us}));
+    }
+    Ok(Value::Array(out))
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "unknown".into());
+    let ort = mote_runtime::backend::ort::find_library().map(|p| p.display().to_string()).unwrap_or_else(|e| e);
+    json!({
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+        "mote": env!("CARGO_PKG_VERSION"),
+        "wasmtime": "48.0.8",
+        "onnxruntime": ort,
+    })
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let ctx = Ctx { quick: args.quick, build: args.build.clone() };
+    let started = Instant::now();
+    eprintln!("mote-bench{}: results go to {}", if ctx.quick { " --quick" } else { "" }, args.out.display());
+
+    let rt = runtime(true)?;
+    let mut overheads = Vec::new();
+    for model in ["mlp", "cnn", "transformer"] {
+        overheads.push(overhead(&ctx, &rt, model)?);
+    }
+    let inst = instantiation(&ctx)?;
+    let endpoint = endpoint::run(&ctx)?;
+    let metering = metering(&ctx)?;
+    let backends = json!({
+        "ort-cpu": "measured above (the overhead section runs on ORT CPU)",
+        "wgpu": "not measured: the wgpu backend is not built yet (see the wgpu backend issue)",
+    });
+    let results = json!({
+        "quick": ctx.quick,
+        "machine": machine(),
+        "overhead": overheads,
+        "instantiation": inst,
+        "endpoint": endpoint,
+        "backends": backends,
+        "metering": metering,
+        "elapsed_s": started.elapsed().as_secs_f64(),
+    });
+    report::write(&args.out, &results)?;
+    eprintln!("done in {:.1} s: {}", started.elapsed().as_secs_f64(), Path::new(&args.out).join("latest.md").display());
     Ok(())
 }

@@ -250,14 +250,24 @@ pub(crate) async fn serve(endpoint: quinn::Endpoint, node: Arc<Node>, max_body: 
     }
 }
 
+/// Transport settings for both ends: windows sized for tensors (a
+/// megabyte-sized request should not wait on flow control), and room for
+/// many concurrent requests on one connection.
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(1024u32.into())
+        .stream_receive_window((16u32 << 20).into())
+        .receive_window((64u32 << 20).into())
+        .send_window(64 << 20);
+    Arc::new(t)
+}
+
 /// Builds the server endpoint.
 pub(crate) fn endpoint(addr: SocketAddr, identity: &crate::tls::Identity) -> Result<quinn::Endpoint> {
     let tls = identity.server_config(&[ALPN])?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).context("TLS config for QUIC")?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    transport.max_concurrent_bidi_streams(256u32.into());
-    cfg.transport_config(Arc::new(transport));
+    cfg.transport_config(transport());
     quinn::Endpoint::server(cfg, addr).with_context(|| format!("binding QUIC on {addr}"))
 }
 
@@ -301,7 +311,9 @@ impl QuicClient {
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).context("TLS config for QUIC")?;
         let bind: SocketAddr = if addr.is_ipv6() { "[::]:0".parse()? } else { "0.0.0.0:0".parse()? };
         let mut endpoint = quinn::Endpoint::client(bind)?;
-        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        client.transport_config(transport());
+        endpoint.set_default_client_config(client);
         let conn = endpoint
             .connect(addr, server_name)?
             .await

@@ -41,6 +41,10 @@ pub struct RuntimeConfig {
     pub compile_cache: bool,
     /// Prices for receipts.
     pub price: PriceTable,
+    /// Meter guest instructions with wasmtime fuel (and enforce
+    /// `Limits::fuel`). Off only to measure its cost: receipts then report
+    /// zero fuel.
+    pub fuel_metering: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -53,6 +57,7 @@ impl Default for RuntimeConfig {
             data_dir: Some(crate::receipt::default_data_dir()),
             compile_cache: false,
             price: PriceTable::default(),
+            fuel_metering: true,
         }
     }
 }
@@ -233,7 +238,7 @@ impl Runtime {
     /// Creates a runtime: engine with fuel, epochs and the pooling allocator.
     pub fn new(config: RuntimeConfig) -> Result<Self, String> {
         let mut wc = Config::new();
-        wc.consume_fuel(true);
+        wc.consume_fuel(config.fuel_metering);
         wc.epoch_interruption(true);
         wc.wasm_component_model(true);
         let mut pool = PoolingAllocationConfig::default();
@@ -242,7 +247,11 @@ impl Runtime {
             .total_core_instances(n * 8)
             .total_memories(n * 2)
             .total_tables(n * 4)
-            .max_memory_size(config.max_memory_bytes as usize);
+            .max_memory_size(config.max_memory_bytes as usize)
+            // Reset small guests' memory with memset instead of madvise: no
+            // page faults on the next job's first touches.
+            .linear_memory_keep_resident(4 << 20)
+            .table_keep_resident(64 << 10);
         wc.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         if config.compile_cache {
             let cache = wasmtime::Cache::from_file(None).map_err(|e| format!("compiled-module cache: {e}"))?;
@@ -390,14 +399,22 @@ impl Deployment {
                 outputs: graph.outputs().to_vec(),
             });
         }
+        self.instantiate_probe()?;
+        Ok(infos)
+    }
+
+    /// Instantiates the guest in a fresh store and drops it, calling
+    /// nothing: the fixed cost of a job before its handler runs.
+    pub fn instantiate_probe(&self) -> Result<(), String> {
         let wasi = WasiCtxBuilder::new().build();
-        let state = JobState::new(shared.clone(), self.models.clone(), self.backend, self.limits.clone(), wasi);
+        let shared = self.runtime.shared.clone();
+        let state = JobState::new(shared, self.models.clone(), self.backend, self.limits.clone(), wasi);
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.set_fuel(self.limits.fuel).map_err(|e| one_line(&e))?;
+        let _ = store.set_fuel(self.limits.fuel);
         store.set_epoch_deadline(self.limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1));
         self.pre.instantiate(&mut store).map_err(|e| format!("instantiating the guest: {}", classify(&e).message))?;
-        Ok(infos)
+        Ok(())
     }
 
     /// Runs one job: a fresh instance, limits armed, `handle` called once.

@@ -80,14 +80,26 @@ struct OrtEnv {
     cuda_provider: bool,
 }
 
-fn environment() -> Result<&'static OrtEnv, BackendError> {
+/// The process-wide environment. Every session runs on the environment's
+/// one intra-op thread pool (`threads` threads, 0: one per core, set by the
+/// first caller), without spinning: many sessions share the cores with wasm
+/// jobs, so idle threads must sleep, not burn CPU.
+fn environment_with(threads: usize) -> Result<&'static OrtEnv, BackendError> {
     static ENV: OnceLock<Result<OrtEnv, String>> = OnceLock::new();
     ENV.get_or_init(|| {
         let library = find_library()?;
-        let env = ort::init_from(&library)
-            .map_err(|e| format!("loading ONNX Runtime from {}: {e}", library.display()))?
+        // Loads the library: nothing of the ORT API may be used before.
+        let builder = ort::init_from(&library)
+            .map_err(|e| format!("loading ONNX Runtime from {}: {e}", library.display()))?;
+        let pool = ort::environment::GlobalThreadPoolOptions::default()
+            .with_intra_threads(threads)
+            .and_then(|p| p.with_inter_threads(1))
+            .and_then(|p| p.with_spin_control(true))
+            .map_err(|e| format!("configuring ONNX Runtime threads: {e}"))?;
+        let env = builder
             .with_name("mote")
             .with_telemetry(false)
+            .with_global_thread_pool(pool)
             .build()
             .map_err(|e| format!("initialising ONNX Runtime: {e}"))?;
         let cuda_provider = <ort::ep::CUDA as ort::ep::ExecutionProvider>::is_available().unwrap_or(false);
@@ -95,6 +107,10 @@ fn environment() -> Result<&'static OrtEnv, BackendError> {
     })
     .as_ref()
     .map_err(|e| BackendError::new(BackendErrorKind::Unsupported, e.clone()))
+}
+
+fn environment() -> Result<&'static OrtEnv, BackendError> {
+    environment_with(0)
 }
 
 /// What this node's ONNX Runtime can do, for `mote specs` and receipts.
@@ -119,7 +135,7 @@ pub struct OrtBackend {
 impl OrtBackend {
     /// ONNX Runtime on the CPU execution provider.
     pub fn cpu(intra_threads: usize) -> Result<Self, BackendError> {
-        let env = environment()?;
+        let env = environment_with(intra_threads)?;
         let threads = if intra_threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -141,7 +157,7 @@ impl OrtBackend {
     /// clear message when the library has no CUDA provider or no device
     /// accepts a session.
     pub fn cuda(intra_threads: usize) -> Result<Self, BackendError> {
-        let env = environment()?;
+        let env = environment_with(intra_threads)?;
         if !env.cuda_provider {
             return Err(BackendError::new(
                 BackendErrorKind::Unsupported,
@@ -185,9 +201,6 @@ impl OrtBackend {
         };
         let mut builder = Session::builder(&env.env)
             .map_err(|e| BackendError::new(BackendErrorKind::Runtime, format!("creating ONNX Runtime session: {e}")))?;
-        if self.intra_threads > 0 {
-            builder = builder.with_intra_threads(self.intra_threads).map_err(fail)?;
-        }
         if self.kind == BackendKind::OrtCuda {
             builder = builder
                 .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
@@ -233,7 +246,9 @@ impl Backend for OrtBackend {
                     sessions_built: self.sessions_built.clone(),
                 },
                 model,
-                idle: Mutex::new(vec![session]),
+                pool: Mutex::new(Pool { idle: vec![session], total: 1 }),
+                freed: Condvar::new(),
+                max_sessions: std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
             }),
             inputs,
             outputs,
@@ -271,8 +286,56 @@ fn info(name: &str, ty: &ValueType) -> TensorInfo {
 struct GraphInner {
     backend: OrtBackend,
     model: Arc<[u8]>,
-    /// Sessions not in use by any execution context.
-    idle: Mutex<Vec<Session>>,
+    pool: Mutex<Pool>,
+    /// Signalled when a session goes back to the pool.
+    freed: Condvar,
+    /// Most sessions built for this model: more concurrent runs than this
+    /// wait for one (they would only contend for the same cores).
+    max_sessions: usize,
+}
+
+struct Pool {
+    /// Sessions not running now.
+    idle: Vec<Session>,
+    /// Sessions built, idle or running.
+    total: usize,
+}
+
+impl GraphInner {
+    /// Takes an idle session, builds one while under the cap, or waits for
+    /// one until `deadline`.
+    fn checkout(&self, deadline: Option<Instant>) -> Result<Session, BackendError> {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(s) = pool.idle.pop() {
+                return Ok(s);
+            }
+            if pool.total < self.max_sessions {
+                pool.total += 1;
+                drop(pool);
+                let built = self.backend.build_session(&self.model);
+                if built.is_err() {
+                    self.pool.lock().unwrap_or_else(|p| p.into_inner()).total -= 1;
+                }
+                return built;
+            }
+            pool = match deadline {
+                Some(at) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(BackendError::new(BackendErrorKind::Timeout, "waited for a free session past the deadline"));
+                    }
+                    self.freed.wait_timeout(pool, left).unwrap_or_else(|p| p.into_inner()).0
+                }
+                None => self.freed.wait(pool).unwrap_or_else(|p| p.into_inner()),
+            };
+        }
+    }
+
+    fn checkin(&self, s: Session) {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).idle.push(s);
+        self.freed.notify_one();
+    }
 }
 
 struct OrtGraph {
@@ -283,15 +346,10 @@ struct OrtGraph {
 
 impl BackendGraph for OrtGraph {
     fn init_execution_context(&self) -> Result<Box<dyn BackendExecutionContext>, BackendError> {
-        let pooled = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let session = match pooled {
-            Some(s) => s,
-            None => self.inner.backend.build_session(&self.inner.model)?,
-        };
         let run_options = RunOptions::new()
             .map(Arc::new)
             .map_err(|e| BackendError::new(BackendErrorKind::Runtime, format!("creating run options: {e}")))?;
-        Ok(Box::new(OrtContext { session: Some(session), graph: self.inner.clone(), run_options }))
+        Ok(Box::new(OrtContext { graph: self.inner.clone(), run_options, watched: None }))
     }
 
     fn inputs(&self) -> &[TensorInfo] {
@@ -303,11 +361,14 @@ impl BackendGraph for OrtGraph {
     }
 }
 
+/// A job's context: it holds a session only while `compute` runs, so the
+/// number of sessions follows concurrent runs, not open contexts.
 struct OrtContext {
-    session: Option<Session>,
     graph: Arc<GraphInner>,
     /// Lets the watchdog stop a run at the job's deadline.
     run_options: Arc<RunOptions>,
+    /// The deadline `run_options` is registered for.
+    watched: Option<Instant>,
 }
 
 /// Stops ORT runs that pass their job's deadline. ORT checks the terminate
@@ -332,8 +393,18 @@ impl Watchdog {
     }
 
     fn watch(&self, deadline: Instant, run: &Arc<RunOptions>) {
-        self.due.lock().unwrap_or_else(|p| p.into_inner()).push((deadline, Arc::downgrade(run)));
-        self.wake.notify_one();
+        let mut due = self.due.lock().unwrap_or_else(|p| p.into_inner());
+        // Drop entries of finished contexts now and then, not per insert.
+        if due.len() >= 1024 && due.len().is_power_of_two() {
+            due.retain(|(_, r)| r.strong_count() > 0);
+        }
+        let earliest = due.iter().map(|(at, _)| *at).min();
+        due.push((deadline, Arc::downgrade(run)));
+        // The thread sleeps until the earliest deadline: wake it only if
+        // this one comes sooner (the usual later deadline costs no wake-up).
+        if earliest.is_none_or(|e| deadline < e) {
+            self.wake.notify_one();
+        }
     }
 
     fn run(&self) {
@@ -356,14 +427,6 @@ impl Watchdog {
                 }
                 None => self.wake.wait(due).unwrap_or_else(|p| p.into_inner()),
             };
-        }
-    }
-}
-
-impl Drop for OrtContext {
-    fn drop(&mut self) {
-        if let Some(s) = self.session.take() {
-            self.graph.idle.lock().unwrap_or_else(|p| p.into_inner()).push(s);
         }
     }
 }
@@ -497,46 +560,57 @@ impl BackendExecutionContext for OrtContext {
             if at <= Instant::now() {
                 return Err(BackendError::new(BackendErrorKind::Timeout, "the job's deadline passed before compute"));
             }
-            // A fresh flag per run: a terminated RunOptions stays terminated.
-            self.run_options = RunOptions::new()
-                .map(Arc::new)
-                .map_err(|e| BackendError::new(BackendErrorKind::Runtime, format!("creating run options: {e}")))?;
-            Watchdog::get().watch(at, &self.run_options);
+            // One registration per context and deadline: every run of the
+            // job shares the job's deadline, so once it fires, it stops them all.
+            if self.watched != Some(at) {
+                Watchdog::get().watch(at, &self.run_options);
+                self.watched = Some(at);
+            }
         }
-        let session = self.session.as_mut().expect("session present until drop");
-        let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
-        for (name, view) in inputs {
-            let declared = session.inputs().iter().find(|o| o.name() == *name).ok_or_else(|| {
-                let names: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
-                BackendError::new(
-                    BackendErrorKind::InvalidArgument,
-                    format!("the model has no input named '{name}' (inputs: {})", names.join(", ")),
-                )
-            })?;
-            let want = declared.dtype().tensor_type();
-            values.push((Cow::Borrowed(*name), input_value(view, want)?));
-        }
-        let outputs = session.run_with_options(values, &self.run_options).map_err(|e| {
-            let msg = e.to_string();
-            let kind = if msg.contains("terminate flag") {
-                BackendErrorKind::Timeout
-            } else if msg.contains("Invalid rank")
-                || msg.contains("Got invalid dimensions")
-                || msg.contains("Unexpected input data type")
-                || msg.contains("Missing Input")
-            {
-                BackendErrorKind::InvalidArgument
-            } else {
-                BackendErrorKind::Runtime
-            };
-            BackendError::new(kind, format!("inference failed: {msg}"))
-        })?;
-        let mut result = Vec::with_capacity(outputs.len());
-        for (name, value) in outputs.iter() {
-            result.push((name.to_string(), output_tensor(name, &value)?));
-        }
-        Ok(result)
+        let mut session = self.graph.checkout(deadline)?;
+        let result = run(&mut session, inputs, &self.run_options);
+        self.graph.checkin(session);
+        result
     }
+}
+
+fn run(
+    session: &mut Session,
+    inputs: &[(&str, TensorView<'_>)],
+    run_options: &RunOptions,
+) -> Result<Vec<(String, OwnedTensor)>, BackendError> {
+    let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
+    for (name, view) in inputs {
+        let declared = session.inputs().iter().find(|o| o.name() == *name).ok_or_else(|| {
+            let names: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
+            BackendError::new(
+                BackendErrorKind::InvalidArgument,
+                format!("the model has no input named '{name}' (inputs: {})", names.join(", ")),
+            )
+        })?;
+        let want = declared.dtype().tensor_type();
+        values.push((Cow::Borrowed(*name), input_value(view, want)?));
+    }
+    let outputs = session.run_with_options(values, run_options).map_err(|e| {
+        let msg = e.to_string();
+        let kind = if msg.contains("terminate flag") {
+            BackendErrorKind::Timeout
+        } else if msg.contains("Invalid rank")
+            || msg.contains("Got invalid dimensions")
+            || msg.contains("Unexpected input data type")
+            || msg.contains("Missing Input")
+        {
+            BackendErrorKind::InvalidArgument
+        } else {
+            BackendErrorKind::Runtime
+        };
+        BackendError::new(kind, format!("inference failed: {msg}"))
+    })?;
+    let mut result = Vec::with_capacity(outputs.len());
+    for (name, value) in outputs.iter() {
+        result.push((name.to_string(), output_tensor(name, &value)?));
+    }
+    Ok(result)
 }
 
 /// A one-node ONNX model (`Identity` on a float tensor), used to ask a

@@ -1,0 +1,249 @@
+//! Endpoint benchmark: the real `mote serve` on loopback, driven by this
+//! process's own async clients over HTTPS (JSON and binary) and QUIC, with
+//! the same deployment called in-process as the baseline.
+
+use crate::stats::Summary;
+use crate::{bar, Ctx};
+use anyhow::{bail, Context, Result};
+use mote_agent::quic::QuicClient;
+use mote_agent::tls::Trust;
+use mote_runtime::{DeploymentSpec, Limits, Request, Runtime, RuntimeConfig};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const CONCURRENCY: [usize; 3] = [1, 8, 64];
+const TRANSPORTS: [&str; 4] = ["in-process", "https-json", "https-binary", "quic"];
+
+struct Server {
+    child: Child,
+    https: SocketAddr,
+    quic: SocketAddr,
+    cert: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(ctx: &Ctx) -> Result<Server> {
+    let dir = tempfile::tempdir()?;
+    let b = ctx.build.canonicalize()?;
+    let cfg = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+quic = "127.0.0.1:0"
+[[deployment]]
+name = "mlp"
+guest = "{b}/guests/passthrough.wasm"
+models = {{ model = "{b}/models/mlp.onnx" }}
+max_concurrency = 2
+max_queue = 256
+[[deployment]]
+name = "cnn"
+guest = "{b}/guests/passthrough.wasm"
+models = {{ model = "{b}/models/cnn.onnx" }}
+max_concurrency = 2
+max_queue = 256
+[deployment.limits]
+deadline_ms = 120000
+"#,
+        b = b.display()
+    );
+    let path = dir.path().join("mote.toml");
+    std::fs::write(&path, cfg)?;
+    let exe = std::env::current_exe()?.with_file_name("mote");
+    if !exe.exists() {
+        bail!("{} not found: build the workspace binaries first (make bench does)", exe.display());
+    }
+    let mut child = Command::new(&exe)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("MOTE_HOME", dir.path().join("home"))
+        .env("MOTE_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    let mut lines = BufReader::new(child.stdout.take().expect("piped"));
+    let (mut https, mut quic, mut cert) = (None, None, None);
+    let mut line = String::new();
+    while lines.read_line(&mut line)? > 0 {
+        let l = line.trim();
+        if let Some(a) = l.strip_prefix("listening https://") {
+            https = Some(a.parse()?);
+        } else if let Some(a) = l.strip_prefix("listening quic://") {
+            quic = Some(a.split_whitespace().next().unwrap_or_default().parse()?);
+        } else if let Some(rest) = l.strip_prefix("certificate ") {
+            cert = Some(PathBuf::from(rest.split(" sha256 ").next().unwrap_or_default()));
+        } else if l.starts_with("ready:") {
+            break;
+        }
+        line.clear();
+    }
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.lines() {});
+    Ok(Server {
+        child,
+        https: https.context("no https address")?,
+        quic: quic.context("no quic address")?,
+        cert: cert.context("no certificate")?,
+        _dir: dir,
+    })
+}
+
+fn binary_body(req: &Request) -> (Vec<u8>, usize) {
+    let inputs: Vec<Value> = req
+        .inputs
+        .iter()
+        .map(|t| json!({"name": t.name, "shape": t.shape, "datatype": t.datatype.as_str(), "parameters": {"binary_data_size": t.data.len()}}))
+        .collect();
+    let mut body = serde_json::to_vec(&json!({"inputs": inputs, "parameters": {"binary_data_output": true}})).expect("json");
+    let n = body.len();
+    for t in &req.inputs {
+        body.extend(&t.data);
+    }
+    (body, n)
+}
+
+/// Runs `total` requests with `conc` concurrent clients; latency summary and
+/// requests per second.
+fn drive(
+    rt: &tokio::runtime::Runtime,
+    conc: usize,
+    total: usize,
+    pb: &indicatif::ProgressBar,
+    call: Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>> + Send + Sync>,
+) -> Result<(Summary, f64)> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let samples = Arc::new(Mutex::new(Vec::with_capacity(total)));
+    let start = Instant::now();
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..conc)
+            .map(|_| {
+                let (next, samples, call, pb) = (next.clone(), samples.clone(), call.clone(), pb.clone());
+                tokio::spawn(async move {
+                    while next.fetch_add(1, Ordering::SeqCst) < total {
+                        let t = Instant::now();
+                        call().await?;
+                        samples.lock().expect("samples").push(t.elapsed());
+                        pb.inc(1);
+                    }
+                    anyhow::Ok(())
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await??;
+        }
+        anyhow::Ok(())
+    })?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let samples = samples.lock().expect("samples");
+    Ok((Summary::of(&samples), samples.len() as f64 / elapsed))
+}
+
+pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
+    let server = start(ctx)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let pem = std::fs::read(&server.cert)?;
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
+        .tls_built_in_root_certs(false)
+        .pool_max_idle_per_host(128)
+        .build()?;
+    let quic = Arc::new(rt.block_on(QuicClient::connect(server.quic, "localhost", &Trust::CaFile(server.cert.clone())))?);
+    let local = Runtime::new(RuntimeConfig { data_dir: None, ..RuntimeConfig::default() }).map_err(anyhow::Error::msg)?;
+
+    let mut rows = Vec::new();
+    for model in ["mlp", "cnn"] {
+        let req = Arc::new(ctx.request(model)?);
+        let json_body = bytes_of(&std::fs::read(ctx.build.join(format!("models/{model}.request.json")))?);
+        let (bin, bin_len) = binary_body(&req);
+        let bin = bytes_of(&bin);
+        let d = Arc::new(local.deploy(DeploymentSpec {
+            name: model.into(),
+            guest: ctx.read("guests/passthrough.wasm")?,
+            models: vec![("model".into(), ctx.read(&format!("models/{model}.onnx"))?)],
+            limits: Limits::default(),
+            ..DeploymentSpec::default()
+        })?);
+        let total = match (ctx.quick, model) {
+            (true, "cnn") => 16,
+            (true, _) => 128,
+            (false, "cnn") => 128,
+            (false, _) => 1024,
+        };
+        let url = format!("https://localhost:{}/v2/models/{model}/infer", server.https.port());
+        for conc in CONCURRENCY {
+            let pb = bar(total * TRANSPORTS.len(), &format!("endpoint {model} x{conc}"));
+            for transport in TRANSPORTS {
+                let call: Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>> + Send + Sync> =
+                    match transport {
+                        "in-process" => {
+                            let (d, req) = (d.clone(), req.clone());
+                            Arc::new(move || {
+                                let (d, req) = (d.clone(), req.clone());
+                                Box::pin(async move {
+                                    let r = tokio::task::spawn_blocking(move || d.run(&req)).await?;
+                                    r.result.map(|_| ()).map_err(anyhow::Error::new)
+                                })
+                            })
+                        }
+                        "https-json" | "https-binary" => {
+                            let binary = transport == "https-binary";
+                            let (http, url, body) = (http.clone(), url.clone(), if binary { bin.clone() } else { json_body.clone() });
+                            Arc::new(move || {
+                                let mut r = http.post(&url).body(body.clone());
+                                if binary {
+                                    r = r.header("Inference-Header-Content-Length", bin_len.to_string());
+                                }
+                                Box::pin(async move {
+                                    let resp = r.send().await?;
+                                    if !resp.status().is_success() {
+                                        bail!("HTTP {}", resp.status());
+                                    }
+                                    resp.bytes().await?;
+                                    Ok(())
+                                })
+                            })
+                        }
+                        _ => {
+                            let (quic, req, model) = (quic.clone(), req.clone(), model.to_string());
+                            Arc::new(move || {
+                                let (quic, req, model) = (quic.clone(), req.clone(), model.clone());
+                                Box::pin(async move {
+                                    let r = quic.infer(&model, "", &req).await?;
+                                    if !r.is_ok() {
+                                        bail!("QUIC: {:?}", r.error());
+                                    }
+                                    Ok(())
+                                })
+                            })
+                        }
+                    };
+                // Warm-up: connections, sessions, caches.
+                drive(&rt, conc.min(8), conc.min(8) * 2, &indicatif::ProgressBar::hidden(), call.clone())?;
+                let (lat, rps) = drive(&rt, conc, total, &pb, call)?;
+                rows.push(json!({"model": model, "transport": transport, "concurrency": conc, "latency": lat, "throughput_rps": rps}));
+            }
+            pb.finish_and_clear();
+        }
+    }
+    drop(server);
+    std::thread::sleep(Duration::from_millis(50));
+    Ok(Value::Array(rows))
+}
+
+fn bytes_of(v: &[u8]) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(v)
+}

@@ -1,0 +1,202 @@
+//! Writes the results: JSON (everything), a markdown table (every figure
+//! with its baseline and ratio, targets marked) and an SVG plot of latency
+//! against concurrency per transport.
+
+use anyhow::Result;
+use plotters::prelude::*;
+use serde_json::Value;
+use std::fmt::Write as _;
+use std::path::Path;
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "**missed**"
+    }
+}
+
+pub(crate) fn write(out: &Path, r: &Value) -> Result<()> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("latest.json"), serde_json::to_string_pretty(r)?)?;
+    std::fs::write(out.join("latest.md"), markdown(r))?;
+    plot(&out.join("latency.svg"), r)?;
+    Ok(())
+}
+
+fn markdown(r: &Value) -> String {
+    let mut md = String::new();
+    let m = &r["machine"];
+    let _ = writeln!(md, "# mote benchmark results{}\n", if r["quick"] == true { " (quick run)" } else { "" });
+    let _ = writeln!(
+        md,
+        "Machine: {} ({} cores, {}/{}); mote {}, wasmtime {}, ONNX Runtime `{}`. All figures from one run; ratios compare \
+         figures measured side by side. Times in µs.\n",
+        m["cpu"].as_str().unwrap_or("?"),
+        m["cores"],
+        m["os"].as_str().unwrap_or("?"),
+        m["arch"].as_str().unwrap_or("?"),
+        m["mote"].as_str().unwrap_or("?"),
+        m["wasmtime"].as_str().unwrap_or("?"),
+        m["onnxruntime"].as_str().unwrap_or("?"),
+    );
+
+    let _ = writeln!(md, "## Sandbox overhead: passthrough guest (whole job) vs native ORT session\n");
+    let _ = writeln!(md, "| model | native p50 | native p99 | native mean | guest p50 | guest p99 | guest mean | ratio p50 | target | |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    for o in r["overhead"].as_array().into_iter().flatten() {
+        let target = match o["model"].as_str() {
+            Some("cnn") => Some(1.03),
+            Some("mlp") => Some(1.10),
+            _ => None,
+        };
+        let ratio = f(&o["ratio_p50"]);
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {} | {} |",
+            o["model"].as_str().unwrap_or("?"),
+            f(&o["native"]["p50_us"]),
+            f(&o["native"]["p99_us"]),
+            f(&o["native"]["mean_us"]),
+            f(&o["guest"]["p50_us"]),
+            f(&o["guest"]["p99_us"]),
+            f(&o["guest"]["mean_us"]),
+            ratio,
+            target.map_or("—".into(), |t| format!("≤ {t}")),
+            target.map_or("", |t| verdict(ratio <= t)),
+        );
+    }
+
+    let i = &r["instantiation"];
+    let _ = writeln!(md, "\n## Instantiation and compilation\n");
+    let _ = writeln!(md, "| what | p50 | p99 | mean | target | |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for (name, key, target) in [
+        ("instantiate (pooled, pre-instantiated)", "instantiate", None),
+        ("whole job with an empty handler (instantiate + call + receipt)", "empty_job", Some(20.0)),
+        ("receipt signature (ed25519), part of the job", "receipt_sign", None),
+    ] {
+        let p50 = f(&i[key]["p50_us"]);
+        let _ = writeln!(
+            md,
+            "| {name} | {:.1} | {:.1} | {:.1} | {} | {} |",
+            p50,
+            f(&i[key]["p99_us"]),
+            f(&i[key]["mean_us"]),
+            target.map_or("—".into(), |t| format!("≤ {t}")),
+            target.map_or("", |t| verdict(p50 <= t))
+        );
+    }
+    let (cold, cached) = (f(&i["compile_cold_ms"]), f(&i["compile_cached_ms"]));
+    let _ = writeln!(
+        md,
+        "\nCompiling the classifier guest ({} KiB): cold {cold:.1} ms, from wasmtime's compiled-module cache {cached:.1} ms \
+         (ratio {:.3}).\n",
+        i["guest_bytes"].as_u64().unwrap_or(0) / 1024,
+        cached / cold
+    );
+
+    let _ = writeln!(md, "## Endpoint: latency and throughput by transport and concurrency\n");
+    let _ = writeln!(md, "| model | clients | transport | p50 | p99 | mean | req/s | p50 overhead vs in-process |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    let rows: Vec<&Value> = r["endpoint"].as_array().into_iter().flatten().collect();
+    let base = |model: &str, conc: &Value| {
+        rows.iter()
+            .find(|x| x["model"] == model && x["concurrency"] == *conc && x["transport"] == "in-process")
+            .map(|x| f(&x["latency"]["p50_us"]))
+            .unwrap_or(f64::NAN)
+    };
+    for x in &rows {
+        let model = x["model"].as_str().unwrap_or("?");
+        let p50 = f(&x["latency"]["p50_us"]);
+        let _ = writeln!(
+            md,
+            "| {model} | {} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {} |",
+            x["concurrency"],
+            x["transport"].as_str().unwrap_or("?"),
+            p50,
+            f(&x["latency"]["p99_us"]),
+            f(&x["latency"]["mean_us"]),
+            f(&x["throughput_rps"]),
+            if x["transport"] == "in-process" { "baseline".to_string() } else { format!("{:+.1}", p50 - base(model, &x["concurrency"])) },
+        );
+    }
+    let overhead = |t: &str| {
+        rows.iter()
+            .find(|x| x["model"] == "mlp" && x["concurrency"] == 1 && x["transport"] == t)
+            .map(|x| f(&x["latency"]["p50_us"]) - base("mlp", &1.into()))
+            .unwrap_or(f64::NAN)
+    };
+    let (https, quic) = (overhead("https-json"), overhead("quic"));
+    let tput = |t: &str, c: u64| {
+        rows.iter()
+            .find(|x| x["model"] == "mlp" && x["concurrency"] == c && x["transport"] == t)
+            .map(|x| f(&x["throughput_rps"]))
+            .unwrap_or(f64::NAN)
+    };
+    let scale = tput("in-process", 64) / tput("in-process", 1);
+    let _ = writeln!(md, "\nTargets (tiny MLP, 1 client):\n");
+    let _ = writeln!(md, "- HTTPS p50 overhead over in-process: {https:.1} µs (target ≤ 100 µs): {}", verdict(https <= 100.0));
+    let _ = writeln!(md, "- QUIC p50 overhead over in-process: {quic:.1} µs (target ≤ 60 µs): {}", verdict(quic <= 60.0));
+    let _ = writeln!(
+        md,
+        "- in-process throughput, 64 clients vs 1: ×{scale:.2} on {} cores (target: both cores busy, ≥ ×1.6): {}",
+        r["machine"]["cores"],
+        verdict(scale >= 1.6)
+    );
+    let _ = writeln!(md, "\n![latency vs concurrency](latency.svg)\n");
+
+    let _ = writeln!(md, "## Backends\n");
+    for (k, v) in r["backends"].as_object().into_iter().flatten() {
+        let _ = writeln!(md, "- {k}: {}", v.as_str().unwrap_or(""));
+    }
+    let _ = writeln!(md, "\n## Fuel metering: same guest, metering on vs off\n");
+    let _ = writeln!(md, "| guest | off p50 | on p50 | ratio p50 |");
+    let _ = writeln!(md, "|---|---|---|---|");
+    for x in r["metering"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} | {:.1} | {:.3} |",
+            x["guest"].as_str().unwrap_or("?"),
+            f(&x["fuel_off"]["p50_us"]),
+            f(&x["fuel_on"]["p50_us"]),
+            f(&x["ratio_p50"])
+        );
+    }
+    let _ = writeln!(md, "\nTotal run time: {:.0} s.", f(&r["elapsed_s"]));
+    md
+}
+
+fn plot(path: &Path, r: &Value) -> Result<()> {
+    let rows: Vec<&Value> = r["endpoint"].as_array().into_iter().flatten().filter(|x| x["model"] == "mlp").collect();
+    let max = rows.iter().map(|x| f(&x["latency"]["p50_us"])).fold(1.0, f64::max);
+    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("tiny MLP: p50 latency vs concurrent clients", ("sans-serif", 20))
+        .margin(20)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d((0.9f64..80f64).log_scale(), (1f64..max * 1.5).log_scale())?;
+    chart.configure_mesh().x_desc("concurrent clients").y_desc("p50 latency (µs)").draw()?;
+    let colors = [RED, BLUE, GREEN, MAGENTA];
+    for (i, t) in ["in-process", "https-json", "https-binary", "quic"].iter().enumerate() {
+        let pts: Vec<(f64, f64)> = rows
+            .iter()
+            .filter(|x| x["transport"] == *t)
+            .map(|x| (f(&x["concurrency"]), f(&x["latency"]["p50_us"])))
+            .collect();
+        let c = colors[i];
+        chart.draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?.label(*t).legend(move |(x, y)| {
+            PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+        });
+        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 4, c.filled())))?;
+    }
+    chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).draw()?;
+    root.present()?;
+    Ok(())
+}
