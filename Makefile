@@ -32,8 +32,7 @@ demo: guests
 	@bash scripts/demo.sh
 
 test: guests
-	cargo test --release --workspace --exclude mote-sdk
-	@echo "== guest SDK (wasm32) builds: see 'make guests' above"
+	bash scripts/test.sh
 
 bench: guests
 	$(CARGO_TARGET_DIR)/release/mote-bench
