@@ -266,7 +266,7 @@ fn run_job(args: RunArgs) -> Result<ExitCode> {
     }
     let name = args.guest.file_stem().map_or_else(|| "guest".into(), |s| s.to_string_lossy().into_owned());
     let deployment = runtime.deploy(DeploymentSpec { name: name.clone(), guest, models, limits, backend })?;
-    let report = deployment.run(&request);
+    let report = deployment.run_owned(request);
     for line in &report.log {
         eprintln!("[guest {:?}] {}", line.level, line.message);
     }

@@ -244,7 +244,7 @@ impl Node {
         let dep = Dep { deployment: name.clone() };
         self.metrics.queue_seconds.get_or_create(&dep).observe(queued.elapsed().as_secs_f64());
         let job = served.clone();
-        let report = tokio::task::spawn_blocking(move || job.deployment.run(&request))
+        let report = tokio::task::spawn_blocking(move || job.deployment.run_owned(request))
             .await
             .map_err(|e| NodeError::Internal(format!("job thread: {e}")))?;
         drop(permit);

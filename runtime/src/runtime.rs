@@ -419,7 +419,14 @@ impl Deployment {
 
     /// Runs one job: a fresh instance, limits armed, `handle` called once.
     /// Never panics on guest behaviour; every failure is in the report.
+    /// Copies the request once; [`Deployment::run_owned`] does not.
     pub fn run(&self, request: &Request) -> JobReport {
+        self.run_owned(request.clone())
+    }
+
+    /// Like [`Deployment::run`], taking the request: its tensors move into
+    /// the call, so the only copy of their bytes is into guest memory.
+    pub fn run_owned(&self, request: Request) -> JobReport {
         let started_at = SystemTime::now();
         let start = Instant::now();
         let rt = &self.runtime;
@@ -436,6 +443,7 @@ impl Deployment {
         let mut store = Store::new(&rt.engine, state);
         store.limiter(|s| &mut s.limiter);
         let armed = store.set_fuel(self.limits.fuel).is_ok();
+        let input_sha256 = digest(&request.inputs, &request.parameters);
         let result = self.call(&mut store, request);
         // Fuel the guest burned (none if it never ran).
         let fuel_left = if armed { store.get_fuel().unwrap_or(0) } else { self.limits.fuel };
@@ -480,7 +488,7 @@ impl Deployment {
             node_id: String::new(),
             guest_sha256: self.guest_sha256.clone(),
             model_sha256: m.models.clone(),
-            input_sha256: digest(&request.inputs, &request.parameters),
+            input_sha256,
             output_sha256: match &result {
                 Ok(r) => digest(&r.outputs, &r.parameters),
                 Err(_) => digest(&[], &[]),
@@ -500,7 +508,7 @@ impl Deployment {
         JobReport { result, receipt, log }
     }
 
-    fn call(&self, store: &mut Store<JobState>, request: &Request) -> Result<Response, JobError> {
+    fn call(&self, store: &mut Store<JobState>, request: Request) -> Result<Response, JobError> {
         for t in &request.inputs {
             t.validate().map_err(|m| JobError { outcome: Outcome::InvalidInput, message: m })?;
             if t.data.len() as u64 > self.limits.max_tensor_bytes {
@@ -521,8 +529,8 @@ impl Deployment {
 
         let job = self.pre.instantiate(&mut *store).map_err(|e| classify(&e))?;
         let wit_request = wit::Request {
-            inputs: request.inputs.iter().map(to_wit).collect(),
-            parameters: request.parameters.clone(),
+            inputs: request.inputs.into_iter().map(to_wit).collect(),
+            parameters: request.parameters,
         };
         match job.mote_edge_handler().call_handle(&mut *store, &wit_request) {
             Ok(Ok(resp)) => {
@@ -569,8 +577,8 @@ fn classify(e: &wasmtime::Error) -> JobError {
     JobError { outcome, message }
 }
 
-fn to_wit(t: &IoTensor) -> wit::IoTensor {
-    wit::IoTensor { name: t.name.clone(), datatype: wit_datatype(t.datatype), shape: t.shape.clone(), data: t.data.clone() }
+fn to_wit(t: IoTensor) -> wit::IoTensor {
+    wit::IoTensor { name: t.name, datatype: wit_datatype(t.datatype), shape: t.shape, data: t.data }
 }
 
 fn from_wit(t: wit::IoTensor) -> IoTensor {
