@@ -30,6 +30,10 @@ struct Args {
     /// Where to write latest.json, latest.md and latency.svg.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
     out: PathBuf,
+    /// Run only these sections (overhead, instantiation, endpoint,
+    /// metering); the report then covers just them. For profiling.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// The repository's build/ directory (guests and models).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../build"))]
     build: PathBuf,
@@ -215,14 +219,17 @@ fn main() -> Result<()> {
     let started = Instant::now();
     eprintln!("mote-bench{}: results go to {}", if ctx.quick { " --quick" } else { "" }, args.out.display());
 
+    let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
     let rt = runtime(true)?;
     let mut overheads = Vec::new();
-    for model in ["mlp", "cnn", "transformer"] {
-        overheads.push(overhead(&ctx, &rt, model)?);
+    if want("overhead") {
+        for model in ["mlp", "cnn", "transformer"] {
+            overheads.push(overhead(&ctx, &rt, model)?);
+        }
     }
-    let inst = instantiation(&ctx)?;
-    let endpoint = endpoint::run(&ctx)?;
-    let metering = metering(&ctx)?;
+    let inst = if want("instantiation") { instantiation(&ctx)? } else { Value::Null };
+    let endpoint = if want("endpoint") { endpoint::run(&ctx)? } else { Value::Null };
+    let metering = if want("metering") { metering(&ctx)? } else { Value::Null };
     let backends = json!({
         "ort-cpu": "measured above (the overhead section runs on ORT CPU)",
         "wgpu": "not measured: the wgpu backend is not built yet (see the wgpu backend issue)",

@@ -91,6 +91,12 @@ fn markdown(r: &Value) -> String {
             target.map_or("", |t| verdict(p50 <= t))
         );
     }
+    let unsigned = f(&i["empty_job"]["p50_us"]) - f(&i["receipt_sign"]["p50_us"]);
+    let _ = writeln!(
+        md,
+        "\nWithout the receipt signature an empty job takes about {unsigned:.1} µs (p50 difference; target ≤ 20 µs: {}).",
+        verdict(unsigned <= 20.0)
+    );
     let (cold, cached) = (f(&i["compile_cold_ms"]), f(&i["compile_cached_ms"]));
     let _ = writeln!(
         md,
