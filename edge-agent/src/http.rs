@@ -24,6 +24,7 @@ pub(crate) fn router(node: Arc<Node>, max_body: usize) -> Router {
         .route("/v2/models/{name}/ready", get(model_ready))
         .route("/v2/models/{name}/infer", post(infer))
         .route("/metrics", get(metrics))
+        .fallback(|uri: axum::http::Uri| async move { error(StatusCode::NOT_FOUND, format!("no route {uri}")) })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(node)
 }
@@ -149,10 +150,20 @@ pub(crate) fn outcome_status(o: Outcome) -> StatusCode {
     }
 }
 
-async fn infer(State(node): State<Arc<Node>>, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn infer(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
     let served = match node.authorize(bearer(&headers)).and_then(|c| node.lookup(&c, &name)) {
         Ok(s) => s,
         Err(e) => return e.into_response(),
+    };
+    let body = match body {
+        Ok(b) => b,
+        // Too large, or the connection broke: the same JSON error shape.
+        Err(e) => return error(e.status(), format!("reading the request body: {}", e.body_text())),
     };
     let header_len = headers.get(HEADER_LEN).and_then(|v| v.to_str().ok());
     let (json_header, binary) = match split_body(&body, header_len) {
