@@ -75,28 +75,18 @@ deadline_ms = 120000
         .spawn()
         .with_context(|| format!("starting {}", exe.display()))?;
     let mut lines = BufReader::new(child.stdout.take().expect("piped"));
-    let (mut https, mut quic, mut cert) = (None, None, None);
+    let mut seen = mote_agent::serve::Announced::default();
     let mut line = String::new();
-    while lines.read_line(&mut line)? > 0 {
-        let l = line.trim();
-        if let Some(a) = l.strip_prefix("listening https://") {
-            https = Some(a.parse()?);
-        } else if let Some(a) = l.strip_prefix("listening quic://") {
-            quic = Some(a.split_whitespace().next().unwrap_or_default().parse()?);
-        } else if let Some(rest) = l.strip_prefix("certificate ") {
-            cert = Some(PathBuf::from(rest.split(" sha256 ").next().unwrap_or_default()));
-        } else if l.starts_with("ready:") {
-            break;
-        }
+    while lines.read_line(&mut line)? > 0 && !seen.feed(&line) {
         line.clear();
     }
     // Keep draining stdout so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines.lines() {});
     Ok(Server {
         child,
-        https: https.context("no https address")?,
-        quic: quic.context("no quic address")?,
-        cert: cert.context("no certificate")?,
+        https: seen.http.context("mote serve announced no https address")?,
+        quic: seen.quic.context("mote serve announced no quic address")?,
+        cert: seen.cert.context("mote serve announced no certificate")?,
         _dir: dir,
     })
 }

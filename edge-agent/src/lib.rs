@@ -11,5 +11,5 @@ mod http;
 mod metrics;
 mod node;
 pub mod quic;
-mod serve;
+pub mod serve;
 pub mod tls;

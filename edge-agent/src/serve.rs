@@ -9,6 +9,38 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What `mote serve` announces on stdout before it serves, parsed back:
+/// for programs that start a node and need its addresses (tests, the
+/// benchmark). The lines are the ones `serve` prints below.
+#[derive(Clone, Debug, Default)]
+pub struct Announced {
+    /// The REST listener (`listening https://…` or `listening http://…`).
+    pub http: Option<std::net::SocketAddr>,
+    /// The QUIC listener.
+    pub quic: Option<std::net::SocketAddr>,
+    /// The certificate's PEM file.
+    pub cert: Option<std::path::PathBuf>,
+    /// The `ready: …` line, once seen.
+    pub ready: Option<String>,
+}
+
+impl Announced {
+    /// Takes one stdout line; true once the node is ready.
+    pub fn feed(&mut self, line: &str) -> bool {
+        let line = line.trim();
+        if let Some(a) = line.strip_prefix("listening https://").or(line.strip_prefix("listening http://")) {
+            self.http = a.parse().ok();
+        } else if let Some(a) = line.strip_prefix("listening quic://") {
+            self.quic = a.split_whitespace().next().and_then(|a| a.parse().ok());
+        } else if let Some(rest) = line.strip_prefix("certificate ") {
+            self.cert = rest.split(" sha256 ").next().map(std::path::PathBuf::from);
+        } else if line.starts_with("ready:") {
+            self.ready = Some(line.to_string());
+        }
+        self.ready.is_some()
+    }
+}
+
 fn say(line: String) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");

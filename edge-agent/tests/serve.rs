@@ -116,22 +116,12 @@ fn start(extra_config: &str, flags: &[&str]) -> Server {
             }
         }
     });
-    let (mut https, mut quic, mut cert) = (None, None, None);
+    let mut seen = mote_agent::serve::Announced::default();
     let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        let line = rx.recv_timeout(until.saturating_duration_since(Instant::now())).expect("server did not get ready");
-        if let Some(a) = line.strip_prefix("listening https://").or(line.strip_prefix("listening http://")) {
-            https = Some(a.parse().unwrap());
-        } else if let Some(a) = line.strip_prefix("listening quic://") {
-            quic = Some(a.split_whitespace().next().unwrap().parse().unwrap());
-        } else if let Some(rest) = line.strip_prefix("certificate ") {
-            cert = Some(PathBuf::from(rest.split(" sha256 ").next().unwrap()));
-        } else if line.starts_with("ready:") {
-            assert!(line.contains(", 0 failed"), "{line}");
-            break;
-        }
-    }
-    Server { child, https: https.unwrap(), quic: quic.unwrap(), cert: cert.unwrap(), lines: rx, dir }
+    while !seen.feed(&rx.recv_timeout(until.saturating_duration_since(Instant::now())).expect("server did not get ready")) {}
+    let ready = seen.ready.unwrap();
+    assert!(ready.contains(", 0 failed"), "{ready}");
+    Server { child, https: seen.http.unwrap(), quic: seen.quic.unwrap(), cert: seen.cert.unwrap(), lines: rx, dir }
 }
 
 fn client(cert: &Path) -> reqwest::Client {
