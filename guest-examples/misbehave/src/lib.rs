@@ -1,7 +1,7 @@
 //! A guest that misbehaves on purpose, for the runtime's limit tests. The
 //! request parameter `mode` picks the misbehaviour.
 
-use mote_sdk::{log, Graph, Handler, HandlerError, IoTensor, Request, RequestExt, Response, Target, Tensor, TensorData, TensorType};
+use mote_sdk::{log, Graph, GraphBuilder, Handler, HandlerError, IoTensor, Request, RequestExt, Response, Target, Tensor, TensorData, TensorType};
 
 struct Misbehave;
 
@@ -65,6 +65,23 @@ impl Handler for Misbehave {
                     spins = std::hint::black_box(spins + 1);
                 }
                 Ok(Response { outputs: vec![IoTensor::from_i64("spins", &[1], &[spins as i64])], parameters: vec![] })
+            }
+            "heavy" => {
+                // A long chain of 512x512 matmuls declared with the graph
+                // builder: seconds of backend work from a one-element input,
+                // in many kernels (ORT checks its terminate flag between them).
+                let layers: usize = req.param("layers").and_then(|v| v.parse().ok()).unwrap_or(400);
+                let g = GraphBuilder::new();
+                let x = g.input("x", TensorType::Fp32, &[1, 1])?;
+                let mut e = g.node("Expand", &[x, g.constant_i64(&[2], &[512, 512])?], &[])?;
+                let scale = g.constant_f32(&[], &[1.0 / 512.0])?;
+                for _ in 0..layers {
+                    e = g.mul(g.matmul(e, e)?, scale)?;
+                }
+                let mean = g.node("ReduceMean", &[e], &[])?;
+                let graph = g.build(&[("mean", mean)], Target::Cpu)?;
+                let out = graph.run(vec![("x".into(), Tensor::from_f32(&[1, 1], &[1.0]))])?;
+                Ok(Response { outputs: out.iter().map(|(n, t)| t.to_io(n)).collect(), parameters: vec![] })
             }
             "invalid" => Err(HandlerError::InvalidInput("the guest refused the request".into())),
             other => Err(HandlerError::InvalidInput(format!("unknown mode '{other}'"))),
