@@ -194,7 +194,6 @@ fn second_load_of_a_model_is_a_cache_hit_without_a_new_session() {
     let after_second = rt.cache_stats();
     assert_eq!((after_second.hits, after_second.misses), (1, 1), "second load hits the cache");
     assert_eq!(rt.sessions_built(), 1, "no new ORT session for a cached graph");
-    assert!(second.receipt.usage.backend_ns < first.receipt.usage.backend_ns, "no rebuild cost");
 }
 
 #[test]
