@@ -116,12 +116,13 @@ pub fn canonical_json(value: &serde_json::Value) -> Vec<u8> {
     out
 }
 
-fn signed_bytes(value: &serde_json::Value) -> Vec<u8> {
-    let mut v = value.clone();
-    if let serde_json::Value::Object(map) = &mut v {
+/// The bytes a signature covers: the canonical JSON of `value` without its
+/// `signature` key (removed in place).
+fn signed_bytes(mut value: serde_json::Value) -> Vec<u8> {
+    if let serde_json::Value::Object(map) = &mut value {
         map.remove("signature");
     }
-    canonical_json(&v)
+    canonical_json(&value)
 }
 
 impl Receipt {
@@ -130,7 +131,7 @@ impl Receipt {
         self.node_id = key.node_id();
         self.signature.clear();
         let value = serde_json::to_value(&*self).expect("receipt serialises");
-        self.signature = hex::encode(key.signing.sign(&signed_bytes(&value)).to_bytes());
+        self.signature = hex::encode(key.signing.sign(&signed_bytes(value)).to_bytes());
     }
 
     /// Pretty JSON for files and responses.
@@ -142,8 +143,7 @@ impl Receipt {
     pub fn verify_json(text: &str) -> Result<Receipt, VerifyError> {
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| VerifyError::Malformed(e.to_string()))?;
-        let receipt: Receipt =
-            serde_json::from_value(value.clone()).map_err(|e| VerifyError::Malformed(e.to_string()))?;
+        let receipt = Receipt::deserialize(&value).map_err(|e| VerifyError::Malformed(e.to_string()))?;
         let key_bytes: [u8; 32] = hex::decode(&receipt.node_id)
             .ok()
             .and_then(|b| b.try_into().ok())
@@ -154,7 +154,7 @@ impl Receipt {
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| VerifyError::BadSignature(receipt.node_id.clone()))?;
         let sig = ed25519_dalek::Signature::from_bytes(&sig_bytes);
-        key.verify(&signed_bytes(&value), &sig).map_err(|_| VerifyError::BadSignature(receipt.node_id.clone()))?;
+        key.verify(&signed_bytes(value), &sig).map_err(|_| VerifyError::BadSignature(receipt.node_id.clone()))?;
         Ok(receipt)
     }
 }
