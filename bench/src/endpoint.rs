@@ -184,7 +184,7 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
                             Arc::new(move || {
                                 let (d, req) = (d.clone(), req.clone());
                                 Box::pin(async move {
-                                    let r = tokio::task::spawn_blocking(move || d.run(&req)).await?;
+                                    let r = tokio::task::block_in_place(|| d.run(&req));
                                     r.result.map(|_| ()).map_err(anyhow::Error::new)
                                 })
                             })
