@@ -49,7 +49,7 @@ pub fn find_library() -> Result<PathBuf, String> {
     }
     for dir in &dirs {
         if let Some(lib) = library_in(dir) {
-            return Ok(lib);
+            return Ok(std::fs::canonicalize(&lib).unwrap_or(lib));
         }
     }
     Err(format!(
@@ -121,7 +121,9 @@ pub struct OrtProbe {
     /// Whether the library carries the CUDA execution provider.
     pub cuda_provider: bool,
     /// Whether a CUDA device accepted a session (`None` without provider).
-    pub cuda_device: Option<Result<(), String>>,
+    pub cuda_device: Option<bool>,
+    /// Why no CUDA device could be used, if so.
+    pub cuda_error: Option<String>,
 }
 
 /// ONNX Runtime on one execution provider.
@@ -184,8 +186,17 @@ impl OrtBackend {
     /// Loads the library and reports what it can do, without failing.
     pub fn probe() -> Result<OrtProbe, String> {
         let env = environment().map_err(|e| e.message)?;
-        let cuda_device = env.cuda_provider.then(|| Self::cuda(1).map(|_| ()).map_err(|e| e.message));
-        Ok(OrtProbe { library: env.library.display().to_string(), cuda_provider: env.cuda_provider, cuda_device })
+        let cuda = env.cuda_provider.then(|| Self::cuda(0));
+        Ok(OrtProbe {
+            library: env.library.display().to_string(),
+            cuda_provider: env.cuda_provider,
+            cuda_device: cuda.as_ref().map(Result::is_ok),
+            cuda_error: match cuda {
+                Some(Err(e)) => Some(e.message),
+                Some(Ok(_)) => None,
+                None => Some("the ONNX Runtime library has no CUDA execution provider".into()),
+            },
+        })
     }
 
     /// Number of ORT sessions this backend has built (each is a full graph
