@@ -97,7 +97,8 @@ fn binary_body(req: &Request) -> (Vec<u8>, usize) {
         .iter()
         .map(|t| json!({"name": t.name, "shape": t.shape, "datatype": t.datatype.as_str(), "parameters": {"binary_data_size": t.data.len()}}))
         .collect();
-    let mut body = serde_json::to_vec(&json!({"inputs": inputs, "parameters": {"binary_data_output": true}})).expect("json");
+    let mut body =
+        serde_json::to_vec(&json!({"inputs": inputs, "parameters": {"binary_data_output": true}})).expect("json");
     let n = body.len();
     for t in &req.inputs {
         body.extend(&t.data);
@@ -151,8 +152,10 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
         .tls_built_in_root_certs(false)
         .pool_max_idle_per_host(128)
         .build()?;
-    let quic = Arc::new(rt.block_on(QuicClient::connect(server.quic, "localhost", &Trust::CaFile(server.cert.clone())))?);
-    let local = Runtime::new(RuntimeConfig { data_dir: None, ..RuntimeConfig::default() }).map_err(anyhow::Error::msg)?;
+    let quic =
+        Arc::new(rt.block_on(QuicClient::connect(server.quic, "localhost", &Trust::CaFile(server.cert.clone())))?);
+    let local =
+        Runtime::new(RuntimeConfig { data_dir: None, ..RuntimeConfig::default() }).map_err(anyhow::Error::msg)?;
 
     let mut rows = Vec::new();
     for model in ["mlp", "cnn"] {
@@ -177,50 +180,52 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
         for conc in CONCURRENCY {
             let pb = bar(total * TRANSPORTS.len(), &format!("endpoint {model} x{conc}"));
             for transport in TRANSPORTS {
-                let call: Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>> + Send + Sync> =
-                    match transport {
-                        "in-process" => {
+                let call: Arc<
+                    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>> + Send + Sync,
+                > = match transport {
+                    "in-process" => {
+                        let (d, req) = (d.clone(), req.clone());
+                        Arc::new(move || {
                             let (d, req) = (d.clone(), req.clone());
-                            Arc::new(move || {
-                                let (d, req) = (d.clone(), req.clone());
-                                Box::pin(async move {
-                                    let r = tokio::task::block_in_place(|| d.run(&req));
-                                    r.result.map(|_| ()).map_err(anyhow::Error::new)
-                                })
+                            Box::pin(async move {
+                                let r = tokio::task::block_in_place(|| d.run(&req));
+                                r.result.map(|_| ()).map_err(anyhow::Error::new)
                             })
-                        }
-                        "https-json" | "https-binary" => {
-                            let binary = transport == "https-binary";
-                            let (http, url, body) = (http.clone(), url.clone(), if binary { bin.clone() } else { json_body.clone() });
-                            Arc::new(move || {
-                                let mut r = http.post(&url).body(body.clone());
-                                if binary {
-                                    r = r.header("Inference-Header-Content-Length", bin_len.to_string());
+                        })
+                    }
+                    "https-json" | "https-binary" => {
+                        let binary = transport == "https-binary";
+                        let (http, url, body) =
+                            (http.clone(), url.clone(), if binary { bin.clone() } else { json_body.clone() });
+                        Arc::new(move || {
+                            let mut r = http.post(&url).body(body.clone());
+                            if binary {
+                                r = r.header("Inference-Header-Content-Length", bin_len.to_string());
+                            }
+                            Box::pin(async move {
+                                let resp = r.send().await?;
+                                if !resp.status().is_success() {
+                                    bail!("HTTP {}", resp.status());
                                 }
-                                Box::pin(async move {
-                                    let resp = r.send().await?;
-                                    if !resp.status().is_success() {
-                                        bail!("HTTP {}", resp.status());
-                                    }
-                                    resp.bytes().await?;
-                                    Ok(())
-                                })
+                                resp.bytes().await?;
+                                Ok(())
                             })
-                        }
-                        _ => {
-                            let (quic, req, model) = (quic.clone(), req.clone(), model.to_string());
-                            Arc::new(move || {
-                                let (quic, req, model) = (quic.clone(), req.clone(), model.clone());
-                                Box::pin(async move {
-                                    let r = quic.infer(&model, "", &req).await?;
-                                    if !r.is_ok() {
-                                        bail!("QUIC: {:?}", r.error());
-                                    }
-                                    Ok(())
-                                })
+                        })
+                    }
+                    _ => {
+                        let (quic, req, model) = (quic.clone(), req.clone(), model.to_string());
+                        Arc::new(move || {
+                            let (quic, req, model) = (quic.clone(), req.clone(), model.clone());
+                            Box::pin(async move {
+                                let r = quic.infer(&model, "", &req).await?;
+                                if !r.is_ok() {
+                                    bail!("QUIC: {:?}", r.error());
+                                }
+                                Ok(())
                             })
-                        }
-                    };
+                        })
+                    }
+                };
                 // Warm-up: connections, sessions, caches.
                 drive(&rt, conc.min(8), conc.min(8) * 2, &indicatif::ProgressBar::hidden(), call.clone())?;
                 let (lat, rps) = drive(&rt, conc, total, &pb, call)?;

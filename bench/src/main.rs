@@ -91,7 +91,8 @@ pub(crate) fn time(runs: usize, pb: &ProgressBar, mut f: impl FnMut()) -> Summar
 }
 
 fn runtime(fuel: bool) -> Result<Runtime> {
-    Runtime::new(RuntimeConfig { data_dir: None, fuel_metering: fuel, ..RuntimeConfig::default() }).map_err(anyhow::Error::msg)
+    Runtime::new(RuntimeConfig { data_dir: None, fuel_metering: fuel, ..RuntimeConfig::default() })
+        .map_err(anyhow::Error::msg)
 }
 
 fn deploy(ctx: &Ctx, rt: &Runtime, guest: &str, model: Option<&str>) -> Result<Deployment> {
@@ -161,8 +162,8 @@ fn instantiation(ctx: &Ctx) -> Result<Value> {
     let t = Instant::now();
     rt.deploy(spec())?;
     let cold = t.elapsed();
-    let cached_rt =
-        Runtime::new(RuntimeConfig { data_dir: None, compile_cache: true, ..RuntimeConfig::default() }).map_err(anyhow::Error::msg)?;
+    let cached_rt = Runtime::new(RuntimeConfig { data_dir: None, compile_cache: true, ..RuntimeConfig::default() })
+        .map_err(anyhow::Error::msg)?;
     cached_rt.deploy(spec())?; // fills the cache
     let t = Instant::now();
     cached_rt.deploy(spec())?;
@@ -179,7 +180,9 @@ fn instantiation(ctx: &Ctx) -> Result<Value> {
 
 fn metering(ctx: &Ctx) -> Result<Value> {
     let mut out = Vec::new();
-    for (guest, model, req) in [("passthrough", Some("mlp"), ctx.request("mlp")?), ("classifier", None, ctx.request("classifier")?)] {
+    for (guest, model, req) in
+        [("passthrough", Some("mlp"), ctx.request("mlp")?), ("classifier", None, ctx.request("classifier")?)]
+    {
         let runs = if ctx.quick { 50 } else { 300 };
         let pb = bar(runs * 2, &format!("metering {guest}"));
         let on = deploy(ctx, &runtime(true)?, guest, model)?;
@@ -191,7 +194,9 @@ fn metering(ctx: &Ctx) -> Result<Value> {
             off.run(&req).result.expect("unmetered run");
         });
         pb.finish_and_clear();
-        out.push(json!({"guest": guest, "fuel_on": with, "fuel_off": without, "ratio_p50": with.p50_us / without.p50_us}));
+        out.push(
+            json!({"guest": guest, "fuel_on": with, "fuel_off": without, "ratio_p50": with.p50_us / without.p50_us}),
+        );
     }
     Ok(Value::Array(out))
 }
@@ -199,7 +204,11 @@ fn metering(ctx: &Ctx) -> Result<Value> {
 fn machine() -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into());
     let ort = mote_runtime::backend::ort::find_library().map(|p| p.display().to_string()).unwrap_or_else(|e| e);
     json!({

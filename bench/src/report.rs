@@ -46,7 +46,10 @@ fn markdown(r: &Value) -> String {
     );
 
     let _ = writeln!(md, "## Sandbox overhead: passthrough guest (whole job) vs native ORT session\n");
-    let _ = writeln!(md, "| model | native p50 | native p99 | native mean | guest p50 | guest p99 | guest mean | ratio p50 | target | |");
+    let _ = writeln!(
+        md,
+        "| model | native p50 | native p99 | native mean | guest p50 | guest p99 | guest mean | ratio p50 | target | |"
+    );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
     for o in r["overhead"].as_array().into_iter().flatten() {
         let target = match o["model"].as_str() {
@@ -128,7 +131,11 @@ fn markdown(r: &Value) -> String {
             f(&x["latency"]["p99_us"]),
             f(&x["latency"]["mean_us"]),
             f(&x["throughput_rps"]),
-            if x["transport"] == "in-process" { "baseline".to_string() } else { format!("{:+.1}", p50 - base(model, &x["concurrency"])) },
+            if x["transport"] == "in-process" {
+                "baseline".to_string()
+            } else {
+                format!("{:+.1}", p50 - base(model, &x["concurrency"]))
+            },
         );
     }
     let overhead = |t: &str| {
@@ -146,8 +153,13 @@ fn markdown(r: &Value) -> String {
     };
     let scale = tput("in-process", 64) / tput("in-process", 1);
     let _ = writeln!(md, "\nTargets (tiny MLP, 1 client):\n");
-    let _ = writeln!(md, "- HTTPS p50 overhead over in-process: {https:.1} µs (target ≤ 100 µs): {}", verdict(https <= 100.0));
-    let _ = writeln!(md, "- QUIC p50 overhead over in-process: {quic:.1} µs (target ≤ 60 µs): {}", verdict(quic <= 60.0));
+    let _ = writeln!(
+        md,
+        "- HTTPS p50 overhead over in-process: {https:.1} µs (target ≤ 100 µs): {}",
+        verdict(https <= 100.0)
+    );
+    let _ =
+        writeln!(md, "- QUIC p50 overhead over in-process: {quic:.1} µs (target ≤ 60 µs): {}", verdict(quic <= 60.0));
     let _ = writeln!(
         md,
         "- in-process throughput, 64 clients vs 1: ×{scale:.2} on {} cores (target: both cores busy, ≥ ×1.6): {}",
@@ -197,9 +209,10 @@ fn plot(path: &Path, r: &Value) -> Result<()> {
             .map(|x| (f(&x["concurrency"]), f(&x["latency"]["p50_us"])))
             .collect();
         let c = colors[i];
-        chart.draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?.label(*t).legend(move |(x, y)| {
-            PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
-        });
+        chart
+            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
+            .label(*t)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
         chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 4, c.filled())))?;
     }
     chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).draw()?;

@@ -168,7 +168,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let trust = match (cert, fingerprint) {
                 (_, Some(fp)) => crate::tls::Trust::Fingerprint(fp),
                 (Some(c), None) => crate::tls::Trust::CaFile(c),
-                (None, None) => crate::tls::Trust::CaFile(mote_runtime::receipt::default_data_dir().join("tls/cert.pem")),
+                (None, None) => {
+                    crate::tls::Trust::CaFile(mote_runtime::receipt::default_data_dir().join("tls/cert.pem"))
+                }
             };
             tokio_runtime()?.block_on(infer(&quic, &server_name, &trust, &model, &token, &request, repeat))
         }
@@ -327,7 +329,10 @@ fn verify(receipt: PathBuf, guest: Option<PathBuf>, models: Vec<PathBuf>, input:
     if !problems.is_empty() {
         bail!("{}: signature valid, but {}", receipt.display(), problems.join("; "));
     }
-    println!("ok: receipt {} signed by node {} (outcome {}, {} price units)", r.job_id, r.node_id, r.outcome, r.price_units);
+    println!(
+        "ok: receipt {} signed by node {} (outcome {}, {} price units)",
+        r.job_id, r.node_id, r.outcome, r.price_units
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -111,7 +111,8 @@ impl Config {
     /// the file's directory.
     pub(crate) fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut cfg: Config = toml::from_str(&text).with_context(|| format!("{} is not a valid mote config", path.display()))?;
+        let mut cfg: Config =
+            toml::from_str(&text).with_context(|| format!("{} is not a valid mote config", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {

@@ -208,7 +208,10 @@ async fn infer(
     let mut body = json_bytes;
     body.extend_from_slice(&tail);
     (
-        [(header::CONTENT_TYPE, "application/octet-stream".to_string()), (HEADER_LEN.parse().unwrap(), len.to_string())],
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (HEADER_LEN.parse().unwrap(), len.to_string()),
+        ],
         body,
     )
         .into_response()

@@ -102,11 +102,8 @@ impl Node {
                 }
             }
         }
-        let tokens = cfg
-            .tenants
-            .iter()
-            .flat_map(|t| t.tokens.iter().map(move |tok| (tok.clone(), t.name.clone())))
-            .collect();
+        let tokens =
+            cfg.tenants.iter().flat_map(|t| t.tokens.iter().map(move |tok| (tok.clone(), t.name.clone()))).collect();
         Ok(Self {
             runtime,
             deployments,
@@ -122,7 +119,10 @@ impl Node {
         let guest = std::fs::read(&d.guest).with_context(|| format!("reading guest {}", d.guest.display()))?;
         let mut models = Vec::new();
         for (name, path) in &d.models {
-            models.push((name.clone(), std::fs::read(path).with_context(|| format!("reading model {}", path.display()))?));
+            models.push((
+                name.clone(),
+                std::fs::read(path).with_context(|| format!("reading model {}", path.display()))?,
+            ));
         }
         let deployment = runtime.deploy(DeploymentSpec {
             name: d.name.clone(),

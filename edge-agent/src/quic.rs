@@ -314,10 +314,7 @@ impl QuicClient {
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
         client.transport_config(transport());
         endpoint.set_default_client_config(client);
-        let conn = endpoint
-            .connect(addr, server_name)?
-            .await
-            .with_context(|| format!("QUIC handshake with {addr}"))?;
+        let conn = endpoint.connect(addr, server_name)?.await.with_context(|| format!("QUIC handshake with {addr}"))?;
         Ok(Self { _endpoint: endpoint, conn })
     }
 
@@ -342,8 +339,18 @@ mod tests {
     fn request_frames_round_trip() {
         let req = Request {
             inputs: vec![
-                IoTensor { name: "x".into(), datatype: Datatype::Fp32, shape: vec![2], data: vec![0, 0, 128, 63, 0, 0, 0, 64] },
-                IoTensor { name: "s".into(), datatype: Datatype::Bytes, shape: vec![1], data: vec![2, 0, 0, 0, b'h', b'i'] },
+                IoTensor {
+                    name: "x".into(),
+                    datatype: Datatype::Fp32,
+                    shape: vec![2],
+                    data: vec![0, 0, 128, 63, 0, 0, 0, 64],
+                },
+                IoTensor {
+                    name: "s".into(),
+                    datatype: Datatype::Bytes,
+                    shape: vec![1],
+                    data: vec![2, 0, 0, 0, b'h', b'i'],
+                },
             ],
             parameters: vec![("k".into(), "v".into())],
         };
@@ -357,7 +364,12 @@ mod tests {
     #[test]
     fn response_frames_round_trip() {
         let resp = Response {
-            outputs: vec![IoTensor { name: "y".into(), datatype: Datatype::Int64, shape: vec![1], data: 7i64.to_le_bytes().to_vec() }],
+            outputs: vec![IoTensor {
+                name: "y".into(),
+                datatype: Datatype::Int64,
+                shape: vec![1],
+                data: 7i64.to_le_bytes().to_vec(),
+            }],
             parameters: vec![],
         };
         let (v, tail) = kserve::response_json_binary(&resp, None, &|_| true, None).unwrap();

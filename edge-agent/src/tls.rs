@@ -6,8 +6,8 @@
 use anyhow::{bail, Context, Result};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -62,7 +62,8 @@ impl Identity {
         if chain.is_empty() {
             bail!("{} holds no certificate", cert_path.display());
         }
-        let key = PrivateKeyDer::from_pem_file(&key_path).with_context(|| format!("reading key {}", key_path.display()))?;
+        let key =
+            PrivateKeyDer::from_pem_file(&key_path).with_context(|| format!("reading key {}", key_path.display()))?;
         Ok(Self { chain, key, cert_path })
     }
 
@@ -87,9 +88,7 @@ fn write_private(path: &Path, data: &[u8]) -> Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    opts.open(path)
-        .and_then(|mut f| f.write_all(data))
-        .with_context(|| format!("writing {}", path.display()))
+    opts.open(path).and_then(|mut f| f.write_all(data)).with_context(|| format!("writing {}", path.display()))
 }
 
 /// sha256 of a certificate, colon-separated upper-case hex.

@@ -104,13 +104,30 @@ fn node_key_is_kept_between_runs() {
 #[test]
 fn failures_exit_nonzero_with_a_one_line_error() {
     let req = tmp().join("bad.json");
-    std::fs::write(&req, "{\"inputs\": [{\"name\": \"x\", \"shape\": [2], \"datatype\": \"FP32\", \"data\": [1]}]}").unwrap();
+    std::fs::write(&req, "{\"inputs\": [{\"name\": \"x\", \"shape\": [2], \"datatype\": \"FP32\", \"data\": [1]}]}")
+        .unwrap();
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["run".into(), path("guests/passthrough.wasm"), "--input".into(), req.to_string_lossy().into()], "needs 8 bytes, got 4"),
-        (vec!["run".into(), "/nonexistent.wasm".into(), "--input".into(), req.to_string_lossy().into()], "reading /nonexistent.wasm"),
-        (vec!["run".into(), path("models/mlp.onnx"), "--input".into(), path("models/mlp.request.json")], "not a valid WebAssembly component"),
         (
-            vec!["run".into(), path("guests/passthrough.wasm"), "--input".into(), path("models/mlp.request.json"), "--backend".into(), "tpu".into()],
+            vec!["run".into(), path("guests/passthrough.wasm"), "--input".into(), req.to_string_lossy().into()],
+            "needs 8 bytes, got 4",
+        ),
+        (
+            vec!["run".into(), "/nonexistent.wasm".into(), "--input".into(), req.to_string_lossy().into()],
+            "reading /nonexistent.wasm",
+        ),
+        (
+            vec!["run".into(), path("models/mlp.onnx"), "--input".into(), path("models/mlp.request.json")],
+            "not a valid WebAssembly component",
+        ),
+        (
+            vec![
+                "run".into(),
+                path("guests/passthrough.wasm"),
+                "--input".into(),
+                path("models/mlp.request.json"),
+                "--backend".into(),
+                "tpu".into(),
+            ],
             "unknown backend 'tpu'",
         ),
         (
@@ -124,7 +141,10 @@ fn failures_exit_nonzero_with_a_one_line_error() {
         assert!(!out.status.success(), "{args:?} should fail");
         let err = stderr(&out);
         let last = err.lines().last().unwrap_or_default();
-        assert!(last.starts_with("error: ") && last.contains(want), "{args:?}: last stderr line {last:?} should mention {want:?}");
+        assert!(
+            last.starts_with("error: ") && last.contains(want),
+            "{args:?}: last stderr line {last:?} should mention {want:?}"
+        );
         assert!(out.stdout.is_empty(), "no response on failure");
     }
 }

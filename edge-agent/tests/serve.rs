@@ -118,7 +118,10 @@ fn start(extra_config: &str, flags: &[&str]) -> Server {
     });
     let mut seen = mote_agent::serve::Announced::default();
     let until = Instant::now() + Duration::from_secs(60);
-    while !seen.feed(&rx.recv_timeout(until.saturating_duration_since(Instant::now())).expect("server did not get ready")) {}
+    while !seen
+        .feed(&rx.recv_timeout(until.saturating_duration_since(Instant::now())).expect("server did not get ready"))
+    {
+    }
     let ready = seen.ready.unwrap();
     assert!(ready.contains(", 0 failed"), "{ready}");
     Server { child, https: seen.http.unwrap(), quic: seen.quic.unwrap(), cert: seen.cert.unwrap(), lines: rx, dir }
@@ -139,7 +142,15 @@ fn url(s: &Server, path: &str) -> String {
 
 fn mote_run(deployment_guest: &str, model: &str, request: &str) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_mote"))
-        .args(["run", &artifact(deployment_guest), "--model", &format!("model={}", artifact(model)), "--input", request, "--ephemeral-key"])
+        .args([
+            "run",
+            &artifact(deployment_guest),
+            "--model",
+            &format!("model={}", artifact(model)),
+            "--input",
+            request,
+            "--ephemeral-key",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -162,7 +173,13 @@ fn https_and_quic_answer_like_mote_run() {
 
         // HTTPS, JSON.
         let got: Value = rt.block_on(async {
-            let r = http.post(url(&s, &format!("/v2/models/{name}/infer"))).bearer_auth(TOKEN_A).body(body.clone()).send().await.unwrap();
+            let r = http
+                .post(url(&s, &format!("/v2/models/{name}/infer")))
+                .bearer_auth(TOKEN_A)
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), 200);
             r.json().await.unwrap()
         });
@@ -217,7 +234,8 @@ fn binary_tensor_extension_over_https() {
     assert_eq!(meta["outputs"][0]["parameters"]["binary_data_size"], 4 * 10 * 4);
     let probs: Vec<f32> = bytes[n..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
     let want = mote_run("guests/passthrough.wasm", "models/mlp.onnx", &artifact("models/mlp.request.json"));
-    let want: Vec<f32> = want["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    let want: Vec<f32> =
+        want["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
     assert_eq!(probs, want);
 }
 
@@ -261,7 +279,14 @@ fn tenants_tokens_and_bad_requests_get_clear_4xx() {
         ),
     ];
     let too_big = vec![b' '; 65 << 20];
-    let cases = [cases, vec![("/v2/models/mlp/infer", Some(TOKEN_A), Some(too_big), 413, "length limit"), ("/v2/nope", Some(TOKEN_A), None, 404, "no route /v2/nope")]].concat();
+    let cases = [
+        cases,
+        vec![
+            ("/v2/models/mlp/infer", Some(TOKEN_A), Some(too_big), 413, "length limit"),
+            ("/v2/nope", Some(TOKEN_A), None, 404, "no route /v2/nope"),
+        ],
+    ]
+    .concat();
     for (path, token, body, status, text) in cases {
         let (got, v) = call(path, token, body);
         assert_eq!(got, status, "{path} with {token:?}: {v}");
@@ -312,9 +337,14 @@ fn overload_gets_503_at_once_and_admitted_requests_succeed() {
     assert!((1..=2).contains(&ok), "one running + one queued may succeed: {results:?}");
     assert!(busy.iter().all(|d| d.as_millis() < 500), "503s come at once, not after waiting: {busy:?}");
     // QUIC reports the same as a busy frame.
-    let req = mote_runtime::Request { inputs: vec![], parameters: vec![("mode".into(), "work".into()), ("ms".into(), "600".into())] };
+    let req = mote_runtime::Request {
+        inputs: vec![],
+        parameters: vec![("mode".into(), "work".into()), ("ms".into(), "600".into())],
+    };
     let busy_quic = rt.block_on(async {
-        let c = std::sync::Arc::new(QuicClient::connect(s.quic, "localhost", &Trust::CaFile(s.cert.clone())).await.unwrap());
+        let c = std::sync::Arc::new(
+            QuicClient::connect(s.quic, "localhost", &Trust::CaFile(s.cert.clone())).await.unwrap(),
+        );
         let tasks: Vec<_> = (0..6)
             .map(|_| {
                 let (c, req) = (c.clone(), req.clone());
@@ -343,13 +373,18 @@ fn sigterm_lets_in_flight_requests_finish() {
     let rt = rt();
     let http = client(&s.cert);
     let body = serde_json::to_vec(&json!({"inputs": [], "parameters": {"mode": "work", "ms": "800"}})).unwrap();
-    let mlp_req = mote_runtime::kserve::parse_request(&serde_json::from_slice(&std::fs::read(artifact("models/mlp.request.json")).unwrap()).unwrap()).unwrap();
+    let mlp_req = mote_runtime::kserve::parse_request(
+        &serde_json::from_slice(&std::fs::read(artifact("models/mlp.request.json")).unwrap()).unwrap(),
+    )
+    .unwrap();
     let pid = s.child.id();
     let statuses = rt.block_on(async {
         let quic = QuicClient::connect(s.quic, "localhost", &Trust::CaFile(s.cert.clone())).await.unwrap();
         let https = {
             let (http, u, body) = (http.clone(), url(&s, "/v2/models/slow/infer"), body.clone());
-            tokio::spawn(async move { http.post(u).bearer_auth(TOKEN_A).body(body).send().await.map(|r| r.status().as_u16()) })
+            tokio::spawn(async move {
+                http.post(u).bearer_auth(TOKEN_A).body(body).send().await.map(|r| r.status().as_u16())
+            })
         };
         tokio::time::sleep(Duration::from_millis(200)).await;
         Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
@@ -394,7 +429,10 @@ guest = "/nonexistent/guest.wasm"
     }
     let _ = child.kill();
     let _ = child.wait();
-    assert!(seen.iter().any(|l| l.starts_with("deployment broken: FAILED: reading guest /nonexistent/guest.wasm")), "{seen:?}");
+    assert!(
+        seen.iter().any(|l| l.starts_with("deployment broken: FAILED: reading guest /nonexistent/guest.wasm")),
+        "{seen:?}"
+    );
     assert!(seen.iter().any(|l| l == "ready: 4 deployment(s), 1 failed"), "{seen:?}");
 }
 
@@ -403,7 +441,10 @@ fn tritons_own_python_client_works_unmodified() {
     let python = build().join("../deps/venv/bin/python");
     let have = Command::new(&python).args(["-c", "import tritonclient.http"]).status().is_ok_and(|s| s.success());
     if !have {
-        assert!(std::env::var_os("CI").is_none(), "tritonclient[http] missing in deps/venv: scripts/setup.sh installs it");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "tritonclient[http] missing in deps/venv: scripts/setup.sh installs it"
+        );
         eprintln!("skipping: tritonclient[http] is not installed in deps/venv (run scripts/setup.sh)");
         return;
     }
@@ -428,7 +469,12 @@ fn plain_http_needs_the_flag_and_loopback() {
     let s = start("", &["--insecure-http"]);
     let rt = rt();
     let status = rt.block_on(async {
-        reqwest::Client::new().get(format!("http://127.0.0.1:{}/v2/health/live", s.https.port())).send().await.unwrap().status()
+        reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{}/v2/health/live", s.https.port()))
+            .send()
+            .await
+            .unwrap()
+            .status()
     });
     assert_eq!(status, 200);
     // Without it the same port speaks only TLS.
@@ -447,5 +493,9 @@ fn plain_http_needs_the_flag_and_loopback() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback addresses only"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("loopback addresses only"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -76,7 +76,8 @@ pub fn output_preferences(v: &Value) -> (Box<dyn Fn(&str) -> bool + Send + Sync>
 
 fn parse_tensor_header(v: &Value) -> Result<(String, Datatype, Vec<u64>), String> {
     let name = v.get("name").and_then(Value::as_str).ok_or("tensor needs a string \"name\"")?.to_string();
-    let dt = v.get("datatype").and_then(Value::as_str).ok_or_else(|| format!("tensor '{name}' needs a \"datatype\""))?;
+    let dt =
+        v.get("datatype").and_then(Value::as_str).ok_or_else(|| format!("tensor '{name}' needs a \"datatype\""))?;
     let datatype = Datatype::parse(dt).ok_or_else(|| format!("tensor '{name}': unknown datatype '{dt}'"))?;
     let shape = v
         .get("shape")

@@ -22,4 +22,7 @@ pub use host::{LogLevel, LogLine};
 pub use limits::{Limits, Outcome};
 pub use price::PriceTable;
 pub use receipt::{NodeKey, Receipt, Usage};
-pub use runtime::{digest, ModelInfo, DeployError, Deployment, DeploymentSpec, JobError, JobReport, Request, Response, Runtime, RuntimeConfig};
+pub use runtime::{
+    digest, DeployError, Deployment, DeploymentSpec, JobError, JobReport, ModelInfo, Request, Response, Runtime,
+    RuntimeConfig,
+};

@@ -141,13 +141,10 @@ impl Receipt {
 
     /// Parses receipt JSON and checks its signature against its `node_id`.
     pub fn verify_json(text: &str) -> Result<Receipt, VerifyError> {
-        let value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| VerifyError::Malformed(e.to_string()))?;
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| VerifyError::Malformed(e.to_string()))?;
         let receipt = Receipt::deserialize(&value).map_err(|e| VerifyError::Malformed(e.to_string()))?;
-        let key_bytes: [u8; 32] = hex::decode(&receipt.node_id)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or(VerifyError::BadNodeId)?;
+        let key_bytes: [u8; 32] =
+            hex::decode(&receipt.node_id).ok().and_then(|b| b.try_into().ok()).ok_or(VerifyError::BadNodeId)?;
         let key = VerifyingKey::from_bytes(&key_bytes).map_err(|_| VerifyError::BadNodeId)?;
         let sig_bytes: [u8; 64] = hex::decode(&receipt.signature)
             .ok()
@@ -181,12 +178,13 @@ impl NodeKey {
         let path = dir.join("node.key");
         match std::fs::read_to_string(&path) {
             Ok(text) => {
-                let bytes: [u8; 32] = hex::decode(text.trim()).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("{} is not a node key (64 hex digits)", path.display()),
-                    )
-                })?;
+                let bytes: [u8; 32] =
+                    hex::decode(text.trim()).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("{} is not a node key (64 hex digits)", path.display()),
+                        )
+                    })?;
                 Ok(Self { signing: SigningKey::from_bytes(&bytes) })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

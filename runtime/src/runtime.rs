@@ -265,8 +265,7 @@ impl Runtime {
             .map_err(|e| format!("linking mote:edge: {e}"))?;
 
         let key = match &config.data_dir {
-            Some(dir) => NodeKey::load_or_create(dir)
-                .map_err(|e| format!("node key in {}: {e}", dir.display()))?,
+            Some(dir) => NodeKey::load_or_create(dir).map_err(|e| format!("node key in {}: {e}", dir.display()))?,
             None => NodeKey::generate(),
         };
         let stop = Arc::new(AtomicBool::new(false));
@@ -333,10 +332,7 @@ impl Runtime {
         }
         let component =
             Component::new(&self.engine, &spec.guest).map_err(|e| DeployError::InvalidGuest(one_line(&e)))?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| DeployError::WorldMismatch(one_line(&e)))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| DeployError::WorldMismatch(one_line(&e)))?;
         let pre = bindings::JobPre::new(pre).map_err(|e| DeployError::WorldMismatch(one_line(&e)))?;
         let mut models = Models::new();
         for (name, bytes) in spec.models {
@@ -453,11 +449,7 @@ impl Deployment {
         let mut log = state.log.lines;
         for (pipe, level) in [(stdout, LogLevel::Stdout), (stderr, LogLevel::Stderr)] {
             let text = pipe.contents();
-            log.extend(
-                String::from_utf8_lossy(&text)
-                    .lines()
-                    .map(|l| LogLine { level, message: l.to_string() }),
-            );
+            log.extend(String::from_utf8_lossy(&text).lines().map(|l| LogLine { level, message: l.to_string() }));
         }
         if state.log.dropped > 0 {
             log.push(LogLine {
@@ -528,10 +520,8 @@ impl Deployment {
         store.epoch_deadline_trap();
 
         let job = self.pre.instantiate(&mut *store).map_err(|e| classify(&e))?;
-        let wit_request = wit::Request {
-            inputs: request.inputs.into_iter().map(to_wit).collect(),
-            parameters: request.parameters,
-        };
+        let wit_request =
+            wit::Request { inputs: request.inputs.into_iter().map(to_wit).collect(), parameters: request.parameters };
         match job.mote_edge_handler().call_handle(&mut *store, &wit_request) {
             Ok(Ok(resp)) => {
                 let outputs: Vec<IoTensor> = resp.outputs.into_iter().map(from_wit).collect();

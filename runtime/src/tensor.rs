@@ -185,9 +185,8 @@ impl IoTensor {
 
     /// Checks that `data` holds exactly the elements that `shape` describes.
     pub fn validate(&self) -> Result<(), String> {
-        let count = self
-            .element_count()
-            .ok_or_else(|| format!("tensor '{}': shape {:?} overflows", self.name, self.shape))?;
+        let count =
+            self.element_count().ok_or_else(|| format!("tensor '{}': shape {:?} overflows", self.name, self.shape))?;
         match self.datatype.size() {
             Some(size) => {
                 let want = count.checked_mul(size as u64);

@@ -84,7 +84,13 @@ impl GraphBuilder {
     }
 
     /// Any ONNX operator with `outputs` outputs.
-    pub fn node_multi(&self, op: &str, inputs: &[Operand], attributes: &[Attribute], outputs: u32) -> Result<Vec<Operand>, NnError> {
+    pub fn node_multi(
+        &self,
+        op: &str,
+        inputs: &[Operand],
+        attributes: &[Attribute],
+        outputs: u32,
+    ) -> Result<Vec<Operand>, NnError> {
         let ids: Vec<u32> = inputs.iter().map(|o| o.0).collect();
         Ok(self.0.node_multi(op, &ids, attributes, outputs)?.into_iter().map(Operand).collect())
     }
@@ -150,23 +156,44 @@ impl GraphBuilder {
         self.node(
             "Conv",
             &ins,
-            &[ints("strides", &win.strides), ints("pads", &win.pads), ints("dilations", &win.dilations), int("group", win.groups)],
+            &[
+                ints("strides", &win.strides),
+                ints("pads", &win.pads),
+                ints("dilations", &win.dilations),
+                int("group", win.groups),
+            ],
         )
     }
     /// 2-D max pooling.
     pub fn max_pool2d(&self, x: Operand, win: &Window) -> R {
-        self.node("MaxPool", &[x], &[ints("kernel_shape", &win.kernel), ints("strides", &win.strides), ints("pads", &win.pads)])
+        self.node(
+            "MaxPool",
+            &[x],
+            &[ints("kernel_shape", &win.kernel), ints("strides", &win.strides), ints("pads", &win.pads)],
+        )
     }
     /// 2-D average pooling (padding excluded from the mean).
     pub fn average_pool2d(&self, x: Operand, win: &Window) -> R {
-        self.node("AveragePool", &[x], &[ints("kernel_shape", &win.kernel), ints("strides", &win.strides), ints("pads", &win.pads)])
+        self.node(
+            "AveragePool",
+            &[x],
+            &[ints("kernel_shape", &win.kernel), ints("strides", &win.strides), ints("pads", &win.pads)],
+        )
     }
     /// Mean over the spatial axes, keeping them as 1.
     pub fn global_average_pool(&self, x: Operand) -> R {
         self.node("GlobalAveragePool", &[x], &[])
     }
     /// Inference batch normalisation.
-    pub fn batch_norm(&self, x: Operand, scale: Operand, bias: Operand, mean: Operand, var: Operand, epsilon: f32) -> R {
+    pub fn batch_norm(
+        &self,
+        x: Operand,
+        scale: Operand,
+        bias: Operand,
+        mean: Operand,
+        var: Operand,
+        epsilon: f32,
+    ) -> R {
         self.node("BatchNormalization", &[x, scale, bias, mean, var], &[float("epsilon", epsilon)])
     }
     /// Layer normalisation over the axes from `axis` on.

@@ -1,7 +1,10 @@
 //! A guest that misbehaves on purpose, for the runtime's limit tests. The
 //! request parameter `mode` picks the misbehaviour.
 
-use mote_sdk::{log, Graph, GraphBuilder, Handler, HandlerError, IoTensor, Request, RequestExt, Response, Target, Tensor, TensorData, TensorType};
+use mote_sdk::{
+    log, Graph, GraphBuilder, Handler, HandlerError, IoTensor, Request, RequestExt, Response, Target, Tensor,
+    TensorData, TensorType,
+};
 
 struct Misbehave;
 

@@ -89,8 +89,8 @@ fn environment_with(threads: usize) -> Result<&'static OrtEnv, BackendError> {
     ENV.get_or_init(|| {
         let library = find_library()?;
         // Loads the library: nothing of the ORT API may be used before.
-        let builder = ort::init_from(&library)
-            .map_err(|e| format!("loading ONNX Runtime from {}: {e}", library.display()))?;
+        let builder =
+            ort::init_from(&library).map_err(|e| format!("loading ONNX Runtime from {}: {e}", library.display()))?;
         let pool = ort::environment::GlobalThreadPoolOptions::default()
             .with_intra_threads(threads)
             .and_then(|p| p.with_inter_threads(1))
@@ -334,7 +334,10 @@ impl GraphInner {
                 Some(at) => {
                     let left = at.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        return Err(BackendError::new(BackendErrorKind::Timeout, "waited for a free session past the deadline"));
+                        return Err(BackendError::new(
+                            BackendErrorKind::Timeout,
+                            "waited for a free session past the deadline",
+                        ));
                     }
                     self.freed.wait_timeout(pool, left).unwrap_or_else(|p| p.into_inner()).0
                 }
@@ -483,7 +486,12 @@ fn input_value<'a>(
     if count * view.ty.size() != view.data.len() {
         return Err(BackendError::new(
             BackendErrorKind::InvalidArgument,
-            format!("tensor data is {} bytes but shape {:?} needs {}", view.data.len(), view.dims, count * view.ty.size()),
+            format!(
+                "tensor data is {} bytes but shape {:?} needs {}",
+                view.data.len(),
+                view.dims,
+                count * view.ty.size()
+            ),
         ));
     }
     let info = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default)
@@ -499,7 +507,11 @@ fn input_value<'a>(
                     .map_err(|e| BackendError::new(BackendErrorKind::Runtime, e.to_string()))?;
                 // SAFETY: the tensor was just allocated with exactly `data.len()` bytes on the CPU.
                 unsafe {
-                    std::ptr::copy_nonoverlapping(view.data.as_ptr(), owned.data_ptr_mut().cast::<u8>(), view.data.len())
+                    std::ptr::copy_nonoverlapping(
+                        view.data.as_ptr(),
+                        owned.data_ptr_mut().cast::<u8>(),
+                        view.data.len(),
+                    )
                 };
                 SessionInputValue::from(owned.into_dyn())
             } else {

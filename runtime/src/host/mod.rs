@@ -10,7 +10,9 @@ mod graph_builder;
 mod usage_log;
 mod wasi_nn;
 
-use crate::backend::{BackendChoice, BackendError, BackendErrorKind, BackendExecutionContext, BackendGraph, BackendKind};
+use crate::backend::{
+    BackendChoice, BackendError, BackendErrorKind, BackendExecutionContext, BackendGraph, BackendKind,
+};
 use crate::limits::{JobAbort, Limits, MemoryLimiter, Outcome};
 use crate::runtime::{Models, Shared};
 use crate::tensor::ElementType;
@@ -118,7 +120,10 @@ impl JobState {
             BackendErrorKind::Unsupported => ErrorCode::UnsupportedOperation,
             BackendErrorKind::Runtime => ErrorCode::RuntimeError,
             BackendErrorKind::Timeout => {
-                return Err(abort(Outcome::Deadline, format!("backend compute stopped at the job deadline: {}", e.message)));
+                return Err(abort(
+                    Outcome::Deadline,
+                    format!("backend compute stopped at the job deadline: {}", e.message),
+                ));
             }
         };
         self.nn_error(code, e.message)
@@ -129,7 +134,10 @@ impl JobState {
         if bytes > self.limits.max_tensor_bytes {
             return Err(abort(
                 Outcome::InvalidInput,
-                format!("{what} of {bytes} bytes exceeds the job's tensor limit of {} bytes", self.limits.max_tensor_bytes),
+                format!(
+                    "{what} of {bytes} bytes exceeds the job's tensor limit of {} bytes",
+                    self.limits.max_tensor_bytes
+                ),
             ));
         }
         Ok(())
@@ -137,7 +145,10 @@ impl JobState {
 
     /// Which backend serves a load with wasi-nn `target` (`None`: a
     /// `load-by-name`, which follows the deployment's choice).
-    fn resolve_backend(&self, target: Option<bindings::wasi::nn::graph::ExecutionTarget>) -> Result<BackendKind, String> {
+    fn resolve_backend(
+        &self,
+        target: Option<bindings::wasi::nn::graph::ExecutionTarget>,
+    ) -> Result<BackendKind, String> {
         use bindings::wasi::nn::graph::ExecutionTarget as T;
         match (self.backend, target) {
             (_, Some(T::Tpu)) => Err("execution target tpu is not supported on this node".into()),
@@ -146,9 +157,9 @@ impl JobState {
             }
             (BackendChoice::Fixed(k), _) => Ok(k),
             (BackendChoice::Auto, Some(T::Cpu)) => Ok(BackendKind::OrtCpu),
-            (BackendChoice::Auto, Some(T::Gpu)) => {
-                self.shared.backends.best_gpu().ok_or_else(|| "execution target gpu requested, but this node has no usable GPU backend (no CUDA)".to_string())
-            }
+            (BackendChoice::Auto, Some(T::Gpu)) => self.shared.backends.best_gpu().ok_or_else(|| {
+                "execution target gpu requested, but this node has no usable GPU backend (no CUDA)".to_string()
+            }),
             (BackendChoice::Auto, None) => Ok(self.shared.backends.best_gpu().unwrap_or(BackendKind::OrtCpu)),
         }
     }

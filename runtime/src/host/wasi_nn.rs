@@ -45,10 +45,8 @@ impl tensor::HostTensor for JobState {
         data: Vec<u8>,
     ) -> wasmtime::Result<Resource<NnTensor>> {
         let ty = element_type(ty);
-        let claimed = dimensions
-            .iter()
-            .try_fold(ty.size() as u64, |acc, &d| acc.checked_mul(u64::from(d)))
-            .unwrap_or(u64::MAX);
+        let claimed =
+            dimensions.iter().try_fold(ty.size() as u64, |acc, &d| acc.checked_mul(u64::from(d))).unwrap_or(u64::MAX);
         self.check_tensor_bytes(&format!("tensor {dimensions:?}"), claimed)?;
         if claimed != data.len() as u64 {
             return Err(abort(
