@@ -106,6 +106,9 @@ fn binary_body(req: &Request) -> (Vec<u8>, usize) {
     (body, n)
 }
 
+/// One request of a transport, as a future.
+type Call = Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>> + Send + Sync>;
+
 /// Runs `total` requests with `conc` concurrent clients; latency summary and
 /// requests per second.
 fn drive(
@@ -113,7 +116,7 @@ fn drive(
     conc: usize,
     total: usize,
     pb: &indicatif::ProgressBar,
-    call: Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>> + Send + Sync>,
+    call: Call,
 ) -> Result<(Summary, f64)> {
     let next = Arc::new(AtomicUsize::new(0));
     let samples = Arc::new(Mutex::new(Vec::with_capacity(total)));
@@ -180,9 +183,7 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
         for conc in CONCURRENCY {
             let pb = bar(total * TRANSPORTS.len(), &format!("endpoint {model} x{conc}"));
             for transport in TRANSPORTS {
-                let call: Arc<
-                    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>> + Send + Sync,
-                > = match transport {
+                let call: Call = match transport {
                     "in-process" => {
                         let (d, req) = (d.clone(), req.clone());
                         Arc::new(move || {

@@ -238,13 +238,8 @@ pub(crate) async fn serve(endpoint: quinn::Endpoint, node: Arc<Node>, max_body: 
                     return;
                 }
             };
-            loop {
-                match conn.accept_bi().await {
-                    Ok((send, recv)) => {
-                        tokio::spawn(serve_stream(node.clone(), send, recv, max_body));
-                    }
-                    Err(_) => break,
-                }
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                tokio::spawn(serve_stream(node.clone(), send, recv, max_body));
             }
         });
     }

@@ -43,12 +43,17 @@ impl Drop for Server {
 }
 
 fn config(extra: &str) -> String {
+    config_with("", extra)
+}
+
+fn config_with(server_extra: &str, extra: &str) -> String {
     format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
 quic = "127.0.0.1:0"
 grace_period_ms = 10000
+{server_extra}
 
 [[tenant]]
 name = "a"
@@ -94,9 +99,13 @@ deadline_ms = 20000
 }
 
 fn start(extra_config: &str, flags: &[&str]) -> Server {
+    start_with(&config(extra_config), flags)
+}
+
+fn start_with(config_text: &str, flags: &[&str]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let cfg_path = dir.path().join("mote.toml");
-    std::fs::write(&cfg_path, config(extra_config)).unwrap();
+    std::fs::write(&cfg_path, config_text).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_mote"))
         .arg("serve")
         .arg("--config")
@@ -261,7 +270,8 @@ fn tenants_tokens_and_bad_requests_get_clear_4xx() {
     };
     let bad_dtype = json!({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "INT32", "data": vec![1; 16]}]});
     let bad_shape = json!({"inputs": [{"name": "x", "shape": [2, 8], "datatype": "FP32", "data": vec![1.0; 16]}]});
-    let cases: Vec<(&str, Option<&str>, Option<Vec<u8>>, u16, &str)> = vec![
+    type Case<'a> = (&'a str, Option<&'a str>, Option<Vec<u8>>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("/v2/models/mlp/infer", None, Some(mlp_req.clone()), 401, "bearer token"),
         ("/v2/models/mlp/infer", Some("wrong-token-xyz"), Some(mlp_req.clone()), 401, "bearer token"),
         ("/v2/models/secret-b/infer", Some(TOKEN_A), Some(mlp_req.clone()), 404, "no deployment named 'secret-b'"),
@@ -498,4 +508,31 @@ fn plain_http_needs_the_flag_and_loopback() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn oversized_bodies_get_413_with_a_json_error() {
+    // A small limit, and a body small enough that the client has written it
+    // all before the server answers.
+    let s = start_with(&config_with("max_body_bytes = 2048", ""), &[]);
+    let rt = rt();
+    let http = client(&s.cert);
+    let (status, v): (u16, Value) = rt.block_on(async {
+        let r = http
+            .post(url(&s, "/v2/models/mlp/infer"))
+            .bearer_auth(TOKEN_A)
+            .body(vec![b' '; 4096])
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    });
+    assert_eq!(status, 413, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("length limit"), "{v}");
+    // The node keeps serving.
+    let ok = rt.block_on(async {
+        let body = std::fs::read(artifact("models/mlp.request.json")).unwrap();
+        http.post(url(&s, "/v2/models/mlp/infer")).bearer_auth(TOKEN_A).body(body).send().await.unwrap().status()
+    });
+    assert_eq!(ok, 200, "a request under the limit (1.4 KB) is served");
 }

@@ -51,11 +51,14 @@ pub fn parse_request_with_binary(v: &Value, binary: &[u8]) -> Result<Request, St
     Ok(Request { inputs: tensors, parameters: parse_parameters(obj.get("parameters"))? })
 }
 
+/// Decides per output name whether it goes back as binary data.
+pub type BinaryChoice = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// Which outputs a request wants as binary data (Triton extension): all
 /// when `parameters.binary_data_output` is true, else those listed in
 /// `outputs` with `parameters.binary_data` true. Also returns the requested
 /// output names, if the request lists any.
-pub fn output_preferences(v: &Value) -> (Box<dyn Fn(&str) -> bool + Send + Sync>, Option<Vec<String>>) {
+pub fn output_preferences(v: &Value) -> (BinaryChoice, Option<Vec<String>>) {
     let all = v.get("parameters").and_then(|p| p.get("binary_data_output")).and_then(Value::as_bool).unwrap_or(false);
     let listed: Option<Vec<(String, bool)>> = v.get("outputs").and_then(Value::as_array).map(|outs| {
         outs.iter()
@@ -67,7 +70,7 @@ pub fn output_preferences(v: &Value) -> (Box<dyn Fn(&str) -> bool + Send + Sync>
             .collect()
     });
     let names = listed.as_ref().map(|l| l.iter().map(|(n, _)| n.clone()).collect());
-    let binary: Box<dyn Fn(&str) -> bool + Send + Sync> = match listed {
+    let binary: BinaryChoice = match listed {
         Some(l) => Box::new(move |n: &str| l.iter().any(|(m, b)| m == n && *b)),
         None => Box::new(move |_: &str| all),
     };
