@@ -148,3 +148,30 @@ fn failures_exit_nonzero_with_a_one_line_error() {
         assert!(out.stdout.is_empty(), "no response on failure");
     }
 }
+
+#[test]
+fn a_missing_onnx_runtime_is_one_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_mote"))
+        .args(["run", &path("guests/passthrough.wasm"), "--model", &format!("model={}", path("models/mlp.onnx"))])
+        .args(["--input", &path("models/mlp.request.json"), "--backend", "ort-cpu", "--ephemeral-key"])
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ORT_DYLIB_PATH points to /nonexistent/libonnxruntime.so")
+            && last.contains("make setup"),
+        "{last}"
+    );
+    // `auto` without a usable library: the job fails with the same reason.
+    let out = Command::new(env!("CARGO_BIN_EXE_mote"))
+        .args(["run", &path("guests/passthrough.wasm"), "--model", &format!("model={}", path("models/mlp.onnx"))])
+        .args(["--input", &path("models/mlp.request.json"), "--ephemeral-key"])
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("ORT_DYLIB_PATH points to"), "{}", stderr(&out));
+}

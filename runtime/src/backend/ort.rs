@@ -36,7 +36,11 @@ pub fn find_library() -> Result<PathBuf, String> {
         return if p.is_file() {
             Ok(p)
         } else {
-            Err(format!("ORT_DYLIB_PATH points to {}, which is not a file", p.display()))
+            Err(format!(
+                "ORT_DYLIB_PATH points to {}, which is not a file: point it at libonnxruntime.so, or unset it \
+                 to use the library `make setup` installs in deps/onnxruntime",
+                p.display()
+            ))
         };
     }
     let mut dirs: Vec<PathBuf> = Vec::new();
