@@ -48,7 +48,10 @@ impl Identity {
                         "::1".to_string(),
                     ])
                     .context("generating a self-signed certificate")?;
-                    write_private(&k, generated.key_pair.serialize_pem().as_bytes())?;
+                    // A lone half of a pair is useless: replace both.
+                    let _ = std::fs::remove_file(&k);
+                    mote_runtime::receipt::write_private(&k, generated.key_pair.serialize_pem().as_bytes())
+                        .with_context(|| format!("writing {}", k.display()))?;
                     std::fs::write(&c, generated.cert.pem()).with_context(|| format!("writing {}", c.display()))?;
                     tracing::info!(cert = %c.display(), "generated a self-signed certificate");
                 }
@@ -77,18 +80,6 @@ impl Identity {
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(cfg)
     }
-}
-
-fn write_private(path: &Path, data: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    opts.open(path).and_then(|mut f| f.write_all(data)).with_context(|| format!("writing {}", path.display()))
 }
 
 /// sha256 of a certificate, colon-separated upper-case hex.

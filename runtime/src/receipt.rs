@@ -203,7 +203,9 @@ impl NodeKey {
     }
 }
 
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+/// Creates `path` readable by its owner only (0600) and writes `data`;
+/// fails if the file exists, so two processes never race to different keys.
+pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
