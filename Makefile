@@ -8,6 +8,9 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/mote-target
 GUEST_TARGET_DIR ?= $(HOME)/.cache/mote-guest-target
 MOTE := $(CARGO_TARGET_DIR)/release/mote
 PY := deps/venv/bin/python
+# WASI guests: rustup's wasm32-wasip2 where present, else build-std for
+# wasm32-wasip1 (Debian wasi-libc) adapted to WASI 0.2.
+WASI_TARGET := $(shell rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || echo --target wasm32-wasip1)
 MODELS := build/models/cnn.onnx
 GUESTS := build/guests/passthrough.wasm build/guests/classifier.wasm build/guests/mlp-builder.wasm build/guests/misbehave.wasm
 
@@ -27,6 +30,7 @@ models: $(MODELS)
 
 guests: host models
 	CARGO_TARGET_DIR=$(GUEST_TARGET_DIR) $(MOTE) build guest-examples --out build/guests
+	CARGO_TARGET_DIR=$(GUEST_TARGET_DIR)-wasi $(MOTE) build guest-examples/misbehave $(WASI_TARGET) --out build/guests-wasi
 
 demo: guests
 	@bash scripts/demo.sh

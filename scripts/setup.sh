@@ -39,7 +39,7 @@ else
     [ -n "$lld" ] || { $SUDO apt-get update -qq; lld=$(apt-cache search --names-only '^lld-[0-9]+$' | awk '{print $1}' | sort -V | tail -1); }
     apt_install "${lld:-lld}"
   fi
-  apt_install rustc-web rust-web-src
+  apt_install rustc-web rust-web-src wasi-libc
   say "guest toolchain: $(/usr/bin/rustc --version) + build-std"
 fi
 

@@ -5,7 +5,10 @@
 //! distribution Rust with its standard-library sources (Debian's
 //! `rustc-web` + `rust-web-src`) to build for `wasm32-unknown-unknown` with
 //! `-Zbuild-std`, and turns each core module into a component with
-//! `wit-component` (the world is embedded by `wit-bindgen`).
+//! `wit-component` (the world is embedded by `wit-bindgen`). With
+//! `--target wasm32-wasip1` the same toolchain builds WASI guests (Debian's
+//! `wasi-libc`), and the WASI preview-1 imports are adapted to WASI 0.2 with
+//! wasmtime's adapter, so such guests get the node's (empty, captured) WASI.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -84,8 +87,16 @@ fn cdylib_names(dir: &Path) -> Result<Vec<String>> {
         bail!("cargo metadata failed in {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
     }
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    // A package directory builds that package; a workspace root, all members.
+    let manifest = dir.join("Cargo.toml").canonicalize().ok();
+    let packages: Vec<&serde_json::Value> = meta["packages"].as_array().into_iter().flatten().collect();
+    let own = packages
+        .iter()
+        .copied()
+        .filter(|p| manifest.as_ref().is_some_and(|m| Path::new(p["manifest_path"].as_str().unwrap_or_default()) == m));
+    let selected: Vec<&serde_json::Value> = if own.clone().count() > 0 { own.collect() } else { packages };
     let mut names = Vec::new();
-    for pkg in meta["packages"].as_array().into_iter().flatten() {
+    for pkg in selected {
         for t in pkg["targets"].as_array().into_iter().flatten() {
             if t["crate_types"].as_array().is_some_and(|c| c.iter().any(|c| c == "cdylib")) {
                 names.push(t["name"].as_str().unwrap_or_default().replace('-', "_"));
@@ -99,14 +110,24 @@ fn cdylib_names(dir: &Path) -> Result<Vec<String>> {
 }
 
 /// Builds every guest in `dir` and writes `NAME.wasm` components to `out`.
-pub(crate) fn build(dir: &Path, out: &Path, toolchain: Option<Toolchain>) -> Result<Vec<PathBuf>> {
+/// `target` overrides the toolchain's default target triple.
+pub(crate) fn build(
+    dir: &Path,
+    out: &Path,
+    toolchain: Option<Toolchain>,
+    target: Option<&str>,
+) -> Result<Vec<PathBuf>> {
     let toolchain = pick(toolchain)?;
     let names = cdylib_names(dir)?;
     let target_dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| dir.join("target"), PathBuf::from);
-    let triple = match toolchain {
-        Toolchain::Wasip2 => "wasm32-wasip2",
-        Toolchain::BuildStd => "wasm32-unknown-unknown",
+    let triple = match (toolchain, target) {
+        (_, Some(t)) => t,
+        (Toolchain::Wasip2, None) => "wasm32-wasip2",
+        (Toolchain::BuildStd, None) => "wasm32-unknown-unknown",
     };
+    if toolchain == Toolchain::BuildStd && triple == "wasm32-wasip1" && !Path::new(WASI_LIBC).join("libc.a").is_file() {
+        bail!("--target wasm32-wasip1 needs WASI libc in {WASI_LIBC} (Debian package wasi-libc)");
+    }
     let mut cmd;
     match toolchain {
         Toolchain::Wasip2 => {
@@ -119,7 +140,7 @@ pub(crate) fn build(dir: &Path, out: &Path, toolchain: Option<Toolchain>) -> Res
             cmd.args(["build", "--release", "-Zbuild-std=std,panic_abort", "--target", triple])
                 .env("RUSTC", &ts.rustc)
                 .env("RUSTC_BOOTSTRAP", "1")
-                .env("RUSTFLAGS", format!("-C linker={}", ts.linker.display()))
+                .env("RUSTFLAGS", format!("-C linker={} -L {WASI_LIBC}", ts.linker.display()))
                 // rustup's proxies would otherwise pick their own toolchain.
                 .env_remove("RUSTUP_TOOLCHAIN")
                 .env_remove("CARGO");
@@ -145,18 +166,37 @@ pub(crate) fn build(dir: &Path, out: &Path, toolchain: Option<Toolchain>) -> Res
     Ok(written)
 }
 
+/// Where Debian's `wasi-libc` puts the wasm32-wasi sysroot libraries.
+const WASI_LIBC: &str = "/usr/lib/wasm32-wasi";
+
 /// A component's header has layer 1 (bytes 6..8 of the preamble).
 fn wasmparser_is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
 }
 
 /// Turns a core module with an embedded `component-type` section into a
-/// component.
+/// component. A module that imports WASI preview 1 (built for
+/// `wasm32-wasip1`) is adapted to WASI 0.2 with wasmtime's reactor adapter.
 pub(crate) fn componentize(module: &[u8]) -> Result<Vec<u8>> {
-    wit_component::ComponentEncoder::default()
+    use wasi_preview1_component_adapter_provider as adapter;
+    let mut encoder = wit_component::ComponentEncoder::default();
+    encoder
         .module(module)
-        .context("reading the core module's component-type section (was it built with wit-bindgen?)")?
-        .validate(true)
-        .encode()
-        .context("encoding the component")
+        .context("reading the core module's component-type section (was it built with wit-bindgen?)")?;
+    if imports_module(module, adapter::WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME) {
+        encoder
+            .adapter(adapter::WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, adapter::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER)
+            .context("adding the WASI preview-1 adapter")?;
+    }
+    encoder.validate(true).encode().context("encoding the component")
+}
+
+/// Whether a core module imports anything from module `name`.
+fn imports_module(module: &[u8], name: &str) -> bool {
+    wasmparser::Parser::new(0).parse_all(module).any(|payload| match payload {
+        Ok(wasmparser::Payload::ImportSection(reader)) => {
+            reader.into_imports().any(|imp| imp.is_ok_and(|i| i.module == name))
+        }
+        _ => false,
+    })
 }

@@ -30,6 +30,10 @@ enum Command {
         /// Toolchain: wasip2 (rustup target) or build-std (distribution rustc).
         #[arg(long)]
         toolchain: Option<String>,
+        /// Target triple (default: the toolchain's; build-std also takes
+        /// wasm32-wasip1 for WASI guests).
+        #[arg(long)]
+        target: Option<String>,
     },
     /// Turn a wit-bindgen core module into a component.
     Componentize {
@@ -134,14 +138,14 @@ struct RunArgs {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run_job(args),
-        Command::Build { dir, out, toolchain } => {
+        Command::Build { dir, out, toolchain, target } => {
             let tc = match toolchain.as_deref() {
                 None => None,
                 Some("wasip2") => Some(build::Toolchain::Wasip2),
                 Some("build-std") => Some(build::Toolchain::BuildStd),
                 Some(other) => bail!("--toolchain {other}: expected wasip2 or build-std"),
             };
-            build::build(&dir, &out, tc)?;
+            build::build(&dir, &out, tc, target.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Componentize { input, output } => {

@@ -145,6 +145,32 @@ fn logs_stdout_and_usage_are_captured() {
 }
 
 #[test]
+fn a_wasi_guest_gets_captured_stdio_and_nothing_else() {
+    let rt = runtime();
+    let d = rt
+        .deploy(DeploymentSpec {
+            name: "wasi".into(),
+            guest: artifact("guests-wasi/misbehave.wasm"),
+            ..DeploymentSpec::default()
+        })
+        .expect("a WASI guest deploys");
+    let r = d.run(&mode("log"));
+    r.result.as_ref().expect("log job");
+    let has = |lvl: LogLevel, text: &str| r.log.iter().any(|l| l.level == lvl && l.message == text);
+    assert!(has(LogLevel::Stdout, "hello from stdout"), "{:?}", r.log);
+    assert!(has(LogLevel::Stderr, "hello from stderr"), "{:?}", r.log);
+    assert!(has(LogLevel::Info, "hello from the guest log"), "{:?}", r.log);
+
+    let resp = d.run(&mode("wasi")).result.expect("wasi probe");
+    let fs = mote_runtime::tensor::split_bytes_elements(&resp.outputs[0].data).unwrap();
+    for what in fs {
+        let what = String::from_utf8_lossy(what);
+        assert!(what.starts_with("denied:"), "no filesystem: {what}");
+    }
+    assert_eq!(resp.outputs[1].data, 0i64.to_le_bytes(), "no environment variables");
+}
+
+#[test]
 fn bad_requests_are_rejected_before_the_guest_runs() {
     let rt = runtime();
     let d = deploy(&rt, "passthrough", &[("model", "mlp")], Limits::default());

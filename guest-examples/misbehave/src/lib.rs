@@ -86,6 +86,27 @@ impl Handler for Misbehave {
                 let out = graph.run(vec![("x".into(), Tensor::from_f32(&[1, 1], &[1.0]))])?;
                 Ok(Response { outputs: out.iter().map(|(n, t)| t.to_io(n)).collect(), parameters: vec![] })
             }
+            "wasi" => {
+                // What a WASI guest can reach on a node: nothing but its own
+                // captured stdout/stderr, clocks and random.
+                let fs = match std::fs::read_dir("/") {
+                    Ok(_) => "listed /".to_string(),
+                    Err(e) => format!("denied: {e}"),
+                };
+                let file = match std::fs::File::create("mote-test-file") {
+                    Ok(_) => "created a file".to_string(),
+                    Err(e) => format!("denied: {e}"),
+                };
+                let env = std::env::vars().count() as i64;
+                println!("stdout from a WASI guest");
+                Ok(Response {
+                    outputs: vec![
+                        IoTensor::from_strings("fs", &[2], &[&fs, &file]),
+                        IoTensor::from_i64("env_vars", &[1], &[env]),
+                    ],
+                    parameters: vec![],
+                })
+            }
             "invalid" => Err(HandlerError::InvalidInput("the guest refused the request".into())),
             other => Err(HandlerError::InvalidInput(format!("unknown mode '{other}'"))),
         }
