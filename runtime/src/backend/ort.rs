@@ -393,8 +393,15 @@ struct OrtContext {
 /// flag between kernels, so a long inference ends soon after the deadline
 /// instead of holding the node. One thread serves the whole process.
 struct Watchdog {
-    due: Mutex<Vec<(Instant, Weak<RunOptions>)>>,
+    due: Mutex<Due>,
     wake: Condvar,
+}
+
+#[derive(Default)]
+struct Due {
+    entries: Vec<(Instant, Weak<RunOptions>)>,
+    /// When the thread next wakes (it may be earlier than any live entry).
+    earliest: Option<Instant>,
 }
 
 impl Watchdog {
@@ -410,17 +417,19 @@ impl Watchdog {
         })
     }
 
+    /// O(1) amortised: registering is on every job's path.
     fn watch(&self, deadline: Instant, run: &Arc<RunOptions>) {
         let mut due = self.due.lock().unwrap_or_else(|p| p.into_inner());
         // Drop entries of finished contexts now and then, not per insert.
-        if due.len() >= 1024 && due.len().is_power_of_two() {
-            due.retain(|(_, r)| r.strong_count() > 0);
+        let n = due.entries.len();
+        if n >= 1024 && n.is_power_of_two() {
+            due.entries.retain(|(_, r)| r.strong_count() > 0);
         }
-        let earliest = due.iter().map(|(at, _)| *at).min();
-        due.push((deadline, Arc::downgrade(run)));
+        due.entries.push((deadline, Arc::downgrade(run)));
         // The thread sleeps until the earliest deadline: wake it only if
         // this one comes sooner (the usual later deadline costs no wake-up).
-        if earliest.is_none_or(|e| deadline < e) {
+        if due.earliest.is_none_or(|e| deadline < e) {
+            due.earliest = Some(deadline);
             self.wake.notify_one();
         }
     }
@@ -429,7 +438,7 @@ impl Watchdog {
         let mut due = self.due.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             let now = Instant::now();
-            due.retain(|(at, run)| {
+            due.entries.retain(|(at, run)| {
                 if *at > now {
                     return run.strong_count() > 0;
                 }
@@ -438,7 +447,8 @@ impl Watchdog {
                 }
                 false
             });
-            due = match due.iter().map(|(at, _)| *at).min() {
+            due.earliest = due.entries.iter().map(|(at, _)| *at).min();
+            due = match due.earliest {
                 Some(next) => {
                     let wait = next.saturating_duration_since(now);
                     self.wake.wait_timeout(due, wait).unwrap_or_else(|p| p.into_inner()).0
