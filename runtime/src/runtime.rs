@@ -402,15 +402,22 @@ impl Deployment {
     /// Instantiates the guest in a fresh store and drops it, calling
     /// nothing: the fixed cost of a job before its handler runs.
     pub fn instantiate_probe(&self) -> Result<(), String> {
-        let wasi = WasiCtxBuilder::new().build();
-        let shared = self.runtime.shared.clone();
-        let state = JobState::new(shared, self.models.clone(), self.backend, self.limits.clone(), wasi);
-        let mut store = Store::new(&self.runtime.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        let _ = store.set_fuel(self.limits.fuel);
-        store.set_epoch_deadline(self.limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1));
+        let (mut store, _) = self.new_store(WasiCtxBuilder::new().build());
         self.pre.instantiate(&mut store).map_err(|e| format!("instantiating the guest: {}", classify(&e).message))?;
         Ok(())
+    }
+
+    /// A job's store with every limit armed: memory limiter, fuel (the bool:
+    /// whether metering is on) and the epoch deadline.
+    fn new_store(&self, wasi: wasmtime_wasi::WasiCtx) -> (Store<JobState>, bool) {
+        let rt = &self.runtime;
+        let state = JobState::new(rt.shared.clone(), self.models.clone(), self.backend, self.limits.clone(), wasi);
+        let mut store = Store::new(&rt.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let fuel_armed = store.set_fuel(self.limits.fuel).is_ok();
+        store.set_epoch_deadline(self.limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1));
+        store.epoch_deadline_trap();
+        (store, fuel_armed)
     }
 
     /// Runs one job: a fresh instance, limits armed, `handle` called once.
@@ -435,10 +442,7 @@ impl Deployment {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let state = JobState::new(rt.shared.clone(), self.models.clone(), self.backend, self.limits.clone(), wasi);
-        let mut store = Store::new(&rt.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        let armed = store.set_fuel(self.limits.fuel).is_ok();
+        let (mut store, armed) = self.new_store(wasi);
         let input_sha256 = digest(&request.inputs, &request.parameters);
         let result = self.call(&mut store, request);
         // Fuel the guest burned (none if it never ran).
@@ -515,9 +519,6 @@ impl Deployment {
                 });
             }
         }
-        let ticks = self.limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1);
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
 
         let job = self.pre.instantiate(&mut *store).map_err(|e| classify(&e))?;
         let wit_request =

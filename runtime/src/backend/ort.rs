@@ -130,11 +130,12 @@ pub struct OrtProbe {
     pub cuda_error: Option<String>,
 }
 
-/// ONNX Runtime on one execution provider.
+/// ONNX Runtime on one execution provider. Clones share the session
+/// counter (each loaded graph keeps one to build more sessions).
+#[derive(Clone)]
 pub struct OrtBackend {
     kind: BackendKind,
     device: DeviceInfo,
-    intra_threads: usize,
     sessions_built: Arc<AtomicU64>,
 }
 
@@ -154,7 +155,6 @@ impl OrtBackend {
                 backend: BackendKind::OrtCpu,
                 name: format!("cpu ({}, {threads} threads)", std::env::consts::ARCH),
             },
-            intra_threads,
             sessions_built: Arc::default(),
         })
     }
@@ -176,7 +176,6 @@ impl OrtBackend {
         let backend = Self {
             kind: BackendKind::OrtCuda,
             device: DeviceInfo { backend: BackendKind::OrtCuda, name: "cuda:0".into() },
-            intra_threads,
             sessions_built: Arc::default(),
         };
         // A device answers only if a real session can be placed on it.
@@ -254,12 +253,7 @@ impl Backend for OrtBackend {
         let outputs = session.outputs().iter().map(|o| info(o.name(), o.dtype())).collect();
         Ok(Arc::new(OrtGraph {
             inner: Arc::new(GraphInner {
-                backend: OrtBackend {
-                    kind: self.kind,
-                    device: self.device.clone(),
-                    intra_threads: self.intra_threads,
-                    sessions_built: self.sessions_built.clone(),
-                },
+                backend: self.clone(),
                 model,
                 pool: Mutex::new(Pool { idle: vec![session], total: 1 }),
                 freed: Condvar::new(),
