@@ -91,6 +91,16 @@ impl Backends {
         }
     }
 
+    /// The backend a deployment's named models run on (`load-by-name`, and
+    /// `warm`, which must agree with it to pre-fill the cache): a fixed
+    /// choice, or for `auto` the best GPU, else ORT CPU.
+    pub(crate) fn for_named_models(&self, choice: BackendChoice) -> BackendKind {
+        match choice {
+            BackendChoice::Fixed(k) => k,
+            BackendChoice::Auto => self.best_gpu().unwrap_or(BackendKind::OrtCpu),
+        }
+    }
+
     /// The best GPU backend this node can use, if any.
     pub(crate) fn best_gpu(&self) -> Option<BackendKind> {
         self.get(BackendKind::OrtCuda).ok().map(|_| BackendKind::OrtCuda)
@@ -313,10 +323,7 @@ impl Runtime {
     /// The backend and device `choice` resolves to for named models, or why
     /// it cannot be used.
     pub fn backend_device(&self, choice: BackendChoice) -> Result<(BackendKind, String), String> {
-        let kind = match choice {
-            BackendChoice::Fixed(k) => k,
-            BackendChoice::Auto => self.shared.backends.best_gpu().unwrap_or(BackendKind::OrtCpu),
-        };
+        let kind = self.shared.backends.for_named_models(choice);
         let b = self.shared.backends.get(kind).map_err(|e| e.message)?;
         Ok((kind, b.device().name.clone()))
     }

@@ -160,7 +160,7 @@ impl JobState {
             (BackendChoice::Auto, Some(T::Gpu)) => self.shared.backends.best_gpu().ok_or_else(|| {
                 "execution target gpu requested, but this node has no usable GPU backend (no CUDA)".to_string()
             }),
-            (BackendChoice::Auto, None) => Ok(self.shared.backends.best_gpu().unwrap_or(BackendKind::OrtCpu)),
+            (choice, None) => Ok(self.shared.backends.for_named_models(choice)),
         }
     }
 
