@@ -43,6 +43,10 @@ else
   say "guest toolchain: $(/usr/bin/rustc --version) + build-std"
 fi
 
+# 1b. Vulkan loader + Mesa drivers for the wgpu backend: on a machine without
+#     a GPU, Mesa's llvmpipe is the (CPU) Vulkan adapter the tests run on.
+apt_install libvulkan1 mesa-vulkan-drivers
+
 # 2. Python with onnx/onnxruntime/numpy, for generating test models and
 #    checking outputs against ONNX Runtime itself, and Triton's HTTP client
 #    for the endpoint's compatibility test.

@@ -14,7 +14,7 @@ mod stats;
 use anyhow::{Context, Result};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use mote_runtime::backend::{backend_for_bench, TensorView};
+use mote_runtime::backend::{backend_for_bench, standalone, BackendKind, TensorView};
 use mote_runtime::{kserve, Deployment, DeploymentSpec, Limits, Request, Runtime, RuntimeConfig};
 use serde_json::{json, Value};
 use stats::Summary;
@@ -31,7 +31,7 @@ struct Args {
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
     out: PathBuf,
     /// Run only these sections (overhead, instantiation, endpoint,
-    /// metering); the report then covers just them. For profiling.
+    /// backends, metering); the report then covers just them. For profiling.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The repository's build/ directory (guests and models).
@@ -140,6 +140,59 @@ fn overhead(ctx: &Ctx, rt: &Runtime, model: &str) -> Result<Value> {
               "ratio_mean": guest.mean_us / native.mean_us}))
 }
 
+/// One model on each backend this machine has, called directly (no guest):
+/// ORT CPU is the baseline; wgpu and ORT CUDA are reported as ratios to it.
+fn backends(ctx: &Ctx, model: &str) -> Result<Value> {
+    let req = ctx.request(model)?;
+    let bytes: std::sync::Arc<[u8]> = ctx.read(&format!("models/{model}.onnx"))?.into();
+    let dims: Vec<Vec<u32>> = req.inputs.iter().map(|t| t.shape.iter().map(|&d| d as u32).collect()).collect();
+    let runs = if ctx.quick { 20 } else { ctx.runs(model).min(300) };
+    let mut rows = serde_json::Map::new();
+    let mut base = None;
+    for kind in [BackendKind::OrtCpu, BackendKind::Wgpu, BackendKind::OrtCuda] {
+        let backend = match standalone(kind) {
+            Ok(b) => b,
+            Err(e) => {
+                rows.insert(kind.as_str().into(), json!({"available": false, "reason": e.to_string()}));
+                continue;
+            }
+        };
+        let graph = backend.load(bytes.clone())?;
+        let mut exec = graph.init_execution_context()?;
+        // The first call compiles kernels (wgpu) or plans (ORT): time it apart.
+        let views = || -> Vec<(&str, TensorView<'_>)> {
+            req.inputs
+                .iter()
+                .zip(&dims)
+                .map(|(t, d)| {
+                    (
+                        t.name.as_str(),
+                        TensorView { ty: t.datatype.element_type().expect("wasi-nn type"), dims: d, data: &t.data },
+                    )
+                })
+                .collect()
+        };
+        let t0 = Instant::now();
+        exec.compute(&views(), None)?;
+        let first_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let pb = bar(runs, &format!("backend {} {model}", kind.as_str()));
+        let summary = time(runs, &pb, || {
+            exec.compute(&views(), None).expect("backend run");
+        });
+        pb.finish_and_clear();
+        let ratio = base.map(|b: f64| summary.p50_us / b);
+        if kind == BackendKind::OrtCpu {
+            base = Some(summary.p50_us);
+        }
+        rows.insert(
+            kind.as_str().into(),
+            json!({"available": true, "device": backend.device().name, "first_call_ms": first_ms,
+                   "latency": summary, "ratio_p50_vs_ort_cpu": ratio}),
+        );
+    }
+    Ok(json!({"model": model, "backends": rows}))
+}
+
 fn instantiation(ctx: &Ctx) -> Result<Value> {
     let runs = if ctx.quick { 300 } else { 3000 };
     let rt = runtime(true)?;
@@ -239,10 +292,13 @@ fn main() -> Result<()> {
     let inst = if want("instantiation") { instantiation(&ctx)? } else { Value::Null };
     let endpoint = if want("endpoint") { endpoint::run(&ctx)? } else { Value::Null };
     let metering = if want("metering") { metering(&ctx)? } else { Value::Null };
-    let backends = json!({
-        "ort-cpu": "measured above (the overhead section runs on ORT CPU)",
-        "wgpu": "not measured: the wgpu backend is not built yet (see the wgpu backend issue)",
-    });
+    let mut backend_rows = Vec::new();
+    if want("backends") {
+        for model in ["cnn", "transformer", "mlp"] {
+            backend_rows.push(backends(&ctx, model)?);
+        }
+    }
+    let backends = Value::Array(backend_rows);
     let results = json!({
         "quick": ctx.quick,
         "machine": machine(),

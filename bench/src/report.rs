@@ -170,10 +170,37 @@ fn markdown(r: &Value) -> String {
     }
     let _ = writeln!(md, "\n![latency vs concurrency](latency.svg)\n");
 
-    let _ = writeln!(md, "## Backends\n");
-    for (k, v) in r["backends"].as_object().into_iter().flatten() {
-        let _ = writeln!(md, "- {k}: {}", v.as_str().unwrap_or(""));
+    let _ = writeln!(md, "## Backends: each model called directly on each backend, ORT CPU as baseline\n");
+    let _ = writeln!(md, "| model | backend | device | first call ms | p50 µs | p99 µs | p50 vs ORT CPU |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    for m in r["backends"].as_array().into_iter().flatten() {
+        for (k, v) in m["backends"].as_object().into_iter().flatten() {
+            if v["available"] == true {
+                let _ = writeln!(
+                    md,
+                    "| {} | {k} | {} | {:.1} | {:.0} | {:.0} | {} |",
+                    m["model"].as_str().unwrap_or("?"),
+                    v["device"].as_str().unwrap_or("?"),
+                    f(&v["first_call_ms"]),
+                    f(&v["latency"]["p50_us"]),
+                    f(&v["latency"]["p99_us"]),
+                    v["ratio_p50_vs_ort_cpu"].as_f64().map_or("baseline".to_string(), |x| format!("×{x:.2}")),
+                );
+            } else {
+                let _ = writeln!(
+                    md,
+                    "| {} | {k} | not available: {} | | | | |",
+                    m["model"].as_str().unwrap_or("?"),
+                    v["reason"].as_str().unwrap_or("?").replace('|', "/")
+                );
+            }
+        }
     }
+    let _ = writeln!(
+        md,
+        "\nTarget (real GPU only): wgpu within 1.5× of ORT CUDA on the CNN at batch 1. \
+         A software adapter (llvmpipe) emulates a GPU on the CPU cores: its figures are reported without a target."
+    );
     let _ = writeln!(md, "\n## Fuel metering: same guest, metering on vs off\n");
     let _ = writeln!(md, "| guest | off p50 | on p50 | ratio p50 |");
     let _ = writeln!(md, "|---|---|---|---|");

@@ -114,7 +114,7 @@ struct RunArgs {
     /// A model the guest may load by name: NAME=PATH.onnx (repeatable).
     #[arg(long = "model", value_name = "NAME=PATH")]
     models: Vec<String>,
-    /// Backend: auto, ort-cpu or ort-cuda.
+    /// Backend: auto, ort-cpu, ort-cuda or wgpu.
     #[arg(long, default_value = "auto")]
     backend: String,
     /// Write the signed receipt here.
@@ -340,6 +340,16 @@ fn verify(receipt: PathBuf, guest: Option<PathBuf>, models: Vec<PathBuf>, input:
     Ok(ExitCode::SUCCESS)
 }
 
+#[cfg(feature = "wgpu")]
+fn wgpu_adapters() -> serde_json::Value {
+    serde_json::to_value(mote_runtime::backend::wgpu::adapters()).unwrap_or_default()
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_adapters() -> serde_json::Value {
+    serde_json::json!("not built")
+}
+
 fn specs() -> Result<ExitCode> {
     let runtime = Runtime::new(RuntimeConfig::default()).map_err(anyhow::Error::msg)?;
     let device = |choice| match runtime.backend_device(choice) {
@@ -359,8 +369,10 @@ fn specs() -> Result<ExitCode> {
         "backends": {
             "ort-cpu": device(BackendChoice::Fixed(mote_runtime::backend::BackendKind::OrtCpu)),
             "ort-cuda": device(BackendChoice::Fixed(mote_runtime::backend::BackendKind::OrtCuda)),
+            "wgpu": device(BackendChoice::Fixed(mote_runtime::backend::BackendKind::Wgpu)),
             "auto": device(BackendChoice::Auto),
         },
+        "wgpu_adapters": wgpu_adapters(),
     });
     println!("{}", serde_json::to_string_pretty(&specs)?);
     Ok(ExitCode::SUCCESS)

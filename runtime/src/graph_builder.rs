@@ -111,6 +111,7 @@ impl GraphDraft {
             data_type: pb::data_type_of(ty),
             name: name.clone(),
             raw_data: data,
+            ..Default::default()
         });
         Ok(self.new_operand(name))
     }

@@ -1,5 +1,6 @@
 //! The subset of the ONNX protobuf schema (`onnx.proto`, IR version 8) that
-//! mote writes when it lowers a graph-builder graph to a `ModelProto`.
+//! mote writes when it lowers a graph-builder graph to a `ModelProto`, and
+//! reads when the wgpu backend interprets a model.
 //!
 //! Field numbers follow the published schema exactly; fields mote never
 //! writes are left out (protobuf skips unknown fields on decode, so models
@@ -68,6 +69,8 @@ pub mod attribute_type {
     pub const FLOAT: i32 = 1;
     pub const INT: i32 = 2;
     pub const STRING: i32 = 3;
+    pub const TENSOR: i32 = 4;
+    pub const GRAPH: i32 = 5;
     pub const FLOATS: i32 = 6;
     pub const INTS: i32 = 7;
     pub const STRINGS: i32 = 8;
@@ -92,20 +95,32 @@ pub struct AttributeProto {
     pub ints: Vec<i64>,
     #[prost(bytes = "vec", repeated, tag = "9")]
     pub strings: Vec<Vec<u8>>,
+    #[prost(message, optional, tag = "5")]
+    pub t: Option<TensorProto>,
+    #[prost(message, optional, tag = "6")]
+    pub g: Option<GraphProto>,
+    #[prost(message, repeated, tag = "10")]
+    pub tensors: Vec<TensorProto>,
+    #[prost(message, repeated, tag = "11")]
+    pub graphs: Vec<GraphProto>,
 }
 
 /// `onnx.TensorProto.DataType` values.
 pub mod data_type {
     pub const FLOAT: i32 = 1;
     pub const UINT8: i32 = 2;
+    pub const INT8: i32 = 3;
     pub const INT32: i32 = 6;
     pub const INT64: i32 = 7;
+    pub const STRING: i32 = 8;
+    pub const BOOL: i32 = 9;
     pub const FLOAT16: i32 = 10;
     pub const DOUBLE: i32 = 11;
     pub const BFLOAT16: i32 = 16;
 }
 
-/// `onnx.TensorProto` (dense, data in `raw_data`).
+/// `onnx.TensorProto` (dense). mote writes `raw_data`; readers also accept
+/// the typed fields, which other producers use for small tensors.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TensorProto {
     #[prost(int64, repeated, tag = "1")]
@@ -116,6 +131,32 @@ pub struct TensorProto {
     pub name: String,
     #[prost(bytes = "vec", tag = "9")]
     pub raw_data: Vec<u8>,
+    #[prost(float, repeated, tag = "4")]
+    pub float_data: Vec<f32>,
+    /// Also holds bool, int8/16, uint8/16 and float16 (as bits) values.
+    #[prost(int32, repeated, tag = "5")]
+    pub int32_data: Vec<i32>,
+    #[prost(int64, repeated, tag = "7")]
+    pub int64_data: Vec<i64>,
+    #[prost(double, repeated, tag = "10")]
+    pub double_data: Vec<f64>,
+    #[prost(uint64, repeated, tag = "11")]
+    pub uint64_data: Vec<u64>,
+    /// Non-empty when the data lives in an external file.
+    #[prost(message, repeated, tag = "13")]
+    pub external_data: Vec<StringStringEntryProto>,
+    /// 1 = EXTERNAL.
+    #[prost(int32, tag = "14")]
+    pub data_location: i32,
+}
+
+/// `onnx.StringStringEntryProto`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StringStringEntryProto {
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
 }
 
 /// `onnx.ValueInfoProto`.

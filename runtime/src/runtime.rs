@@ -67,6 +67,7 @@ pub(crate) struct Backends {
     threads: usize,
     cpu: OnceLock<Result<Arc<OrtBackend>, BackendError>>,
     cuda: OnceLock<Result<Arc<OrtBackend>, BackendError>>,
+    wgpu: OnceLock<Result<Arc<dyn Backend>, BackendError>>,
 }
 
 impl Backends {
@@ -74,11 +75,21 @@ impl Backends {
         let cell = match kind {
             BackendKind::OrtCpu => &self.cpu,
             BackendKind::OrtCuda => &self.cuda,
+            BackendKind::Wgpu => {
+                let b = self.wgpu.get_or_init(|| {
+                    let b = crate::backend::standalone(BackendKind::Wgpu);
+                    if let Err(e) = &b {
+                        tracing::info!(backend = %kind, "backend unavailable: {e}");
+                    }
+                    b.map(Arc::from)
+                });
+                return b.clone();
+            }
         };
         let b = cell.get_or_init(|| {
             let b = match kind {
                 BackendKind::OrtCpu => OrtBackend::cpu(self.threads),
-                BackendKind::OrtCuda => OrtBackend::cuda(self.threads),
+                _ => OrtBackend::cuda(self.threads),
             };
             if let Err(e) = &b {
                 tracing::info!(backend = %kind, "backend unavailable: {e}");
@@ -101,9 +112,18 @@ impl Backends {
         }
     }
 
-    /// The best GPU backend this node can use, if any.
+    /// The best GPU backend this node can use, if any: CUDA, else wgpu on a
+    /// hardware adapter. A software adapter (llvmpipe) does not count: ORT
+    /// CPU is faster than a rasteriser emulating a GPU on the same cores.
     pub(crate) fn best_gpu(&self) -> Option<BackendKind> {
-        self.get(BackendKind::OrtCuda).ok().map(|_| BackendKind::OrtCuda)
+        if self.get(BackendKind::OrtCuda).is_ok() {
+            return Some(BackendKind::OrtCuda);
+        }
+        #[cfg(feature = "wgpu")]
+        if crate::backend::wgpu::has_hardware_adapter() && self.get(BackendKind::Wgpu).is_ok() {
+            return Some(BackendKind::Wgpu);
+        }
+        None
     }
 
     fn sessions_built(&self) -> u64 {
@@ -296,7 +316,12 @@ impl Runtime {
             engine,
             linker: Arc::new(linker),
             shared: Arc::new(Shared {
-                backends: Backends { threads: config.ort_threads, cpu: OnceLock::new(), cuda: OnceLock::new() },
+                backends: Backends {
+                    threads: config.ort_threads,
+                    cpu: OnceLock::new(),
+                    cuda: OnceLock::new(),
+                    wgpu: OnceLock::new(),
+                },
                 cache: GraphCache::new(config.cache_graphs),
                 key,
                 price: config.price,

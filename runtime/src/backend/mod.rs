@@ -7,6 +7,8 @@
 //! context, which each job owns alone. There is no lock per graph.
 
 pub mod ort;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 use crate::tensor::ElementType;
 use std::fmt;
@@ -21,6 +23,9 @@ pub enum BackendKind {
     /// ONNX Runtime, CUDA execution provider.
     #[serde(rename = "ort-cuda")]
     OrtCuda,
+    /// burn on wgpu (Vulkan, Metal, DX12): any GPU with a graphics driver.
+    #[serde(rename = "wgpu")]
+    Wgpu,
 }
 
 impl BackendKind {
@@ -29,12 +34,28 @@ impl BackendKind {
         match self {
             Self::OrtCpu => "ort-cpu",
             Self::OrtCuda => "ort-cuda",
+            Self::Wgpu => "wgpu",
         }
     }
 
-    /// Whether this backend runs on a GPU.
+    /// Whether this backend is a GPU backend (wgpu counts, even where its
+    /// adapter is a software one such as llvmpipe).
     pub fn is_gpu(self) -> bool {
-        matches!(self, Self::OrtCuda)
+        matches!(self, Self::OrtCuda | Self::Wgpu)
+    }
+
+    /// Whether this backend runs ONNX operator `op` (ORT runs them all).
+    pub fn supports_op(self, op: &str) -> bool {
+        match self {
+            Self::OrtCpu | Self::OrtCuda => true,
+            #[cfg(feature = "wgpu")]
+            Self::Wgpu => wgpu::supports_op(op),
+            #[cfg(not(feature = "wgpu"))]
+            Self::Wgpu => {
+                let _ = op;
+                false
+            }
+        }
     }
 }
 
@@ -47,8 +68,10 @@ impl fmt::Display for BackendKind {
 /// A deployment's backend choice: a fixed backend, or `auto`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum BackendChoice {
-    /// The best backend this node has: CUDA, else ORT CPU. Graphs loaded with
-    /// target `cpu` run on ORT CPU; target `gpu` needs a GPU backend.
+    /// The best backend this node has: CUDA, else wgpu on a hardware GPU
+    /// adapter, else ORT CPU (a software adapter such as llvmpipe is never
+    /// chosen over ORT CPU). Graphs loaded with target `cpu` run on ORT CPU;
+    /// target `gpu` needs a GPU backend.
     #[default]
     Auto,
     /// Always this backend.
@@ -56,13 +79,14 @@ pub enum BackendChoice {
 }
 
 impl BackendChoice {
-    /// Parses `auto`, `ort-cpu` or `ort-cuda`.
+    /// Parses `auto`, `ort-cpu`, `ort-cuda` or `wgpu`.
     pub fn parse(s: &str) -> Result<Self, String> {
         match s {
             "auto" => Ok(Self::Auto),
             "ort-cpu" | "cpu" => Ok(Self::Fixed(BackendKind::OrtCpu)),
             "ort-cuda" | "cuda" => Ok(Self::Fixed(BackendKind::OrtCuda)),
-            other => Err(format!("unknown backend '{other}': expected auto, ort-cpu or ort-cuda")),
+            "wgpu" => Ok(Self::Fixed(BackendKind::Wgpu)),
+            other => Err(format!("unknown backend '{other}': expected auto, ort-cpu, ort-cuda or wgpu")),
         }
     }
 }
@@ -154,6 +178,27 @@ pub struct DeviceInfo {
 /// against a direct backend call.
 pub fn backend_for_bench() -> Result<Box<dyn Backend>, BackendError> {
     Ok(Box::new(ort::OrtBackend::cpu(0)?))
+}
+
+/// One backend on its own (tests and benchmarks compare backends directly).
+pub fn standalone(kind: BackendKind) -> Result<Box<dyn Backend>, BackendError> {
+    match kind {
+        BackendKind::OrtCpu => Ok(Box::new(ort::OrtBackend::cpu(0)?)),
+        BackendKind::OrtCuda => Ok(Box::new(ort::OrtBackend::cuda(0)?)),
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => Ok(Box::new(wgpu::WgpuBackend::new()?)),
+        #[cfg(not(feature = "wgpu"))]
+        BackendKind::Wgpu => Err(wgpu_not_built()),
+    }
+}
+
+/// The error for `wgpu` in a build without the `wgpu` feature.
+#[cfg(not(feature = "wgpu"))]
+pub(crate) fn wgpu_not_built() -> BackendError {
+    BackendError::new(
+        BackendErrorKind::Unsupported,
+        "this mote was built without the wgpu backend (cargo feature `wgpu` of mote-runtime)",
+    )
 }
 
 /// An engine that turns model bytes into graphs.

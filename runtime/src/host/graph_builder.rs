@@ -118,6 +118,8 @@ impl gb::HostBuilder for JobState {
 impl gb::Host for JobState {
     fn supports(&mut self, op_type: String, target: ExecutionTarget) -> wasmtime::Result<bool> {
         Ok(is_supported_op(&op_type)
-            && self.resolve_backend(Some(target)).is_ok_and(|k| self.shared.backends.get(k).is_ok()))
+            && self
+                .resolve_backend(Some(target))
+                .is_ok_and(|k| k.supports_op(&op_type) && self.shared.backends.get(k).is_ok()))
     }
 }

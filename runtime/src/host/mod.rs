@@ -158,7 +158,9 @@ impl JobState {
             (BackendChoice::Fixed(k), _) => Ok(k),
             (BackendChoice::Auto, Some(T::Cpu)) => Ok(BackendKind::OrtCpu),
             (BackendChoice::Auto, Some(T::Gpu)) => self.shared.backends.best_gpu().ok_or_else(|| {
-                "execution target gpu requested, but this node has no usable GPU backend (no CUDA)".to_string()
+                "execution target gpu requested, but this node has no usable GPU backend \
+                 (no CUDA, no hardware wgpu adapter)"
+                    .to_string()
             }),
             (choice, None) => Ok(self.shared.backends.for_named_models(choice)),
         }

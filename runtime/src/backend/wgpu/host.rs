@@ -1,0 +1,457 @@
+//! Small tensors kept on the host: integer and boolean tensors (shapes,
+//! indices, masks) and scalar float constants.
+//!
+//! ONNX graphs compute shapes at run time (`Shape → Gather → Concat →
+//! Reshape`). Those chains are a few dozen integers; running them as GPU
+//! kernels would cost a round trip each. They stay here, and only float
+//! tensors live on the device.
+
+use super::Ty;
+use crate::onnx_proto::{self as pb, data_type as dt};
+
+/// Host element storage.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum HostData {
+    F32(Vec<f32>),
+    /// All integer types (int32 and int64 models alike).
+    I64(Vec<i64>),
+    Bool(Vec<bool>),
+}
+
+/// A dense row-major tensor on the host.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct HostTensor {
+    pub(super) shape: Vec<usize>,
+    pub(super) data: HostData,
+}
+
+pub(super) fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+pub(super) fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+/// Numpy-style broadcast of two shapes.
+pub(super) fn broadcast_shapes(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
+    let rank = a.len().max(b.len());
+    let mut out = vec![0; rank];
+    for i in 0..rank {
+        let da = if i + a.len() >= rank { a[i + a.len() - rank] } else { 1 };
+        let db = if i + b.len() >= rank { b[i + b.len() - rank] } else { 1 };
+        out[i] = match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => return Err(format!("shapes {a:?} and {b:?} cannot be broadcast together")),
+        };
+    }
+    Ok(out)
+}
+
+/// Normalises a possibly negative axis against `rank`.
+pub(super) fn norm_axis(axis: i64, rank: usize) -> Result<usize, String> {
+    let r = rank as i64;
+    let a = if axis < 0 { axis + r } else { axis };
+    if a < 0 || a >= r {
+        return Err(format!("axis {axis} is out of range for rank {rank}"));
+    }
+    Ok(a as usize)
+}
+
+macro_rules! map_data {
+    ($data:expr, |$v:ident| $body:expr) => {
+        match $data {
+            HostData::F32($v) => HostData::F32($body),
+            HostData::I64($v) => HostData::I64($body),
+            HostData::Bool($v) => HostData::Bool($body),
+        }
+    };
+}
+
+impl HostTensor {
+    pub(super) fn new(shape: Vec<usize>, data: HostData) -> Self {
+        debug_assert_eq!(numel(&shape), data.len());
+        Self { shape, data }
+    }
+
+    pub(super) fn i64(shape: Vec<usize>, v: Vec<i64>) -> Self {
+        Self::new(shape, HostData::I64(v))
+    }
+
+    pub(super) fn ty(&self) -> Ty {
+        match self.data {
+            HostData::F32(_) => Ty::F32,
+            HostData::I64(_) => Ty::I64,
+            HostData::Bool(_) => Ty::Bool,
+        }
+    }
+
+    /// The values as integers (shapes, axes, indices).
+    pub(super) fn as_i64(&self, what: &str) -> Result<Vec<i64>, String> {
+        match &self.data {
+            HostData::I64(v) => Ok(v.clone()),
+            _ => Err(format!("{what} must be an integer tensor, got {:?}", self.ty())),
+        }
+    }
+
+    /// A single float (for scalar operands such as Clip bounds).
+    pub(super) fn scalar_f32(&self) -> Option<f32> {
+        if numel(&self.shape) != 1 {
+            return None;
+        }
+        Some(match &self.data {
+            HostData::F32(v) => v[0],
+            HostData::I64(v) => v[0] as f32,
+            HostData::Bool(v) => f32::from(u8::from(v[0])),
+        })
+    }
+
+    /// Elements picked by flat source index.
+    fn pick(&self, shape: Vec<usize>, idx: &[usize]) -> Self {
+        let data = map_data!(&self.data, |v| idx.iter().map(|&i| v[i]).collect());
+        Self::new(shape, data)
+    }
+
+    /// Source flat indices for every output position of an index map
+    /// `out[d] = sel[d][i_d]` (per-axis index lists).
+    fn select_axes(&self, sel: &[Vec<usize>]) -> Self {
+        let st = strides(&self.shape);
+        let shape: Vec<usize> = sel.iter().map(Vec::len).collect();
+        let n = numel(&shape);
+        let mut idx = Vec::with_capacity(n);
+        let mut pos = vec![0usize; shape.len()];
+        for _ in 0..n {
+            idx.push(pos.iter().zip(sel).zip(&st).map(|((&p, s), &stride)| s[p] * stride).sum());
+            for d in (0..pos.len()).rev() {
+                pos[d] += 1;
+                if pos[d] < shape[d] {
+                    break;
+                }
+                pos[d] = 0;
+            }
+        }
+        self.pick(shape, &idx)
+    }
+
+    pub(super) fn broadcast_to(&self, shape: &[usize]) -> Result<Self, String> {
+        let out = broadcast_shapes(&self.shape, shape)?;
+        if out != shape {
+            return Err(format!("shape {:?} cannot be broadcast to {shape:?}", self.shape));
+        }
+        if self.shape == shape {
+            return Ok(self.clone());
+        }
+        let off = shape.len() - self.shape.len();
+        let sel: Vec<Vec<usize>> = (0..shape.len())
+            .map(|d| {
+                let src = if d >= off { self.shape[d - off] } else { 1 };
+                if src == 1 {
+                    vec![0; shape[d]]
+                } else {
+                    (0..shape[d]).collect()
+                }
+            })
+            .collect();
+        // Select on a view with the broadcast rank.
+        let mut view = self.clone();
+        view.shape = (0..shape.len()).map(|d| if d >= off { self.shape[d - off] } else { 1 }).collect();
+        Ok(view.select_axes(&sel))
+    }
+
+    pub(super) fn reshape(mut self, shape: Vec<usize>) -> Self {
+        debug_assert_eq!(numel(&shape), numel(&self.shape));
+        self.shape = shape;
+        self
+    }
+
+    pub(super) fn transpose(&self, perm: &[usize]) -> Self {
+        let st = strides(&self.shape);
+        let shape: Vec<usize> = perm.iter().map(|&p| self.shape[p]).collect();
+        let n = numel(&shape);
+        let mut idx = Vec::with_capacity(n);
+        let mut pos = vec![0usize; shape.len()];
+        for _ in 0..n {
+            idx.push(pos.iter().zip(perm).map(|(&p, &ax)| p * st[ax]).sum());
+            for d in (0..pos.len()).rev() {
+                pos[d] += 1;
+                if pos[d] < shape[d] {
+                    break;
+                }
+                pos[d] = 0;
+            }
+        }
+        self.pick(shape, &idx)
+    }
+
+    /// Keeps, along `axis`, the positions in `indices` (already in range).
+    pub(super) fn take(&self, axis: usize, indices: &[usize]) -> Self {
+        let sel: Vec<Vec<usize>> = (0..self.shape.len())
+            .map(|d| if d == axis { indices.to_vec() } else { (0..self.shape[d]).collect() })
+            .collect();
+        self.select_axes(&sel)
+    }
+
+    pub(super) fn concat(parts: &[&HostTensor], axis: usize) -> Result<Self, String> {
+        let first = parts[0];
+        let mut shape = first.shape.clone();
+        shape[axis] = 0;
+        for p in parts {
+            if p.shape.len() != first.shape.len()
+                || p.shape.iter().enumerate().any(|(d, &s)| d != axis && s != first.shape[d])
+                || p.ty() != first.ty()
+            {
+                return Err(format!("Concat inputs {:?} and {:?} do not fit on axis {axis}", first.shape, p.shape));
+            }
+            shape[axis] += p.shape[axis];
+        }
+        let outer: usize = first.shape[..axis].iter().product();
+        let inner = |t: &HostTensor| -> usize { t.shape[axis..].iter().product() };
+        let mut data = match first.data {
+            HostData::F32(_) => HostData::F32(Vec::new()),
+            HostData::I64(_) => HostData::I64(Vec::new()),
+            HostData::Bool(_) => HostData::Bool(Vec::new()),
+        };
+        for o in 0..outer {
+            for p in parts {
+                let n = inner(p);
+                match (&mut data, &p.data) {
+                    (HostData::F32(d), HostData::F32(s)) => d.extend_from_slice(&s[o * n..(o + 1) * n]),
+                    (HostData::I64(d), HostData::I64(s)) => d.extend_from_slice(&s[o * n..(o + 1) * n]),
+                    (HostData::Bool(d), HostData::Bool(s)) => d.extend_from_slice(&s[o * n..(o + 1) * n]),
+                    _ => unreachable!("types checked above"),
+                }
+            }
+        }
+        Ok(Self::new(shape, data))
+    }
+
+    /// Converts to another element type (ONNX Cast semantics).
+    pub(super) fn cast(&self, to: Ty) -> Self {
+        let data = match (&self.data, to) {
+            (HostData::F32(v), Ty::F32) => HostData::F32(v.clone()),
+            (HostData::F32(v), Ty::I64 | Ty::I32) => HostData::I64(v.iter().map(|&x| x as i64).collect()),
+            (HostData::F32(v), Ty::Bool) => HostData::Bool(v.iter().map(|&x| x != 0.0).collect()),
+            (HostData::I64(v), Ty::F32) => HostData::F32(v.iter().map(|&x| x as f32).collect()),
+            (HostData::I64(v), Ty::I64) => HostData::I64(v.clone()),
+            (HostData::I64(v), Ty::I32) => HostData::I64(v.iter().map(|&x| i64::from(x as i32)).collect()),
+            (HostData::I64(v), Ty::Bool) => HostData::Bool(v.iter().map(|&x| x != 0).collect()),
+            (HostData::Bool(v), Ty::F32) => HostData::F32(v.iter().map(|&x| f32::from(u8::from(x))).collect()),
+            (HostData::Bool(v), Ty::I64 | Ty::I32) => HostData::I64(v.iter().map(|&x| i64::from(x)).collect()),
+            (HostData::Bool(v), Ty::Bool) => HostData::Bool(v.clone()),
+        };
+        Self::new(self.shape.clone(), data)
+    }
+
+    /// Elementwise arithmetic with broadcasting (both operands one type).
+    pub(super) fn arith(&self, other: &HostTensor, op: super::program::BinOp) -> Result<Self, String> {
+        use super::program::BinOp as Op;
+        let shape = broadcast_shapes(&self.shape, &other.shape)?;
+        let a = self.broadcast_to(&shape)?;
+        let b = other.broadcast_to(&shape)?;
+        let data = match (&a.data, &b.data) {
+            (HostData::F32(x), HostData::F32(y)) => HostData::F32(
+                x.iter()
+                    .zip(y)
+                    .map(|(&x, &y)| match op {
+                        Op::Add => x + y,
+                        Op::Sub => x - y,
+                        Op::Mul => x * y,
+                        Op::Div => x / y,
+                        Op::Pow => x.powf(y),
+                    })
+                    .collect(),
+            ),
+            (HostData::I64(x), HostData::I64(y)) => HostData::I64(
+                x.iter()
+                    .zip(y)
+                    .map(|(&x, &y)| match op {
+                        Op::Add => Ok(x.wrapping_add(y)),
+                        Op::Sub => Ok(x.wrapping_sub(y)),
+                        Op::Mul => Ok(x.wrapping_mul(y)),
+                        Op::Div if y == 0 => Err("integer division by zero".to_string()),
+                        Op::Div => Ok(x.wrapping_div(y)),
+                        Op::Pow => Ok(x.wrapping_pow(y.clamp(0, u32::MAX as i64) as u32)),
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            _ => return Err(format!("{op:?} of {:?} and {:?} tensors", a.ty(), b.ty())),
+        };
+        Ok(Self::new(shape, data))
+    }
+
+    /// Elementwise equality with broadcasting.
+    pub(super) fn equal(&self, other: &HostTensor) -> Result<Self, String> {
+        let shape = broadcast_shapes(&self.shape, &other.shape)?;
+        let a = self.broadcast_to(&shape)?;
+        let b = other.broadcast_to(&shape)?;
+        let v: Vec<bool> = match (&a.data, &b.data) {
+            (HostData::F32(x), HostData::F32(y)) => x.iter().zip(y).map(|(x, y)| x == y).collect(),
+            (HostData::I64(x), HostData::I64(y)) => x.iter().zip(y).map(|(x, y)| x == y).collect(),
+            (HostData::Bool(x), HostData::Bool(y)) => x.iter().zip(y).map(|(x, y)| x == y).collect(),
+            _ => return Err(format!("Equal of {:?} and {:?} tensors", a.ty(), b.ty())),
+        };
+        Ok(Self::new(shape, HostData::Bool(v)))
+    }
+
+    /// `cond ? x : y` with broadcasting.
+    pub(super) fn where_(cond: &HostTensor, x: &HostTensor, y: &HostTensor) -> Result<Self, String> {
+        let shape = broadcast_shapes(&broadcast_shapes(&cond.shape, &x.shape)?, &y.shape)?;
+        let HostData::Bool(c) = cond.broadcast_to(&shape)?.data else {
+            return Err("Where condition must be bool".into());
+        };
+        let x = x.broadcast_to(&shape)?;
+        let y = y.broadcast_to(&shape)?;
+        let data = match (x.data, y.data) {
+            (HostData::F32(a), HostData::F32(b)) => {
+                HostData::F32(c.iter().zip(a.into_iter().zip(b)).map(|(&c, (a, b))| if c { a } else { b }).collect())
+            }
+            (HostData::I64(a), HostData::I64(b)) => {
+                HostData::I64(c.iter().zip(a.into_iter().zip(b)).map(|(&c, (a, b))| if c { a } else { b }).collect())
+            }
+            (HostData::Bool(a), HostData::Bool(b)) => {
+                HostData::Bool(c.iter().zip(a.into_iter().zip(b)).map(|(&c, (a, b))| if c { a } else { b }).collect())
+            }
+            _ => return Err("Where branches have different types".into()),
+        };
+        Ok(Self::new(shape, data))
+    }
+
+    /// Sum or mean over `axes` (sorted, unique), keeping them as size 1.
+    pub(super) fn reduce(&self, axes: &[usize], mean: bool) -> Result<Self, String> {
+        let mut out_shape = self.shape.clone();
+        for &a in axes {
+            out_shape[a] = 1;
+        }
+        let count: usize = axes.iter().map(|&a| self.shape[a]).product();
+        let ost = strides(&out_shape);
+        let n = numel(&self.shape);
+        let out_of = |flat: usize| -> usize {
+            let mut rem = flat;
+            let mut o = 0;
+            for d in 0..self.shape.len() {
+                let st: usize = self.shape[d + 1..].iter().product();
+                let p = rem / st;
+                rem %= st;
+                if out_shape[d] != 1 {
+                    o += p * ost[d];
+                }
+            }
+            o
+        };
+        let data = match &self.data {
+            HostData::F32(v) => {
+                let mut acc = vec![0f32; numel(&out_shape)];
+                for i in 0..n {
+                    acc[out_of(i)] += v[i];
+                }
+                if mean && count > 0 {
+                    acc.iter_mut().for_each(|x| *x /= count as f32);
+                }
+                HostData::F32(acc)
+            }
+            HostData::I64(v) => {
+                let mut acc = vec![0i64; numel(&out_shape)];
+                for i in 0..n {
+                    acc[out_of(i)] = acc[out_of(i)].wrapping_add(v[i]);
+                }
+                if mean && count > 0 {
+                    acc.iter_mut().for_each(|x| *x /= count as i64);
+                }
+                HostData::I64(acc)
+            }
+            HostData::Bool(_) => return Err("cannot reduce a bool tensor".into()),
+        };
+        Ok(Self::new(out_shape, data))
+    }
+
+    /// Reads an ONNX initializer or constant.
+    pub(super) fn from_proto(t: &pb::TensorProto) -> Result<Self, String> {
+        if t.data_location == 1 || !t.external_data.is_empty() {
+            return Err(format!("tensor '{}' keeps its data in an external file, which mote does not read", t.name));
+        }
+        let shape: Vec<usize> = t
+            .dims
+            .iter()
+            .map(|&d| usize::try_from(d).map_err(|_| format!("tensor '{}' has negative dimension {d}", t.name)))
+            .collect::<Result<_, _>>()?;
+        let n = numel(&shape);
+        let raw = &t.raw_data;
+        let data = match t.data_type {
+            dt::FLOAT if !raw.is_empty() => {
+                HostData::F32(raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+            }
+            dt::FLOAT => HostData::F32(t.float_data.clone()),
+            dt::DOUBLE if !raw.is_empty() => {
+                HostData::F32(raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect())
+            }
+            dt::DOUBLE => HostData::F32(t.double_data.iter().map(|&x| x as f32).collect()),
+            dt::INT64 if !raw.is_empty() => {
+                HostData::I64(raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect())
+            }
+            dt::INT64 => HostData::I64(t.int64_data.clone()),
+            dt::INT32 if !raw.is_empty() => HostData::I64(
+                raw.chunks_exact(4).map(|c| i64::from(i32::from_le_bytes(c.try_into().unwrap()))).collect(),
+            ),
+            dt::INT32 => HostData::I64(t.int32_data.iter().map(|&x| i64::from(x)).collect()),
+            dt::UINT8 if !raw.is_empty() => HostData::I64(raw.iter().map(|&x| i64::from(x)).collect()),
+            dt::INT8 if !raw.is_empty() => HostData::I64(raw.iter().map(|&x| i64::from(x as i8)).collect()),
+            dt::UINT8 | dt::INT8 => HostData::I64(t.int32_data.iter().map(|&x| i64::from(x)).collect()),
+            dt::BOOL if !raw.is_empty() => HostData::Bool(raw.iter().map(|&x| x != 0).collect()),
+            dt::BOOL => HostData::Bool(t.int32_data.iter().map(|&x| x != 0).collect()),
+            other => {
+                return Err(format!(
+                    "tensor '{}' has ONNX data type {other}, which the wgpu backend does not handle",
+                    t.name
+                ))
+            }
+        };
+        if data.len() != n {
+            return Err(format!("tensor '{}' has {} values for shape {shape:?}", t.name, data.len()));
+        }
+        Ok(Self::new(shape, data))
+    }
+}
+
+impl HostData {
+    pub(super) fn len(&self) -> usize {
+        match self {
+            HostData::F32(v) => v.len(),
+            HostData::I64(v) => v.len(),
+            HostData::Bool(v) => v.len(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcast_and_transpose() {
+        let t = HostTensor::i64(vec![2, 1], vec![1, 2]);
+        let b = t.broadcast_to(&[2, 3]).unwrap();
+        assert_eq!(b.data, HostData::I64(vec![1, 1, 1, 2, 2, 2]));
+        let tr = b.transpose(&[1, 0]);
+        assert_eq!(tr.shape, vec![3, 2]);
+        assert_eq!(tr.data, HostData::I64(vec![1, 2, 1, 2, 1, 2]));
+        assert!(broadcast_shapes(&[2, 3], &[4]).is_err());
+    }
+
+    #[test]
+    fn concat_take_reduce() {
+        let a = HostTensor::i64(vec![2, 1], vec![1, 2]);
+        let b = HostTensor::i64(vec![2, 2], vec![3, 4, 5, 6]);
+        let c = HostTensor::concat(&[&a, &b], 1).unwrap();
+        assert_eq!(c.data, HostData::I64(vec![1, 3, 4, 2, 5, 6]));
+        assert_eq!(c.take(1, &[2, 0]).data, HostData::I64(vec![4, 1, 6, 2]));
+        assert_eq!(c.reduce(&[0], false).unwrap().data, HostData::I64(vec![3, 8, 10]));
+        assert_eq!(norm_axis(-1, 3), Ok(2));
+        assert!(norm_axis(3, 3).is_err());
+    }
+}

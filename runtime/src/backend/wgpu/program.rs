@@ -1,0 +1,876 @@
+//! ONNX `ModelProto` → a checked, typed op list the interpreter runs.
+//!
+//! Everything that can be decided without input data is decided here, at
+//! `load`: each op is known and its attributes are supported, element types
+//! are inferred through the graph (so a float-only kernel never sees an
+//! integer tensor), constants are decoded, BatchNormalization over constant
+//! statistics is folded into one scale and one shift, and every
+//! intermediate value gets a slot that is freed after its last use.
+
+use super::host::{HostData, HostTensor};
+use super::Ty;
+use crate::onnx_proto::{self as pb, attribute_type as at, data_type as dt};
+use std::collections::HashMap;
+
+/// Elementwise binary arithmetic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+}
+
+/// Elementwise float functions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Unary {
+    Relu,
+    Sigmoid,
+    Tanh,
+    Erf,
+    Sqrt,
+    Exp,
+    Log,
+    Neg,
+    Abs,
+    Reciprocal,
+}
+
+/// ONNX `auto_pad`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum AutoPad {
+    NotSet,
+    SameUpper,
+    SameLower,
+    Valid,
+}
+
+/// One interpreted operator with its attributes.
+#[derive(Clone, Debug)]
+pub(super) enum Op {
+    Conv {
+        strides: Vec<usize>,
+        pads: Vec<usize>,
+        dilations: Vec<usize>,
+        group: usize,
+        auto_pad: AutoPad,
+    },
+    /// Inputs: x, scale, bias, mean, var — or, folded: x, mul, add.
+    BatchNorm {
+        eps: f32,
+        folded: bool,
+    },
+    Unary(Unary),
+    Gelu {
+        tanh: bool,
+    },
+    /// Bounds from attributes (opset < 11); otherwise from inputs 1 and 2.
+    Clip {
+        min: Option<f32>,
+        max: Option<f32>,
+    },
+    /// `legacy`: opset < 13, which flattens the input to 2-D at `axis`.
+    Softmax {
+        axis: i64,
+        log: bool,
+        legacy: bool,
+    },
+    Pool {
+        max: bool,
+        kernel: Vec<usize>,
+        strides: Vec<usize>,
+        pads: Vec<usize>,
+        dilations: Vec<usize>,
+        ceil: bool,
+        count_include_pad: bool,
+        auto_pad: AutoPad,
+    },
+    GlobalPool {
+        max: bool,
+    },
+    Gemm {
+        alpha: f32,
+        beta: f32,
+        trans_a: bool,
+        trans_b: bool,
+    },
+    MatMul,
+    Binary(BinOp),
+    Equal,
+    /// Axes from the attribute, else from input 1.
+    Reduce {
+        mean: bool,
+        axes: Option<Vec<i64>>,
+        keepdims: bool,
+        noop_with_empty_axes: bool,
+    },
+    Concat {
+        axis: i64,
+    },
+    Reshape {
+        allowzero: bool,
+    },
+    Flatten {
+        axis: i64,
+    },
+    Transpose {
+        perm: Option<Vec<usize>>,
+    },
+    Squeeze {
+        axes: Option<Vec<i64>>,
+    },
+    Unsqueeze {
+        axes: Option<Vec<i64>>,
+    },
+    Gather {
+        axis: i64,
+    },
+    /// Starts, ends, axes from attributes (opset < 10); else from inputs.
+    Slice {
+        attrs: Option<(Vec<i64>, Vec<i64>, Option<Vec<i64>>)>,
+    },
+    Shape {
+        start: i64,
+        end: Option<i64>,
+    },
+    ConstantOfShape {
+        value: HostTensor,
+    },
+    Cast {
+        to: Ty,
+    },
+    Where,
+    Expand,
+    LayerNorm {
+        axis: i64,
+        eps: f32,
+    },
+    Sum,
+    Lrn {
+        alpha: f32,
+        beta: f32,
+        bias: f32,
+        size: usize,
+    },
+    /// Identity, and Dropout in inference mode (its optional mask output is all true).
+    Identity,
+}
+
+/// A node: op, input slots (`None` for an omitted optional input), output
+/// slots (`None` for an output nobody reads).
+#[derive(Clone, Debug)]
+pub(super) struct Node {
+    pub(super) name: String,
+    pub(super) op_type: String,
+    pub(super) op: Op,
+    pub(super) inputs: Vec<Option<usize>>,
+    pub(super) outputs: Vec<Option<usize>>,
+}
+
+/// A declared graph input.
+#[derive(Clone, Debug)]
+pub(super) struct Input {
+    pub(super) name: String,
+    pub(super) slot: usize,
+    pub(super) ty: Ty,
+    /// `-1` for a dynamic axis.
+    pub(super) shape: Vec<i64>,
+}
+
+/// A checked model.
+#[derive(Debug)]
+pub(super) struct Program {
+    pub(super) slots: usize,
+    pub(super) consts: Vec<(usize, HostTensor)>,
+    pub(super) inputs: Vec<Input>,
+    pub(super) outputs: Vec<(String, usize, Ty, Vec<i64>)>,
+    pub(super) nodes: Vec<Node>,
+    /// Slots to free after node `i` (their last reader).
+    pub(super) drop_after: Vec<Vec<usize>>,
+}
+
+/// Operators the wgpu backend runs (sorted; `supports` and load agree).
+pub const WGPU_OPS: &[&str] = &[
+    "Abs",
+    "Add",
+    "AveragePool",
+    "BatchNormalization",
+    "Cast",
+    "Clip",
+    "Concat",
+    "Constant",
+    "ConstantOfShape",
+    "Conv",
+    "Div",
+    "Dropout",
+    "Equal",
+    "Erf",
+    "Exp",
+    "Expand",
+    "Flatten",
+    "Gather",
+    "Gelu",
+    "Gemm",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "Identity",
+    "LRN",
+    "LayerNormalization",
+    "Log",
+    "LogSoftmax",
+    "MatMul",
+    "MaxPool",
+    "Mul",
+    "Neg",
+    "Pow",
+    "Reciprocal",
+    "ReduceMean",
+    "ReduceSum",
+    "Relu",
+    "Reshape",
+    "Shape",
+    "Sigmoid",
+    "Slice",
+    "Softmax",
+    "Sqrt",
+    "Squeeze",
+    "Sub",
+    "Sum",
+    "Tanh",
+    "Transpose",
+    "Unsqueeze",
+    "Where",
+];
+
+/// Whether the wgpu backend runs `op` (an ONNX op type, default domain).
+pub fn supports_op(op: &str) -> bool {
+    WGPU_OPS.binary_search(&op).is_ok()
+}
+
+struct Attrs<'a>(&'a [pb::AttributeProto]);
+
+impl<'a> Attrs<'a> {
+    fn get(&self, name: &str) -> Option<&'a pb::AttributeProto> {
+        self.0.iter().find(|a| a.name == name)
+    }
+    fn int(&self, name: &str, default: i64) -> i64 {
+        self.get(name).map_or(default, |a| a.i)
+    }
+    fn float(&self, name: &str, default: f32) -> f32 {
+        self.get(name).map_or(default, |a| a.f)
+    }
+    fn ints(&self, name: &str) -> Option<Vec<i64>> {
+        self.get(name).map(|a| a.ints.clone())
+    }
+    fn string(&self, name: &str) -> Option<String> {
+        self.get(name).map(|a| String::from_utf8_lossy(&a.s).into_owned())
+    }
+}
+
+fn usizes(v: Vec<i64>, what: &str) -> Result<Vec<usize>, String> {
+    v.into_iter().map(|x| usize::try_from(x).map_err(|_| format!("{what} must not be negative, got {x}"))).collect()
+}
+
+fn auto_pad(a: &Attrs<'_>) -> Result<AutoPad, String> {
+    match a.string("auto_pad").as_deref() {
+        None | Some("NOTSET") | Some("") => Ok(AutoPad::NotSet),
+        Some("SAME_UPPER") => Ok(AutoPad::SameUpper),
+        Some("SAME_LOWER") => Ok(AutoPad::SameLower),
+        Some("VALID") => Ok(AutoPad::Valid),
+        Some(other) => Err(format!("auto_pad '{other}' is not an ONNX value")),
+    }
+}
+
+/// The ONNX data type number → the interpreter's element type.
+pub(super) fn ty_of(data_type: i32) -> Option<Ty> {
+    match data_type {
+        dt::FLOAT => Some(Ty::F32),
+        dt::INT64 => Some(Ty::I64),
+        dt::INT32 => Some(Ty::I32),
+        dt::BOOL => Some(Ty::Bool),
+        _ => None,
+    }
+}
+
+fn type_name(data_type: i32) -> &'static str {
+    match data_type {
+        dt::FLOAT => "float32",
+        dt::UINT8 => "uint8",
+        dt::INT8 => "int8",
+        dt::INT32 => "int32",
+        dt::INT64 => "int64",
+        dt::STRING => "string",
+        dt::BOOL => "bool",
+        dt::FLOAT16 => "float16",
+        dt::DOUBLE => "float64",
+        dt::BFLOAT16 => "bfloat16",
+        _ => "an unsupported type",
+    }
+}
+
+fn is_int(t: Ty) -> bool {
+    matches!(t, Ty::I64 | Ty::I32)
+}
+
+/// The tensor value of a `Constant` node.
+fn constant_value(a: &Attrs<'_>) -> Result<HostTensor, String> {
+    if let Some(t) = a.get("value").and_then(|x| x.t.as_ref()) {
+        return HostTensor::from_proto(t);
+    }
+    if let Some(x) = a.get("value_float") {
+        return Ok(HostTensor::new(vec![], HostData::F32(vec![x.f])));
+    }
+    if let Some(x) = a.get("value_floats") {
+        return Ok(HostTensor::new(vec![x.floats.len()], HostData::F32(x.floats.clone())));
+    }
+    if let Some(x) = a.get("value_int") {
+        return Ok(HostTensor::i64(vec![], vec![x.i]));
+    }
+    if let Some(x) = a.get("value_ints") {
+        return Ok(HostTensor::i64(vec![x.ints.len()], x.ints.clone()));
+    }
+    Err("Constant has no value the wgpu backend reads (sparse and string constants are not supported)".into())
+}
+
+/// Parses and checks a model.
+pub(super) fn compile(model: &pb::ModelProto) -> Result<Program, String> {
+    let graph = model.graph.as_ref().ok_or("the model has no graph")?;
+    let opset = model
+        .opset_import
+        .iter()
+        .filter(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map(|o| o.version)
+        .max()
+        .unwrap_or(1);
+
+    let mut slots: HashMap<String, usize> = HashMap::new();
+    let mut types: Vec<Ty> = Vec::new();
+    let mut consts: Vec<(usize, HostTensor)> = Vec::new();
+    let mut const_of: HashMap<usize, usize> = HashMap::new(); // slot → index in consts
+    let new_slot = |name: &str, ty: Ty, slots: &mut HashMap<String, usize>, types: &mut Vec<Ty>| -> usize {
+        let s = types.len();
+        types.push(ty);
+        if !name.is_empty() {
+            slots.insert(name.to_string(), s);
+        }
+        s
+    };
+
+    for init in &graph.initializer {
+        let t = HostTensor::from_proto(init)?;
+        let ty = match ty_of(init.data_type) {
+            Some(t) => t,
+            // Float64/int8/uint8 constants are widened or narrowed on decode.
+            None if init.data_type == dt::DOUBLE => Ty::F32,
+            None if matches!(init.data_type, dt::UINT8 | dt::INT8) => Ty::I64,
+            None => return Err(format!("initializer '{}' is {}", init.name, type_name(init.data_type))),
+        };
+        let s = new_slot(&init.name, ty, &mut slots, &mut types);
+        const_of.insert(s, consts.len());
+        consts.push((s, t));
+    }
+
+    let mut inputs = Vec::new();
+    for vi in &graph.input {
+        if slots.contains_key(&vi.name) {
+            continue; // an initializer listed as an input (IR < 4 style): the constant wins
+        }
+        let tt = vi
+            .r#type
+            .as_ref()
+            .and_then(|t| t.tensor_type.as_ref())
+            .ok_or_else(|| format!("input '{}' is not a tensor", vi.name))?;
+        let ty = ty_of(tt.elem_type).ok_or_else(|| {
+            format!(
+                "input '{}' is {}; the wgpu backend runs float32 models with int32/int64/bool side inputs",
+                vi.name,
+                type_name(tt.elem_type)
+            )
+        })?;
+        let shape = tt
+            .shape
+            .as_ref()
+            .map(|s| {
+                s.dim
+                    .iter()
+                    .map(|d| match d.value {
+                        Some(pb::DimensionValue::DimValue(v)) => v,
+                        _ => -1,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let slot = new_slot(&vi.name, ty, &mut slots, &mut types);
+        inputs.push(Input { name: vi.name.clone(), slot, ty, shape });
+    }
+
+    let mut nodes: Vec<Node> = Vec::new();
+    for (index, node) in graph.node.iter().enumerate() {
+        let label = if node.name.is_empty() { format!("#{index}") } else { format!("'{}'", node.name) };
+        let fail = |msg: String| format!("{} node {label}: {msg}", node.op_type);
+        if !(node.domain.is_empty() || node.domain == "ai.onnx") {
+            return Err(format!(
+                "operator {}::{} (node {label}) is not supported by the wgpu backend",
+                node.domain, node.op_type
+            ));
+        }
+        if !supports_op(&node.op_type) {
+            return Err(format!(
+                "operator {} (node {label}) is not supported by the wgpu backend; run this model on ort-cpu or ort-cuda",
+                node.op_type
+            ));
+        }
+        let a = Attrs(&node.attribute);
+        if let Some(g) = node.attribute.iter().find(|x| x.r#type == at::GRAPH || x.g.is_some()) {
+            return Err(fail(format!("subgraph attribute '{}' is not supported", g.name)));
+        }
+        let mut in_slots = Vec::new();
+        for name in &node.input {
+            if name.is_empty() {
+                in_slots.push(None);
+            } else {
+                let s = *slots.get(name).ok_or_else(|| fail(format!("input '{name}' is not produced before it")))?;
+                in_slots.push(Some(s));
+            }
+        }
+        let in_ty = |i: usize| -> Option<Ty> { in_slots.get(i).copied().flatten().map(|s| types[s]) };
+        let need = |i: usize| -> Result<Ty, String> { in_ty(i).ok_or_else(|| fail(format!("input {i} is required"))) };
+        let float_in = |i: usize| -> Result<(), String> {
+            match need(i)? {
+                Ty::F32 => Ok(()),
+                t => Err(fail(format!("input {i} is {t:?}; this operator runs on float32 only"))),
+            }
+        };
+        let const_input = |i: usize| -> Option<&HostTensor> {
+            in_slots.get(i).copied().flatten().and_then(|s| const_of.get(&s)).map(|&c| &consts[c].1)
+        };
+
+        // Op and the element type of each output.
+        let (op, out_tys): (Op, Vec<Ty>) = match node.op_type.as_str() {
+            "Constant" => {
+                let t = constant_value(&a).map_err(fail)?;
+                let ty = t.ty();
+                let name = node.output.first().ok_or_else(|| fail("has no output".into()))?;
+                let s = new_slot(name, ty, &mut slots, &mut types);
+                const_of.insert(s, consts.len());
+                consts.push((s, t));
+                continue;
+            }
+            "Conv" => {
+                float_in(0)?;
+                float_in(1)?;
+                if let Some(w) = const_input(1) {
+                    if !(3..=4).contains(&w.shape.len()) {
+                        return Err(fail(format!(
+                            "{}-D convolution is not supported (1-D and 2-D are)",
+                            w.shape.len().saturating_sub(2)
+                        )));
+                    }
+                }
+                let op = Op::Conv {
+                    strides: usizes(a.ints("strides").unwrap_or_default(), "strides").map_err(fail)?,
+                    pads: usizes(a.ints("pads").unwrap_or_default(), "pads").map_err(fail)?,
+                    dilations: usizes(a.ints("dilations").unwrap_or_default(), "dilations").map_err(fail)?,
+                    group: usize::try_from(a.int("group", 1))
+                        .ok()
+                        .filter(|&g| g > 0)
+                        .ok_or_else(|| fail("group must be positive".into()))?,
+                    auto_pad: auto_pad(&a).map_err(fail)?,
+                };
+                (op, vec![Ty::F32])
+            }
+            "BatchNormalization" => {
+                float_in(0)?;
+                if a.int("training_mode", 0) != 0 || node.output.iter().skip(1).any(|o| !o.is_empty()) {
+                    return Err(fail("training mode (running statistics outputs) is not supported".into()));
+                }
+                let eps = a.float("epsilon", 1e-5);
+                // Fold constant statistics into y = x * mul + add.
+                let params: Option<Vec<Vec<f32>>> = (1..5)
+                    .map(|i| match const_input(i).map(|t| &t.data) {
+                        Some(HostData::F32(v)) => Some(v.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                if let Some(p) = params {
+                    let (scale, bias, mean, var) = (&p[0], &p[1], &p[2], &p[3]);
+                    let c = scale.len();
+                    if [bias.len(), mean.len(), var.len()].iter().any(|&n| n != c) {
+                        return Err(fail("scale, bias, mean and var must have the same length".into()));
+                    }
+                    let mul: Vec<f32> = (0..c).map(|i| scale[i] / (var[i] + eps).sqrt()).collect();
+                    let add: Vec<f32> = (0..c).map(|i| bias[i] - mean[i] * mul[i]).collect();
+                    let mut folded = Vec::new();
+                    for v in [mul, add] {
+                        let s = new_slot("", Ty::F32, &mut slots, &mut types);
+                        const_of.insert(s, consts.len());
+                        consts.push((s, HostTensor::new(vec![c], HostData::F32(v))));
+                        folded.push(Some(s));
+                    }
+                    in_slots = vec![in_slots[0], folded[0], folded[1]];
+                    (Op::BatchNorm { eps, folded: true }, vec![Ty::F32])
+                } else {
+                    for i in 1..5 {
+                        float_in(i)?;
+                    }
+                    (Op::BatchNorm { eps, folded: false }, vec![Ty::F32])
+                }
+            }
+            u @ ("Relu" | "Sigmoid" | "Tanh" | "Erf" | "Sqrt" | "Exp" | "Log" | "Neg" | "Abs" | "Reciprocal") => {
+                if u == "Neg" || u == "Abs" {
+                    if let Ok(t) = need(0) {
+                        if t != Ty::F32 {
+                            return Err(fail(format!("{t:?} input; the wgpu backend runs {u} on float32 only")));
+                        }
+                    }
+                }
+                float_in(0)?;
+                let un = match u {
+                    "Relu" => Unary::Relu,
+                    "Sigmoid" => Unary::Sigmoid,
+                    "Tanh" => Unary::Tanh,
+                    "Erf" => Unary::Erf,
+                    "Sqrt" => Unary::Sqrt,
+                    "Exp" => Unary::Exp,
+                    "Log" => Unary::Log,
+                    "Neg" => Unary::Neg,
+                    "Abs" => Unary::Abs,
+                    _ => Unary::Reciprocal,
+                };
+                (Op::Unary(un), vec![Ty::F32])
+            }
+            "Gelu" => {
+                float_in(0)?;
+                let tanh = match a.string("approximate").as_deref() {
+                    None | Some("none") => false,
+                    Some("tanh") => true,
+                    Some(o) => return Err(fail(format!("approximate '{o}' is not an ONNX value"))),
+                };
+                (Op::Gelu { tanh }, vec![Ty::F32])
+            }
+            "Clip" => {
+                float_in(0)?;
+                let (min, max) = if opset < 11 {
+                    (Some(a.float("min", f32::MIN)), Some(a.float("max", f32::MAX)))
+                } else {
+                    (None, None)
+                };
+                (Op::Clip { min, max }, vec![Ty::F32])
+            }
+            s @ ("Softmax" | "LogSoftmax") => {
+                float_in(0)?;
+                let legacy = opset < 13;
+                let axis = a.int("axis", if legacy { 1 } else { -1 });
+                (Op::Softmax { axis, log: s == "LogSoftmax", legacy }, vec![Ty::F32])
+            }
+            p @ ("MaxPool" | "AveragePool") => {
+                float_in(0)?;
+                let max = p == "MaxPool";
+                if node.output.len() > 1 && !node.output[1].is_empty() {
+                    return Err(fail("the Indices output is not supported".into()));
+                }
+                if a.int("storage_order", 0) != 0 {
+                    return Err(fail("storage_order 1 is not supported".into()));
+                }
+                let kernel = usizes(
+                    a.ints("kernel_shape").ok_or_else(|| fail("kernel_shape is required".into()))?,
+                    "kernel_shape",
+                )
+                .map_err(fail)?;
+                if !(1..=2).contains(&kernel.len()) {
+                    return Err(fail(format!("{}-D pooling is not supported (1-D and 2-D are)", kernel.len())));
+                }
+                let dilations = usizes(a.ints("dilations").unwrap_or_default(), "dilations").map_err(fail)?;
+                if !max && dilations.iter().any(|&d| d != 1) {
+                    return Err(fail("dilated AveragePool is not supported".into()));
+                }
+                let op = Op::Pool {
+                    max,
+                    kernel,
+                    strides: usizes(a.ints("strides").unwrap_or_default(), "strides").map_err(fail)?,
+                    pads: usizes(a.ints("pads").unwrap_or_default(), "pads").map_err(fail)?,
+                    dilations,
+                    ceil: a.int("ceil_mode", 0) != 0,
+                    count_include_pad: a.int("count_include_pad", 0) != 0,
+                    auto_pad: auto_pad(&a).map_err(fail)?,
+                };
+                (op, vec![Ty::F32])
+            }
+            g @ ("GlobalAveragePool" | "GlobalMaxPool") => {
+                float_in(0)?;
+                (Op::GlobalPool { max: g == "GlobalMaxPool" }, vec![Ty::F32])
+            }
+            "Gemm" => {
+                float_in(0)?;
+                float_in(1)?;
+                if in_ty(2).is_some() {
+                    float_in(2)?;
+                }
+                let op = Op::Gemm {
+                    alpha: a.float("alpha", 1.0),
+                    beta: a.float("beta", 1.0),
+                    trans_a: a.int("transA", 0) != 0,
+                    trans_b: a.int("transB", 0) != 0,
+                };
+                (op, vec![Ty::F32])
+            }
+            "MatMul" => {
+                float_in(0)?;
+                float_in(1)?;
+                (Op::MatMul, vec![Ty::F32])
+            }
+            b @ ("Add" | "Sub" | "Mul" | "Div" | "Pow") => {
+                let (x, y) = (need(0)?, need(1)?);
+                let op = match b {
+                    "Add" => BinOp::Add,
+                    "Sub" => BinOp::Sub,
+                    "Mul" => BinOp::Mul,
+                    "Div" => BinOp::Div,
+                    _ => BinOp::Pow,
+                };
+                let ok = match op {
+                    BinOp::Pow => x == Ty::F32 || (is_int(x) && is_int(y)),
+                    _ => x == y || (is_int(x) && is_int(y)),
+                };
+                if !ok || x == Ty::Bool {
+                    return Err(fail(format!("{b} of {x:?} and {y:?} is not supported")));
+                }
+                (Op::Binary(op), vec![x])
+            }
+            "Equal" => {
+                let (x, y) = (need(0)?, need(1)?);
+                if !(x == y || (is_int(x) && is_int(y))) {
+                    return Err(fail(format!("Equal of {x:?} and {y:?}")));
+                }
+                (Op::Equal, vec![Ty::Bool])
+            }
+            r @ ("ReduceMean" | "ReduceSum") => {
+                let x = need(0)?;
+                if x == Ty::Bool {
+                    return Err(fail("bool input".into()));
+                }
+                let op = Op::Reduce {
+                    mean: r == "ReduceMean",
+                    axes: a.ints("axes"),
+                    keepdims: a.int("keepdims", 1) != 0,
+                    noop_with_empty_axes: a.int("noop_with_empty_axes", 0) != 0,
+                };
+                (op, vec![x])
+            }
+            "Concat" => {
+                let x = need(0)?;
+                for i in 1..in_slots.len() {
+                    if need(i)? != x {
+                        return Err(fail("inputs of different types".into()));
+                    }
+                }
+                (Op::Concat { axis: a.get("axis").ok_or_else(|| fail("axis is required".into()))?.i }, vec![x])
+            }
+            "Reshape" => {
+                let x = need(0)?;
+                if opset < 5 {
+                    return Err(fail("Reshape-1 (shape as an attribute) is not supported".into()));
+                }
+                if !is_int(need(1)?) {
+                    return Err(fail("shape must be int64".into()));
+                }
+                (Op::Reshape { allowzero: a.int("allowzero", 0) != 0 }, vec![x])
+            }
+            "Flatten" => (Op::Flatten { axis: a.int("axis", 1) }, vec![need(0)?]),
+            "Transpose" => {
+                let perm = a.ints("perm").map(|p| usizes(p, "perm")).transpose().map_err(fail)?;
+                (Op::Transpose { perm }, vec![need(0)?])
+            }
+            "Squeeze" => (Op::Squeeze { axes: a.ints("axes") }, vec![need(0)?]),
+            "Unsqueeze" => (Op::Unsqueeze { axes: a.ints("axes") }, vec![need(0)?]),
+            "Gather" => {
+                if !is_int(need(1)?) {
+                    return Err(fail("indices must be int32 or int64".into()));
+                }
+                (Op::Gather { axis: a.int("axis", 0) }, vec![need(0)?])
+            }
+            "Slice" => {
+                let attrs = if opset < 10 {
+                    Some((
+                        a.ints("starts").ok_or_else(|| fail("starts is required".into()))?,
+                        a.ints("ends").ok_or_else(|| fail("ends is required".into()))?,
+                        a.ints("axes"),
+                    ))
+                } else {
+                    None
+                };
+                (Op::Slice { attrs }, vec![need(0)?])
+            }
+            "Shape" => {
+                need(0)?;
+                (Op::Shape { start: a.int("start", 0), end: a.get("end").map(|x| x.i) }, vec![Ty::I64])
+            }
+            "ConstantOfShape" => {
+                let value = match a.get("value").and_then(|x| x.t.as_ref()) {
+                    Some(t) => HostTensor::from_proto(t).map_err(fail)?,
+                    None => HostTensor::new(vec![1], HostData::F32(vec![0.0])),
+                };
+                if value.data.len() != 1 {
+                    return Err(fail("value must hold one element".into()));
+                }
+                let ty = match a.get("value").and_then(|x| x.t.as_ref()) {
+                    Some(t) => {
+                        ty_of(t.data_type).ok_or_else(|| fail(format!("value is {}", type_name(t.data_type))))?
+                    }
+                    None => Ty::F32,
+                };
+                (Op::ConstantOfShape { value: value.cast(ty) }, vec![ty])
+            }
+            "Cast" => {
+                need(0)?;
+                let to = a.int("to", 0) as i32;
+                let ty = ty_of(to).ok_or_else(|| fail(format!("cast to {} is not supported", type_name(to))))?;
+                (Op::Cast { to: ty }, vec![ty])
+            }
+            "Where" => {
+                if need(0)? != Ty::Bool {
+                    return Err(fail("condition must be bool".into()));
+                }
+                let (x, y) = (need(1)?, need(2)?);
+                if !(x == y || is_int(x) && is_int(y)) {
+                    return Err(fail(format!("branches of types {x:?} and {y:?}")));
+                }
+                (Op::Where, vec![x])
+            }
+            "Expand" => {
+                if !is_int(need(1)?) {
+                    return Err(fail("shape must be int64".into()));
+                }
+                (Op::Expand, vec![need(0)?])
+            }
+            "LayerNormalization" => {
+                float_in(0)?;
+                float_in(1)?;
+                if in_ty(2).is_some() {
+                    float_in(2)?;
+                }
+                if a.int("stash_type", 1) != 1 {
+                    return Err(fail("stash_type other than float32 is not supported".into()));
+                }
+                (
+                    Op::LayerNorm { axis: a.int("axis", -1), eps: a.float("epsilon", 1e-5) },
+                    vec![Ty::F32, Ty::F32, Ty::F32],
+                )
+            }
+            "Sum" => {
+                let x = need(0)?;
+                for i in 1..in_slots.len() {
+                    if need(i)? != x {
+                        return Err(fail("inputs of different types".into()));
+                    }
+                }
+                (Op::Sum, vec![x])
+            }
+            "LRN" => {
+                float_in(0)?;
+                let size = usize::try_from(a.int("size", 0))
+                    .ok()
+                    .filter(|&s| s > 0)
+                    .ok_or_else(|| fail("size must be positive".into()))?;
+                let op = Op::Lrn {
+                    alpha: a.float("alpha", 1e-4),
+                    beta: a.float("beta", 0.75),
+                    bias: a.float("bias", 1.0),
+                    size,
+                };
+                (op, vec![Ty::F32])
+            }
+            "Identity" => (Op::Identity, vec![need(0)?]),
+            "Dropout" => {
+                let x = need(0)?;
+                if a.int("is_test", 1) == 0 && opset < 7 {
+                    return Err(fail("training mode is not supported".into()));
+                }
+                if let Some(s) = in_slots.get(2).copied().flatten() {
+                    match const_of.get(&s).map(|&c| &consts[c].1.data) {
+                        Some(HostData::Bool(v)) if v.iter().all(|b| !b) => {}
+                        _ => return Err(fail("training_mode must be a constant false".into())),
+                    }
+                }
+                (Op::Identity, vec![x, Ty::Bool])
+            }
+            other => return Err(format!("operator {other} is listed but not implemented (bug)")),
+        };
+        let mut out_slots = Vec::new();
+        for (i, name) in node.output.iter().enumerate() {
+            if name.is_empty() {
+                out_slots.push(None);
+                continue;
+            }
+            let ty = *out_tys
+                .get(i)
+                .ok_or_else(|| fail(format!("has more outputs ({}) than supported", node.output.len())))?;
+            out_slots.push(Some(new_slot(name, ty, &mut slots, &mut types)));
+        }
+        nodes.push(Node {
+            name: node.name.clone(),
+            op_type: node.op_type.clone(),
+            op,
+            inputs: in_slots,
+            outputs: out_slots,
+        });
+    }
+
+    let mut outputs = Vec::new();
+    for vo in &graph.output {
+        let s = *slots.get(&vo.name).ok_or_else(|| format!("graph output '{}' is never produced", vo.name))?;
+        let shape = vo
+            .r#type
+            .as_ref()
+            .and_then(|t| t.tensor_type.as_ref())
+            .and_then(|t| t.shape.as_ref())
+            .map(|s| {
+                s.dim
+                    .iter()
+                    .map(|d| match d.value {
+                        Some(pb::DimensionValue::DimValue(v)) => v,
+                        _ => -1,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        outputs.push((vo.name.clone(), s, types[s], shape));
+    }
+
+    // Free each intermediate after its last reader; constants, inputs and
+    // outputs stay.
+    let mut last_use: HashMap<usize, usize> = HashMap::new();
+    for (i, n) in nodes.iter().enumerate() {
+        for s in n.inputs.iter().flatten() {
+            last_use.insert(*s, i);
+        }
+    }
+    let keep: std::collections::HashSet<usize> = consts
+        .iter()
+        .map(|(s, _)| *s)
+        .chain(inputs.iter().map(|i| i.slot))
+        .chain(outputs.iter().map(|o| o.1))
+        .collect();
+    let mut drop_after = vec![Vec::new(); nodes.len()];
+    for (s, i) in last_use {
+        if !keep.contains(&s) {
+            drop_after[i].push(s);
+        }
+    }
+
+    Ok(Program { slots: types.len(), consts, inputs, outputs, nodes, drop_after })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn op_list_is_sorted_for_binary_search() {
+        let mut sorted = WGPU_OPS.to_vec();
+        sorted.sort_unstable();
+        assert_eq!(sorted, WGPU_OPS);
+        assert!(supports_op("Conv") && supports_op("LRN") && !supports_op("Loop"));
+    }
+}

@@ -1,0 +1,137 @@
+//! Whole models on the wgpu backend: the generated ResNet-style CNN, the
+//! transformer encoder and the MLP equal ONNX Runtime (the Python
+//! reference made by scripts/make_models.py, and the Rust ORT backend on
+//! the same inputs); jobs pinned to wgpu run guests end to end, graph
+//! builder included, and their receipts name the adapter.
+
+#![cfg(feature = "wgpu")]
+
+mod common;
+
+use common::*;
+use mote_runtime::backend::{standalone, BackendChoice, BackendKind, TensorView};
+use mote_runtime::tensor::IoTensor;
+use mote_runtime::{kserve, DeploymentSpec, Limits, Outcome, Request, Response};
+
+/// Runs a model's reference request directly on a backend.
+fn run_direct(kind: BackendKind, model_name: &str) -> serde_json::Value {
+    let backend = standalone(kind).unwrap_or_else(|e| panic!("{kind} backend: {e}"));
+    let graph = backend.load(model(model_name).into()).unwrap_or_else(|e| panic!("{kind} load {model_name}: {e}"));
+    let mut ctx = graph.init_execution_context().unwrap();
+    let req = request(model_name);
+    let dims: Vec<Vec<u32>> = req.inputs.iter().map(|t| t.shape.iter().map(|&d| d as u32).collect()).collect();
+    let views: Vec<(&str, TensorView<'_>)> = req
+        .inputs
+        .iter()
+        .zip(&dims)
+        .map(|(t, d)| (t.name.as_str(), TensorView { ty: t.datatype.element_type().unwrap(), dims: d, data: &t.data }))
+        .collect();
+    let outs = ctx.compute(&views, None).unwrap_or_else(|e| panic!("{kind} compute {model_name}: {e}"));
+    let response = Response {
+        outputs: outs
+            .into_iter()
+            .map(|(name, t)| IoTensor {
+                name,
+                datatype: t.ty.into(),
+                shape: t.dims.iter().map(|&d| u64::from(d)).collect(),
+                data: t.data,
+            })
+            .collect(),
+        ..Response::default()
+    };
+    kserve::response_json(&response, None).unwrap()
+}
+
+fn model_matches(name: &str) {
+    let got = run_direct(BackendKind::Wgpu, name);
+    // Against the Python onnxruntime reference...
+    assert_outputs_match(&got, &expected_json(name), 1e-4, 1e-5);
+    // ...and against the Rust ORT backend on the same inputs.
+    let ort = run_direct(BackendKind::OrtCpu, name);
+    assert_outputs_match(&got, &ort, 1e-4, 1e-5);
+}
+
+#[test]
+fn cnn_equals_onnxruntime() {
+    model_matches("cnn");
+}
+
+#[test]
+fn transformer_encoder_equals_onnxruntime() {
+    model_matches("transformer");
+}
+
+#[test]
+fn mlp_equals_onnxruntime() {
+    model_matches("mlp");
+}
+
+fn deploy_on(
+    rt: &mote_runtime::Runtime,
+    guest_name: &str,
+    models: &[(&str, &str)],
+    backend: BackendChoice,
+) -> mote_runtime::Deployment {
+    rt.deploy(DeploymentSpec {
+        name: guest_name.into(),
+        guest: guest(guest_name),
+        models: models.iter().map(|(n, m)| (n.to_string(), model(m))).collect(),
+        limits: Limits::default(),
+        backend,
+    })
+    .expect("deploy")
+}
+
+#[test]
+fn jobs_pinned_to_wgpu_run_guests_and_name_the_adapter() {
+    let rt = runtime();
+    let adapter = mote_runtime::backend::wgpu::WgpuBackend::new().expect("wgpu adapter").adapter().clone();
+    let wgpu = BackendChoice::Fixed(BackendKind::Wgpu);
+
+    // wasi-nn load-by-name through the passthrough guest.
+    let d = deploy_on(&rt, "passthrough", &[("model", "cnn")], wgpu);
+    let report = d.run(&request("cnn"));
+    let response = report.result.unwrap_or_else(|e| panic!("cnn job on wgpu failed: {e}"));
+    assert_eq!(report.receipt.outcome, Outcome::Ok);
+    assert_eq!(report.receipt.backend, "wgpu");
+    assert!(
+        report.receipt.device.contains(&adapter.name) && report.receipt.device.contains(&adapter.api),
+        "receipt device {:?} should name adapter {adapter:?}",
+        report.receipt.device
+    );
+    assert!(report.receipt.usage.backend_ns > 0);
+    let got = kserve::response_json(&response, None).unwrap();
+    assert_outputs_match(&got, &expected_json("cnn"), 1e-4, 1e-5);
+
+    // Graph builder: the MLP declared op by op, lowered, run on wgpu.
+    let d = deploy_on(&rt, "mlp-builder", &[], wgpu);
+    let report = d.run(&request("mlp_builder"));
+    let got = kserve::response_json(&report.result.expect("mlp-builder on wgpu"), None).unwrap();
+    assert_outputs_match(&got, &expected_json("mlp_builder"), 1e-4, 1e-6);
+    assert_eq!(report.receipt.backend, "wgpu");
+
+    // wasi-nn load with target gpu (ONNX bytes embedded in the guest).
+    let d = deploy_on(&rt, "classifier", &[], wgpu);
+    let req: Request = with_params(request("classifier"), &[("target", "gpu")]);
+    let report = d.run(&req);
+    let got = kserve::response_json(&report.result.expect("classifier on wgpu"), None).unwrap();
+    assert_outputs_match(&got, &expected_json("classifier"), 1e-4, 1e-6);
+}
+
+#[test]
+fn auto_never_picks_a_software_adapter() {
+    let rt = runtime();
+    let (kind, device) = rt.backend_device(BackendChoice::Auto).expect("auto resolves");
+    let hardware = mote_runtime::backend::wgpu::has_hardware_adapter();
+    if !hardware && kind != BackendKind::OrtCuda {
+        assert_eq!(kind, BackendKind::OrtCpu, "auto chose {kind} ({device}) on a machine without a hardware adapter");
+    }
+    // A gpu-target load under auto without CUDA or a hardware adapter is an
+    // error that says why, not a silent llvmpipe (or CPU) run.
+    if !hardware && rt.backend_device(BackendChoice::Fixed(BackendKind::OrtCuda)).is_err() {
+        let d = deploy_on(&rt, "classifier", &[], BackendChoice::Auto);
+        let report = d.run(&with_params(request("classifier"), &[("target", "gpu")]));
+        let err = report.result.expect_err("gpu target without a GPU");
+        assert!(err.to_string().contains("no hardware wgpu adapter"), "{err}");
+    }
+}
