@@ -8,6 +8,9 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/mote-target
 GUEST_TARGET_DIR ?= $(HOME)/.cache/mote-guest-target
 MOTE := $(CARGO_TARGET_DIR)/release/mote
 PY := deps/venv/bin/python
+# Mesa's Vulkan drivers (the wgpu backend) complain in every process that
+# has no runtime directory; give them one.
+export XDG_RUNTIME_DIR ?= $(shell d=/tmp/mote-xdg-$$(id -u); mkdir -p -m 700 $$d; echo $$d)
 # WASI guests: rustup's wasm32-wasip2 where present, else build-std for
 # wasm32-wasip1 (Debian wasi-libc) adapted to WASI 0.2.
 WASI_TARGET := $(shell rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || echo --target wasm32-wasip1)

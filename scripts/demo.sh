@@ -29,6 +29,20 @@ bold "\$ mote run build/guests/passthrough.wasm --model model=build/models/mlp.o
 "$MOTE" run build/guests/passthrough.wasm --model model=build/models/mlp.onnx --input build/models/mlp.request.json | head -c 300
 echo " ..."
 
+bold "\$ mote run build/guests/classifier.wasm --backend wgpu --input build/models/classifier.request.json --receipt build/demo/receipt-wgpu.json"
+echo "(the same job on the wgpu backend: burn on Vulkan/Metal/DX12; without a GPU the adapter is Mesa's llvmpipe)"
+"$MOTE" run build/guests/classifier.wasm --backend wgpu --input build/models/classifier.request.json \
+  --receipt build/demo/receipt-wgpu.json > build/demo/response-wgpu.json
+python3 - build/demo/response.json build/demo/response-wgpu.json build/demo/receipt-wgpu.json <<'PY'
+import json, sys
+a, b, rc = (json.load(open(p)) for p in sys.argv[1:4])
+la = {o["name"]: o["data"] for o in a["outputs"]}
+lb = {o["name"]: o["data"] for o in b["outputs"]}
+worst = max(abs(x - y) for x, y in zip(la["scores"], lb["scores"]))
+print(f'  receipt: backend={rc["backend"]} device={rc["device"]!r}')
+print(f'  top-5 labels {"equal" if la["labels"] == lb["labels"] else "DIFFER from"} ONNX Runtime\'s; largest score difference {worst:.1e}')
+PY
+
 bold "\$ mote serve --config mote.toml   (ports chosen by the OS for the demo)"
 LOG=build/demo/serve.log
 "$MOTE" serve --config mote.toml --listen 127.0.0.1:0 --quic 127.0.0.1:0 > "$LOG" 2>&1 &

@@ -196,6 +196,18 @@ fn markdown(r: &Value) -> String {
             }
         }
     }
+    for m in r["backends"].as_array().into_iter().flatten() {
+        let b = &m["backends"];
+        if b["wgpu"]["available"] == true && b["ort-cuda"]["available"] == true {
+            let ratio = f(&b["wgpu"]["latency"]["p50_us"]) / f(&b["ort-cuda"]["latency"]["p50_us"]);
+            let _ = writeln!(
+                md,
+                "\n{}: wgpu / ORT CUDA p50 = ×{ratio:.2}{}",
+                m["model"].as_str().unwrap_or("?"),
+                if m["model"] == "cnn" { format!(": {}", verdict(ratio <= 1.5)) } else { String::new() }
+            );
+        }
+    }
     let _ = writeln!(
         md,
         "\nTarget (real GPU only): wgpu within 1.5× of ORT CUDA on the CNN at batch 1. \

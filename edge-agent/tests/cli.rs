@@ -175,3 +175,63 @@ fn a_missing_onnx_runtime_is_one_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("ORT_DYLIB_PATH points to"), "{}", stderr(&out));
 }
+
+/// `mote run --backend wgpu`: the CNN through the real binary on the wgpu
+/// backend equals the ORT run; the receipt names the adapter; `specs` lists
+/// the adapters; an op wgpu lacks is an error naming it.
+#[cfg(feature = "wgpu")]
+#[test]
+fn run_on_the_wgpu_backend() {
+    let run = |backend: &str, receipt: &std::path::Path| {
+        let out = mote(&[
+            "run",
+            &path("guests/passthrough.wasm"),
+            "--model",
+            &format!("model={}", path("models/cnn.onnx")),
+            "--input",
+            &path("models/cnn.request.json"),
+            "--backend",
+            backend,
+            "--receipt",
+            receipt.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "mote run --backend {backend} failed: {}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+        let probs: Vec<f64> = v["outputs"][0]["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(receipt).unwrap()).unwrap();
+        (probs, r)
+    };
+    let (ort, r_ort) = run("ort-cpu", &tmp().join("cnn-ort.json"));
+    let (wgpu, r_wgpu) = run("wgpu", &tmp().join("cnn-wgpu.json"));
+    assert_eq!(r_ort["backend"], "ort-cpu");
+    assert_eq!(r_wgpu["backend"], "wgpu");
+    assert_eq!(ort.len(), wgpu.len());
+    for (i, (a, b)) in ort.iter().zip(&wgpu).enumerate() {
+        assert!((a - b).abs() <= 1e-4 * b.abs().max(1e-3), "output {i}: ort {a}, wgpu {b}");
+    }
+
+    let specs = mote(&["specs"]);
+    let specs: serde_json::Value = serde_json::from_slice(&specs.stdout).unwrap();
+    let adapters = specs["wgpu_adapters"].as_array().expect("adapter list");
+    let device = r_wgpu["device"].as_str().unwrap();
+    assert!(
+        adapters.iter().any(|a| device.starts_with(a["name"].as_str().unwrap())),
+        "receipt device {device:?} is not among the listed adapters {adapters:?}"
+    );
+    assert_eq!(specs["backends"]["wgpu"]["available"], true, "{specs}");
+
+    // The types model holds ops/types wgpu refuses (float16, float64...):
+    // the job fails with the reason, the process exits cleanly.
+    let out = mote(&[
+        "run",
+        &path("guests/passthrough.wasm"),
+        "--model",
+        &format!("model={}", path("models/types.onnx")),
+        "--input",
+        &path("models/types.request.json"),
+        "--backend",
+        "wgpu",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("wgpu backend"), "{}", stderr(&out));
+}
