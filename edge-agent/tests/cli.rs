@@ -234,4 +234,26 @@ fn run_on_the_wgpu_backend() {
     ]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("wgpu backend"), "{}", stderr(&out));
+
+    // A machine without any Vulkan driver: one clear error naming the fix.
+    let out = Command::new(env!("CARGO_BIN_EXE_mote"))
+        .args([
+            "run",
+            &path("guests/passthrough.wasm"),
+            "--model",
+            &format!("model={}", path("models/mlp.onnx")),
+            "--input",
+            &path("models/mlp.request.json"),
+            "--backend",
+            "wgpu",
+        ])
+        .env("MOTE_HOME", tmp().join("home"))
+        .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
+        .env("VK_DRIVER_FILES", "/nonexistent/icd.json")
+        .output()
+        .expect("start mote");
+    assert!(!out.status.success(), "ran without a Vulkan driver?");
+    let err = stderr(&out);
+    assert!(err.contains("no usable adapter") && err.contains("mesa-vulkan-drivers"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }

@@ -66,6 +66,38 @@ fn mlp_equals_onnxruntime() {
     model_matches("mlp");
 }
 
+/// Weights go up once, at load; a run uploads its inputs and nothing else.
+#[test]
+fn weights_are_uploaded_once_per_graph() {
+    use mote_runtime::backend::wgpu::uploaded_bytes_on_this_thread as uploaded;
+    let backend = standalone(BackendKind::Wgpu).expect("wgpu");
+    let bytes = model("cnn");
+    let before = uploaded();
+    let graph = backend.load(bytes.clone().into()).expect("load cnn");
+    let at_load = uploaded() - before;
+    assert!(at_load > 100_000, "the CNN's weights ({at_load} bytes uploaded at load)");
+    let req = request("cnn");
+    let dims: Vec<Vec<u32>> = req.inputs.iter().map(|t| t.shape.iter().map(|&d| d as u32).collect()).collect();
+    let views: Vec<(&str, TensorView<'_>)> = req
+        .inputs
+        .iter()
+        .zip(&dims)
+        .map(|(t, d)| (t.name.as_str(), TensorView { ty: t.datatype.element_type().unwrap(), dims: d, data: &t.data }))
+        .collect();
+    let input_bytes: u64 = req.inputs.iter().map(|t| t.data.len() as u64).sum();
+    let mut ctx = graph.init_execution_context().unwrap();
+    for run in 0..2 {
+        let before = uploaded();
+        ctx.compute(&views, None).expect("run");
+        assert_eq!(uploaded() - before, input_bytes, "run {run} uploaded more than its inputs");
+    }
+    // A second context on the same graph shares the weights too.
+    let mut other = graph.init_execution_context().unwrap();
+    let before = uploaded();
+    other.compute(&views, None).expect("run");
+    assert_eq!(uploaded() - before, input_bytes);
+}
+
 fn deploy_on(
     rt: &mote_runtime::Runtime,
     guest_name: &str,

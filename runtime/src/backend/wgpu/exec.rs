@@ -86,6 +86,20 @@ fn align(a: FT, b: FT) -> (FT, FT) {
     (lift(a, r), lift(b, r))
 }
 
+thread_local! {
+    static UPLOADED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+fn count_upload(bytes: usize) {
+    UPLOADED.with(|c| c.set(c.get() + bytes as u64));
+}
+
+/// Bytes this thread has uploaded to the device (weights at load, inputs
+/// and index tensors at compute).
+pub fn uploaded_bytes_on_this_thread() -> u64 {
+    UPLOADED.with(std::cell::Cell::get)
+}
+
 /// Uploads as float32. The device holds no rank-0 tensors: a scalar goes
 /// up as shape `[1]` (callers broadcast it; results that should be rank 0
 /// come back to the host, see [`Frame::scalar_result`]).
@@ -96,12 +110,14 @@ pub(super) fn upload(dev: &WgpuDevice, h: &HostTensor) -> FT {
         HostData::Bool(v) => v.iter().map(|&x| f32::from(u8::from(x))).collect(),
     };
     let shape = if h.shape.is_empty() { vec![1] } else { h.shape.clone() };
+    count_upload(v.len() * 4);
     B::float_from_data(TensorData::new(v, shape), dev)
 }
 
 fn upload_bool(dev: &WgpuDevice, h: &HostTensor) -> R<BT> {
     let HostData::Bool(v) = &h.data else { return Err("expected a bool tensor".into()) };
     let shape = if h.shape.is_empty() { vec![1] } else { h.shape.clone() };
+    count_upload(v.len() * 4);
     let f = B::float_from_data(
         TensorData::new(v.iter().map(|&x| f32::from(u8::from(x))).collect::<Vec<f32>>(), shape),
         dev,
@@ -111,6 +127,7 @@ fn upload_bool(dev: &WgpuDevice, h: &HostTensor) -> R<BT> {
 
 fn upload_indices(dev: &WgpuDevice, idx: &[i64]) -> IntTensor<B> {
     let v: Vec<i32> = idx.iter().map(|&i| i as i32).collect();
+    count_upload(v.len() * 4);
     B::int_from_data(TensorData::new(v, vec![idx.len()]), dev)
 }
 

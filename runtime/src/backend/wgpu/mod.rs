@@ -17,6 +17,7 @@ mod exec;
 mod host;
 mod program;
 
+pub use exec::uploaded_bytes_on_this_thread;
 pub use program::{supports_op, WGPU_OPS};
 
 use super::{
