@@ -167,3 +167,27 @@ fn auto_never_picks_a_software_adapter() {
         assert!(err.to_string().contains("no hardware wgpu adapter"), "{err}");
     }
 }
+
+/// The graph builder's `supports(op, target)` answers for the backend the
+/// job would run on: wgpu's op list on a wgpu deployment, all of ONNX on ORT.
+#[test]
+fn supports_answers_for_the_jobs_backend() {
+    let rt = runtime();
+    let ask = |backend: BackendChoice, target: &str| -> Vec<i64> {
+        let d = deploy_on(&rt, "misbehave", &[], backend);
+        let req = Request {
+            inputs: vec![],
+            parameters: vec![
+                ("mode".into(), "supports".into()),
+                ("ops".into(), "Conv,TopK,LayerNormalization,NonMaxSuppression,NoSuchOp".into()),
+                ("target".into(), target.into()),
+            ],
+        };
+        let r = d.run(&req).result.expect("supports job");
+        r.outputs[0].data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
+    };
+    assert_eq!(ask(BackendChoice::Fixed(BackendKind::Wgpu), "gpu"), [1, 0, 1, 0, 0]);
+    assert_eq!(ask(BackendChoice::Fixed(BackendKind::OrtCpu), "cpu"), [1, 1, 1, 1, 0]);
+    // ORT CPU cannot honour target gpu: nothing is supported there.
+    assert_eq!(ask(BackendChoice::Fixed(BackendKind::OrtCpu), "gpu"), [0, 0, 0, 0, 0]);
+}

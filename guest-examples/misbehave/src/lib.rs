@@ -50,6 +50,14 @@ impl Handler for Misbehave {
                 }),
             },
             "panic" => panic!("the guest panicked on purpose"),
+            // What `supports` answers for the ops in parameter `ops`
+            // (comma-separated) on `target` (cpu or gpu): 1 or 0 each.
+            "supports" => {
+                let target = if req.param("target") == Some("gpu") { Target::Gpu } else { Target::Cpu };
+                let ops: Vec<&str> = req.param("ops").unwrap_or("").split(',').filter(|s| !s.is_empty()).collect();
+                let answers: Vec<i64> = ops.iter().map(|op| i64::from(GraphBuilder::supports(op, target))).collect();
+                Ok(Response { outputs: vec![IoTensor::from_i64("supported", &[answers.len() as u64], &answers)], parameters: vec![] })
+            }
             "log" => {
                 log::info("hello from the guest log");
                 println!("hello from stdout");
