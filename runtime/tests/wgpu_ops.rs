@@ -734,3 +734,26 @@ fn bad_inputs_are_errors_not_crashes() {
     let garbage = wgpu().load(Arc::from(&b"not a model"[..])).err().expect("garbage refused");
     assert_eq!(garbage.kind, BackendErrorKind::InvalidEncoding);
 }
+
+/// Shapes from a model or its inputs that would need absurd memory are
+/// refused before anything is allocated; the backend keeps working.
+#[test]
+fn absurd_shapes_are_refused() {
+    for (case, what) in [
+        (Case::op("Expand", vec![Run(r(&[1, 1], 99)), Const(ints(&[2], &[1 << 20, 1 << 20]))], vec![]), "Expand"),
+        (Case::op("Add", vec![Run(r(&[1 << 16, 1], 100)), Run(r(&[1, 1 << 13], 101))], vec![]), "Add"),
+        (Case::op("ConstantOfShape", vec![Const(ints(&[3], &[1 << 12, 1 << 12, 1 << 12]))], vec![]), "ConstantOfShape"),
+        (
+            Case::op(
+                "Conv",
+                vec![Run(r(&[1, 1, 4, 4], 102)), Const(r(&[1, 1, 1, 1], 103))],
+                vec![attr_is("pads", &[1 << 15, 1 << 15, 1 << 15, 1 << 15])],
+            ),
+            "Conv",
+        ),
+    ] {
+        let err = case.run_on(wgpu()).expect_err(what);
+        assert!(err.contains("too large") && err.contains(what), "{what}: {err}");
+    }
+    Case::op("Relu", vec![Run(r(&[2, 3], 104))], vec![]).check();
+}

@@ -6,7 +6,7 @@
 //! given and moves data only where an op needs it elsewhere (indices for a
 //! device `Gather` go up; a device tensor cast to int comes down).
 
-use super::host::{broadcast_shapes, norm_axis, numel, HostData, HostTensor};
+use super::host::{broadcast_shapes, guard, norm_axis, numel, HostData, HostTensor};
 use super::program::{AutoPad, BinOp, Node, Op, Program, Unary};
 use super::Ty;
 use burn_backend::ops::{ActivationOps, BoolTensorOps, ConvOptions, FloatTensorOps, IntTensorOps, ModuleOps, PadMode};
@@ -452,6 +452,7 @@ impl Frame<'_> {
                 let sq = reshape(sq, &[n, 1, c, rest]);
                 let before = (size - 1) / 2;
                 let after = size - 1 - before;
+                guard(&[n, c.saturating_add(*size), rest])?;
                 let padded = B::float_pad(sq, &[(0, 0), (0, 0), (before, after), (0, 0)], PadMode::Constant(0.0));
                 // Mean over the channel window (count includes padding), so
                 // alpha * mean = alpha / size * square_sum.
@@ -479,6 +480,10 @@ impl Frame<'_> {
                 let st = or_ones(strides, n);
                 let dl = or_ones(dilations, n);
                 let pad = resolve_pads(*auto_pad, pads, &xs[2..], &ws[2..], &st, &dl)?;
+                // Bound on the output: every padded position, every filter.
+                let mut bound = vec![xs[0], ws[0]];
+                bound.extend(xs[2..].iter().zip(&pad).map(|(&d, &(b, e))| d.saturating_add(b).saturating_add(e)));
+                guard(&bound)?;
                 let y = if n == 2 {
                     let opts = ConvOptions::new_with_padding([st[0], st[1]], [pad[0], pad[1]], [dl[0], dl[1]], *group);
                     B::conv2d(t, w, b, opts)
@@ -497,6 +502,9 @@ impl Frame<'_> {
                 let st = or_ones(strides, n);
                 let dl = or_ones(dilations, n);
                 let pad = resolve_pads(*auto_pad, pads, &xs[2..], kernel, &st, &dl)?;
+                let mut bound = xs[..2].to_vec();
+                bound.extend(xs[2..].iter().zip(&pad).map(|(&d, &(b, e))| d.saturating_add(b).saturating_add(e)));
+                guard(&bound)?;
                 let mut sym = vec![0; n];
                 if pad.iter().any(|(b, e)| b != e) {
                     if !*max && !*count_include_pad {
@@ -630,6 +638,10 @@ impl Frame<'_> {
                     let refs: Vec<&HostTensor> = hs.iter().collect();
                     return one(Value::H(HostTensor::concat(&refs, ax)?));
                 }
+                let total: usize = vals.iter().map(|v| v.shape().get(ax).copied().unwrap_or(0)).sum();
+                let mut out = vals[0].shape();
+                out[ax] = total;
+                guard(&out)?;
                 let ts: Vec<FT> = vals.iter().map(|v| v.f(dev)).collect::<R<_>>()?;
                 for t in &ts {
                     let d = dims(t);
@@ -726,6 +738,7 @@ impl Frame<'_> {
                 let mut out = shape[..ax].to_vec();
                 out.extend(&idx_h.shape);
                 out.extend(&shape[ax + 1..]);
+                guard(&out)?;
                 let picked = match data {
                     Value::F(t) => Value::F(B::float_select(t.clone(), ax, upload_indices(dev, &fixed))),
                     other => {
@@ -828,10 +841,8 @@ impl Frame<'_> {
                     .into_iter()
                     .map(|d| usize::try_from(d).map_err(|_| format!("negative dimension {d}")))
                     .collect::<R<_>>()?;
+                guard(&shape)?;
                 let n = numel(&shape);
-                if n > 1 << 28 {
-                    return Err(format!("shape {shape:?} is too large"));
-                }
                 let data = match &value.data {
                     HostData::F32(v) => HostData::F32(vec![v[0]; n]),
                     HostData::I64(v) => HostData::I64(vec![v[0]; n]),
@@ -1040,6 +1051,9 @@ fn matmul(a: FT, b: FT) -> R<FT> {
         return Err(format!("shapes {da:?} and {db:?} do not fit for MatMul"));
     }
     let batch = broadcast_shapes(&sa[..r - 2], &sb[..r - 2])?;
+    let mut full_out = batch.clone();
+    full_out.extend([sa[r - 2], sb[r - 1]]);
+    guard(&full_out)?;
     let full = |t: FT, s: &[usize]| -> FT {
         let mut want = batch.clone();
         want.extend(&s[r - 2..]);

@@ -37,6 +37,20 @@ pub(super) fn strides(shape: &[usize]) -> Vec<usize> {
     s
 }
 
+/// The most elements one tensor may have (1 GiB of float32). Shapes come
+/// from the model and its inputs; a guard against absurd ones (an `Expand`
+/// to 10^10 elements) that would otherwise exhaust host or device memory.
+pub(super) const MAX_ELEMENTS: usize = 1 << 28;
+
+/// Refuses shapes beyond [`MAX_ELEMENTS`] (checked, no overflow).
+pub(super) fn guard(shape: &[usize]) -> Result<(), String> {
+    let n = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    match n {
+        Some(n) if n <= MAX_ELEMENTS => Ok(()),
+        _ => Err(format!("a tensor of shape {shape:?} is too large (limit {MAX_ELEMENTS} elements)")),
+    }
+}
+
 /// Numpy-style broadcast of two shapes.
 pub(super) fn broadcast_shapes(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
     let rank = a.len().max(b.len());
@@ -51,6 +65,7 @@ pub(super) fn broadcast_shapes(a: &[usize], b: &[usize]) -> Result<Vec<usize>, S
             _ => return Err(format!("shapes {a:?} and {b:?} cannot be broadcast together")),
         };
     }
+    guard(&out)?;
     Ok(out)
 }
 
