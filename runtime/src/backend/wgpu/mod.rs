@@ -209,13 +209,9 @@ impl Backend for WgpuBackend {
     fn load(&self, model: Arc<[u8]>) -> Result<Arc<dyn BackendGraph>, BackendError> {
         let proto = crate::onnx_proto::ModelProto::decode(&model[..])
             .map_err(|e| BackendError::new(BackendErrorKind::InvalidEncoding, format!("not an ONNX model: {e}")))?;
-        let program = program::compile(&proto).map_err(|m| {
-            let kind = if m.contains("not supported") || m.contains("does not handle") {
-                BackendErrorKind::Unsupported
-            } else {
-                BackendErrorKind::InvalidEncoding
-            };
-            BackendError::new(kind, m)
+        let program = program::compile(&proto).map_err(|r| match r {
+            program::Refused::Unsupported(m) => BackendError::new(BackendErrorKind::Unsupported, m),
+            program::Refused::Invalid(m) => BackendError::new(BackendErrorKind::InvalidEncoding, m),
         })?;
         let device = self.device.clone();
         // Weights go up once, here; small scalars stay on the host so ops

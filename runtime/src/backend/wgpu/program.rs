@@ -333,9 +333,25 @@ fn constant_value(a: &Attrs<'_>) -> Result<HostTensor, String> {
     Err("Constant has no value the wgpu backend reads (sparse and string constants are not supported)".into())
 }
 
+/// Why a model does not compile.
+#[derive(Debug)]
+pub(super) enum Refused {
+    /// The model uses something this backend does not implement (op,
+    /// attribute value, element type): ORT may well run it.
+    Unsupported(String),
+    /// The model is not valid ONNX.
+    Invalid(String),
+}
+
+impl From<String> for Refused {
+    fn from(m: String) -> Self {
+        Refused::Invalid(m)
+    }
+}
+
 /// Parses and checks a model.
-pub(super) fn compile(model: &pb::ModelProto) -> Result<Program, String> {
-    let graph = model.graph.as_ref().ok_or("the model has no graph")?;
+pub(super) fn compile(model: &pb::ModelProto) -> Result<Program, Refused> {
+    let graph = model.graph.as_ref().ok_or_else(|| Refused::Invalid("the model has no graph".into()))?;
     let opset = model
         .opset_import
         .iter()
@@ -358,13 +374,19 @@ pub(super) fn compile(model: &pb::ModelProto) -> Result<Program, String> {
     };
 
     for init in &graph.initializer {
-        let t = HostTensor::from_proto(init)?;
+        let t = HostTensor::from_proto(init).map_err(Refused::Unsupported)?;
         let ty = match ty_of(init.data_type) {
             Some(t) => t,
             // Float64/int8/uint8 constants are widened or narrowed on decode.
             None if init.data_type == dt::DOUBLE => Ty::F32,
             None if matches!(init.data_type, dt::UINT8 | dt::INT8) => Ty::I64,
-            None => return Err(format!("initializer '{}' is {}", init.name, type_name(init.data_type))),
+            None => {
+                return Err(Refused::Unsupported(format!(
+                    "initializer '{}' is {}",
+                    init.name,
+                    type_name(init.data_type)
+                )))
+            }
         };
         let s = new_slot(&init.name, ty, &mut slots, &mut types);
         const_of.insert(s, consts.len());
@@ -382,11 +404,11 @@ pub(super) fn compile(model: &pb::ModelProto) -> Result<Program, String> {
             .and_then(|t| t.tensor_type.as_ref())
             .ok_or_else(|| format!("input '{}' is not a tensor", vi.name))?;
         let ty = ty_of(tt.elem_type).ok_or_else(|| {
-            format!(
+            Refused::Unsupported(format!(
                 "input '{}' is {}; the wgpu backend runs float32 models with int32/int64/bool side inputs",
                 vi.name,
                 type_name(tt.elem_type)
-            )
+            ))
         })?;
         let shape = tt
             .shape
@@ -408,22 +430,23 @@ pub(super) fn compile(model: &pb::ModelProto) -> Result<Program, String> {
     let mut nodes: Vec<Node> = Vec::new();
     for (index, node) in graph.node.iter().enumerate() {
         let label = if node.name.is_empty() { format!("#{index}") } else { format!("'{}'", node.name) };
-        let fail = |msg: String| format!("{} node {label}: {msg}", node.op_type);
+        let fail = |msg: String| Refused::Invalid(format!("{} node {label}: {msg}", node.op_type));
+        let nope = |msg: String| Refused::Unsupported(format!("{} node {label}: {msg}", node.op_type));
         if !(node.domain.is_empty() || node.domain == "ai.onnx") {
-            return Err(format!(
+            return Err(Refused::Unsupported(format!(
                 "operator {}::{} (node {label}) is not supported by the wgpu backend",
                 node.domain, node.op_type
-            ));
+            )));
         }
         if !supports_op(&node.op_type) {
-            return Err(format!(
+            return Err(Refused::Unsupported(format!(
                 "operator {} (node {label}) is not supported by the wgpu backend; run this model on ort-cpu or ort-cuda",
                 node.op_type
-            ));
+            )));
         }
         let a = Attrs(&node.attribute);
         if let Some(g) = node.attribute.iter().find(|x| x.r#type == at::GRAPH || x.g.is_some()) {
-            return Err(fail(format!("subgraph attribute '{}' is not supported", g.name)));
+            return Err(nope(format!("subgraph attribute '{}' is not supported", g.name)));
         }
         let mut in_slots = Vec::new();
         for name in &node.input {
@@ -435,11 +458,11 @@ pub(super) fn compile(model: &pb::ModelProto) -> Result<Program, String> {
             }
         }
         let in_ty = |i: usize| -> Option<Ty> { in_slots.get(i).copied().flatten().map(|s| types[s]) };
-        let need = |i: usize| -> Result<Ty, String> { in_ty(i).ok_or_else(|| fail(format!("input {i} is required"))) };
-        let float_in = |i: usize| -> Result<(), String> {
+        let need = |i: usize| -> Result<Ty, Refused> { in_ty(i).ok_or_else(|| fail(format!("input {i} is required"))) };
+        let float_in = |i: usize| -> Result<(), Refused> {
             match need(i)? {
                 Ty::F32 => Ok(()),
-                t => Err(fail(format!("input {i} is {t:?}; this operator runs on float32 only"))),
+                t => Err(nope(format!("input {i} is {t:?}; this operator runs on float32 only"))),
             }
         };
         let const_input = |i: usize| -> Option<&HostTensor> {
@@ -449,7 +472,7 @@ pub(super) fn compile(model: &pb::ModelProto) -> Result<Program, String> {
         // Op and the element type of each output.
         let (op, out_tys): (Op, Vec<Ty>) = match node.op_type.as_str() {
             "Constant" => {
-                let t = constant_value(&a).map_err(fail)?;
+                let t = constant_value(&a).map_err(nope)?;
                 let ty = t.ty();
                 let name = node.output.first().ok_or_else(|| fail("has no output".into()))?;
                 let s = new_slot(name, ty, &mut slots, &mut types);
@@ -462,7 +485,7 @@ pub(super) fn compile(model: &pb::ModelProto) -> Result<Program, String> {
                 float_in(1)?;
                 if let Some(w) = const_input(1) {
                     if !(3..=4).contains(&w.shape.len()) {
-                        return Err(fail(format!(
+                        return Err(nope(format!(
                             "{}-D convolution is not supported (1-D and 2-D are)",
                             w.shape.len().saturating_sub(2)
                         )));
@@ -483,7 +506,7 @@ pub(super) fn compile(model: &pb::ModelProto) -> Result<Program, String> {
             "BatchNormalization" => {
                 float_in(0)?;
                 if a.int("training_mode", 0) != 0 || node.output.iter().skip(1).any(|o| !o.is_empty()) {
-                    return Err(fail("training mode (running statistics outputs) is not supported".into()));
+                    return Err(nope("training mode (running statistics outputs) is not supported".into()));
                 }
                 let eps = a.float("epsilon", 1e-5);
                 // Fold constant statistics into y = x * mul + add.
@@ -518,13 +541,6 @@ pub(super) fn compile(model: &pb::ModelProto) -> Result<Program, String> {
                 }
             }
             u @ ("Relu" | "Sigmoid" | "Tanh" | "Erf" | "Sqrt" | "Exp" | "Log" | "Neg" | "Abs" | "Reciprocal") => {
-                if u == "Neg" || u == "Abs" {
-                    if let Ok(t) = need(0) {
-                        if t != Ty::F32 {
-                            return Err(fail(format!("{t:?} input; the wgpu backend runs {u} on float32 only")));
-                        }
-                    }
-                }
                 float_in(0)?;
                 let un = match u {
                     "Relu" => Unary::Relu,
@@ -568,10 +584,10 @@ pub(super) fn compile(model: &pb::ModelProto) -> Result<Program, String> {
                 float_in(0)?;
                 let max = p == "MaxPool";
                 if node.output.len() > 1 && !node.output[1].is_empty() {
-                    return Err(fail("the Indices output is not supported".into()));
+                    return Err(nope("the Indices output is not supported".into()));
                 }
                 if a.int("storage_order", 0) != 0 {
-                    return Err(fail("storage_order 1 is not supported".into()));
+                    return Err(nope("storage_order 1 is not supported".into()));
                 }
                 let kernel = usizes(
                     a.ints("kernel_shape").ok_or_else(|| fail("kernel_shape is required".into()))?,
@@ -579,11 +595,11 @@ pub(super) fn compile(model: &pb::ModelProto) -> Result<Program, String> {
                 )
                 .map_err(fail)?;
                 if !(1..=2).contains(&kernel.len()) {
-                    return Err(fail(format!("{}-D pooling is not supported (1-D and 2-D are)", kernel.len())));
+                    return Err(nope(format!("{}-D pooling is not supported (1-D and 2-D are)", kernel.len())));
                 }
                 let dilations = usizes(a.ints("dilations").unwrap_or_default(), "dilations").map_err(fail)?;
                 if !max && dilations.iter().any(|&d| d != 1) {
-                    return Err(fail("dilated AveragePool is not supported".into()));
+                    return Err(nope("dilated AveragePool is not supported".into()));
                 }
                 let op = Op::Pool {
                     max,
@@ -634,7 +650,7 @@ pub(super) fn compile(model: &pb::ModelProto) -> Result<Program, String> {
                     _ => x == y || (is_int(x) && is_int(y)),
                 };
                 if !ok || x == Ty::Bool {
-                    return Err(fail(format!("{b} of {x:?} and {y:?} is not supported")));
+                    return Err(nope(format!("{b} of {x:?} and {y:?} is not supported")));
                 }
                 (Op::Binary(op), vec![x])
             }
@@ -670,7 +686,7 @@ pub(super) fn compile(model: &pb::ModelProto) -> Result<Program, String> {
             "Reshape" => {
                 let x = need(0)?;
                 if opset < 5 {
-                    return Err(fail("Reshape-1 (shape as an attribute) is not supported".into()));
+                    return Err(nope("Reshape-1 (shape as an attribute) is not supported".into()));
                 }
                 if !is_int(need(1)?) {
                     return Err(fail("shape must be int64".into()));
@@ -708,7 +724,7 @@ pub(super) fn compile(model: &pb::ModelProto) -> Result<Program, String> {
             }
             "ConstantOfShape" => {
                 let value = match a.get("value").and_then(|x| x.t.as_ref()) {
-                    Some(t) => HostTensor::from_proto(t).map_err(fail)?,
+                    Some(t) => HostTensor::from_proto(t).map_err(nope)?,
                     None => HostTensor::new(vec![1], HostData::F32(vec![0.0])),
                 };
                 if value.data.len() != 1 {
@@ -725,7 +741,7 @@ pub(super) fn compile(model: &pb::ModelProto) -> Result<Program, String> {
             "Cast" => {
                 need(0)?;
                 let to = a.int("to", 0) as i32;
-                let ty = ty_of(to).ok_or_else(|| fail(format!("cast to {} is not supported", type_name(to))))?;
+                let ty = ty_of(to).ok_or_else(|| nope(format!("cast to {} is not supported", type_name(to))))?;
                 (Op::Cast { to: ty }, vec![ty])
             }
             "Where" => {
@@ -751,7 +767,7 @@ pub(super) fn compile(model: &pb::ModelProto) -> Result<Program, String> {
                     float_in(2)?;
                 }
                 if a.int("stash_type", 1) != 1 {
-                    return Err(fail("stash_type other than float32 is not supported".into()));
+                    return Err(nope("stash_type other than float32 is not supported".into()));
                 }
                 (
                     Op::LayerNorm { axis: a.int("axis", -1), eps: a.float("epsilon", 1e-5) },
@@ -785,17 +801,17 @@ pub(super) fn compile(model: &pb::ModelProto) -> Result<Program, String> {
             "Dropout" => {
                 let x = need(0)?;
                 if a.int("is_test", 1) == 0 && opset < 7 {
-                    return Err(fail("training mode is not supported".into()));
+                    return Err(nope("training mode is not supported".into()));
                 }
                 if let Some(s) = in_slots.get(2).copied().flatten() {
                     match const_of.get(&s).map(|&c| &consts[c].1.data) {
                         Some(HostData::Bool(v)) if v.iter().all(|b| !b) => {}
-                        _ => return Err(fail("training_mode must be a constant false".into())),
+                        _ => return Err(nope("training_mode must be a constant false".into())),
                     }
                 }
                 (Op::Identity, vec![x, Ty::Bool])
             }
-            other => return Err(format!("operator {other} is listed but not implemented (bug)")),
+            other => return Err(format!("operator {other} is listed but not implemented (bug)").into()),
         };
         let mut out_slots = Vec::new();
         for (i, name) in node.output.iter().enumerate() {
