@@ -79,6 +79,25 @@ pub(super) fn norm_axis(axis: i64, rank: usize) -> Result<usize, String> {
     Ok(a as usize)
 }
 
+/// For every position of an output of `shape` (row-major), the flat source
+/// index `src` maps it to.
+fn source_indices(shape: &[usize], src: impl Fn(&[usize]) -> usize) -> Vec<usize> {
+    let n = numel(shape);
+    let mut idx = Vec::with_capacity(n);
+    let mut pos = vec![0usize; shape.len()];
+    for _ in 0..n {
+        idx.push(src(&pos));
+        for d in (0..pos.len()).rev() {
+            pos[d] += 1;
+            if pos[d] < shape[d] {
+                break;
+            }
+            pos[d] = 0;
+        }
+    }
+    idx
+}
+
 macro_rules! map_data {
     ($data:expr, |$v:ident| $body:expr) => {
         match $data {
@@ -138,19 +157,8 @@ impl HostTensor {
     fn select_axes(&self, sel: &[Vec<usize>]) -> Self {
         let st = strides(&self.shape);
         let shape: Vec<usize> = sel.iter().map(Vec::len).collect();
-        let n = numel(&shape);
-        let mut idx = Vec::with_capacity(n);
-        let mut pos = vec![0usize; shape.len()];
-        for _ in 0..n {
-            idx.push(pos.iter().zip(sel).zip(&st).map(|((&p, s), &stride)| s[p] * stride).sum());
-            for d in (0..pos.len()).rev() {
-                pos[d] += 1;
-                if pos[d] < shape[d] {
-                    break;
-                }
-                pos[d] = 0;
-            }
-        }
+        let idx =
+            source_indices(&shape, |pos| pos.iter().zip(sel).zip(&st).map(|((&p, s), &stride)| s[p] * stride).sum());
         self.pick(shape, &idx)
     }
 
@@ -188,19 +196,7 @@ impl HostTensor {
     pub(super) fn transpose(&self, perm: &[usize]) -> Self {
         let st = strides(&self.shape);
         let shape: Vec<usize> = perm.iter().map(|&p| self.shape[p]).collect();
-        let n = numel(&shape);
-        let mut idx = Vec::with_capacity(n);
-        let mut pos = vec![0usize; shape.len()];
-        for _ in 0..n {
-            idx.push(pos.iter().zip(perm).map(|(&p, &ax)| p * st[ax]).sum());
-            for d in (0..pos.len()).rev() {
-                pos[d] += 1;
-                if pos[d] < shape[d] {
-                    break;
-                }
-                pos[d] = 0;
-            }
-        }
+        let idx = source_indices(&shape, |pos| pos.iter().zip(perm).map(|(&p, &ax)| p * st[ax]).sum());
         self.pick(shape, &idx)
     }
 

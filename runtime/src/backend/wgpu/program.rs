@@ -313,6 +313,25 @@ fn is_int(t: Ty) -> bool {
     matches!(t, Ty::I64 | Ty::I32)
 }
 
+/// A declared input or output shape, `-1` for symbolic or unknown axes
+/// (empty when the model declares none).
+fn declared_shape(vi: &pb::ValueInfoProto) -> Vec<i64> {
+    vi.r#type
+        .as_ref()
+        .and_then(|t| t.tensor_type.as_ref())
+        .and_then(|t| t.shape.as_ref())
+        .map(|s| {
+            s.dim
+                .iter()
+                .map(|d| match d.value {
+                    Some(pb::DimensionValue::DimValue(v)) => v,
+                    _ => -1,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The tensor value of a `Constant` node.
 fn constant_value(a: &Attrs<'_>) -> Result<HostTensor, String> {
     if let Some(t) = a.get("value").and_then(|x| x.t.as_ref()) {
@@ -410,19 +429,7 @@ pub(super) fn compile(model: &pb::ModelProto) -> Result<Program, Refused> {
                 type_name(tt.elem_type)
             ))
         })?;
-        let shape = tt
-            .shape
-            .as_ref()
-            .map(|s| {
-                s.dim
-                    .iter()
-                    .map(|d| match d.value {
-                        Some(pb::DimensionValue::DimValue(v)) => v,
-                        _ => -1,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let shape = declared_shape(vi);
         let slot = new_slot(&vi.name, ty, &mut slots, &mut types);
         inputs.push(Input { name: vi.name.clone(), slot, ty, shape });
     }
@@ -836,22 +843,7 @@ pub(super) fn compile(model: &pb::ModelProto) -> Result<Program, Refused> {
     let mut outputs = Vec::new();
     for vo in &graph.output {
         let s = *slots.get(&vo.name).ok_or_else(|| format!("graph output '{}' is never produced", vo.name))?;
-        let shape = vo
-            .r#type
-            .as_ref()
-            .and_then(|t| t.tensor_type.as_ref())
-            .and_then(|t| t.shape.as_ref())
-            .map(|s| {
-                s.dim
-                    .iter()
-                    .map(|d| match d.value {
-                        Some(pb::DimensionValue::DimValue(v)) => v,
-                        _ => -1,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        outputs.push((vo.name.clone(), s, types[s], shape));
+        outputs.push((vo.name.clone(), s, types[s], declared_shape(vo)));
     }
 
     // Free each intermediate after its last reader; constants, inputs and
