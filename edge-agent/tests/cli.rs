@@ -9,9 +9,15 @@ fn build() -> PathBuf {
 }
 
 fn mote(args: &[&str]) -> Output {
+    mote_env(args, &[])
+}
+
+/// `mote` with extra environment variables.
+fn mote_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mote"))
         .args(args)
         .env("MOTE_HOME", tmp().join("home"))
+        .envs(env.iter().copied())
         .output()
         .expect("start mote")
 }
@@ -236,8 +242,8 @@ fn run_on_the_wgpu_backend() {
     assert!(stderr(&out).contains("wgpu backend"), "{}", stderr(&out));
 
     // A machine without any Vulkan driver: one clear error naming the fix.
-    let out = Command::new(env!("CARGO_BIN_EXE_mote"))
-        .args([
+    let out = mote_env(
+        &[
             "run",
             &path("guests/passthrough.wasm"),
             "--model",
@@ -246,12 +252,9 @@ fn run_on_the_wgpu_backend() {
             &path("models/mlp.request.json"),
             "--backend",
             "wgpu",
-        ])
-        .env("MOTE_HOME", tmp().join("home"))
-        .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
-        .env("VK_DRIVER_FILES", "/nonexistent/icd.json")
-        .output()
-        .expect("start mote");
+        ],
+        &[("VK_ICD_FILENAMES", "/nonexistent/icd.json"), ("VK_DRIVER_FILES", "/nonexistent/icd.json")],
+    );
     assert!(!out.status.success(), "ran without a Vulkan driver?");
     let err = stderr(&out);
     assert!(err.contains("no usable adapter") && err.contains("mesa-vulkan-drivers"), "{err}");
