@@ -173,6 +173,10 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
             limits: Limits::default(),
             ..DeploymentSpec::default()
         })?);
+        // The node's admission: at most `max_concurrency` (2, as in the
+        // served config) jobs at once, each in `block_in_place` as the node
+        // runs them.
+        let slots = Arc::new(tokio::sync::Semaphore::new(2));
         let total = match (ctx.quick, model) {
             (true, "cnn") => 16,
             (true, _) => 128,
@@ -185,10 +189,11 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
             for transport in TRANSPORTS {
                 let call: Call = match transport {
                     "in-process" => {
-                        let (d, req) = (d.clone(), req.clone());
+                        let (d, req, slots) = (d.clone(), req.clone(), slots.clone());
                         Arc::new(move || {
-                            let (d, req) = (d.clone(), req.clone());
+                            let (d, req, slots) = (d.clone(), req.clone(), slots.clone());
                             Box::pin(async move {
+                                let _permit = slots.acquire().await?;
                                 let r = tokio::task::block_in_place(|| d.run(&req));
                                 r.result.map(|_| ()).map_err(anyhow::Error::new)
                             })

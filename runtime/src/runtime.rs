@@ -271,6 +271,16 @@ impl Runtime {
         wc.consume_fuel(config.fuel_metering);
         wc.epoch_interruption(true);
         wc.wasm_component_model(true);
+        // Explicit bounds checks instead of guard pages. With guard pages,
+        // every job whose memory grew makes the next instantiation of that
+        // pool slot mprotect the grown pages back to PROT_NONE: a TLB
+        // shootdown that interrupts every other core running jobs (and takes
+        // the mmap lock). Measured on the MLP passthrough job (2 cores, same
+        // run): 11.0k → 12.5k jobs/s on one thread, 13.7k → 22.5k on two
+        // (scaling ×1.25 → ×1.8); guest-heavy jobs (classifier: image
+        // resizing in the guest) unchanged within noise.
+        wc.signals_based_traps(false);
+        wc.memory_guard_size(0);
         let mut pool = PoolingAllocationConfig::default();
         let n = config.pool_instances.max(1);
         pool.total_component_instances(n)
