@@ -89,7 +89,8 @@ impl Backends {
         let b = cell.get_or_init(|| {
             let b = match kind {
                 BackendKind::OrtCpu => OrtBackend::cpu(self.threads),
-                _ => OrtBackend::cuda(self.threads),
+                BackendKind::OrtCuda => OrtBackend::cuda(self.threads),
+                BackendKind::Wgpu => unreachable!("returned above"),
             };
             if let Err(e) = &b {
                 tracing::info!(backend = %kind, "backend unavailable: {e}");
