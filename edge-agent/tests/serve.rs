@@ -536,3 +536,57 @@ fn oversized_bodies_get_413_with_a_json_error() {
     });
     assert_eq!(ok, 200, "a request under the limit (1.4 KB) is served");
 }
+
+/// A deployment pinned to the wgpu backend serves over HTTPS: outputs equal
+/// the ORT deployment's within 1e-4, and its receipt names wgpu and the
+/// adapter.
+#[cfg(feature = "wgpu")]
+#[test]
+fn a_wgpu_deployment_serves_like_the_ort_one() {
+    let s = start(
+        &format!(
+            r#"
+[[deployment]]
+name = "cnn-wgpu"
+guest = "{}"
+models = {{ model = "{}" }}
+tenant = "a"
+backend = "wgpu"
+"#,
+            artifact("guests/passthrough.wasm"),
+            artifact("models/cnn.onnx")
+        ),
+        &[],
+    );
+    let rt = rt();
+    let http = client(&s.cert);
+    let body = std::fs::read(artifact("models/cnn.request.json")).unwrap();
+    let infer = |name: &str| -> Value {
+        rt.block_on(async {
+            let r = http
+                .post(url(&s, &format!("/v2/models/{name}/infer")))
+                .bearer_auth(TOKEN_A)
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{name}");
+            r.json().await.unwrap()
+        })
+    };
+    let (ort, wgpu) = (infer("cnn"), infer("cnn-wgpu"));
+    let nums = |v: &Value| -> Vec<f64> {
+        v["outputs"][0]["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    };
+    let (a, b) = (nums(&ort), nums(&wgpu));
+    assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!((x - y).abs() <= 1e-4 * x.abs().max(1e-3), "output {i}: ort {x}, wgpu {y}");
+    }
+    assert_eq!(wgpu["parameters"]["mote_backend"], "wgpu");
+    let receipt = wgpu["parameters"]["mote_receipt"].as_str().unwrap();
+    mote_runtime::Receipt::verify_json(receipt).expect("receipt verifies");
+    let r: Value = serde_json::from_str(receipt).unwrap();
+    assert_eq!(r["backend"], "wgpu");
+    assert!(r["device"].as_str().unwrap().contains('('), "device names the adapter: {}", r["device"]);
+}
