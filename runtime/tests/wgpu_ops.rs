@@ -757,3 +757,33 @@ fn absurd_shapes_are_refused() {
     }
     Case::op("Relu", vec![Run(r(&[2, 3], 104))], vec![]).check();
 }
+
+/// Ops are submitted asynchronously, so a job waits for the device when it
+/// reads its outputs: the deadline must hold there. A 1536³ MatMul takes
+/// seconds on llvmpipe; with a 100 ms deadline the run ends with Timeout
+/// long before the device is done (on a fast GPU it may simply finish).
+#[test]
+fn the_deadline_holds_while_the_device_computes() {
+    let n = 1536;
+    let c = Case::op("MatMul", vec![Run(r(&[n, n], 105)), Run(r(&[n, n], 106))], vec![]);
+    let g = wgpu().load(Arc::from(c.model())).unwrap();
+    let mut ctx = g.init_execution_context().unwrap();
+    let (a, b) = match (&c.operands[0].1, &c.operands[1].1) {
+        (Run(a), Run(b)) => (a.bytes(), b.bytes()),
+        _ => unreachable!(),
+    };
+    let dims = [n as u32, n as u32];
+    let start = std::time::Instant::now();
+    let r = ctx.compute(
+        &[
+            ("in0", TensorView { ty: ElementType::F32, dims: &dims, data: &a }),
+            ("in1", TensorView { ty: ElementType::F32, dims: &dims, data: &b }),
+        ],
+        Some(start + std::time::Duration::from_millis(100)),
+    );
+    let took = start.elapsed();
+    if let Err(e) = &r {
+        assert_eq!(e.kind, BackendErrorKind::Timeout, "{}", e.message);
+    }
+    assert!(took < std::time::Duration::from_millis(1500), "compute returned after {took:?} (deadline 100 ms)");
+}

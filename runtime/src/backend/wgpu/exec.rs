@@ -12,6 +12,7 @@ use super::Ty;
 use burn_backend::ops::{ActivationOps, BoolTensorOps, ConvOptions, FloatTensorOps, IntTensorOps, ModuleOps, PadMode};
 use burn_backend::tensor::{BoolTensor, FloatTensor, IntTensor};
 use burn_backend::{BoolStore, FloatDType, Scalar, Shape, Slice, TensorData, TensorMetadata};
+use std::time::Instant;
 
 /// burn's wgpu backend (CubeCL on wgpu, no fusion).
 pub(super) type B = burn_wgpu::Wgpu;
@@ -131,19 +132,45 @@ fn upload_indices(dev: &WgpuDevice, idx: &[i64]) -> IntTensor<B> {
     B::int_from_data(TensorData::new(v, vec![idx.len()]), dev)
 }
 
-pub(super) fn download_f(t: FT) -> R<HostTensor> {
+/// Reads a float tensor back, waiting for the device at most until
+/// `deadline` (`Ok(None)` when it passed first).
+///
+/// burn's read blocks its caller inside `poll` until the device is done,
+/// so with a deadline the read runs on a helper thread and this thread
+/// waits for it only until the deadline; the device finishes abandoned work
+/// on its own.
+pub(super) fn download_f_until(t: FT, deadline: Option<Instant>) -> R<Option<HostTensor>> {
     let shape = dims(&t);
-    let data =
-        block_on(B::float_into_data(t)).map_err(|e| format!("reading a result from the device failed: {e:?}"))?;
+    let read = |t: FT| block_on(B::float_into_data(t));
+    let data = match deadline {
+        None => read(t),
+        Some(d) => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::Builder::new()
+                .name("mote-wgpu-read".into())
+                .spawn(move || {
+                    let _ = tx.send(read(t));
+                })
+                .map_err(|e| format!("starting a reader thread: {e}"))?;
+            match rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
+                Ok(data) => data,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return Ok(None),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err("reading a result from the device failed (the reader panicked)".into())
+                }
+            }
+        }
+    };
+    let data = data.map_err(|e| format!("reading a result from the device failed: {e:?}"))?;
     let v: Vec<f32> = data.try_into_vec::<f32>().map_err(|e| format!("unexpected result data: {e:?}"))?;
-    Ok(HostTensor::new(shape, HostData::F32(v)))
+    Ok(Some(HostTensor::new(shape, HostData::F32(v))))
 }
 
-fn download_b(t: BT) -> R<HostTensor> {
+fn download_b_until(t: BT, deadline: Option<Instant>) -> R<Option<HostTensor>> {
     let f = B::bool_into_float(t, FloatDType::F32);
-    let h = download_f(f)?;
+    let Some(h) = download_f_until(f, deadline)? else { return Ok(None) };
     let HostData::F32(v) = h.data else { unreachable!() };
-    Ok(HostTensor::new(h.shape, HostData::Bool(v.iter().map(|&x| x != 0.0).collect())))
+    Ok(Some(HostTensor::new(h.shape, HostData::Bool(v.iter().map(|&x| x != 0.0).collect()))))
 }
 
 impl Value {
@@ -174,10 +201,16 @@ impl Value {
 
     /// On the host (reading device data back if needed).
     pub(super) fn host(&self) -> R<HostTensor> {
+        self.host_until(None)?.ok_or_else(|| "unreachable: no deadline".to_string())
+    }
+
+    /// On the host, waiting for the device at most until `deadline`
+    /// (`Ok(None)` when it passed first).
+    pub(super) fn host_until(&self, deadline: Option<Instant>) -> R<Option<HostTensor>> {
         match self {
-            Value::F(t) => download_f(t.clone()),
-            Value::B(t) => download_b(t.clone()),
-            Value::H(h) => Ok(h.clone()),
+            Value::F(t) => download_f_until(t.clone(), deadline),
+            Value::B(t) => download_b_until(t.clone(), deadline),
+            Value::H(h) => Ok(Some(h.clone())),
         }
     }
 

@@ -374,7 +374,11 @@ impl WgpuContext {
             let v = frame.values[*slot].clone().ok_or_else(|| {
                 BackendError::new(BackendErrorKind::Runtime, format!("output '{name}' was not computed"))
             })?;
-            let h = v.host().map_err(invalid(BackendErrorKind::Runtime))?;
+            // Ops are submitted asynchronously: this read is where the job
+            // waits for the device, so this is where the deadline must hold.
+            let h = v.host_until(deadline).map_err(invalid(BackendErrorKind::Runtime))?.ok_or_else(|| {
+                BackendError::new(BackendErrorKind::Timeout, "the job's deadline passed while the device was computing")
+            })?;
             out.push((name.clone(), to_owned(h, *ty)));
         }
         Ok(out)
