@@ -166,6 +166,21 @@ fn mote_run(deployment_guest: &str, model: &str, request: &str) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// POSTs a JSON infer request for tenant A's deployment `name`; expects 200.
+fn infer_json(rt: &tokio::runtime::Runtime, http: &reqwest::Client, s: &Server, name: &str, body: &[u8]) -> Value {
+    rt.block_on(async {
+        let r = http
+            .post(url(s, &format!("/v2/models/{name}/infer")))
+            .bearer_auth(TOKEN_A)
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{name}");
+        r.json().await.unwrap()
+    })
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
 }
@@ -181,17 +196,7 @@ fn https_and_quic_answer_like_mote_run() {
         let body = std::fs::read(&req_path).unwrap();
 
         // HTTPS, JSON.
-        let got: Value = rt.block_on(async {
-            let r = http
-                .post(url(&s, &format!("/v2/models/{name}/infer")))
-                .bearer_auth(TOKEN_A)
-                .body(body.clone())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-            r.json().await.unwrap()
-        });
+        let got = infer_json(&rt, &http, &s, name, &body);
         assert_eq!(got["outputs"], want["outputs"], "{name} over HTTPS");
         let receipt = got["parameters"]["mote_receipt"].as_str().expect("receipt in parameters");
         mote_runtime::Receipt::verify_json(receipt).expect("HTTPS receipt verifies");
@@ -561,20 +566,7 @@ backend = "wgpu"
     let rt = rt();
     let http = client(&s.cert);
     let body = std::fs::read(artifact("models/cnn.request.json")).unwrap();
-    let infer = |name: &str| -> Value {
-        rt.block_on(async {
-            let r = http
-                .post(url(&s, &format!("/v2/models/{name}/infer")))
-                .bearer_auth(TOKEN_A)
-                .body(body.clone())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200, "{name}");
-            r.json().await.unwrap()
-        })
-    };
-    let (ort, wgpu) = (infer("cnn"), infer("cnn-wgpu"));
+    let (ort, wgpu) = (infer_json(&rt, &http, &s, "cnn", &body), infer_json(&rt, &http, &s, "cnn-wgpu", &body));
     let nums = |v: &Value| -> Vec<f64> {
         v["outputs"][0]["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
     };
