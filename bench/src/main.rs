@@ -14,7 +14,7 @@ mod stats;
 use anyhow::{Context, Result};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use mote_runtime::backend::{backend_for_bench, standalone, BackendKind, TensorView};
+use mote_runtime::backend::{standalone, BackendKind, TensorView};
 use mote_runtime::{kserve, Deployment, DeploymentSpec, Limits, Request, Runtime, RuntimeConfig};
 use serde_json::{json, Value};
 use stats::Summary;
@@ -109,28 +109,38 @@ fn deploy(ctx: &Ctx, rt: &Runtime, guest: &str, model: Option<&str>) -> Result<D
     })?)
 }
 
+/// Each input's shape as a backend takes it.
+fn dims_of(req: &Request) -> Vec<Vec<u32>> {
+    req.inputs.iter().map(|t| t.shape.iter().map(|&d| d as u32).collect()).collect()
+}
+
+/// A request's tensors as direct backend inputs (`dims` from [`dims_of`]).
+fn views<'a>(req: &'a Request, dims: &'a [Vec<u32>]) -> Vec<(&'a str, TensorView<'a>)> {
+    req.inputs
+        .iter()
+        .zip(dims)
+        .map(|(t, d)| {
+            (
+                t.name.as_str(),
+                TensorView { ty: t.datatype.element_type().expect("wasi-nn type"), dims: d, data: &t.data },
+            )
+        })
+        .collect()
+}
+
 /// Guest (passthrough, a whole job with receipt) vs native ORT (the same
 /// backend object, same threads, no sandbox) on one model.
 fn overhead(ctx: &Ctx, rt: &Runtime, model: &str) -> Result<Value> {
     let d = deploy(ctx, rt, "passthrough", Some(model))?;
     let req = ctx.request(model)?;
-    let backend = backend_for_bench()?;
+    let backend = standalone(BackendKind::OrtCpu)?;
     let graph = backend.load(ctx.read(&format!("models/{model}.onnx"))?.into())?;
     let mut exec = graph.init_execution_context()?;
-    let dims: Vec<Vec<u32>> = req.inputs.iter().map(|t| t.shape.iter().map(|&d| d as u32).collect()).collect();
+    let dims = dims_of(&req);
     let runs = ctx.runs(model);
     let pb = bar(runs * 2, &format!("overhead {model}"));
     let native = time(runs, &pb, || {
-        let views: Vec<(&str, TensorView<'_>)> = req
-            .inputs
-            .iter()
-            .zip(&dims)
-            .map(|(t, d)| {
-                let ty = t.datatype.element_type().expect("wasi-nn type");
-                (t.name.as_str(), TensorView { ty, dims: d, data: &t.data })
-            })
-            .collect();
-        exec.compute(&views, None).expect("native run");
+        exec.compute(&views(&req, &dims), None).expect("native run");
     });
     let guest = time(runs, &pb, || {
         d.run(&req).result.expect("guest run");
@@ -145,7 +155,7 @@ fn overhead(ctx: &Ctx, rt: &Runtime, model: &str) -> Result<Value> {
 fn backends(ctx: &Ctx, model: &str) -> Result<Value> {
     let req = ctx.request(model)?;
     let bytes: std::sync::Arc<[u8]> = ctx.read(&format!("models/{model}.onnx"))?.into();
-    let dims: Vec<Vec<u32>> = req.inputs.iter().map(|t| t.shape.iter().map(|&d| d as u32).collect()).collect();
+    let dims = dims_of(&req);
     let runs = if ctx.quick { 20 } else { ctx.runs(model).min(300) };
     let mut rows = serde_json::Map::new();
     let mut base = None;
@@ -160,24 +170,12 @@ fn backends(ctx: &Ctx, model: &str) -> Result<Value> {
         let graph = backend.load(bytes.clone())?;
         let mut exec = graph.init_execution_context()?;
         // The first call compiles kernels (wgpu) or plans (ORT): time it apart.
-        let views = || -> Vec<(&str, TensorView<'_>)> {
-            req.inputs
-                .iter()
-                .zip(&dims)
-                .map(|(t, d)| {
-                    (
-                        t.name.as_str(),
-                        TensorView { ty: t.datatype.element_type().expect("wasi-nn type"), dims: d, data: &t.data },
-                    )
-                })
-                .collect()
-        };
         let t0 = Instant::now();
-        exec.compute(&views(), None)?;
+        exec.compute(&views(&req, &dims), None)?;
         let first_ms = t0.elapsed().as_secs_f64() * 1e3;
         let pb = bar(runs, &format!("backend {} {model}", kind.as_str()));
         let summary = time(runs, &pb, || {
-            exec.compute(&views(), None).expect("backend run");
+            exec.compute(&views(&req, &dims), None).expect("backend run");
         });
         pb.finish_and_clear();
         let ratio = base.map(|b: f64| summary.p50_us / b);

@@ -34,6 +34,27 @@ fn path(rel: &str) -> String {
     p.to_string_lossy().into_owned()
 }
 
+/// `mote run` of the passthrough guest on `model` and its reference
+/// request, then `extra`.
+#[cfg(feature = "wgpu")]
+fn passthrough_run(model: &str, extra: &[&str]) -> Vec<String> {
+    let mut a = vec![
+        "run".to_string(),
+        path("guests/passthrough.wasm"),
+        "--model".into(),
+        format!("model={}", path(&format!("models/{model}.onnx"))),
+        "--input".into(),
+        path(&format!("models/{model}.request.json")),
+    ];
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+#[cfg(feature = "wgpu")]
+fn as_strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -189,18 +210,8 @@ fn a_missing_onnx_runtime_is_one_clear_error() {
 #[test]
 fn run_on_the_wgpu_backend() {
     let run = |backend: &str, receipt: &std::path::Path| {
-        let out = mote(&[
-            "run",
-            &path("guests/passthrough.wasm"),
-            "--model",
-            &format!("model={}", path("models/cnn.onnx")),
-            "--input",
-            &path("models/cnn.request.json"),
-            "--backend",
-            backend,
-            "--receipt",
-            receipt.to_str().unwrap(),
-        ]);
+        let a = passthrough_run("cnn", &["--backend", backend, "--receipt", receipt.to_str().unwrap()]);
+        let out = mote(&as_strs(&a));
         assert!(out.status.success(), "mote run --backend {backend} failed: {}", stderr(&out));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
         let probs: Vec<f64> = v["outputs"][0]["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
@@ -228,31 +239,13 @@ fn run_on_the_wgpu_backend() {
 
     // The types model holds ops/types wgpu refuses (float16, float64...):
     // the job fails with the reason, the process exits cleanly.
-    let out = mote(&[
-        "run",
-        &path("guests/passthrough.wasm"),
-        "--model",
-        &format!("model={}", path("models/types.onnx")),
-        "--input",
-        &path("models/types.request.json"),
-        "--backend",
-        "wgpu",
-    ]);
+    let out = mote(&as_strs(&passthrough_run("types", &["--backend", "wgpu"])));
     assert!(!out.status.success());
     assert!(stderr(&out).contains("wgpu backend"), "{}", stderr(&out));
 
     // A machine without any Vulkan driver: one clear error naming the fix.
     let out = mote_env(
-        &[
-            "run",
-            &path("guests/passthrough.wasm"),
-            "--model",
-            &format!("model={}", path("models/mlp.onnx")),
-            "--input",
-            &path("models/mlp.request.json"),
-            "--backend",
-            "wgpu",
-        ],
+        &as_strs(&passthrough_run("mlp", &["--backend", "wgpu"])),
         &[("VK_ICD_FILENAMES", "/nonexistent/icd.json"), ("VK_DRIVER_FILES", "/nonexistent/icd.json")],
     );
     assert!(!out.status.success(), "ran without a Vulkan driver?");

@@ -174,12 +174,6 @@ pub struct DeviceInfo {
     pub name: String,
 }
 
-/// The ORT CPU backend on its own, for benchmarks that compare the sandbox
-/// against a direct backend call.
-pub fn backend_for_bench() -> Result<Box<dyn Backend>, BackendError> {
-    Ok(Box::new(ort::OrtBackend::cpu(0)?))
-}
-
 /// One backend on its own (tests and benchmarks compare backends directly).
 pub fn standalone(kind: BackendKind) -> Result<Box<dyn Backend>, BackendError> {
     match kind {
