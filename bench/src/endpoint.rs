@@ -5,6 +5,7 @@
 use crate::stats::Summary;
 use crate::{bar, Ctx};
 use anyhow::{bail, Context, Result};
+use mote_agent::jobs::JobThreads;
 use mote_agent::quic::QuicClient;
 use mote_agent::tls::Trust;
 use mote_runtime::{DeploymentSpec, Limits, Request, Runtime, RuntimeConfig};
@@ -174,9 +175,10 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
             ..DeploymentSpec::default()
         })?);
         // The node's admission: at most `max_concurrency` (2, as in the
-        // served config) jobs at once, each in `block_in_place` as the node
-        // runs them.
+        // served config) jobs at once, each on a job thread as the node runs
+        // them.
         let slots = Arc::new(tokio::sync::Semaphore::new(2));
+        let job_threads = JobThreads::new(2)?;
         let total = match (ctx.quick, model) {
             (true, "cnn") => 16,
             (true, _) => 128,
@@ -189,12 +191,12 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
             for transport in TRANSPORTS {
                 let call: Call = match transport {
                     "in-process" => {
-                        let (d, req, slots) = (d.clone(), req.clone(), slots.clone());
+                        let (d, req, slots, jobs) = (d.clone(), req.clone(), slots.clone(), job_threads.clone());
                         Arc::new(move || {
-                            let (d, req, slots) = (d.clone(), req.clone(), slots.clone());
+                            let (d, req, slots, jobs) = (d.clone(), req.clone(), slots.clone(), jobs.clone());
                             Box::pin(async move {
                                 let _permit = slots.acquire().await?;
-                                let r = tokio::task::block_in_place(|| d.run(&req));
+                                let r = jobs.run(move || d.run_owned((*req).clone())).await?;
                                 r.result.map(|_| ()).map_err(anyhow::Error::new)
                             })
                         })

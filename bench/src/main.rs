@@ -128,26 +128,86 @@ fn views<'a>(req: &'a Request, dims: &'a [Vec<u32>]) -> Vec<(&'a str, TensorView
         .collect()
 }
 
-/// Guest (passthrough, a whole job with receipt) vs native ORT (the same
-/// backend object, same threads, no sandbox) on one model.
+/// Like [`time`], but each call gets a fresh value from `make`, made
+/// outside the timed part (a request the job consumes).
+pub(crate) fn time_owned<T>(
+    runs: usize,
+    pb: &ProgressBar,
+    mut make: impl FnMut() -> T,
+    mut f: impl FnMut(T),
+) -> Summary {
+    for _ in 0..(runs / 10).max(3) {
+        f(make());
+    }
+    let samples: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let v = make();
+            let t = Instant::now();
+            f(v);
+            pb.inc(1);
+            t.elapsed()
+        })
+        .collect();
+    Summary::of(&samples)
+}
+
+/// Per-inference latencies a guest measured inside the sandbox: the
+/// `inference-loop` guest runs the model `runs` times in one job and returns
+/// each run's time as `latency_ns`.
+fn in_guest(d: &Deployment, req: &Request, runs: usize) -> Result<Summary> {
+    let mut req = req.clone();
+    req.parameters.push(("runs".into(), runs.to_string()));
+    let resp = d.run_owned(req).result?;
+    let t = resp
+        .outputs
+        .iter()
+        .find(|t| t.name == "latency_ns")
+        .context("inference-loop returned no latency_ns")?;
+    let samples: Vec<Duration> =
+        t.data.chunks_exact(8).map(|c| Duration::from_nanos(u64::from_le_bytes(c.try_into().expect("8 bytes")))).collect();
+    Ok(Summary::of(&samples))
+}
+
+/// Sandbox overhead on one model, three ways against native ORT (the same
+/// backend object, same threads, no sandbox):
+/// - in-guest: each inference of a running guest (tensors into the host,
+///   compute, outputs back into the guest), timed inside the sandbox;
+/// - whole job: the passthrough guest as the node runs every request
+///   (instantiate, `load-by-name` through the cache, inference, receipt);
+/// - the receipt's request hash alone (sha256 over the input tensors), the
+///   part of a whole job that grows with the input.
 fn overhead(ctx: &Ctx, rt: &Runtime, model: &str) -> Result<Value> {
     let d = deploy(ctx, rt, "passthrough", Some(model))?;
+    let looped = deploy(ctx, rt, "inference-loop", Some(model))?;
     let req = ctx.request(model)?;
     let backend = standalone(BackendKind::OrtCpu)?;
     let graph = backend.load(ctx.read(&format!("models/{model}.onnx"))?.into())?;
     let mut exec = graph.init_execution_context()?;
     let dims = dims_of(&req);
     let runs = ctx.runs(model);
-    let pb = bar(runs * 2, &format!("overhead {model}"));
+    let pb = bar(runs * 3, &format!("overhead {model}"));
     let native = time(runs, &pb, || {
         exec.compute(&views(&req, &dims), None).expect("native run");
     });
-    let guest = time(runs, &pb, || {
-        d.run(&req).result.expect("guest run");
+    in_guest(&looped, &req, (runs / 10).max(3))?; // warm-up
+    let guest = in_guest(&looped, &req, runs)?;
+    pb.inc(runs as u64);
+    let job = time_owned(
+        runs,
+        &pb,
+        || req.clone(),
+        |r| {
+            d.run_owned(r).result.expect("guest run");
+        },
+    );
+    let hash = time(runs.min(200), &ProgressBar::hidden(), || {
+        std::hint::black_box(mote_runtime::digest(&req.inputs, &req.parameters));
     });
     pb.finish_and_clear();
-    Ok(json!({"model": model, "native": native, "guest": guest, "ratio_p50": guest.p50_us / native.p50_us,
-              "ratio_mean": guest.mean_us / native.mean_us}))
+    Ok(json!({"model": model, "native": native, "in_guest": guest, "job": job, "input_hash": hash,
+              "input_bytes": req.inputs.iter().map(|t| t.data.len()).sum::<usize>(),
+              "ratio_p50": guest.p50_us / native.p50_us, "ratio_mean": guest.mean_us / native.mean_us,
+              "job_ratio_p50": job.p50_us / native.p50_us}))
 }
 
 /// One model on each backend this machine has, called directly (no guest):
@@ -198,9 +258,20 @@ fn instantiation(ctx: &Ctx) -> Result<Value> {
     let empty = deploy(ctx, &rt, "misbehave", None)?;
     let ok = Request { inputs: vec![], parameters: vec![("mode".into(), "ok".into())] };
     let instantiate = time(runs, &pb, || empty.instantiate_probe().expect("instantiate"));
-    let empty_job = time(runs, &pb, || {
-        empty.run(&ok).result.expect("empty handler");
-    });
+    // The receipt's wall time covers the job up to the handler's return
+    // (store, instantiation, call), not the receipt that follows.
+    let mut walls = Vec::with_capacity(runs);
+    let empty_job = time_owned(
+        runs,
+        &pb,
+        || ok.clone(),
+        |r| {
+            let report = empty.run_owned(r);
+            report.result.expect("empty handler");
+            walls.push(Duration::from_nanos(report.receipt.usage.wall_ns));
+        },
+    );
+    let empty_call = Summary::of(&walls[walls.len() - runs..]);
     // The signature alone, to show what of a job is the receipt.
     let key = mote_runtime::NodeKey::generate();
     let mut receipt = empty.run(&ok).receipt;
@@ -222,6 +293,7 @@ fn instantiation(ctx: &Ctx) -> Result<Value> {
     Ok(json!({
         "instantiate": instantiate,
         "empty_job": empty_job,
+        "empty_call": empty_call,
         "receipt_sign": sign,
         "compile_cold_ms": cold.as_secs_f64() * 1e3,
         "compile_cached_ms": cached.as_secs_f64() * 1e3,

@@ -8,6 +8,7 @@ mod build;
 pub mod cli;
 mod config;
 mod http;
+pub mod jobs;
 mod metrics;
 mod node;
 pub mod quic;

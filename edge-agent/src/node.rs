@@ -2,6 +2,7 @@
 //! admission control and metrics. HTTP and QUIC both call [`Node::infer`].
 
 use crate::config::Config;
+use crate::jobs::JobThreads;
 use crate::metrics::{Dep, Metrics};
 use anyhow::{Context, Result};
 use mote_runtime::{Deployment, DeploymentSpec, JobReport, ModelInfo, Request, Runtime, RuntimeConfig};
@@ -36,7 +37,8 @@ pub(crate) enum NodeError {
 
 /// Bounded concurrency plus a bounded queue for one deployment.
 pub(crate) struct Admission {
-    slots: Semaphore,
+    slots: Arc<Semaphore>,
+    slots_total: usize,
     admitted: AtomicUsize,
     capacity: usize,
 }
@@ -64,14 +66,31 @@ pub(crate) struct Node {
     pub(crate) metrics: Metrics,
     in_flight: AtomicUsize,
     draining: AtomicBool,
+    /// Threads that run jobs: one per job slot of every deployment, so a
+    /// deployment never waits for another's jobs.
+    jobs: Arc<JobThreads>,
 }
 
-struct InFlight<'a>(&'a Node);
+/// One admitted request: counted in the deployment's admission and the
+/// node's in-flight total until dropped.
+struct Admitted {
+    node: Arc<Node>,
+    served: Arc<Served>,
+}
 
-impl Drop for InFlight<'_> {
+impl Admitted {
+    fn new(node: Arc<Node>, served: Arc<Served>) -> Self {
+        node.in_flight.fetch_add(1, Ordering::SeqCst);
+        node.metrics.in_flight.inc();
+        Self { node, served }
+    }
+}
+
+impl Drop for Admitted {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.0.metrics.in_flight.dec();
+        self.served.admission.admitted.fetch_sub(1, Ordering::SeqCst);
+        self.node.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.node.metrics.in_flight.dec();
     }
 }
 
@@ -102,6 +121,8 @@ impl Node {
                 }
             }
         }
+        let slots: usize = deployments.values().map(|s: &Arc<Served>| s.admission.slots_total).sum();
+        let jobs = JobThreads::new(slots).context("starting the job threads")?;
         let tokens =
             cfg.tenants.iter().flat_map(|t| t.tokens.iter().map(move |tok| (tok.clone(), t.name.clone()))).collect();
         Ok(Self {
@@ -112,6 +133,7 @@ impl Node {
             metrics: Metrics::new(),
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            jobs,
         })
     }
 
@@ -137,7 +159,8 @@ impl Node {
             tenant: d.tenant.clone(),
             models,
             admission: Admission {
-                slots: Semaphore::new(d.max_concurrency),
+                slots: Arc::new(Semaphore::new(d.max_concurrency)),
+                slots_total: d.max_concurrency,
                 admitted: AtomicUsize::new(0),
                 capacity: d.max_concurrency + d.max_queue,
             },
@@ -208,8 +231,11 @@ impl Node {
     }
 
     /// Admits and runs one job: 503 at once when the deployment's slots and
-    /// queue are full; the job itself runs on a blocking thread.
-    pub(crate) async fn infer(&self, served: Arc<Served>, request: Request) -> Result<JobReport, NodeError> {
+    /// queue are full; the job itself runs on a job thread. The job, its
+    /// slot, the in-flight count and its metrics belong to the job thread
+    /// from then on: a caller that goes away does not free the slot of a
+    /// job still running, and a drain still waits for it.
+    pub(crate) async fn infer(self: &Arc<Self>, served: Arc<Served>, request: Request) -> Result<JobReport, NodeError> {
         let name = served.deployment.name().to_string();
         if self.draining.load(Ordering::SeqCst) {
             return Err(NodeError::ShuttingDown);
@@ -220,20 +246,11 @@ impl Node {
             self.metrics.count(&name, "busy");
             return Err(NodeError::Busy(name, "all job slots and queue places are taken"));
         }
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        self.metrics.in_flight.inc();
-        let _in_flight = InFlight(self);
-        struct Admitted<'a>(&'a AtomicUsize);
-        impl Drop for Admitted<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-        let _admitted = Admitted(&adm.admitted);
+        let admitted = Admitted::new(self.clone(), served.clone());
 
         let queued = Instant::now();
         let deadline = served.deployment.limits().deadline();
-        let permit = match tokio::time::timeout(deadline, adm.slots.acquire()).await {
+        let permit = match tokio::time::timeout(deadline, adm.slots.clone().acquire_owned()).await {
             Ok(Ok(p)) => p,
             Ok(Err(_)) => return Err(NodeError::Internal("admission semaphore closed".into())),
             Err(_) => {
@@ -243,15 +260,24 @@ impl Node {
         };
         let dep = Dep { deployment: name.clone() };
         self.metrics.queue_seconds.get_or_create(&dep).observe(queued.elapsed().as_secs_f64());
-        // Run the job on this worker thread: tokio hands the worker's other
-        // tasks to another thread, and the request avoids a cross-thread
-        // hand-off (a wake-up costs tens of µs, as much as a small job).
-        let report = tokio::task::block_in_place(|| served.deployment.run_owned(request));
-        drop(permit);
+        let node = self.clone();
+        self.jobs
+            .run(move || {
+                let report = admitted.served.deployment.run_owned(request);
+                drop(permit);
+                node.record(&dep, queued, &report);
+                drop(admitted);
+                report
+            })
+            .await
+            .map_err(|e| NodeError::Internal(e.to_string()))
+    }
 
+    /// Logs a finished job and adds it to the metrics.
+    fn record(&self, dep: &Dep, queued: Instant, report: &JobReport) {
         let u = &report.receipt.usage;
         tracing::info!(
-            deployment = %name,
+            deployment = %dep.deployment,
             outcome = %report.receipt.outcome,
             queue_us = (queued.elapsed().as_micros() as u64).saturating_sub(u.wall_ns / 1000),
             wall_us = u.wall_ns / 1000,
@@ -260,12 +286,11 @@ impl Node {
             job = %report.receipt.job_id,
             "job done"
         );
-        self.metrics.count(&name, report.receipt.outcome.as_str());
-        self.metrics.guest_seconds.get_or_create(&dep).observe(u.wall_ns as f64 / 1e9);
-        self.metrics.backend_seconds.get_or_create(&dep).observe(u.backend_ns as f64 / 1e9);
-        self.metrics.fuel.get_or_create(&dep).inc_by(u.fuel);
-        self.metrics.backend_seconds_total.get_or_create(&dep).inc_by(u.backend_ns as f64 / 1e9);
-        Ok(report)
+        self.metrics.count(&dep.deployment, report.receipt.outcome.as_str());
+        self.metrics.guest_seconds.get_or_create(dep).observe(u.wall_ns as f64 / 1e9);
+        self.metrics.backend_seconds.get_or_create(dep).observe(u.backend_ns as f64 / 1e9);
+        self.metrics.fuel.get_or_create(dep).inc_by(u.fuel);
+        self.metrics.backend_seconds_total.get_or_create(dep).inc_by(u.backend_ns as f64 / 1e9);
     }
 
     /// Metrics text, with cache gauges read now.

@@ -195,7 +195,7 @@ async fn serve_stream(node: Arc<Node>, mut send: quinn::SendStream, mut recv: qu
     }
 }
 
-async fn handle_frame(node: &Node, frame: &[u8]) -> Vec<u8> {
+async fn handle_frame(node: &Arc<Node>, frame: &[u8]) -> Vec<u8> {
     let req = match decode_request(frame) {
         Ok(r) => r,
         Err(e) => return error_frame(&NodeError::BadRequest(format!("{e:#}"))),

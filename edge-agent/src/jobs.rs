@@ -1,0 +1,141 @@
+//! Job threads: the node runs guest jobs on threads of their own, apart
+//! from the async workers that do network I/O.
+//!
+//! A job is synchronous (wasmtime call, backend compute) and may run until
+//! its deadline. On an async worker it would stall every connection that
+//! worker polls, and tokio's I/O driver with them (a SIGTERM arriving
+//! during a long job was noticed late). `block_in_place` avoids that but
+//! hands the worker's scheduler to another thread on every job, which cost
+//! more than a small job and kept two cores from scaling. Here a fixed set
+//! of threads takes jobs from one channel: an idle thread is woken once per
+//! job, a busy one takes the next job without sleeping, and the async side
+//! awaits a oneshot.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+type Task = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of threads that run jobs.
+pub struct JobThreads {
+    tx: Mutex<Option<crossbeam_channel::Sender<Task>>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+/// Why a job could not be handed to a thread.
+#[derive(Debug, thiserror::Error)]
+pub enum JobThreadsError {
+    /// The pool was shut down.
+    #[error("job threads are shut down")]
+    ShutDown,
+    /// The job panicked (a bug in the runtime: guest faults are reports,
+    /// not panics).
+    #[error("the job panicked")]
+    Panicked,
+}
+
+impl JobThreads {
+    /// Starts `n` threads (at least one) named `mote-job-N`.
+    pub fn new(n: usize) -> std::io::Result<Arc<Self>> {
+        let (tx, rx) = crossbeam_channel::unbounded::<Task>();
+        let mut threads = Vec::new();
+        for i in 0..n.max(1) {
+            let rx = rx.clone();
+            threads.push(std::thread::Builder::new().name(format!("mote-job-{i}")).spawn(move || {
+                for task in rx {
+                    task();
+                }
+            })?);
+        }
+        Ok(Arc::new(Self { tx: Mutex::new(Some(tx)), threads: Mutex::new(threads) }))
+    }
+
+    /// Runs `job` on a job thread; the future resolves with its result.
+    /// Dropping the future does not stop the job (a job ends at its own
+    /// deadline); its result is then discarded.
+    pub fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> impl Future<Output = Result<T, JobThreadsError>> + Send + 'static {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let task: Task = Box::new(move || {
+            // A panic must not kill the thread (the pool would shrink); the
+            // caller sees the dropped sender as `Panicked`.
+            if let Ok(value) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)) {
+                let _ = done.send(value);
+            }
+        });
+        let sent = match &*self.tx.lock().expect("job queue lock") {
+            Some(tx) => tx.send(task).is_ok(),
+            None => false,
+        };
+        async move {
+            if !sent {
+                return Err(JobThreadsError::ShutDown);
+            }
+            result.await.map_err(|_| JobThreadsError::Panicked)
+        }
+    }
+
+    /// Lets queued jobs finish, then stops and joins every thread.
+    pub fn shutdown(&self) {
+        self.tx.lock().expect("job queue lock").take();
+        for t in self.threads.lock().expect("thread list lock").drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn jobs_run_on_their_threads_in_parallel() {
+        let pool = JobThreads::new(2).unwrap();
+        let name = pool.run(|| std::thread::current().name().map(str::to_string)).await.unwrap();
+        assert!(name.unwrap().starts_with("mote-job-"), "a job ran off the job threads");
+
+        // Two 200 ms jobs on two threads take about 200 ms, not 400 ms, and
+        // the async side stays free meanwhile.
+        let start = Instant::now();
+        let a = pool.run(|| std::thread::sleep(Duration::from_millis(200)));
+        let b = pool.run(|| std::thread::sleep(Duration::from_millis(200)));
+        let ticks = async {
+            let mut n = 0;
+            while start.elapsed() < Duration::from_millis(150) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                n += 1;
+            }
+            n
+        };
+        let (a, b, ticks) = tokio::join!(a, b, ticks);
+        a.unwrap();
+        b.unwrap();
+        assert!(start.elapsed() < Duration::from_millis(390), "jobs ran one after the other: {:?}", start.elapsed());
+        assert!(ticks >= 5, "the async side was blocked while jobs ran ({ticks} ticks)");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_panicking_job_is_an_error_and_the_thread_survives() {
+        let pool = JobThreads::new(1).unwrap();
+        let r = pool.run(|| -> u32 { panic!("boom") }).await;
+        assert!(matches!(r, Err(JobThreadsError::Panicked)), "{r:?}");
+        assert_eq!(pool.run(|| 7).await.unwrap(), 7, "the only thread died with the panic");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn shutdown_finishes_queued_jobs_then_refuses() {
+        let pool = JobThreads::new(1).unwrap();
+        let slow = pool.run(|| {
+            std::thread::sleep(Duration::from_millis(50));
+            1
+        });
+        let queued = pool.run(|| 2);
+        let p = pool.clone();
+        std::thread::spawn(move || p.shutdown()).join().unwrap();
+        assert_eq!((slow.await.unwrap(), queued.await.unwrap()), (1, 2));
+        assert!(matches!(pool.run(|| 3).await, Err(JobThreadsError::ShutDown)));
+    }
+}
