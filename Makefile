@@ -15,7 +15,7 @@ export XDG_RUNTIME_DIR ?= $(shell d=/tmp/mote-xdg-$$(id -u); mkdir -p -m 700 $$d
 # wasm32-wasip1 (Debian wasi-libc) adapted to WASI 0.2.
 WASI_TARGET := $(shell rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || echo --target wasm32-wasip1)
 MODELS := build/models/cnn.onnx
-GUESTS := build/guests/passthrough.wasm build/guests/classifier.wasm build/guests/mlp-builder.wasm build/guests/misbehave.wasm
+GUESTS := build/guests/passthrough.wasm build/guests/classifier.wasm build/guests/mlp-builder.wasm build/guests/misbehave.wasm build/guests/inference-loop.wasm
 
 .PHONY: all setup host models guests demo test bench bench-quick clean
 all: host guests

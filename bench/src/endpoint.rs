@@ -242,9 +242,58 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
             pb.finish_and_clear();
         }
     }
+    rows.extend(floors(ctx, &rt, &server, &http, &quic)?);
     drop(server);
     std::thread::sleep(Duration::from_millis(50));
     Ok(Value::Array(rows))
+}
+
+/// What a transport costs without a job, one client: HTTPS `GET
+/// /v2/health/live`, and a QUIC request for a deployment that does not
+/// exist (answered `not found` before any job). The distance between these
+/// and the in-process job is the part of the endpoint overhead that is the
+/// transport itself (sockets, TLS, wake-ups of client and server).
+fn floors(
+    ctx: &Ctx,
+    rt: &tokio::runtime::Runtime,
+    server: &Server,
+    http: &reqwest::Client,
+    quic: &Arc<QuicClient>,
+) -> Result<Vec<Value>> {
+    let total = if ctx.quick { 128 } else { 1024 };
+    let url = format!("https://localhost:{}/v2/health/live", server.https.port());
+    let (http, quic) = (http.clone(), quic.clone());
+    let https: Call = Arc::new(move || {
+        let r = http.get(&url);
+        Box::pin(async move {
+            let resp = r.send().await?;
+            if !resp.status().is_success() {
+                bail!("HTTP {}", resp.status());
+            }
+            resp.bytes().await?;
+            Ok(())
+        })
+    });
+    let empty = Arc::new(Request::default());
+    let quic: Call = Arc::new(move || {
+        let (quic, empty) = (quic.clone(), empty.clone());
+        Box::pin(async move {
+            let r = quic.infer("no-such-deployment", "", &empty).await?;
+            if r.is_ok() {
+                bail!("QUIC: a missing deployment answered ok");
+            }
+            Ok(())
+        })
+    });
+    let pb = bar(total * 2, "endpoint floors x1");
+    let mut rows = Vec::new();
+    for (transport, call) in [("https-no-job", https), ("quic-no-job", quic)] {
+        drive(rt, 1, 16, &indicatif::ProgressBar::hidden(), call.clone())?;
+        let (lat, rps) = drive(rt, 1, total, &pb, call)?;
+        rows.push(json!({"model": "none", "transport": transport, "concurrency": 1, "latency": lat, "throughput_rps": rps}));
+    }
+    pb.finish_and_clear();
+    Ok(rows)
 }
 
 fn bytes_of(v: &[u8]) -> bytes::Bytes {

@@ -7,6 +7,10 @@
 //! metering. Writes `results/latest.json`, `results/latest.md` and
 //! `results/latency.svg`.
 
+/// The allocator the `mote` binary uses, so jobs here see the same one.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod endpoint;
 mod report;
 mod stats;

@@ -125,7 +125,7 @@ fn markdown(r: &Value) -> String {
             .map(|x| f(&x["latency"]["p50_us"]))
             .unwrap_or(f64::NAN)
     };
-    for x in &rows {
+    for x in rows.iter().filter(|x| x["model"] != "none") {
         let model = x["model"].as_str().unwrap_or("?");
         let p50 = f(&x["latency"]["p50_us"]);
         let _ = writeln!(
@@ -157,6 +157,16 @@ fn markdown(r: &Value) -> String {
             .map(|x| f(&x["throughput_rps"]))
             .unwrap_or(f64::NAN)
     };
+    let floor = |t: &str| {
+        rows.iter().find(|x| x["transport"] == t).map(|x| f(&x["latency"]["p50_us"])).unwrap_or(f64::NAN)
+    };
+    let _ = writeln!(
+        md,
+        "\nThe transports without a job (1 client, p50): HTTPS `GET /v2/health/live` {:.1} µs, QUIC request for a \
+         missing deployment {:.1} µs. Client and server share the machine's cores.",
+        floor("https-no-job"),
+        floor("quic-no-job")
+    );
     let _ = writeln!(md, "\nTargets (tiny MLP, 1 client):\n");
     let _ = writeln!(
         md,

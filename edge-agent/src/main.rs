@@ -2,6 +2,13 @@
 
 use clap::Parser;
 
+/// mimalloc instead of the system allocator: tensors are large, short-lived
+/// buffers (a 224×224 image is 600 KB). glibc's malloc returned their pages
+/// to the kernel between jobs, so every job faulted them in again; mimalloc
+/// keeps freed pages for reuse (docs/benchmarks.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     give_mesa_a_runtime_dir();
     tracing_subscriber::fmt()

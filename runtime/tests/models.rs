@@ -39,6 +39,27 @@ fn every_tensor_type_round_trips() {
 }
 
 #[test]
+fn inference_loop_times_every_run_and_returns_the_model_outputs() {
+    // The benchmark's in-guest timing: the same outputs as passthrough, plus
+    // one positive latency per run, each within the job's own wall time.
+    let rt = runtime();
+    let d = deploy(&rt, "inference-loop", &[("model", "mlp")], Limits::default());
+    let report = d.run(&with_params(request("mlp"), &[("runs", "5")]));
+    let mut response = report.result.expect("inference-loop job");
+    let latency = response.outputs.pop().expect("latency_ns output");
+    assert_eq!((latency.name.as_str(), latency.shape.as_slice()), ("latency_ns", &[5u64][..]));
+    let ns: Vec<u64> = latency.data.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+    assert!(ns.iter().all(|&t| t > 0 && t < report.receipt.usage.wall_ns), "latencies {ns:?}");
+    assert_eq!(report.receipt.usage.bytes_in, 5 * request("mlp").inputs.iter().map(|t| t.data.len() as u64).sum::<u64>());
+    let got = kserve::response_json(&response, None).unwrap();
+    assert_outputs_match(&got, &expected_json("mlp"), 1e-5, 1e-6);
+
+    let bad = d.run(&with_params(request("mlp"), &[("runs", "0")]));
+    assert_eq!(bad.receipt.outcome, Outcome::InvalidInput);
+    assert!(bad.result.unwrap_err().message.contains("runs='0'"));
+}
+
+#[test]
 fn classifier_top5_equals_numpy_and_onnxruntime() {
     let rt = runtime();
     let d = deploy(&rt, "classifier", &[], Limits::default());

@@ -98,7 +98,7 @@ fn environment_with(threads: usize) -> Result<&'static OrtEnv, BackendError> {
         let pool = ort::environment::GlobalThreadPoolOptions::default()
             .with_intra_threads(threads)
             .and_then(|p| p.with_inter_threads(1))
-            .and_then(|p| p.with_spin_control(true))
+            .and_then(|p| p.with_spin_control(false))
             .map_err(|e| format!("configuring ONNX Runtime threads: {e}"))?;
         let env = builder
             .with_name("mote")
