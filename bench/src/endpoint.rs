@@ -210,14 +210,7 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
                             if binary {
                                 r = r.header("Inference-Header-Content-Length", bin_len.to_string());
                             }
-                            Box::pin(async move {
-                                let resp = r.send().await?;
-                                if !resp.status().is_success() {
-                                    bail!("HTTP {}", resp.status());
-                                }
-                                resp.bytes().await?;
-                                Ok(())
-                            })
+                            Box::pin(exchange(r))
                         })
                     }
                     _ => {
@@ -263,17 +256,7 @@ fn floors(
     let total = if ctx.quick { 128 } else { 1024 };
     let url = format!("https://localhost:{}/v2/health/live", server.https.port());
     let (http, quic) = (http.clone(), quic.clone());
-    let https: Call = Arc::new(move || {
-        let r = http.get(&url);
-        Box::pin(async move {
-            let resp = r.send().await?;
-            if !resp.status().is_success() {
-                bail!("HTTP {}", resp.status());
-            }
-            resp.bytes().await?;
-            Ok(())
-        })
-    });
+    let https: Call = Arc::new(move || Box::pin(exchange(http.get(&url))));
     let empty = Arc::new(Request::default());
     let quic: Call = Arc::new(move || {
         let (quic, empty) = (quic.clone(), empty.clone());
@@ -294,6 +277,17 @@ fn floors(
     }
     pb.finish_and_clear();
     Ok(rows)
+}
+
+/// Sends one HTTP request and reads the whole answer; an error status is
+/// an error.
+async fn exchange(r: reqwest::RequestBuilder) -> Result<()> {
+    let resp = r.send().await?;
+    if !resp.status().is_success() {
+        bail!("HTTP {}", resp.status());
+    }
+    resp.bytes().await?;
+    Ok(())
 }
 
 fn bytes_of(v: &[u8]) -> bytes::Bytes {
