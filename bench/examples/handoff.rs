@@ -6,6 +6,7 @@ use mote_runtime::{kserve, DeploymentSpec, Limits, Runtime, RuntimeConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The allocator the `mote` binary uses.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -1,6 +1,11 @@
-//! Jobs per second on 1 and 2 threads (profiling aid for the scaling figure).
+//! Jobs per second on 1 and 2 threads (profiling aid for the scaling figure;
+//! with `GUEST=inference-loop PARAMS=runs=N`, for the in-guest inference loop).
 use mote_runtime::{kserve, DeploymentSpec, Limits, Runtime, RuntimeConfig};
 use std::time::Instant;
+
+/// The allocator the `mote` binary uses.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let build = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../build");
@@ -22,7 +27,12 @@ fn main() {
         .unwrap();
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(build.join(format!("models/{request}.request.json"))).unwrap()).unwrap();
-    let req = kserve::parse_request(&v).unwrap();
+    let mut req = kserve::parse_request(&v).unwrap();
+    // Request parameters as `k=v,k=v` (e.g. GUEST=inference-loop PARAMS=runs=1000).
+    for kv in std::env::var("PARAMS").unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
+        let (k, v) = kv.split_once('=').expect("PARAMS entries are k=v");
+        req.parameters.push((k.into(), v.into()));
+    }
     let n: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(20000);
     let threads: Vec<usize> =
         std::env::args().nth(2).map(|s| s.split(',').map(|x| x.parse().unwrap()).collect()).unwrap_or(vec![1, 2]);
