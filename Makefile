@@ -5,6 +5,9 @@
 
 SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/mote-target
+# This checkout's deps (ONNX Runtime, venv): binaries in the shared target
+# directory may have been built from another checkout.
+export MOTE_DEPS_DIR ?= $(CURDIR)/deps
 GUEST_TARGET_DIR ?= $(HOME)/.cache/mote-guest-target
 MOTE := $(CARGO_TARGET_DIR)/release/mote
 PY := deps/venv/bin/python
@@ -42,10 +45,10 @@ test: guests
 	bash scripts/test.sh
 
 bench: guests
-	$(CARGO_TARGET_DIR)/release/mote-bench
+	$(CARGO_TARGET_DIR)/release/mote-bench --build build --out bench/results
 
 bench-quick: guests
-	$(CARGO_TARGET_DIR)/release/mote-bench --quick --out build/bench
+	$(CARGO_TARGET_DIR)/release/mote-bench --quick --build build --out build/bench
 
 clean:
 	rm -rf build

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let build = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../build");
+    let build = std::path::Path::new("build"); // run from the repository root
     let rt = Runtime::new(RuntimeConfig { data_dir: None, ..RuntimeConfig::default() }).unwrap();
     let d = Arc::new(
         rt.deploy(DeploymentSpec {

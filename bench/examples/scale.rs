@@ -8,7 +8,7 @@ use std::time::Instant;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let build = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../build");
+    let build = std::path::Path::new("build"); // run from the repository root
     let guest = std::env::var("GUEST").unwrap_or("passthrough".into());
     let model = std::env::var("MODEL").unwrap_or("mlp".into());
     let request = std::env::var("REQUEST").unwrap_or(model.clone());

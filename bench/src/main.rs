@@ -31,15 +31,18 @@ struct Args {
     /// Small run counts (CI smoke run, under two minutes).
     #[arg(long)]
     quick: bool,
-    /// Where to write latest.json, latest.md and latency.svg.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
+    /// Where to write latest.json, latest.md and latency.svg (relative to
+    /// the working directory: run from the repository root, as `make bench`
+    /// does; a path baked in at compile time would point into whichever
+    /// checkout last built the shared target directory).
+    #[arg(long, default_value = "bench/results")]
     out: PathBuf,
     /// Run only these sections (overhead, instantiation, endpoint,
     /// backends, metering); the report then covers just them. For profiling.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The repository's build/ directory (guests and models).
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../build"))]
+    #[arg(long, default_value = "build")]
     build: PathBuf,
 }
 
