@@ -127,8 +127,8 @@ fn signed_bytes(mut value: serde_json::Value) -> Vec<u8> {
 
 /// The signed fields of a receipt in canonical (bytewise sorted) key order:
 /// serialised with `serde_json`, it gives the same bytes as
-/// `canonical_json` of the receipt without `signature`, without building a
-/// JSON tree (a third of a small job's signing time went to that tree).
+/// `canonical_json` of the receipt without `signature`, without building
+/// and sorting a JSON tree for every job.
 #[derive(Serialize)]
 struct CanonicalFields<'a> {
     backend: &'a str,
