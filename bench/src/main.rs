@@ -18,7 +18,7 @@ mod stats;
 use anyhow::{Context, Result};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use mote_runtime::backend::{standalone, BackendKind, TensorView};
+use mote_runtime::backend::{standalone, BackendKind, DirectInputs};
 use mote_runtime::{kserve, Deployment, DeploymentSpec, Limits, Request, Runtime, RuntimeConfig};
 use serde_json::{json, Value};
 use stats::Summary;
@@ -116,25 +116,6 @@ fn deploy(ctx: &Ctx, rt: &Runtime, guest: &str, model: Option<&str>) -> Result<D
     })?)
 }
 
-/// Each input's shape as a backend takes it.
-fn dims_of(req: &Request) -> Vec<Vec<u32>> {
-    req.inputs.iter().map(|t| t.shape.iter().map(|&d| d as u32).collect()).collect()
-}
-
-/// A request's tensors as direct backend inputs (`dims` from [`dims_of`]).
-fn views<'a>(req: &'a Request, dims: &'a [Vec<u32>]) -> Vec<(&'a str, TensorView<'a>)> {
-    req.inputs
-        .iter()
-        .zip(dims)
-        .map(|(t, d)| {
-            (
-                t.name.as_str(),
-                TensorView { ty: t.datatype.element_type().expect("wasi-nn type"), dims: d, data: &t.data },
-            )
-        })
-        .collect()
-}
-
 /// Like [`time`], but each call gets a fresh value from `make`, made
 /// outside the timed part (a request the job consumes).
 pub(crate) fn time_owned<T>(
@@ -190,11 +171,11 @@ fn overhead(ctx: &Ctx, rt: &Runtime, model: &str) -> Result<Value> {
     let backend = standalone(BackendKind::OrtCpu)?;
     let graph = backend.load(ctx.read(&format!("models/{model}.onnx"))?.into())?;
     let mut exec = graph.init_execution_context()?;
-    let dims = dims_of(&req);
+    let direct = DirectInputs::new(&req).map_err(anyhow::Error::msg)?;
     let runs = ctx.runs(model);
     let pb = bar(runs * 3, &format!("overhead {model}"));
     let native = time(runs, &pb, || {
-        exec.compute(&views(&req, &dims), None).expect("native run");
+        exec.compute(&direct.views(), None).expect("native run");
     });
     in_guest(&looped, &req, (runs / 10).max(3))?; // warm-up
     let guest = in_guest(&looped, &req, runs)?;
@@ -222,7 +203,7 @@ fn overhead(ctx: &Ctx, rt: &Runtime, model: &str) -> Result<Value> {
 fn backends(ctx: &Ctx, model: &str) -> Result<Value> {
     let req = ctx.request(model)?;
     let bytes: std::sync::Arc<[u8]> = ctx.read(&format!("models/{model}.onnx"))?.into();
-    let dims = dims_of(&req);
+    let direct = DirectInputs::new(&req).map_err(anyhow::Error::msg)?;
     let runs = if ctx.quick { 20 } else { ctx.runs(model).min(300) };
     let mut rows = serde_json::Map::new();
     let mut base = None;
@@ -238,11 +219,11 @@ fn backends(ctx: &Ctx, model: &str) -> Result<Value> {
         let mut exec = graph.init_execution_context()?;
         // The first call compiles kernels (wgpu) or plans (ORT): time it apart.
         let t0 = Instant::now();
-        exec.compute(&views(&req, &dims), None)?;
+        exec.compute(&direct.views(), None)?;
         let first_ms = t0.elapsed().as_secs_f64() * 1e3;
         let pb = bar(runs, &format!("backend {} {model}", kind.as_str()));
         let summary = time(runs, &pb, || {
-            exec.compute(&views(&req, &dims), None).expect("backend run");
+            exec.compute(&direct.views(), None).expect("backend run");
         });
         pb.finish_and_clear();
         let ratio = base.map(|b: f64| summary.p50_us / b);

@@ -9,22 +9,9 @@
 mod common;
 
 use common::*;
-use mote_runtime::backend::{standalone, BackendChoice, BackendKind, TensorView};
+use mote_runtime::backend::{standalone, BackendChoice, BackendKind, DirectInputs};
 use mote_runtime::tensor::IoTensor;
 use mote_runtime::{kserve, DeploymentSpec, Limits, Outcome, Request, Response};
-
-fn dims_of(req: &Request) -> Vec<Vec<u32>> {
-    req.inputs.iter().map(|t| t.shape.iter().map(|&d| d as u32).collect()).collect()
-}
-
-/// A request's tensors as backend inputs.
-fn views<'a>(req: &'a Request, dims: &'a [Vec<u32>]) -> Vec<(&'a str, TensorView<'a>)> {
-    req.inputs
-        .iter()
-        .zip(dims)
-        .map(|(t, d)| (t.name.as_str(), TensorView { ty: t.datatype.element_type().unwrap(), dims: d, data: &t.data }))
-        .collect()
-}
 
 /// Runs a model's reference request directly on a backend.
 fn run_direct(kind: BackendKind, model_name: &str) -> serde_json::Value {
@@ -32,8 +19,8 @@ fn run_direct(kind: BackendKind, model_name: &str) -> serde_json::Value {
     let graph = backend.load(model(model_name).into()).unwrap_or_else(|e| panic!("{kind} load {model_name}: {e}"));
     let mut ctx = graph.init_execution_context().unwrap();
     let req = request(model_name);
-    let dims = dims_of(&req);
-    let outs = ctx.compute(&views(&req, &dims), None).unwrap_or_else(|e| panic!("{kind} compute {model_name}: {e}"));
+    let direct = DirectInputs::new(&req).unwrap();
+    let outs = ctx.compute(&direct.views(), None).unwrap_or_else(|e| panic!("{kind} compute {model_name}: {e}"));
     let response = Response {
         outputs: outs
             .into_iter()
@@ -84,8 +71,8 @@ fn weights_are_uploaded_once_per_graph() {
     let at_load = uploaded() - before;
     assert!(at_load > 100_000, "the CNN's weights ({at_load} bytes uploaded at load)");
     let req = request("cnn");
-    let dims = dims_of(&req);
-    let views = views(&req, &dims);
+    let direct = DirectInputs::new(&req).unwrap();
+    let views = direct.views();
     let input_bytes: u64 = req.inputs.iter().map(|t| t.data.len() as u64).sum();
     let mut ctx = graph.init_execution_context().unwrap();
     for run in 0..2 {

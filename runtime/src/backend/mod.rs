@@ -154,6 +154,43 @@ pub struct TensorView<'a> {
     pub data: &'a [u8],
 }
 
+/// A request's input tensors as a backend takes them, for calling a backend
+/// directly without a guest (the benchmark's native baseline, backend
+/// tests): element types and u32 shapes checked once, data borrowed.
+#[derive(Debug)]
+pub struct DirectInputs<'a> {
+    tensors: Vec<(&'a str, ElementType, Vec<u32>, &'a [u8])>,
+}
+
+impl<'a> DirectInputs<'a> {
+    /// Checks that every input has a wasi-nn element type and a shape that
+    /// fits u32 dimensions.
+    pub fn new(request: &'a crate::Request) -> Result<Self, String> {
+        let tensors = request
+            .inputs
+            .iter()
+            .map(|t| {
+                let ty = t
+                    .datatype
+                    .element_type()
+                    .ok_or_else(|| format!("input '{}': {} is not a wasi-nn element type", t.name, t.datatype.as_str()))?;
+                let dims = t
+                    .shape
+                    .iter()
+                    .map(|&d| u32::try_from(d).map_err(|_| format!("input '{}': dimension {d} exceeds u32", t.name)))
+                    .collect::<Result<Vec<u32>, String>>()?;
+                Ok((t.name.as_str(), ty, dims, t.data.as_slice()))
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Self { tensors })
+    }
+
+    /// The inputs as `compute` takes them.
+    pub fn views(&self) -> Vec<(&str, TensorView<'_>)> {
+        self.tensors.iter().map(|(name, ty, dims, data)| (*name, TensorView { ty: *ty, dims, data })).collect()
+    }
+}
+
 /// An output tensor produced by a backend.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OwnedTensor {
