@@ -293,15 +293,9 @@ fn tenants_tokens_and_bad_requests_get_clear_4xx() {
             "needs 12 bytes",
         ),
     ];
-    let too_big = vec![b' '; 65 << 20];
-    let cases = [
-        cases,
-        vec![
-            ("/v2/models/mlp/infer", Some(TOKEN_A), Some(too_big), 413, "length limit"),
-            ("/v2/nope", Some(TOKEN_A), None, 404, "no route /v2/nope"),
-        ],
-    ]
-    .concat();
+    // (413 for a body over the limit has its own test with a small limit:
+    // a 65 MiB body raced the server's early answer and broke the pipe.)
+    let cases = [cases, vec![("/v2/nope", Some(TOKEN_A), None, 404, "no route /v2/nope")]].concat();
     for (path, token, body, status, text) in cases {
         let (got, v) = call(path, token, body);
         assert_eq!(got, status, "{path} with {token:?}: {v}");
