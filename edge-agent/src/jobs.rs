@@ -12,22 +12,22 @@
 //! awaits a oneshot.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 type Task = Box<dyn FnOnce() + Send>;
 
-/// A fixed set of threads that run jobs.
+/// A fixed set of threads that run jobs. Dropping the last handle lets the
+/// threads finish the jobs already queued, then end.
 pub struct JobThreads {
-    tx: Mutex<Option<crossbeam_channel::Sender<Task>>>,
-    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    tx: crossbeam_channel::Sender<Task>,
 }
 
 /// Why a job could not be handed to a thread.
 #[derive(Debug, thiserror::Error)]
 pub enum JobThreadsError {
-    /// The pool was shut down.
-    #[error("job threads are shut down")]
-    ShutDown,
+    /// No job thread is left to take the job.
+    #[error("job threads have stopped")]
+    Stopped,
     /// The job panicked (a bug in the runtime: guest faults are reports,
     /// not panics).
     #[error("the job panicked")]
@@ -38,16 +38,15 @@ impl JobThreads {
     /// Starts `n` threads (at least one) named `mote-job-N`.
     pub fn new(n: usize) -> std::io::Result<Arc<Self>> {
         let (tx, rx) = crossbeam_channel::unbounded::<Task>();
-        let mut threads = Vec::new();
         for i in 0..n.max(1) {
             let rx = rx.clone();
-            threads.push(std::thread::Builder::new().name(format!("mote-job-{i}")).spawn(move || {
+            std::thread::Builder::new().name(format!("mote-job-{i}")).spawn(move || {
                 for task in rx {
                     task();
                 }
-            })?);
+            })?;
         }
-        Ok(Arc::new(Self { tx: Mutex::new(Some(tx)), threads: Mutex::new(threads) }))
+        Ok(Arc::new(Self { tx }))
     }
 
     /// Runs `job` on a job thread; the future resolves with its result.
@@ -65,23 +64,12 @@ impl JobThreads {
                 let _ = done.send(value);
             }
         });
-        let sent = match &*self.tx.lock().expect("job queue lock") {
-            Some(tx) => tx.send(task).is_ok(),
-            None => false,
-        };
+        let sent = self.tx.send(task).is_ok();
         async move {
             if !sent {
-                return Err(JobThreadsError::ShutDown);
+                return Err(JobThreadsError::Stopped);
             }
             result.await.map_err(|_| JobThreadsError::Panicked)
-        }
-    }
-
-    /// Lets queued jobs finish, then stops and joins every thread.
-    pub fn shutdown(&self) {
-        self.tx.lock().expect("job queue lock").take();
-        for t in self.threads.lock().expect("thread list lock").drain(..) {
-            let _ = t.join();
         }
     }
 }
@@ -126,16 +114,14 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn shutdown_finishes_queued_jobs_then_refuses() {
+    async fn dropping_the_pool_finishes_queued_jobs() {
         let pool = JobThreads::new(1).unwrap();
         let slow = pool.run(|| {
             std::thread::sleep(Duration::from_millis(50));
             1
         });
         let queued = pool.run(|| 2);
-        let p = pool.clone();
-        std::thread::spawn(move || p.shutdown()).join().unwrap();
+        drop(pool);
         assert_eq!((slow.await.unwrap(), queued.await.unwrap()), (1, 2));
-        assert!(matches!(pool.run(|| 3).await, Err(JobThreadsError::ShutDown)));
     }
 }
