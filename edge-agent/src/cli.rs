@@ -56,6 +56,10 @@ enum Command {
         /// The request JSON the receipt should hash.
         #[arg(long)]
         input: Option<PathBuf>,
+        /// The node id (hex public key) that must have signed it: without
+        /// it, any key's valid signature is accepted.
+        #[arg(long)]
+        node: Option<String>,
     },
     /// Print what this node can do (backends, devices, node id) as JSON.
     Specs,
@@ -154,7 +158,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             std::fs::write(&output, component).with_context(|| format!("writing {}", output.display()))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { receipt, guest, model, input } => verify(receipt, guest, model, input),
+        Command::Verify { receipt, guest, model, input, node } => verify(receipt, guest, model, input, node),
         Command::Specs => specs(),
         Command::Serve { config, insecure_http, listen, quic } => {
             let mut cfg = crate::config::Config::load(&config)?;
@@ -307,10 +311,22 @@ fn run_job(args: RunArgs) -> Result<ExitCode> {
     }
 }
 
-fn verify(receipt: PathBuf, guest: Option<PathBuf>, models: Vec<PathBuf>, input: Option<PathBuf>) -> Result<ExitCode> {
-    let text = std::fs::read_to_string(&receipt).with_context(|| format!("reading {}", receipt.display()))?;
+fn verify(
+    receipt: PathBuf,
+    guest: Option<PathBuf>,
+    models: Vec<PathBuf>,
+    input: Option<PathBuf>,
+    node: Option<String>,
+) -> Result<ExitCode> {
+    let text = mote_runtime::receipt::read_receipt_file(&receipt)
+        .with_context(|| format!("reading {}", receipt.display()))?;
     let r = Receipt::verify_json(&text).map_err(|e| anyhow::anyhow!("{}: {e}", receipt.display()))?;
     let mut problems = Vec::new();
+    if let Some(want) = node {
+        if !want.trim().eq_ignore_ascii_case(&r.node_id) {
+            problems.push(format!("it was signed by node {}, not by the expected node {}", r.node_id, want.trim()));
+        }
+    }
     if let Some(g) = guest {
         let sha = mote_runtime::receipt::sha256_hex(&read(&g)?);
         if sha != r.guest_sha256 {

@@ -43,6 +43,27 @@ pub(crate) struct Server {
     pub(crate) ort_threads: usize,
     /// Largest request body accepted, in bytes.
     pub(crate) max_body_bytes: usize,
+    /// Request bytes the node holds at once, all connections together
+    /// (bodies being received or waiting for their job).
+    pub(crate) max_inflight_body_bytes: u64,
+    /// Connections served at once, per transport; more are closed at once.
+    pub(crate) max_connections: usize,
+    /// Concurrent requests on one connection (HTTP/2 and QUIC streams).
+    pub(crate) max_streams_per_connection: u32,
+    /// A connection that moves no byte for this long is closed (raised to
+    /// the longest deployment deadline plus 5 s, so a running job's
+    /// connection is never idle).
+    pub(crate) idle_timeout_ms: u64,
+    /// Time a client has to send a request's headers.
+    pub(crate) header_timeout_ms: u64,
+    /// Time a client has to send a request's body once admitted.
+    pub(crate) body_timeout_ms: u64,
+    /// Bearer token for `GET /metrics`. Without one, metrics are served
+    /// only by a node without tenants (an open node).
+    pub(crate) metrics_token: Option<String>,
+    /// Most bytes ONNX Runtime may hold on the CPU for the whole node
+    /// (default: half the machine's memory).
+    pub(crate) backend_memory_bytes: Option<u64>,
 }
 
 impl Default for Server {
@@ -56,6 +77,14 @@ impl Default for Server {
             grace_period_ms: 10_000,
             ort_threads: 0,
             max_body_bytes: 64 << 20,
+            max_inflight_body_bytes: 256 << 20,
+            max_connections: 512,
+            max_streams_per_connection: 64,
+            idle_timeout_ms: 60_000,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            metrics_token: None,
+            backend_memory_bytes: None,
         }
     }
 }
@@ -103,6 +132,15 @@ fn default_queue() -> usize {
 impl DeploymentConfig {
     pub(crate) fn backend_choice(&self) -> Result<BackendChoice> {
         BackendChoice::parse(&self.backend).map_err(|e| anyhow::anyhow!("deployment '{}': {e}", self.name))
+    }
+}
+
+impl Server {
+    /// The idle timeout in force: the configured one, raised to the longest
+    /// deployment deadline plus 5 s.
+    pub(crate) fn idle_timeout(&self, deployments: &[DeploymentConfig]) -> std::time::Duration {
+        let longest = deployments.iter().map(|d| d.limits.deadline_ms).max().unwrap_or(0);
+        std::time::Duration::from_millis(self.idle_timeout_ms.max(longest + 5_000))
     }
 }
 
@@ -158,6 +196,17 @@ impl Config {
                     bail!("a token is shared by two tenants; each token must name one tenant");
                 }
             }
+        }
+        if let Some(t) = &self.server.metrics_token {
+            if t.len() < 8 {
+                bail!("[server] metrics_token must be at least 8 characters");
+            }
+            if tokens.contains(t) {
+                bail!("[server] metrics_token is also a tenant's token; use a token of its own");
+            }
+        }
+        if (self.server.max_inflight_body_bytes as usize) < self.server.max_body_bytes {
+            bail!("[server] max_inflight_body_bytes must be at least max_body_bytes");
         }
         if self.server.cert.is_some() != self.server.key.is_some() {
             bail!("[server] cert and key go together");

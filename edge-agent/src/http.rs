@@ -2,8 +2,9 @@
 //! Triton's binary tensor extension. See docs/serve.md.
 
 use crate::node::{Node, NodeError};
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use crate::intake::{read_body, IntakeError};
+use axum::body::Body;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -15,18 +16,37 @@ use std::sync::Arc;
 /// Header of Triton's binary extension: length of the JSON part.
 pub(crate) const HEADER_LEN: &str = "inference-header-content-length";
 
-pub(crate) fn router(node: Arc<Node>, max_body: usize) -> Router {
+/// Limits the REST transport applies before a job exists.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HttpLimits {
+    /// Largest body.
+    pub(crate) max_body: usize,
+    /// Time to send the body once admitted.
+    pub(crate) body_timeout: std::time::Duration,
+}
+
+#[derive(Clone)]
+struct App {
+    node: Arc<Node>,
+    limits: HttpLimits,
+}
+
+pub(crate) fn router(node: Arc<Node>, limits: HttpLimits) -> Router {
+    let app = App { node: node.clone(), limits };
+    let infer_route = Router::new().route("/v2/models/{name}/infer", post(infer)).with_state(app);
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(|| async { Json(json!({"live": true})) }))
         .route("/v2/health/ready", get(ready))
         .route("/v2/models/{name}", get(model_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
-        .route("/v2/models/{name}/infer", post(infer))
         .route("/metrics", get(metrics))
         .fallback(|uri: axum::http::Uri| async move { error(StatusCode::NOT_FOUND, format!("no route {uri}")) })
-        .layer(DefaultBodyLimit::max(max_body))
+        .method_not_allowed_fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {
+            error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {}", uri.path()))
+        })
         .with_state(node)
+        .merge(infer_route)
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -50,8 +70,10 @@ impl IntoResponse for NodeError {
     }
 }
 
+/// The bearer token, exactly as sent (no trimming: QUIC and HTTP compare
+/// tokens the same way, byte for byte).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
 }
 
 async fn server_metadata(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
@@ -109,14 +131,19 @@ async fn model_metadata(State(node): State<Arc<Node>>, Path(name): Path<String>,
     .into_response()
 }
 
-async fn metrics(State(node): State<Arc<Node>>) -> Response {
+async fn metrics(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+    if !node.may_read_metrics(bearer(&headers)) {
+        // Indistinguishable from a node without metrics: tenants learn
+        // nothing of other tenants' deployments.
+        return error(StatusCode::NOT_FOUND, "no route /metrics");
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], node.metrics_text()).into_response()
 }
 
 /// Splits a body into its JSON header and binary tail.
 pub(crate) fn split_body<'a>(body: &'a [u8], header_len: Option<&str>) -> Result<(Value, &'a [u8]), String> {
     let n = match header_len {
-        Some(v) => v.trim().parse::<usize>().map_err(|_| format!("{HEADER_LEN} '{v}' is not a number"))?,
+        Some(v) => v.parse::<usize>().map_err(|_| format!("{HEADER_LEN} '{v}' is not a number"))?,
         None => body.len(),
     };
     if n > body.len() {
@@ -150,32 +177,60 @@ pub(crate) fn outcome_status(o: Outcome) -> StatusCode {
     }
 }
 
-async fn infer(
-    State(node): State<Arc<Node>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Response {
+impl IntakeError {
+    fn status(&self) -> StatusCode {
+        match self {
+            IntakeError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            IntakeError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            IntakeError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            IntakeError::Broken(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// `POST /v2/models/{name}/infer`. In this order, so that each step costs
+/// a stranger only what the previous one allowed: the token (headers
+/// only), the deployment, the declared length, a place in the queue, then
+/// the body (bounded, under a deadline, counted in the node's body
+/// budget), and the parse on a job thread.
+async fn infer(State(app): State<App>, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    let node = &app.node;
     let served = match node.authorize(bearer(&headers)).and_then(|c| node.lookup(&c, &name)) {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
-    let body = match body {
+    let max = app.limits.max_body;
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, IntakeError::TooLarge(max).to_string());
+    }
+    let header_len = match headers.get(HEADER_LEN).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(v)) => Some(v.to_string()),
+        Some(Err(_)) => {
+            return NodeError::BadRequest(format!("{HEADER_LEN} is not an ASCII number")).into_response();
+        }
+    };
+    let admitted = match node.admit(&served) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let mut share = node.body_budget.share();
+    let mut body = body;
+    let bytes = match read_body(&mut body, Vec::new(), max, &node.body_budget, &mut share, app.limits.body_timeout).await {
         Ok(b) => b,
-        // Too large, or the connection broke: the same JSON error shape.
-        Err(e) => return error(e.status(), format!("reading the request body: {}", e.body_text())),
+        Err(e) => return error(e.status(), e.to_string()),
     };
-    let header_len = headers.get(HEADER_LEN).and_then(|v| v.to_str().ok());
-    let (json_header, binary) = match split_body(&body, header_len) {
-        Ok(x) => x,
-        Err(e) => return NodeError::BadRequest(e).into_response(),
-    };
-    let request = match kserve::parse_request_with_binary(&json_header, binary) {
-        Ok(r) => r,
-        Err(e) => return NodeError::BadRequest(e).into_response(),
-    };
-    let (want_binary, only) = kserve::output_preferences(&json_header);
-    let report = match node.infer(served, request).await {
+    let report = node
+        .run_admitted(admitted, move || {
+            let (json_header, binary) = split_body(&bytes, header_len.as_deref())?;
+            let request = kserve::parse_request_with_binary(&json_header, binary)?;
+            let (want_binary, only) = kserve::output_preferences(&json_header);
+            Ok((request, (want_binary, only, json_header.get("id").cloned())))
+        })
+        .await;
+    drop(share);
+    let (report, (want_binary, only, id)) = match report {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
@@ -192,8 +247,8 @@ async fn infer(
         Ok(x) => x,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    if let Some(id) = json_header.get("id") {
-        v["id"] = id.clone();
+    if let Some(id) = id {
+        v["id"] = id;
     }
     let obj = v.as_object_mut().expect("response is an object");
     let p = obj.entry("parameters").or_insert_with(|| json!({}));

@@ -8,6 +8,7 @@ mod build;
 pub mod cli;
 mod config;
 mod http;
+mod intake;
 pub mod jobs;
 mod metrics;
 mod node;

@@ -29,14 +29,16 @@ pub(crate) struct Metrics {
     registry: Registry,
     pub(crate) requests: Family<Outcome, Counter>,
     pub(crate) queue_seconds: Family<Dep, Histogram>,
-    pub(crate) guest_seconds: Family<Dep, Histogram>,
+    pub(crate) job_seconds: Family<Dep, Histogram>,
     pub(crate) backend_seconds: Family<Dep, Histogram>,
     pub(crate) fuel: Family<Dep, Counter>,
-    pub(crate) backend_seconds_total: Family<Dep, Counter<f64, AtomicU64>>,
+    pub(crate) backend_compute_seconds: Family<Dep, Counter<f64, AtomicU64>>,
     pub(crate) in_flight: Gauge,
     pub(crate) cache_hits: Gauge,
     pub(crate) cache_misses: Gauge,
     pub(crate) cache_entries: Gauge,
+    pub(crate) cache_bytes: Gauge,
+    pub(crate) cache_evictions: Gauge,
 }
 
 impl Metrics {
@@ -44,34 +46,39 @@ impl Metrics {
         let mut registry = Registry::with_prefix("mote");
         let requests = Family::<Outcome, Counter>::default();
         let queue_seconds = Family::<Dep, Histogram>::new_with_constructor(latency as fn() -> Histogram);
-        let guest_seconds = Family::<Dep, Histogram>::new_with_constructor(latency as fn() -> Histogram);
+        let job_seconds = Family::<Dep, Histogram>::new_with_constructor(latency as fn() -> Histogram);
         let backend_seconds = Family::<Dep, Histogram>::new_with_constructor(latency as fn() -> Histogram);
         let fuel = Family::<Dep, Counter>::default();
-        let backend_seconds_total = Family::<Dep, Counter<f64, AtomicU64>>::default();
+        let backend_compute_seconds = Family::<Dep, Counter<f64, AtomicU64>>::default();
         let in_flight = Gauge::default();
         let (cache_hits, cache_misses, cache_entries) = (Gauge::default(), Gauge::default(), Gauge::default());
         registry.register("requests", "Inference requests by deployment and outcome", requests.clone());
         registry.register("queue_seconds", "Time a request waited for a job slot", queue_seconds.clone());
-        registry.register("guest_seconds", "Wall time of jobs (guest and backend)", guest_seconds.clone());
+        registry.register("job_seconds", "Wall time of jobs: guest code and backend together", job_seconds.clone());
         registry.register("backend_seconds", "Backend time per job", backend_seconds.clone());
         registry.register("fuel", "Wasm fuel consumed by guests", fuel.clone());
-        registry.register("backend_compute_seconds", "Backend seconds consumed", backend_seconds_total.clone());
+        registry.register("backend_compute_seconds", "Backend seconds consumed", backend_compute_seconds.clone());
         registry.register("in_flight_requests", "Requests admitted and not yet answered", in_flight.clone());
         registry.register("graph_cache_hits", "Graph loads served from the cache", cache_hits.clone());
         registry.register("graph_cache_misses", "Graph loads that built a graph", cache_misses.clone());
         registry.register("graph_cache_entries", "Graphs held by the cache", cache_entries.clone());
+        let (cache_bytes, cache_evictions) = (Gauge::default(), Gauge::default());
+        registry.register("graph_cache_bytes", "Bytes charged for the graphs the cache holds", cache_bytes.clone());
+        registry.register("graph_cache_evictions", "Graphs evicted from the cache", cache_evictions.clone());
         Self {
             registry,
             requests,
             queue_seconds,
-            guest_seconds,
+            job_seconds,
             backend_seconds,
             fuel,
-            backend_seconds_total,
+            backend_compute_seconds,
             in_flight,
             cache_hits,
             cache_misses,
             cache_entries,
+            cache_bytes,
+            cache_evictions,
         }
     }
 

@@ -69,11 +69,15 @@ pub(crate) struct Node {
     /// Threads that run jobs: one per job slot of every deployment, so a
     /// deployment never waits for another's jobs.
     jobs: Arc<JobThreads>,
+    /// Request bytes held at once, all transports together.
+    pub(crate) body_budget: crate::intake::BodyBudget,
+    /// Token for `/metrics`, if the operator set one.
+    metrics_token: Option<String>,
 }
 
 /// One admitted request: counted in the deployment's admission and the
 /// node's in-flight total until dropped.
-struct Admitted {
+pub(crate) struct Admitted {
     node: Arc<Node>,
     served: Arc<Served>,
 }
@@ -100,6 +104,10 @@ impl Node {
     pub(crate) fn new(cfg: &Config) -> Result<Self> {
         let runtime = Runtime::new(RuntimeConfig {
             ort_threads: cfg.server.ort_threads,
+            backend_memory_bytes: cfg
+                .server
+                .backend_memory_bytes
+                .unwrap_or_else(mote_runtime::backend::ort::default_memory_budget),
             data_dir: Some(cfg.server.data_dir.clone().unwrap_or_else(mote_runtime::receipt::default_data_dir)),
             price: cfg.price.clone(),
             pool_instances: cfg.deployments.iter().map(|d| (d.max_concurrency + 1) as u32).sum::<u32>().max(8),
@@ -134,6 +142,8 @@ impl Node {
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             jobs,
+            body_budget: crate::intake::BodyBudget::new(cfg.server.max_inflight_body_bytes),
+            metrics_token: cfg.server.metrics_token.clone(),
         })
     }
 
@@ -167,8 +177,19 @@ impl Node {
         })
     }
 
-    /// Resolves a bearer token. Without tenants in the config the node is
-    /// open; with tenants, every call needs a valid token.
+    /// Whether `token` may read `/metrics`: the metrics token, or anyone on
+    /// an open node without one. Tenants' tokens never do (metrics name
+    /// every tenant's deployments).
+    pub(crate) fn may_read_metrics(&self, token: Option<&str>) -> bool {
+        match &self.metrics_token {
+            Some(want) => token.is_some_and(|t| constant_time_eq(t.as_bytes(), want.as_bytes())),
+            None => self.tokens.is_empty(),
+        }
+    }
+
+    /// Resolves a bearer token (exact match, on every transport). Without
+    /// tenants in the config the node is open; with tenants, every call
+    /// needs a valid token.
     pub(crate) fn authorize(&self, token: Option<&str>) -> Result<Caller, NodeError> {
         if self.tokens.is_empty() {
             return Ok(Caller { tenant: None });
@@ -230,24 +251,39 @@ impl Node {
         true
     }
 
-    /// Admits and runs one job: 503 at once when the deployment's slots and
-    /// queue are full; the job itself runs on a job thread. The job, its
-    /// slot, the in-flight count and its metrics belong to the job thread
-    /// from then on: a caller that goes away does not free the slot of a
-    /// job still running, and a drain still waits for it.
-    pub(crate) async fn infer(self: &Arc<Self>, served: Arc<Served>, request: Request) -> Result<JobReport, NodeError> {
-        let name = served.deployment.name().to_string();
+    /// Takes a place in the deployment's queue, or refuses at once (503)
+    /// when slots and queue are full: before the request's body is read or
+    /// parsed, so a flood costs no memory.
+    pub(crate) fn admit(self: &Arc<Self>, served: &Arc<Served>) -> Result<Admitted, NodeError> {
+        let name = served.deployment.name();
         if self.draining.load(Ordering::SeqCst) {
             return Err(NodeError::ShuttingDown);
         }
         let adm = &served.admission;
         if adm.admitted.fetch_add(1, Ordering::SeqCst) >= adm.capacity {
             adm.admitted.fetch_sub(1, Ordering::SeqCst);
-            self.metrics.count(&name, "busy");
-            return Err(NodeError::Busy(name, "all job slots and queue places are taken"));
+            self.metrics.count(name, "busy");
+            return Err(NodeError::Busy(name.to_string(), "all job slots and queue places are taken"));
         }
-        let admitted = Admitted::new(self.clone(), served.clone());
+        Ok(Admitted::new(self.clone(), served.clone()))
+    }
 
+    /// Runs an admitted request: waits for a job slot, then on a job
+    /// thread (off the I/O workers) decodes the request with `decode` and
+    /// runs the job. A request that does not decode is a 400 and no job.
+    /// The job, its slot, the in-flight count and its metrics belong to the
+    /// job thread from then on: a caller that goes away does not free the
+    /// slot of a job still running, and a drain still waits for it.
+    /// `decode` may return something besides the request (response
+    /// options read from the same bytes); it comes back with the report.
+    pub(crate) async fn run_admitted<T: Send + 'static>(
+        self: &Arc<Self>,
+        admitted: Admitted,
+        decode: impl FnOnce() -> Result<(Request, T), String> + Send + 'static,
+    ) -> Result<(JobReport, T), NodeError> {
+        let served = admitted.served.clone();
+        let name = served.deployment.name().to_string();
+        let adm = &served.admission;
         let queued = Instant::now();
         let deadline = served.deployment.limits().deadline();
         let permit = match tokio::time::timeout(deadline, adm.slots.clone().acquire_owned()).await {
@@ -263,14 +299,21 @@ impl Node {
         let node = self.clone();
         self.jobs
             .run(move || {
+                let (request, extra) = match decode() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        node.metrics.count(&dep.deployment, "bad_request");
+                        return Err(NodeError::BadRequest(e));
+                    }
+                };
                 let report = admitted.served.deployment.run_owned(request);
                 drop(permit);
                 node.record(&dep, queued, &report);
                 drop(admitted);
-                report
+                Ok((report, extra))
             })
             .await
-            .map_err(|e| NodeError::Internal(e.to_string()))
+            .map_err(|e| NodeError::Internal(e.to_string()))?
     }
 
     /// Logs a finished job and adds it to the metrics.
@@ -287,10 +330,10 @@ impl Node {
             "job done"
         );
         self.metrics.count(&dep.deployment, report.receipt.outcome.as_str());
-        self.metrics.guest_seconds.get_or_create(dep).observe(u.wall_ns as f64 / 1e9);
+        self.metrics.job_seconds.get_or_create(dep).observe(u.wall_ns as f64 / 1e9);
         self.metrics.backend_seconds.get_or_create(dep).observe(u.backend_ns as f64 / 1e9);
         self.metrics.fuel.get_or_create(dep).inc_by(u.fuel);
-        self.metrics.backend_seconds_total.get_or_create(dep).inc_by(u.backend_ns as f64 / 1e9);
+        self.metrics.backend_compute_seconds.get_or_create(dep).inc_by(u.backend_ns as f64 / 1e9);
     }
 
     /// Metrics text, with cache gauges read now.
@@ -299,6 +342,13 @@ impl Node {
         self.metrics.cache_hits.set(c.hits as i64);
         self.metrics.cache_misses.set(c.misses as i64);
         self.metrics.cache_entries.set(c.entries as i64);
+        self.metrics.cache_bytes.set(c.bytes as i64);
+        self.metrics.cache_evictions.set(c.evictions as i64);
         self.metrics.encode()
     }
+}
+
+/// Compares secrets in time independent of where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

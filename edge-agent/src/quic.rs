@@ -3,6 +3,7 @@
 //! model as the REST API, tensors as raw bytes.
 
 use crate::http::{outcome_status, usage_parameters};
+use crate::intake::{read_body, ConnectionCap, IntakeError};
 use crate::node::{Node, NodeError};
 use anyhow::{bail, Context, Result};
 use mote_runtime::{kserve, Request, Response};
@@ -45,10 +46,13 @@ impl Status {
 
 /// A decoded request frame.
 #[derive(Debug, PartialEq)]
-pub(crate) struct RequestFrame {
-    pub(crate) deployment: String,
-    pub(crate) token: String,
-    pub(crate) request: Request,
+pub struct RequestFrame {
+    /// The deployment asked for.
+    pub deployment: String,
+    /// The bearer token ("" for none).
+    pub token: String,
+    /// The request.
+    pub request: Request,
 }
 
 fn put_str16(out: &mut Vec<u8>, s: &str) -> Result<()> {
@@ -112,8 +116,9 @@ pub(crate) fn encode_request(deployment: &str, token: &str, req: &Request) -> Re
     Ok(out)
 }
 
-/// Decodes a request frame.
-pub(crate) fn decode_request(frame: &[u8]) -> Result<RequestFrame> {
+/// Decodes a request frame (sans-IO: the server reads the bytes, this
+/// only looks at them).
+pub fn decode_request(frame: &[u8]) -> Result<RequestFrame> {
     let mut r = Reader(frame);
     if r.take(4)? != MAGIC {
         bail!("not a mote/1 frame (bad magic)");
@@ -143,14 +148,16 @@ pub(crate) fn encode_response(status: Status, header: &Value, tail: &[u8]) -> Ve
 
 /// A decoded response frame.
 #[derive(Debug)]
-pub(crate) struct ResponseFrame {
-    pub(crate) status: Status,
-    pub(crate) header: Value,
-    pub(crate) response: Option<Response>,
+pub struct ResponseFrame {
+    status: Status,
+    /// The JSON header: outputs' metadata, parameters, or the error.
+    pub header: Value,
+    /// The outputs, when the job succeeded.
+    pub response: Option<Response>,
 }
 
 /// Decodes a response frame; outputs come back as a [`Response`].
-pub(crate) fn decode_response(frame: &[u8]) -> Result<ResponseFrame> {
+pub fn decode_response(frame: &[u8]) -> Result<ResponseFrame> {
     let mut r = Reader(frame);
     let status = Status::from_u8(r.u8()?).context("unknown status byte")?;
     let n = r.u32()?;
@@ -178,40 +185,106 @@ fn error_frame(e: &NodeError) -> Vec<u8> {
     encode_response(status, &json!({"error": e.to_string()}), &[])
 }
 
-/// Serves one request stream.
-async fn serve_stream(node: Arc<Node>, mut send: quinn::SendStream, mut recv: quinn::RecvStream, max_body: usize) {
-    let frame = match recv.read_to_end(max_body).await {
-        Ok(f) => f,
-        Err(e) => {
-            let _ = send.write_all(&error_frame(&NodeError::BadRequest(format!("reading the request: {e}")))).await;
-            let _ = send.finish();
-            return;
-        }
-    };
-    let out = handle_frame(&node, &frame).await;
+/// The first fields of a request frame: enough to authenticate and admit
+/// before the rest is read.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct FramePrefix {
+    pub(crate) deployment: String,
+    pub(crate) token: String,
+}
+
+/// Reads magic, version, deployment and token from the stream: at most
+/// 5 + 2 × (2 + 65535) bytes, whatever the client sends after.
+async fn read_prefix(recv: &mut quinn::RecvStream) -> Result<(FramePrefix, Vec<u8>)> {
+    let mut raw = Vec::with_capacity(64);
+    read_more(recv, &mut raw, 7).await?;
+    if &raw[..4] != MAGIC {
+        bail!("not a mote/1 frame (bad magic)");
+    }
+    if raw[4] != VERSION {
+        bail!("unsupported frame version {}", raw[4]);
+    }
+    let deployment = read_str16(recv, &mut raw, 5).await?;
+    let at = raw.len();
+    read_more(recv, &mut raw, 2).await?;
+    let token = read_str16(recv, &mut raw, at).await?;
+    Ok((FramePrefix { deployment, token }, raw))
+}
+
+/// Appends exactly `n` bytes of the stream to `raw`.
+async fn read_more(recv: &mut quinn::RecvStream, raw: &mut Vec<u8>, n: usize) -> Result<()> {
+    let at = raw.len();
+    raw.resize(at + n, 0);
+    recv.read_exact(&mut raw[at..]).await.context("reading the frame header")
+}
+
+/// Reads the string whose u16 length is at `raw[len_at..len_at + 2]`.
+async fn read_str16(recv: &mut quinn::RecvStream, raw: &mut Vec<u8>, len_at: usize) -> Result<String> {
+    let n = u16::from_le_bytes([raw[len_at], raw[len_at + 1]]) as usize;
+    let at = raw.len();
+    read_more(recv, raw, n).await?;
+    String::from_utf8(raw[at..].to_vec()).context("string is not UTF-8")
+}
+
+/// Limits the QUIC transport applies before a job exists.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QuicLimits {
+    /// Largest frame.
+    pub(crate) max_body: usize,
+    /// Time to send a frame's first fields (deployment and token).
+    pub(crate) header_timeout: std::time::Duration,
+    /// Time to send the rest of the frame once admitted.
+    pub(crate) body_timeout: std::time::Duration,
+}
+
+/// Serves one request stream: authenticates and admits from the frame's
+/// first fields, and only then reads the rest (bounded, timed, counted in
+/// the node's body budget); the rest is decoded on a job thread.
+async fn serve_stream(node: Arc<Node>, mut send: quinn::SendStream, mut recv: quinn::RecvStream, limits: QuicLimits) {
+    let out = handle_stream(&node, &mut recv, limits).await;
+    // Whatever was not read is not wanted.
+    let _ = recv.stop(0u32.into());
     if send.write_all(&out).await.is_ok() {
         let _ = send.finish();
         let _ = send.stopped().await;
     }
 }
 
-async fn handle_frame(node: &Arc<Node>, frame: &[u8]) -> Vec<u8> {
-    let req = match decode_request(frame) {
-        Ok(r) => r,
-        Err(e) => return error_frame(&NodeError::BadRequest(format!("{e:#}"))),
+async fn handle_stream(node: &Arc<Node>, recv: &mut quinn::RecvStream, limits: QuicLimits) -> Vec<u8> {
+    let (prefix, raw) = match tokio::time::timeout(limits.header_timeout, read_prefix(recv)).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return error_frame(&NodeError::BadRequest(format!("{e:#}"))),
+        Err(_) => {
+            return error_frame(&NodeError::BadRequest(format!(
+                "the frame's first fields did not arrive within {:?}",
+                limits.header_timeout
+            )))
+        }
     };
-    let token = (!req.token.is_empty()).then_some(req.token.as_str());
-    let served = match node.authorize(token).and_then(|c| node.lookup(&c, &req.deployment)) {
+    let token = (!prefix.token.is_empty()).then_some(prefix.token.as_str());
+    let served = match node.authorize(token).and_then(|c| node.lookup(&c, &prefix.deployment)) {
         Ok(s) => s,
         Err(e) => return error_frame(&e),
     };
-    let report = match node.infer(served, req.request).await {
-        Ok(r) => r,
+    let admitted = match node.admit(&served) {
+        Ok(a) => a,
+        Err(e) => return error_frame(&e),
+    };
+    let mut share = node.body_budget.share();
+    let frame = match read_body(recv, raw, limits.max_body, &node.body_budget, &mut share, limits.body_timeout).await {
+        Ok(f) => f,
+        Err(e @ IntakeError::Busy) => return encode_response(Status::Busy, &json!({"error": e.to_string()}), &[]),
+        Err(e) => return error_frame(&NodeError::BadRequest(e.to_string())),
+    };
+    let report = node.run_admitted(admitted, move || decode_request(&frame).map(|f| (f.request, ())).map_err(|e| format!("{e:#}"))).await;
+    drop(share);
+    let report = match report {
+        Ok((r, ())) => r,
         Err(e) => return error_frame(&e),
     };
     let params = usage_parameters(&report);
     match &report.result {
-        Ok(resp) => match kserve::response_json_binary(resp, Some(&req.deployment), &|_| true, None) {
+        Ok(resp) => match kserve::response_json_binary(resp, Some(&prefix.deployment), &|_| true, None) {
             Ok((mut v, tail)) => {
                 v["parameters"] = params;
                 encode_response(Status::Ok, &v, &tail)
@@ -226,11 +299,18 @@ async fn handle_frame(node: &Arc<Node>, frame: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Accepts connections until the endpoint is closed.
-pub(crate) async fn serve(endpoint: quinn::Endpoint, node: Arc<Node>, max_body: usize) {
+/// Accepts connections until the endpoint is closed: at most `cap`
+/// connections at once (more are refused during the handshake).
+pub(crate) async fn serve(endpoint: quinn::Endpoint, node: Arc<Node>, limits: QuicLimits, cap: ConnectionCap) {
     while let Some(incoming) = endpoint.accept().await {
+        let Some(slot) = cap.try_take() else {
+            tracing::debug!("QUIC connection refused: server.max_connections reached");
+            incoming.refuse();
+            continue;
+        };
         let node = node.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let conn = match incoming.await {
                 Ok(c) => c,
                 Err(e) => {
@@ -239,30 +319,39 @@ pub(crate) async fn serve(endpoint: quinn::Endpoint, node: Arc<Node>, max_body: 
                 }
             };
             while let Ok((send, recv)) = conn.accept_bi().await {
-                tokio::spawn(serve_stream(node.clone(), send, recv, max_body));
+                tokio::spawn(serve_stream(node.clone(), send, recv, limits));
             }
         });
     }
 }
 
 /// Transport settings for both ends: windows sized for tensors (a
-/// megabyte-sized request should not wait on flow control), and room for
-/// many concurrent requests on one connection.
-fn transport() -> Arc<quinn::TransportConfig> {
+/// megabyte-sized request should not wait on flow control), `streams`
+/// concurrent requests per connection, and an idle timeout: a connection
+/// that sends nothing (not even keep-alives) for `idle` is closed. What one
+/// connection can make the node buffer is bounded by its receive window.
+fn transport(streams: u32, idle: std::time::Duration) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    t.max_concurrent_bidi_streams(1024u32.into())
+    t.max_concurrent_bidi_streams(streams.into())
+        .max_concurrent_uni_streams(0u32.into())
         .stream_receive_window((16u32 << 20).into())
         .receive_window((64u32 << 20).into())
-        .send_window(64 << 20);
+        .send_window(64 << 20)
+        .max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
     Arc::new(t)
 }
 
 /// Builds the server endpoint.
-pub(crate) fn endpoint(addr: SocketAddr, identity: &crate::tls::Identity) -> Result<quinn::Endpoint> {
+pub(crate) fn endpoint(
+    addr: SocketAddr,
+    identity: &crate::tls::Identity,
+    streams: u32,
+    idle: std::time::Duration,
+) -> Result<quinn::Endpoint> {
     let tls = identity.server_config(&[ALPN])?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).context("TLS config for QUIC")?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    cfg.transport_config(transport());
+    cfg.transport_config(transport(streams, idle));
     quinn::Endpoint::server(cfg, addr).with_context(|| format!("binding QUIC on {addr}"))
 }
 
@@ -307,10 +396,23 @@ impl QuicClient {
         let bind: SocketAddr = if addr.is_ipv6() { "[::]:0".parse()? } else { "0.0.0.0:0".parse()? };
         let mut endpoint = quinn::Endpoint::client(bind)?;
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-        client.transport_config(transport());
+        // Keep-alives so a client waiting on a long job is never idle.
+        let mut t = quinn::TransportConfig::default();
+        t.stream_receive_window((16u32 << 20).into())
+            .receive_window((64u32 << 20).into())
+            .send_window(64 << 20)
+            .keep_alive_interval(Some(std::time::Duration::from_secs(5)));
+        client.transport_config(Arc::new(t));
         endpoint.set_default_client_config(client);
         let conn = endpoint.connect(addr, server_name)?.await.with_context(|| format!("QUIC handshake with {addr}"))?;
         Ok(Self { _endpoint: endpoint, conn })
+    }
+
+    /// Opens a bare stream on the connection, for tools and tests that
+    /// write `mote/1` frames by hand (e.g. to send a frame's first fields
+    /// and hold the rest).
+    pub async fn open_stream(&self) -> Result<(quinn::SendStream, quinn::RecvStream)> {
+        self.conn.open_bi().await.context("opening a QUIC stream")
     }
 
     /// Sends one request on a new stream of the open connection.
@@ -374,5 +476,39 @@ mod tests {
         assert_eq!(back.response.unwrap().outputs, resp.outputs);
         let busy = decode_response(&encode_response(Status::Busy, &json!({"error": "busy"}), &[])).unwrap();
         assert_eq!((busy.status, busy.header["error"].as_str()), (Status::Busy, Some("busy")));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+            /// Any bytes, with or without a valid start: an error or a
+            /// request, never a panic (the same runs longer in fuzz/).
+            #[test]
+            fn decoding_any_frame_never_panics(valid_start in any::<bool>(), body in prop::collection::vec(any::<u8>(), 0..256)) {
+                let mut frame = if valid_start { b"MOTE\x01".to_vec() } else { Vec::new() };
+                frame.extend(body);
+                let _ = decode_request(&frame);
+                let _ = decode_response(&frame);
+            }
+
+            /// Every prefix of a valid frame is refused (a truncated frame
+            /// never decodes as a different request).
+            #[test]
+            fn truncated_frames_are_refused(data in prop::collection::vec(any::<u8>(), 0..64), cut in any::<prop::sample::Index>()) {
+                let n = data.len() as u64;
+                let req = Request {
+                    inputs: vec![IoTensor { name: "x".into(), datatype: Datatype::Uint8, shape: vec![n], data }],
+                    parameters: vec![],
+                };
+                let frame = encode_request("mlp", "token-1234", &req).unwrap();
+                let at = cut.index(frame.len());
+                prop_assert!(decode_request(&frame[..at]).is_err());
+                prop_assert_eq!(decode_request(&frame).unwrap().request, req);
+            }
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! `mote serve`: start the node's listeners and run until SIGTERM/SIGINT.
 
 use crate::config::Config;
+use crate::intake::{ConnectionCap, GuardAcceptor};
 use crate::node::Node;
 use crate::tls::Identity;
 use crate::{http, quic};
@@ -55,6 +56,11 @@ pub(crate) async fn serve(cfg: Config, insecure_http: bool) -> Result<()> {
     let data_dir = cfg.server.data_dir.clone().unwrap_or_else(mote_runtime::receipt::default_data_dir);
     let grace = Duration::from_millis(cfg.server.grace_period_ms);
     let max_body = cfg.server.max_body_bytes;
+    let idle = cfg.server.idle_timeout(&cfg.deployments);
+    let header_timeout = Duration::from_millis(cfg.server.header_timeout_ms);
+    let body_timeout = Duration::from_millis(cfg.server.body_timeout_ms);
+    let streams = cfg.server.max_streams_per_connection.max(1);
+    let max_connections = cfg.server.max_connections;
     let listen = cfg.server.listen;
     let quic_addr = cfg.server.quic;
     let tls = (cfg.server.cert.clone(), cfg.server.key.clone());
@@ -66,14 +72,21 @@ pub(crate) async fn serve(cfg: Config, insecure_http: bool) -> Result<()> {
     let identity = Identity::load_or_generate(tls.0.as_deref(), tls.1.as_deref(), &data_dir)?;
 
     let handle = axum_server::Handle::new();
-    let app = http::router(node.clone(), max_body).into_make_service();
+    let app = http::router(node.clone(), http::HttpLimits { max_body, body_timeout }).into_make_service();
+    // Connection cap and idle timeout under TLS (a handshake that stalls is
+    // cut by the TLS acceptor's own 10 s timeout); header timeout and
+    // stream cap in hyper.
+    let guard = GuardAcceptor { cap: ConnectionCap::new(max_connections), idle };
     let http_task = if insecure_http {
-        let server = axum_server::bind(listen).handle(handle.clone());
+        let mut server = axum_server::bind(listen).handle(handle.clone()).acceptor(guard);
+        tune(server.http_builder(), header_timeout, streams);
         tokio::spawn(async move { server.serve(app).await })
     } else {
         let rustls = identity.server_config(&[b"h2", b"http/1.1"])?;
         let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(rustls));
-        let server = axum_server::bind_rustls(listen, config).handle(handle.clone());
+        let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config).acceptor(guard);
+        let mut server = axum_server::bind(listen).handle(handle.clone()).acceptor(acceptor);
+        tune(server.http_builder(), header_timeout, streams);
         tokio::spawn(async move { server.serve(app).await })
     };
     let Some(bound) = handle.listening().await else {
@@ -84,9 +97,10 @@ pub(crate) async fn serve(cfg: Config, insecure_http: bool) -> Result<()> {
     say(format!("listening {scheme}://{bound}"));
     let quic = match quic_addr {
         Some(addr) => {
-            let endpoint = quic::endpoint(addr, &identity)?;
+            let endpoint = quic::endpoint(addr, &identity, streams, idle)?;
             say(format!("listening quic://{} (ALPN mote/1)", endpoint.local_addr()?));
-            tokio::spawn(quic::serve(endpoint.clone(), node.clone(), max_body));
+            let limits = quic::QuicLimits { max_body, header_timeout, body_timeout };
+            tokio::spawn(quic::serve(endpoint.clone(), node.clone(), limits, ConnectionCap::new(max_connections)));
             Some(endpoint)
         }
         None => None,
@@ -109,6 +123,17 @@ pub(crate) async fn serve(cfg: Config, insecure_http: bool) -> Result<()> {
     let _ = tokio::time::timeout(grace + Duration::from_secs(1), http_task).await;
     say(if drained { "stopped: all in-flight requests completed".into() } else { "stopped: grace period over".into() });
     Ok(())
+}
+
+/// hyper's own limits: time to send request headers (HTTP/1), concurrent
+/// streams and header size per connection (HTTP/2).
+fn tune(
+    b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    header_timeout: Duration,
+    streams: u32,
+) {
+    b.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
+    b.http2().timer(hyper_util::rt::TokioTimer::new()).max_concurrent_streams(streams).max_header_list_size(64 << 10);
 }
 
 async fn wait_for_signal() -> Result<()> {

@@ -253,3 +253,44 @@ fn run_on_the_wgpu_backend() {
     assert!(err.contains("no usable adapter") && err.contains("mesa-vulkan-drivers"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
+
+/// A guest sends model bytes whose weights are "external data" naming
+/// files of the node, resolved against `mote`'s working directory: the
+/// node key, the config with tenants' tokens. The model is refused before
+/// ONNX Runtime sees it, and no byte of the files comes back.
+#[test]
+fn a_model_cannot_read_the_nodes_files_through_external_data() {
+    use mote_runtime::attack_models;
+    let dir = tmp().join("exfil");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let secret = b"tenant-token-SECRET-0123456789ab";
+    std::fs::write(dir.join("mote.toml"), secret).unwrap();
+    std::fs::write(dir.join("data/node.key"), secret).unwrap();
+    for (what, model) in [
+        ("top-level initializer", attack_models::external_data_model("mote.toml", secret.len())),
+        ("subgraph initializer", attack_models::nested_external_data_model("data/node.key", secret.len())),
+    ] {
+        let request = serde_json::json!({
+            "inputs": [{"name": "model", "datatype": "UINT8", "shape": [model.len()], "data": model}],
+            "parameters": {"mode": "load-model"},
+        });
+        let req_path = dir.join("request.json");
+        std::fs::write(&req_path, request.to_string()).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_mote"))
+            .args(["run", &path("guests/misbehave.wasm"), "--input", req_path.to_str().unwrap()])
+            .current_dir(&dir)
+            .env("MOTE_HOME", tmp().join("home"))
+            .output()
+            .expect("start mote");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let all = format!("{stdout}{}", stderr(&out));
+        // The secret as JSON numbers (a UINT8 output) or as text.
+        let as_numbers = secret.iter().map(u8::to_string).collect::<Vec<_>>().join(",");
+        assert!(
+            !all.contains(&as_numbers) && !all.contains("SECRET"),
+            "{what}: the model read a file of the node: {all}"
+        );
+        assert!(!out.status.success(), "{what}: the job succeeded: {all}");
+        assert!(all.contains("external file"), "{what}: refused without saying why: {all}");
+    }
+}

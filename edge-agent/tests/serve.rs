@@ -24,6 +24,7 @@ fn artifact(rel: &str) -> String {
 
 const TOKEN_A: &str = "tenant-a-token";
 const TOKEN_B: &str = "tenant-b-token";
+const METRICS_TOKEN: &str = "operator-metrics-token";
 
 /// A running `mote serve` with its addresses; killed on drop.
 struct Server {
@@ -53,6 +54,7 @@ fn config_with(server_extra: &str, extra: &str) -> String {
 listen = "127.0.0.1:0"
 quic = "127.0.0.1:0"
 grace_period_ms = 10000
+metrics_token = "{METRICS_TOKEN}"
 {server_extra}
 
 [[tenant]]
@@ -371,7 +373,9 @@ fn overload_gets_503_at_once_and_admitted_requests_succeed() {
     assert!(busy_quic >= 4, "busy frames over QUIC: {busy_quic}");
     let rss_after = rss_kib(s.child.id());
     assert!(rss_after < rss_before + 200 * 1024, "memory stays bounded: {rss_before} KiB -> {rss_after} KiB");
-    let metrics = rt.block_on(async { http.get(url(&s, "/metrics")).send().await.unwrap().text().await.unwrap() });
+    let metrics = rt.block_on(async {
+        http.get(url(&s, "/metrics")).bearer_auth(METRICS_TOKEN).send().await.unwrap().text().await.unwrap()
+    });
     assert!(metrics.contains("mote_requests_total{deployment=\"slow\",outcome=\"busy\"}"), "{metrics}");
     assert!(metrics.contains("mote_in_flight_requests 0"), "{metrics}");
 }
@@ -575,4 +579,327 @@ backend = "wgpu"
     let r: Value = serde_json::from_str(receipt).unwrap();
     assert_eq!(r["backend"], "wgpu");
     assert!(r["device"].as_str().unwrap().contains('('), "device names the adapter: {}", r["device"]);
+}
+
+/// Sends raw bytes on a plain-HTTP connection and returns what the server
+/// answered before it closed the connection or `wait` passed.
+fn raw_http(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String, Duration) {
+    use std::io::{Read, Write};
+    let started = Instant::now();
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.write_all(bytes).unwrap();
+    c.set_read_timeout(Some(wait)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                // One response is enough.
+                if out.windows(4).any(|w| w == b"\r\n\r\n") && out.ends_with(b"}") {
+                    break;
+                }
+            }
+        }
+    }
+    (String::from_utf8_lossy(&out).into_owned(), started.elapsed())
+}
+
+fn status_line(response: &str) -> &str {
+    response.lines().next().unwrap_or("")
+}
+
+/// The attacks of the security review, one by one, each answered from the
+/// headers alone and fast, the JSON error shape everywhere.
+#[test]
+fn strangers_are_answered_before_their_bodies_are_read() {
+    let s = start_with(&config_with("header_timeout_ms = 500\nbody_timeout_ms = 500", ""), &["--insecure-http"]);
+    let second = Duration::from_secs(2);
+    let post = |auth: &str, extra: &str| {
+        format!("POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {auth}\r\n{extra}\r\n")
+    };
+
+    // 60 MB announced, 1 KB sent, wrong token: 401 at once.
+    let mut req = post("not-a-token", "Content-Length: 60000000\r\n").into_bytes();
+    req.extend(vec![b'{'; 1024]);
+    let (resp, took) = raw_http(s.https, &req, second);
+    assert!(status_line(&resp).contains(" 401 "), "{resp}");
+    assert!(resp.contains("\"error\""), "{resp}");
+    assert!(took < Duration::from_secs(1), "401 took {took:?}");
+
+    // A token with spaces around it is not the token.
+    let (resp, _) = raw_http(s.https, post(&format!(" {TOKEN_A} "), "Content-Length: 2\r\n\r\n{}").as_bytes(), second);
+    assert!(status_line(&resp).contains(" 401 "), "{resp}");
+
+    // Announced over the limit: 413 without reading.
+    let (resp, took) = raw_http(s.https, post(TOKEN_A, "Content-Length: 100000000\r\n").as_bytes(), second);
+    assert!(status_line(&resp).contains(" 413 "), "{resp}");
+    assert!(took < Duration::from_secs(1), "413 took {took:?}");
+
+    // Admitted, then the body stalls: 408 after body_timeout_ms.
+    let mut req = post(TOKEN_A, "Content-Length: 1000\r\n").into_bytes();
+    req.extend(b"{\"inputs\"");
+    let (resp, took) = raw_http(s.https, &req, Duration::from_secs(5));
+    assert!(status_line(&resp).contains(" 408 "), "{resp}");
+    assert!(took < Duration::from_secs(3), "408 took {took:?}");
+
+    // Headers that never end: the connection is closed after header_timeout_ms.
+    let (resp, took) = raw_http(s.https, b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nX-Slow", Duration::from_secs(5));
+    assert!(took < Duration::from_secs(3), "partial headers held the connection {took:?}: {resp}");
+
+    // A non-ASCII binary header length is refused, not ignored.
+    let mut req = post(TOKEN_A, "Content-Length: 2\r\nInference-Header-Content-Length: \u{e9}\r\n").into_bytes();
+    req.extend(b"{}");
+    let (resp, _) = raw_http(s.https, &req, second);
+    assert!(status_line(&resp).contains(" 400 "), "{resp}");
+
+    // 405 speaks JSON too.
+    let (resp, _) = raw_http(s.https, b"GET /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\n\r\n", second);
+    assert!(status_line(&resp).contains(" 405 ") && resp.contains("\"error\""), "{resp}");
+
+    let rt = rt();
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", s.https);
+    let (metrics_anon, metrics_tenant, metrics_op, bad_float, empty) = rt.block_on(async {
+        let get = |token: Option<&str>| {
+            let mut r = http.get(format!("{base}/metrics"));
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            async move { r.send().await.unwrap() }
+        };
+        let post = |body: Value| {
+            let r = http.post(format!("{base}/v2/models/mlp/infer")).bearer_auth(TOKEN_A).json(&body);
+            async move {
+                let r = r.send().await.unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            }
+        };
+        let op = get(Some(METRICS_TOKEN)).await;
+        let op = (op.status().as_u16(), op.text().await.unwrap());
+        (
+            get(None).await.status().as_u16(),
+            get(Some(TOKEN_A)).await.status().as_u16(),
+            op,
+            post(json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1e39]}]})).await,
+            post(json!({"inputs": []})).await,
+        )
+    });
+    assert_eq!((metrics_anon, metrics_tenant), (404, 404), "metrics name every tenant's deployments");
+    assert_eq!(metrics_op.0, 200);
+    assert!(metrics_op.1.contains("deployment=\"secret-b\"") || metrics_op.1.contains("mote_in_flight_requests"));
+    assert_eq!(bad_float.0, 400, "{}", bad_float.1);
+    assert!(bad_float.1.contains("out of range"), "{}", bad_float.1);
+    assert!(!empty.1.contains("onnxruntime_src") && !empty.1.contains(".cc:"), "internal paths leak: {}", empty.1);
+
+    // QUIC: the frame's first fields with a wrong token, the rest never
+    // sent: refused as unauthorized without waiting for the body.
+    let reply = rt.block_on(async {
+        let quic = QuicClient::connect(s.quic, "localhost", &Trust::CaFile(s.cert.clone())).await.unwrap();
+        let (mut send, mut recv) = quic.open_stream().await.unwrap();
+        let mut prefix = b"MOTE\x01".to_vec();
+        for field in ["mlp", "not-a-token"] {
+            prefix.extend((field.len() as u16).to_le_bytes());
+            prefix.extend(field.as_bytes());
+        }
+        prefix.extend((60u32 << 20).to_le_bytes());
+        send.write_all(&prefix).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(2), recv.read_to_end(1 << 20)).await
+    });
+    let reply = reply.expect("no answer before the body").unwrap();
+    assert_eq!(reply.first(), Some(&3u8), "status 3 = unauthorized: {:?}", String::from_utf8_lossy(&reply));
+}
+
+/// Connections beyond `max_connections` are closed at once; idle ones are
+/// closed after the idle timeout, freeing their places.
+#[test]
+fn connections_are_capped_and_idle_ones_closed() {
+    let cfg = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+max_connections = 2
+idle_timeout_ms = 1000
+
+[[deployment]]
+name = "mlp"
+guest = "{passthrough}"
+models = {{ model = "{mlp}" }}
+[deployment.limits]
+deadline_ms = 100
+"#,
+        passthrough = artifact("guests/passthrough.wasm"),
+        mlp = artifact("models/mlp.onnx"),
+    );
+    let s = start_with(&cfg, &["--insecure-http"]);
+    use std::io::Read;
+    let held: Vec<std::net::TcpStream> = (0..2).map(|_| std::net::TcpStream::connect(s.https).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let live = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n";
+    let (resp, _) = raw_http(s.https, live, Duration::from_secs(1));
+    assert!(resp.is_empty(), "a third connection was served: {resp}");
+    // The held connections are closed once idle...
+    for mut c in held {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let started = Instant::now();
+        let n = c.read(&mut [0u8; 16]).unwrap_or(0);
+        assert_eq!(n, 0, "an idle connection got data");
+        assert!(started.elapsed() < Duration::from_secs(4), "idle connection held {:?}", started.elapsed());
+    }
+    // ...and their places serve again.
+    std::thread::sleep(Duration::from_millis(100));
+    let (resp, _) = raw_http(s.https, live, Duration::from_secs(2));
+    assert!(status_line(&resp).contains(" 200 "), "{resp}");
+}
+
+/// Load under faults: a steady stream of good requests over HTTPS and QUIC
+/// while a hostile tenant sends everything the security review found —
+/// models that name the node's files, a model that asks ORT for 8 GiB, a
+/// graph of 30,000 layers, unauthenticated 60 MB uploads and connections
+/// that never finish their headers. Every good request succeeds with the
+/// right output, and the node's RSS stays under its backend budget plus a
+/// fixed margin.
+#[test]
+fn good_requests_succeed_while_hostile_ones_run() {
+    use mote_runtime::attack_models;
+    let budget: u64 = 512 << 20;
+    let extra = format!(
+        r#"
+[[deployment]]
+name = "attack"
+guest = "{misbehave}"
+tenant = "b"
+max_concurrency = 2
+max_queue = 8
+[deployment.limits]
+deadline_ms = 3000
+"#,
+        misbehave = artifact("guests/misbehave.wasm"),
+    );
+    let server_extra = format!("backend_memory_bytes = {budget}\nheader_timeout_ms = 1000\nbody_timeout_ms = 2000");
+    let s = start_with(&config_with(&server_extra, &extra), &[]);
+    let rt = rt();
+    let http = client(&s.cert);
+    let req_path = artifact("models/mlp.request.json");
+    let want = mote_run("guests/passthrough.wasm", "models/mlp.onnx", &req_path);
+    let body = std::fs::read(&req_path).unwrap();
+    let mlp_req = mote_runtime::kserve::parse_request(&serde_json::from_slice(&body).unwrap()).unwrap();
+    let rss_before = rss_kib(s.child.id());
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let peak_rss = {
+        let (stop, pid) = (stop.clone(), s.child.id());
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        })
+    };
+    // Slow connections: headers that never end.
+    let slow: Vec<std::net::TcpStream> = (0..16)
+        .map(|_| {
+            use std::io::Write;
+            let mut c = std::net::TcpStream::connect(s.https).unwrap();
+            let _ = c.write_all(b"\x16\x03\x01");
+            c
+        })
+        .collect();
+
+    let hostile_outcomes = rt.block_on(async {
+        let attack = |params: Value, inputs: Value| {
+            let (http, u) = (http.clone(), url(&s, "/v2/models/attack/infer"));
+            async move {
+                let r = http
+                    .post(u)
+                    .bearer_auth(TOKEN_B)
+                    .json(&json!({"inputs": inputs, "parameters": params}))
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            }
+        };
+        let model_input = |bytes: Vec<u8>| json!({"name": "model", "datatype": "UINT8", "shape": [bytes.len()], "data": bytes});
+        let hostile = {
+            let exfil = model_input(attack_models::external_data_model("Cargo.toml", 64));
+            let bomb = model_input(attack_models::memory_bomb_model(1 << 30));
+            let x = json!({"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]});
+            let stop = stop.clone();
+            let unauth = {
+                let addr = s.https;
+                tokio::task::spawn_blocking(move || {
+                    // TLS is not even started: the bytes are garbage to the
+                    // server, which must drop them without buffering.
+                    (0..8).map(|_| raw_http(addr, &vec![b'x'; 1 << 20], Duration::from_millis(200)).0.len()).sum::<usize>()
+                })
+            };
+            let unauth_https = {
+                let (http, u) = (http.clone(), url(&s, "/v2/models/mlp/infer"));
+                async move {
+                    let mut n = 0;
+                    for _ in 0..8 {
+                        let r = http.post(u.clone()).bearer_auth("wrong-token").body(vec![0u8; 60 << 20]).send().await;
+                        if let Ok(r) = r {
+                            assert_eq!(r.status(), 401);
+                            n += 1;
+                        }
+                    }
+                    n
+                }
+            };
+            async move {
+                let mut outcomes = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (a, b, c) = tokio::join!(
+                        attack(json!({"mode": "load-model"}), json!([exfil.clone()])),
+                        attack(json!({"mode": "load-model"}), json!([bomb.clone(), x.clone()])),
+                        attack(json!({"mode": "heavy", "layers": "30000"}), json!([])),
+                    );
+                    outcomes.push((a, b, c));
+                }
+                let (unauth, unauth_https) = tokio::join!(unauth, unauth_https);
+                (outcomes, unauth.unwrap(), unauth_https)
+            }
+        };
+        let good = {
+            let quic = QuicClient::connect(s.quic, "localhost", &Trust::CaFile(s.cert.clone())).await.unwrap();
+            let (http, u, body, want, stop) = (http.clone(), url(&s, "/v2/models/mlp/infer"), body.clone(), want.clone(), stop.clone());
+            async move {
+                for i in 0..25 {
+                    let r = http.post(u.clone()).bearer_auth(TOKEN_A).body(body.clone()).send().await.unwrap();
+                    assert_eq!(r.status(), 200, "good HTTPS request {i}");
+                    let v: Value = r.json().await.unwrap();
+                    assert_eq!(v["outputs"], want["outputs"], "good HTTPS request {i}");
+                    let reply = quic.infer("mlp", TOKEN_A, &mlp_req).await.unwrap();
+                    assert!(reply.is_ok(), "good QUIC request {i}: {:?}", reply.error());
+                    let json_out = mote_runtime::kserve::response_json(&reply.response.unwrap(), None).unwrap();
+                    assert_eq!(json_out["outputs"], want["outputs"], "good QUIC request {i}");
+                }
+                // Let the hostile loop see at least one full round.
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        };
+        let (outcomes, ()) = tokio::join!(hostile, good);
+        outcomes
+    });
+    drop(slow);
+    let peak = peak_rss.join().unwrap();
+    let (rounds, unauth_raw, unauth_https) = hostile_outcomes;
+    assert!(!rounds.is_empty());
+    for ((exfil_status, exfil), (bomb_status, bomb), (heavy_status, heavy)) in &rounds {
+        assert_ne!(*exfil_status, 200, "{exfil}");
+        assert!(exfil.contains("external file"), "{exfil}");
+        assert_eq!(*bomb_status, 500, "{bomb}");
+        assert!(bomb.contains("memory_limit"), "{bomb}");
+        assert!(heavy.contains("deadline") || *heavy_status == 503, "{heavy_status}: {heavy}");
+    }
+    assert_eq!(unauth_raw, 0, "garbage got an answer");
+    let _ = unauth_https;
+    let limit = rss_before + (budget >> 10) + 400 * 1024;
+    assert!(peak < limit, "node RSS peaked at {peak} KiB (before {rss_before} KiB, limit {limit} KiB)");
 }

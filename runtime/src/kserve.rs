@@ -20,6 +20,17 @@ pub fn parse_request(v: &Value) -> Result<Request, String> {
 pub fn parse_request_with_binary(v: &Value, binary: &[u8]) -> Result<Request, String> {
     let obj = v.as_object().ok_or("request must be a JSON object")?;
     let inputs = obj.get("inputs").and_then(Value::as_array).ok_or("request needs an \"inputs\" array")?;
+    if inputs.len() > MAX_INPUTS {
+        return Err(format!("{} inputs; a request may carry at most {MAX_INPUTS}", inputs.len()));
+    }
+    let mut names = std::collections::HashSet::with_capacity(inputs.len());
+    for (i, input) in inputs.iter().enumerate() {
+        if let Some(name) = input.get("name").and_then(Value::as_str) {
+            if !names.insert(name) {
+                return Err(format!("inputs[{i}]: a second input named '{name}'; input names must be unique"));
+            }
+        }
+    }
     let mut tensors = Vec::with_capacity(inputs.len());
     let mut rest = binary;
     for (i, input) in inputs.iter().enumerate() {
@@ -49,6 +60,19 @@ pub fn parse_request_with_binary(v: &Value, binary: &[u8]) -> Result<Request, St
         return Err(format!("{} binary bytes in the body belong to no input", rest.len()));
     }
     Ok(Request { inputs: tensors, parameters: parse_parameters(obj.get("parameters"))? })
+}
+
+/// Most input tensors in one request (each becomes a resource in the
+/// guest's store, whose table is bounded).
+pub const MAX_INPUTS: usize = 1024;
+
+/// A JSON number as a float of at most `max` magnitude: a value the type
+/// cannot hold is an error, not a silent infinity.
+fn in_range(x: f64, max: f64) -> Result<f64, String> {
+    if x.is_finite() && x.abs() > max {
+        return Err(format!("{x} is out of range for the tensor's type (largest magnitude {max})"));
+    }
+    Ok(x)
 }
 
 /// Decides per output name whether it goes back as binary data.
@@ -163,9 +187,11 @@ fn encode_elements(dt: Datatype, values: &[&Value]) -> Result<Vec<u8>, String> {
             Datatype::Int16 => int!(i16, as_i64),
             Datatype::Int32 => int!(i32, as_i64),
             Datatype::Int64 => int!(i64, as_i64),
-            Datatype::Fp16 => out.extend(half::f16::from_f64(v.as_f64().ok_or_else(bad)?).to_le_bytes()),
-            Datatype::Bf16 => out.extend(half::bf16::from_f64(v.as_f64().ok_or_else(bad)?).to_le_bytes()),
-            Datatype::Fp32 => out.extend((v.as_f64().ok_or_else(bad)? as f32).to_le_bytes()),
+            Datatype::Fp16 => out.extend(half::f16::from_f64(in_range(v.as_f64().ok_or_else(bad)?, 65504.0)?).to_le_bytes()),
+            Datatype::Bf16 => {
+                out.extend(half::bf16::from_f64(in_range(v.as_f64().ok_or_else(bad)?, f64::from(f32::MAX))?).to_le_bytes())
+            }
+            Datatype::Fp32 => out.extend((in_range(v.as_f64().ok_or_else(bad)?, f64::from(f32::MAX))? as f32).to_le_bytes()),
             Datatype::Fp64 => out.extend(v.as_f64().ok_or_else(bad)?.to_le_bytes()),
             Datatype::Bytes => unreachable!("handled above"),
         }
@@ -353,6 +379,78 @@ mod tests {
         for (req, want) in cases {
             let err = parse_request(&req).unwrap_err();
             assert!(err.contains(want), "{err} should mention {want}");
+        }
+    }
+
+    // Properties of the request parser, the node's first contact with a
+    // stranger's bytes (the same run longer under `cargo fuzz`, fuzz/).
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(|i| json!(i)),
+                any::<f64>().prop_map(|f| json!(f)),
+                "[a-z_]{0,8}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(4, 48, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::vec(
+                        (prop_oneof![Just("inputs".to_string()), Just("name".to_string()), Just("shape".to_string()),
+                            Just("datatype".to_string()), Just("data".to_string()), Just("parameters".to_string()),
+                            Just("binary_data_size".to_string()), "[a-z]{1,4}"], inner),
+                        0..6
+                    )
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn tensor() -> impl Strategy<Value = IoTensor> {
+            (prop::sample::select(Datatype::ALL.to_vec()), prop::collection::vec(0u64..4, 0..3), "[a-z]{1,6}")
+                .prop_flat_map(|(dt, shape, name)| {
+                    let n: u64 = shape.iter().product();
+                    let len = match dt.size() {
+                        Some(s) => (n as usize * s)..=(n as usize * s),
+                        None => 0..=0,
+                    };
+                    (Just(dt), Just(shape), Just(name), prop::collection::vec(any::<u8>(), len))
+                })
+                .prop_filter_map("valid tensors only", |(dt, shape, name, mut data)| {
+                    if dt == Datatype::Bytes {
+                        let n: u64 = shape.iter().product();
+                        data = join_bytes_elements((0..n).map(|_| &b"ab"[..]));
+                    }
+                    if dt == Datatype::Bool {
+                        data.iter_mut().for_each(|b| *b &= 1);
+                    }
+                    let t = IoTensor { name, datatype: dt, shape, data };
+                    t.validate().ok().map(|()| t)
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            #[test]
+            fn parsing_any_json_and_bytes_never_panics(v in json_value(), bin in prop::collection::vec(any::<u8>(), 0..64)) {
+                let _ = parse_request_with_binary(&v, &bin);
+                let _ = output_preferences(&v);
+            }
+
+            #[test]
+            fn binary_requests_round_trip(ts in prop::collection::vec(tensor(), 0..4)) {
+                let mut seen = std::collections::HashSet::new();
+                let ts: Vec<IoTensor> = ts.into_iter().filter(|t| seen.insert(t.name.clone())).collect();
+                let r = Response { outputs: ts.clone(), parameters: vec![] };
+                let (v, tail) = response_json_binary(&r, None, &|_| true, None).unwrap();
+                let req = parse_request_with_binary(&json!({"inputs": v["outputs"], "parameters": {}}), &tail).unwrap();
+                prop_assert_eq!(req.inputs, ts);
+            }
         }
     }
 }

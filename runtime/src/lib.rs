@@ -6,12 +6,14 @@
 //! job in a fresh, pooled instance and returns its response together with a
 //! signed [`Receipt`].
 
+pub mod attack_models;
 pub mod backend;
 pub mod graph_builder;
 pub mod graph_cache;
 mod host;
 pub mod kserve;
 pub mod limits;
+pub mod model_screen;
 pub mod onnx_proto;
 pub mod price;
 pub mod receipt;

@@ -6,7 +6,7 @@
 //! form survives any JSON round trip.
 
 use crate::limits::Outcome;
-use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -72,8 +72,8 @@ pub enum VerifyError {
     /// Not a receipt.
     #[error("not a receipt: {0}")]
     Malformed(String),
-    /// `node_id` is not an ed25519 public key.
-    #[error("node_id is not a valid ed25519 public key")]
+    /// `node_id` is not an ed25519 public key, or a weak (small-order) one.
+    #[error("node_id is not a valid ed25519 public key (or a weak, small-order one)")]
     BadNodeId,
     /// The signature does not match the content.
     #[error("signature does not match: the receipt was altered or not signed by node {0}")]
@@ -198,12 +198,19 @@ impl Receipt {
         let key_bytes: [u8; 32] =
             hex::decode(&receipt.node_id).ok().and_then(|b| b.try_into().ok()).ok_or(VerifyError::BadNodeId)?;
         let key = VerifyingKey::from_bytes(&key_bytes).map_err(|_| VerifyError::BadNodeId)?;
+        // A small-order key (e.g. the identity point) "verifies" signatures
+        // over any content; no honest node has one.
+        if key.is_weak() {
+            return Err(VerifyError::BadNodeId);
+        }
         let sig_bytes: [u8; 64] = hex::decode(&receipt.signature)
             .ok()
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| VerifyError::BadSignature(receipt.node_id.clone()))?;
         let sig = ed25519_dalek::Signature::from_bytes(&sig_bytes);
-        key.verify(&signed_bytes(value), &sig).map_err(|_| VerifyError::BadSignature(receipt.node_id.clone()))?;
+        // Strict: rejects non-canonical signatures and small-order R too.
+        key.verify_strict(&signed_bytes(value), &sig)
+            .map_err(|_| VerifyError::BadSignature(receipt.node_id.clone()))?;
         Ok(receipt)
     }
 }
@@ -232,9 +239,27 @@ impl NodeKey {
         Self { signing, node_id }
     }
 
-    /// Loads `dir/node.key`, creating it (mode 0600) on first use.
+    /// Loads `dir/node.key`, creating it (mode 0600) on first use. A key
+    /// file that others may read or write is refused, as ssh refuses such a
+    /// private key: whoever read it can sign receipts as this node.
     pub fn load_or_create(dir: &Path) -> std::io::Result<Self> {
         let path = dir.join("node.key");
+        #[cfg(unix)]
+        if let Ok(meta) = std::fs::metadata(&path) {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{} has mode {mode:03o}: other users may read the node's signing key; \
+                         run `chmod 600 {}` (and replace the key if it may have leaked)",
+                        path.display(),
+                        path.display()
+                    ),
+                ));
+            }
+        }
         match std::fs::read_to_string(&path) {
             Ok(text) => {
                 let bytes: [u8; 32] =
@@ -289,6 +314,29 @@ pub fn default_data_dir() -> PathBuf {
     }
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
     home.join(".local/share/mote")
+}
+
+/// Largest receipt file `read_receipt_file` takes: a receipt is under a
+/// kilobyte; this leaves room for long device strings and many models.
+pub const MAX_RECEIPT_BYTES: u64 = 1 << 20;
+
+/// Reads a receipt file: a regular file of at most [`MAX_RECEIPT_BYTES`]
+/// (not a device such as `/dev/zero`, nor a FIFO that never ends).
+pub fn read_receipt_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(MAX_RECEIPT_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_RECEIPT_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_RECEIPT_BYTES} bytes; not a receipt"),
+        ));
+    }
+    Ok(text)
 }
 
 /// Hex sha256 of `bytes`.
@@ -389,8 +437,77 @@ mod tests {
     }
 
     #[test]
+    fn weak_keys_and_forged_signatures_are_refused() {
+        // The identity point as key with signature (R = identity, s = 0)
+        // passes a non-strict check for any content.
+        let mut r = sample();
+        r.node_id = format!("01{}", "00".repeat(31));
+        r.signature = format!("01{}", "00".repeat(63));
+        let err = Receipt::verify_json(&r.to_json_pretty()).unwrap_err();
+        assert!(matches!(err, VerifyError::BadNodeId), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_node_key_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let id = NodeKey::load_or_create(dir.path()).unwrap().node_id();
+        assert_eq!(NodeKey::load_or_create(dir.path()).unwrap().node_id(), id, "reloaded");
+        let path = dir.path().join("node.key");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = NodeKey::load_or_create(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn receipt_files_are_bounded() {
+        let err = read_receipt_file(Path::new("/dev/zero")).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.json");
+        std::fs::write(&big, vec![b' '; (MAX_RECEIPT_BYTES + 10) as usize]).unwrap();
+        assert!(read_receipt_file(&big).unwrap_err().to_string().contains("larger than"));
+    }
+
+    #[test]
     fn canonical_json_sorts_keys_recursively() {
         let v: serde_json::Value = serde_json::from_str(r#"{"b":1,"a":{"d":[1,{"z":0,"y":1}],"c":"x"}}"#).unwrap();
         assert_eq!(canonical_json(&v), br#"{"a":{"c":"x","d":[1,{"y":1,"z":0}]},"b":1}"#);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            /// Any text: an error or a receipt, never a panic.
+            #[test]
+            fn verifying_any_text_never_panics(text in ".{0,400}") {
+                let _ = Receipt::verify_json(&text);
+            }
+
+            /// Changing any one byte of a signed receipt either leaves it
+            /// unparseable, or makes verification fail, or changes nothing
+            /// the signature covers (whitespace, key order).
+            #[test]
+            fn a_changed_receipt_does_not_verify(at in any::<prop::sample::Index>(), byte in any::<u8>()) {
+                let key = NodeKey::generate();
+                let mut r = sample();
+                r.sign(&key);
+                let text = serde_json::to_string(&r).unwrap();
+                let mut bytes = text.clone().into_bytes();
+                let i = at.index(bytes.len());
+                prop_assume!(bytes[i] != byte);
+                bytes[i] = byte;
+                if let Ok(changed) = String::from_utf8(bytes) {
+                    if let Ok(back) = Receipt::verify_json(&changed) {
+                        prop_assert_eq!(back, r, "a different receipt verified: {}", changed);
+                    }
+                }
+            }
+        }
     }
 }

@@ -2,12 +2,12 @@
 
 use crate::backend::ort::OrtBackend;
 use crate::backend::{Backend, BackendChoice, BackendError, BackendKind};
-use crate::graph_cache::{CacheStats, GraphCache};
+use crate::graph_cache::{CacheStats, GraphCache, Residency};
 use crate::host::bindings::{self, exports::mote::edge::handler, mote::edge::types as wit};
 use crate::host::{JobState, LogLevel, LogLine};
 use crate::limits::{JobAbort, Limits, Outcome};
 use crate::price::PriceTable;
-use crate::receipt::{sha256_hex, NodeKey, Receipt, Usage};
+use crate::receipt::{sha256_hex, NodeKey, Receipt};
 use crate::tensor::{Datatype, IoTensor};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -28,13 +28,16 @@ const EPOCH_TICK: Duration = Duration::from_millis(5);
 pub struct RuntimeConfig {
     /// Threads per ONNX Runtime session (0: ORT's default, all cores).
     pub ort_threads: usize,
+    /// Most bytes ONNX Runtime may hold on the CPU for all jobs and cached
+    /// graphs together (the node's backend budget).
+    pub backend_memory_bytes: u64,
     /// Component instances the pooling allocator keeps ready (also the most
     /// jobs that can run at once).
     pub pool_instances: u32,
     /// Largest linear memory any deployment may allow, in bytes.
     pub max_memory_bytes: u64,
-    /// Graphs the cache holds.
-    pub cache_graphs: usize,
+    /// Bytes of loaded graphs the cache holds (see [`GraphCache`]).
+    pub cache_bytes: u64,
     /// Node key directory (`node.key`), or `None` for an ephemeral key.
     pub data_dir: Option<PathBuf>,
     /// wasmtime's compiled-module cache, on disk (`None`: off).
@@ -51,9 +54,10 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             ort_threads: 0,
+            backend_memory_bytes: crate::backend::ort::default_memory_budget(),
             pool_instances: 64,
             max_memory_bytes: 4 << 30,
-            cache_graphs: 64,
+            cache_bytes: 2 << 30,
             data_dir: Some(crate::receipt::default_data_dir()),
             compile_cache: false,
             price: PriceTable::default(),
@@ -64,7 +68,7 @@ impl Default for RuntimeConfig {
 
 /// Backends, each created on first use (loading ONNX Runtime, probing CUDA).
 pub(crate) struct Backends {
-    threads: usize,
+    ort: crate::backend::ort::OrtOptions,
     cpu: OnceLock<Result<Arc<OrtBackend>, BackendError>>,
     cuda: OnceLock<Result<Arc<OrtBackend>, BackendError>>,
     wgpu: OnceLock<Result<Arc<dyn Backend>, BackendError>>,
@@ -88,8 +92,8 @@ impl Backends {
         };
         let b = cell.get_or_init(|| {
             let b = match kind {
-                BackendKind::OrtCpu => OrtBackend::cpu(self.threads),
-                BackendKind::OrtCuda => OrtBackend::cuda(self.threads),
+                BackendKind::OrtCpu => OrtBackend::cpu_with(self.ort),
+                BackendKind::OrtCuda => OrtBackend::cuda_with(self.ort),
                 BackendKind::Wgpu => unreachable!("returned above"),
             };
             if let Err(e) = &b {
@@ -157,6 +161,8 @@ pub(crate) type Models = HashMap<String, Model>;
 #[derive(Clone)]
 pub struct Runtime {
     engine: Engine,
+    /// The pool's memory slot size: no deployment may allow more.
+    max_memory_bytes: u64,
     linker: Arc<Linker<JobState>>,
     shared: Arc<Shared>,
     /// Stops the epoch thread when the last clone is dropped.
@@ -205,6 +211,8 @@ pub struct DeploymentSpec {
 #[derive(Clone)]
 pub struct Deployment {
     name: String,
+    /// Whose share of the graph cache this deployment's loads count in.
+    cache_owner: Arc<str>,
     pre: bindings::JobPre<JobState>,
     guest_sha256: String,
     models: Arc<Models>,
@@ -325,15 +333,19 @@ impl Runtime {
         }
         Ok(Self {
             engine,
+            max_memory_bytes: config.max_memory_bytes,
             linker: Arc::new(linker),
             shared: Arc::new(Shared {
                 backends: Backends {
-                    threads: config.ort_threads,
+                    ort: crate::backend::ort::OrtOptions {
+                        threads: config.ort_threads,
+                        memory_budget: config.backend_memory_bytes,
+                    },
                     cpu: OnceLock::new(),
                     cuda: OnceLock::new(),
                     wgpu: OnceLock::new(),
                 },
-                cache: GraphCache::new(config.cache_graphs),
+                cache: GraphCache::new(config.cache_bytes),
                 key,
                 price: config.price,
             }),
@@ -367,10 +379,11 @@ impl Runtime {
     /// Compiles a guest and prepares it (imports resolved once, so each job
     /// only instantiates).
     pub fn deploy(&self, spec: DeploymentSpec) -> Result<Deployment, DeployError> {
-        if spec.limits.memory_bytes > (4u64 << 30) {
+        if spec.limits.memory_bytes > self.max_memory_bytes {
             return Err(DeployError::Invalid(format!(
-                "deployment '{}': memory limit {} exceeds the 4 GiB a wasm32 guest can address",
-                spec.name, spec.limits.memory_bytes
+                "deployment '{}': memory limit {} exceeds this node's largest guest memory ({} bytes, \
+                 RuntimeConfig::max_memory_bytes)",
+                spec.name, spec.limits.memory_bytes, self.max_memory_bytes
             )));
         }
         let component =
@@ -382,12 +395,14 @@ impl Runtime {
             if bytes.is_empty() {
                 return Err(DeployError::Invalid(format!("model '{name}' is empty")));
             }
+            crate::model_screen::screen(&bytes).map_err(|e| DeployError::Invalid(format!("model '{name}': {e}")))?;
             let sha256 = sha256_hex(&bytes);
             if models.insert(name.clone(), Model { bytes: bytes.into(), sha256 }).is_some() {
                 return Err(DeployError::Invalid(format!("model '{name}' is declared twice")));
             }
         }
         Ok(Deployment {
+            cache_owner: spec.name.as_str().into(),
             name: spec.name,
             pre,
             guest_sha256: sha256_hex(&spec.guest),
@@ -429,7 +444,7 @@ impl Deployment {
             let m = &self.models[name];
             let (graph, _) = shared
                 .cache
-                .get_or_load(&m.sha256, kind, || backend.load(m.bytes.clone()))
+                .get_or_load(&m.sha256, kind, &self.cache_owner, Residency::Pinned, || backend.load(m.bytes.clone()))
                 .map_err(|e| format!("model '{name}': {}", e.message))?;
             infos.push(ModelInfo {
                 name: name.clone(),
@@ -454,7 +469,14 @@ impl Deployment {
     /// whether metering is on) and the epoch deadline.
     fn new_store(&self, wasi: wasmtime_wasi::WasiCtx) -> (Store<JobState>, bool) {
         let rt = &self.runtime;
-        let state = JobState::new(rt.shared.clone(), self.models.clone(), self.backend, self.limits.clone(), wasi);
+        let state = JobState::new(
+            rt.shared.clone(),
+            self.models.clone(),
+            self.cache_owner.clone(),
+            self.backend,
+            self.limits.clone(),
+            wasi,
+        );
         let mut store = Store::new(&rt.engine, state);
         store.limiter(|s| &mut s.limiter);
         let fuel_armed = store.set_fuel(self.limits.fuel).is_ok();
@@ -488,16 +510,21 @@ impl Deployment {
         let (mut store, armed) = self.new_store(wasi);
         let input_sha256 = digest(&request.inputs, &request.parameters);
         let result = self.call(&mut store, request);
-        // Fuel the guest burned (none if it never ran).
-        let fuel_left = if armed { store.get_fuel().unwrap_or(0) } else { self.limits.fuel };
+        // Fuel left, where metering is on.
+        let fuel_left = if armed { store.get_fuel().ok() } else { None };
         let wall_ns = start.elapsed().as_nanos() as u64;
 
-        let state = store.into_data();
-        let mut log = state.log.lines;
+        let mut state = store.into_data();
+        let usage = state.usage(fuel_left, wall_ns);
+        // Captured stdout/stderr go through the job log, so the kept log is
+        // bounded by max_log_bytes for the whole job, not per pipe.
         for (pipe, level) in [(stdout, LogLevel::Stdout), (stderr, LogLevel::Stderr)] {
             let text = pipe.contents();
-            log.extend(String::from_utf8_lossy(&text).lines().map(|l| LogLine { level, message: l.to_string() }));
+            for line in String::from_utf8_lossy(&text).lines() {
+                state.log.push(level, line.to_string());
+            }
         }
+        let mut log = std::mem::take(&mut state.log.lines);
         if state.log.dropped > 0 {
             log.push(LogLine {
                 level: LogLevel::Warn,
@@ -505,15 +532,6 @@ impl Deployment {
             });
         }
         let m = &state.meter;
-        let usage = Usage {
-            fuel: self.limits.fuel.saturating_sub(fuel_left),
-            wall_ns,
-            backend_ns: m.backend_ns,
-            bytes_in: m.bytes_in,
-            bytes_out: m.bytes_out,
-            peak_memory_bytes: state.limiter.peak_bytes,
-            graphs_loaded: m.graphs_loaded,
-        };
         let outcome = match &result {
             Ok(_) => Outcome::Ok,
             Err(e) => e.outcome,
@@ -548,6 +566,20 @@ impl Deployment {
     }
 
     fn call(&self, store: &mut Store<JobState>, request: Request) -> Result<Response, JobError> {
+        // Checked before the guest runs: each input becomes a resource in
+        // the store's bounded table, and names are how guests find them.
+        let invalid = |message: String| JobError { outcome: Outcome::InvalidInput, message };
+        if request.inputs.len() > crate::kserve::MAX_INPUTS {
+            return Err(invalid(format!(
+                "{} inputs; a request may carry at most {}",
+                request.inputs.len(),
+                crate::kserve::MAX_INPUTS
+            )));
+        }
+        let mut names = std::collections::HashSet::with_capacity(request.inputs.len());
+        if let Some(dup) = request.inputs.iter().find(|t| !names.insert(t.name.as_str())) {
+            return Err(invalid(format!("two inputs are named '{}'; input names must be unique", dup.name)));
+        }
         for t in &request.inputs {
             t.validate().map_err(|m| JobError { outcome: Outcome::InvalidInput, message: m })?;
             if t.data.len() as u64 > self.limits.max_tensor_bytes {

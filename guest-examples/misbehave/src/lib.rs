@@ -115,6 +115,22 @@ impl Handler for Misbehave {
                     parameters: vec![],
                 })
             }
+            "load-model" => {
+                // What an attacker's guest does: load model bytes it was
+                // sent (input `model`, UINT8), run it on the other inputs
+                // and return every output.
+                let model = req.inputs.iter().find(|t| t.name == "model").ok_or_else(|| {
+                    HandlerError::InvalidInput("load-model needs a UINT8 input named 'model'".into())
+                })?;
+                let graph = Graph::load_onnx(&model.data, Target::Cpu)?;
+                // Every other input feeds the model.
+                let mut inputs = Vec::new();
+                for t in req.inputs.iter().filter(|t| t.name != "model") {
+                    inputs.push((t.name.clone(), Tensor::from_io(t)?));
+                }
+                let out = graph.run(inputs)?;
+                Ok(Response { outputs: out.iter().map(|(n, t)| t.to_io(n)).collect(), parameters: vec![] })
+            }
             "invalid" => Err(HandlerError::InvalidInput("the guest refused the request".into())),
             other => Err(HandlerError::InvalidInput(format!("unknown mode '{other}'"))),
         }

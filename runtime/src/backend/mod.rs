@@ -7,6 +7,7 @@
 //! context, which each job owns alone. There is no lock per graph.
 
 pub mod ort;
+mod ort_memory;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
@@ -113,6 +114,8 @@ pub enum BackendErrorKind {
     Runtime,
     /// The computation was stopped at the job's deadline.
     Timeout,
+    /// The backend's memory budget refused an allocation.
+    MemoryLimit,
 }
 
 /// A backend failure with a message for people.
@@ -129,6 +132,17 @@ impl BackendError {
     /// Creates an error of `kind`.
     pub fn new(kind: BackendErrorKind, message: impl Into<String>) -> Self {
         Self { kind, message: message.into() }
+    }
+}
+
+impl From<crate::model_screen::ScreenError> for BackendError {
+    fn from(e: crate::model_screen::ScreenError) -> Self {
+        use crate::model_screen::ScreenError as S;
+        let kind = match e {
+            S::NotOnnx(_) => BackendErrorKind::InvalidEncoding,
+            S::ExternalData { .. } | S::EpContext { .. } | S::SessionConfig => BackendErrorKind::Unsupported,
+        };
+        Self::new(kind, format!("model refused: {e}"))
     }
 }
 
@@ -238,8 +252,21 @@ pub trait Backend: Send + Sync {
     fn kind(&self) -> BackendKind;
     /// The device it computes on.
     fn device(&self) -> &DeviceInfo;
-    /// Loads an ONNX model.
-    fn load(&self, model: Arc<[u8]>) -> Result<Arc<dyn BackendGraph>, BackendError>;
+    /// Loads an ONNX model with no deadline (trusted callers: tests, the
+    /// benchmark).
+    fn load(&self, model: Arc<[u8]>) -> Result<Arc<dyn BackendGraph>, BackendError> {
+        self.load_until(model, None)
+    }
+    /// Loads an ONNX model; a load (parse, optimisation, weight upload)
+    /// still going at `deadline` is stopped with
+    /// [`BackendErrorKind::Timeout`]. Every implementation screens the bytes
+    /// first ([`crate::model_screen::screen`]): they may come from a
+    /// stranger.
+    fn load_until(
+        &self,
+        model: Arc<[u8]>,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Arc<dyn BackendGraph>, BackendError>;
 }
 
 /// A loaded model, shareable by any number of jobs.
@@ -250,6 +277,9 @@ pub trait BackendGraph: Send + Sync {
     fn inputs(&self) -> &[TensorInfo];
     /// The model's declared outputs.
     fn outputs(&self) -> &[TensorInfo];
+    /// Bytes this graph holds (weights in every form the backend keeps,
+    /// host and device): what the graph cache charges for it.
+    fn memory_bytes(&self) -> u64;
 }
 
 /// One job's inference state over a graph.
@@ -262,4 +292,10 @@ pub trait BackendExecutionContext: Send {
         inputs: &[(&str, TensorView<'_>)],
         deadline: Option<std::time::Instant>,
     ) -> Result<Vec<(String, OwnedTensor)>, BackendError>;
+
+    /// Most backend memory one run of this context was charged for, in
+    /// bytes (0 where the backend cannot tell).
+    fn backend_peak_bytes(&self) -> u64 {
+        0
+    }
 }

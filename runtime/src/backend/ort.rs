@@ -15,12 +15,11 @@ use super::{
     OwnedTensor, TensorInfo, TensorView,
 };
 use crate::tensor::ElementType;
-use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{RunOptions, Session, SessionInputValue};
-use ort::value::{DynValue, TensorElementType, TensorRefMut, ValueType};
+use ort::value::{DynValue, TensorElementType, ValueType};
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::Instant;
 
@@ -82,15 +81,52 @@ struct OrtEnv {
     env: ort::environment::Environment,
     library: PathBuf,
     cuda_provider: bool,
+    /// Intra-op threads of the global pool, as set by the first caller.
+    threads: usize,
+    /// The CPU arena's ceiling (all sessions together).
+    memory_budget: u64,
+}
+
+/// Settings of the process's ONNX Runtime, fixed by the first backend
+/// created (the environment exists once per process).
+#[derive(Clone, Copy, Debug)]
+pub struct OrtOptions {
+    /// Intra-op threads (0: one per core).
+    pub threads: usize,
+    /// Most bytes ORT may hold on the CPU for all sessions together
+    /// (weights, intermediates, outputs): the node's backend budget.
+    pub memory_budget: u64,
+}
+
+impl Default for OrtOptions {
+    fn default() -> Self {
+        Self { threads: 0, memory_budget: default_memory_budget() }
+    }
+}
+
+/// Half the machine's memory (from /proc/meminfo), else 4 GiB.
+pub fn default_memory_budget() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(4 << 30, |kib| kib * 1024 / 2)
 }
 
 /// The process-wide environment. Every session runs on the environment's
 /// one intra-op thread pool (`threads` threads, 0: one per core, set by the
 /// first caller), without spinning: many sessions share the cores with wasm
 /// jobs, so idle threads must sleep, not burn CPU.
-fn environment_with(threads: usize) -> Result<&'static OrtEnv, BackendError> {
+fn environment_with(options: OrtOptions) -> Result<&'static OrtEnv, BackendError> {
     static ENV: OnceLock<Result<OrtEnv, String>> = OnceLock::new();
     ENV.get_or_init(|| {
+        let threads = if options.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            options.threads
+        };
         let library = find_library()?;
         // Loads the library: nothing of the ORT API may be used before.
         let builder =
@@ -106,15 +142,17 @@ fn environment_with(threads: usize) -> Result<&'static OrtEnv, BackendError> {
             .with_global_thread_pool(pool)
             .build()
             .map_err(|e| format!("initialising ONNX Runtime: {e}"))?;
+        super::ort_memory::register_arena(&env, options.memory_budget)
+            .map_err(|e| format!("registering ONNX Runtime's CPU arena: {e}"))?;
         let cuda_provider = <ort::ep::CUDA as ort::ep::ExecutionProvider>::is_available().unwrap_or(false);
-        Ok(OrtEnv { env, library, cuda_provider })
+        Ok(OrtEnv { env, library, cuda_provider, threads, memory_budget: options.memory_budget })
     })
     .as_ref()
     .map_err(|e| BackendError::new(BackendErrorKind::Unsupported, e.clone()))
 }
 
 fn environment() -> Result<&'static OrtEnv, BackendError> {
-    environment_with(0)
+    environment_with(OrtOptions::default())
 }
 
 /// What this node's ONNX Runtime can do, for `mote specs` and receipts.
@@ -140,15 +178,19 @@ pub struct OrtBackend {
 }
 
 impl OrtBackend {
-    /// ONNX Runtime on the CPU execution provider.
+    /// ONNX Runtime on the CPU execution provider, `intra_threads` threads
+    /// (0: one per core) and the default memory budget.
     pub fn cpu(intra_threads: usize) -> Result<Self, BackendError> {
-        let env = environment_with(intra_threads)?;
-        let threads = if intra_threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            intra_threads
-        };
-        tracing::debug!(library = %env.library.display(), "ONNX Runtime loaded");
+        Self::cpu_with(OrtOptions { threads: intra_threads, ..OrtOptions::default() })
+    }
+
+    /// ONNX Runtime on the CPU execution provider. The first backend of the
+    /// process sets `options`; the device string reports what ORT really
+    /// uses.
+    pub fn cpu_with(options: OrtOptions) -> Result<Self, BackendError> {
+        let env = environment_with(options)?;
+        let threads = env.threads;
+        tracing::debug!(library = %env.library.display(), budget = env.memory_budget, "ONNX Runtime loaded");
         Ok(Self {
             kind: BackendKind::OrtCpu,
             device: DeviceInfo {
@@ -163,7 +205,13 @@ impl OrtBackend {
     /// clear message when the library has no CUDA provider or no device
     /// accepts a session.
     pub fn cuda(intra_threads: usize) -> Result<Self, BackendError> {
-        let env = environment_with(intra_threads)?;
+        Self::cuda_with(OrtOptions { threads: intra_threads, ..OrtOptions::default() })
+    }
+
+    /// ONNX Runtime on the CUDA execution provider with `options` (see
+    /// [`OrtBackend::cpu_with`]).
+    pub fn cuda_with(options: OrtOptions) -> Result<Self, BackendError> {
+        let env = environment_with(options)?;
         if !env.cuda_provider {
             return Err(BackendError::new(
                 BackendErrorKind::Unsupported,
@@ -179,7 +227,7 @@ impl OrtBackend {
             sessions_built: Arc::default(),
         };
         // A device answers only if a real session can be placed on it.
-        backend.build_session(&identity_model()).map_err(|e| {
+        backend.build_session(&identity_model(), None).map_err(|e| {
             BackendError::new(BackendErrorKind::Unsupported, format!("no CUDA: no device accepted a session: {e}"))
         })?;
         backend.sessions_built.store(0, Ordering::Relaxed);
@@ -208,34 +256,77 @@ impl OrtBackend {
         self.sessions_built.load(Ordering::Relaxed)
     }
 
-    fn build_session(&self, model: &[u8]) -> Result<Session, BackendError> {
+    /// Builds a session for `model`; a build still going at `deadline` is
+    /// cancelled (ORT checks the load-cancellation flag between its graph
+    /// passes).
+    fn build_session(&self, model: &[u8], deadline: Option<Instant>) -> Result<Session, BackendError> {
         let env = environment()?;
         let fail = |e: ort::Error<ort::session::builder::SessionBuilder>| {
             BackendError::new(BackendErrorKind::Runtime, format!("configuring ONNX Runtime session: {e}"))
         };
         let mut builder = Session::builder(&env.env)
-            .map_err(|e| BackendError::new(BackendErrorKind::Runtime, format!("creating ONNX Runtime session: {e}")))?;
+            .map_err(|e| BackendError::new(BackendErrorKind::Runtime, format!("creating ONNX Runtime session: {e}")))?
+            // Defence in depth behind crate::model_screen: external data a
+            // model names is looked up under /dev/null, which is not a
+            // directory, so no path can reach a file (ORT refuses absolute
+            // paths and `..` itself).
+            .with_config_entry("session.model_external_initializers_file_folder_path", "/dev/null")
+            .and_then(|b| b.with_config_entry("session.use_env_allocators", "1"))
+            .map_err(fail)?;
         if self.kind == BackendKind::OrtCuda {
             builder = builder
                 .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
                 .map_err(fail)?;
         }
-        let session = builder.commit_from_memory(model).map_err(|e| classify_load_error(&e))?;
+        // Kept alive while the build runs: the watchdog holds it weakly.
+        let cancel: Option<Arc<dyn Stop>> = match deadline {
+            Some(at) => {
+                if at <= Instant::now() {
+                    return Err(BackendError::new(BackendErrorKind::Timeout, "the job's deadline passed before the load"));
+                }
+                let c: Arc<dyn Stop> = Arc::new(builder.canceler());
+                Watchdog::get().watch(at, &c);
+                Some(c)
+            }
+            None => None,
+        };
+        let started = Instant::now();
+        let built = builder.commit_from_memory(model);
+        drop(cancel);
+        let session = built.map_err(|e| {
+            if deadline.is_some_and(|at| Instant::now() >= at) {
+                BackendError::new(
+                    BackendErrorKind::Timeout,
+                    format!("loading the model was stopped at the job's deadline after {:?}", started.elapsed()),
+                )
+            } else {
+                classify_load_error(&e)
+            }
+        })?;
         self.sessions_built.fetch_add(1, Ordering::Relaxed);
         Ok(session)
     }
 }
 
+/// Classifies a session-creation failure by ORT's error code.
 fn classify_load_error(e: &ort::Error) -> BackendError {
-    let msg = e.to_string();
-    let kind = if msg.contains("Protobuf parsing failed") || msg.contains("INVALID_PROTOBUF") || msg.contains("parse") {
-        BackendErrorKind::InvalidEncoding
-    } else if msg.contains("NOT_IMPLEMENTED") || msg.contains("Could not find an implementation") {
-        BackendErrorKind::Unsupported
-    } else {
-        BackendErrorKind::InvalidEncoding
+    use ort::ErrorCode as C;
+    let kind = match e.code() {
+        C::NotImplemented => BackendErrorKind::Unsupported,
+        C::RuntimeException | C::EngineError | C::ExecutionProviderFailure => BackendErrorKind::Runtime,
+        _ => BackendErrorKind::InvalidEncoding,
     };
-    BackendError::new(kind, format!("ONNX Runtime rejected the model: {msg}"))
+    BackendError::new(kind, format!("ONNX Runtime rejected the model: {}", without_source_paths(&e.to_string())))
+}
+
+/// ORT messages start with the C++ source location that raised them
+/// (`/onnxruntime_src/onnxruntime/core/...cc:123 fn(...) message`): an
+/// internal detail a caller has no use for.
+pub(crate) fn without_source_paths(msg: &str) -> String {
+    msg.split_whitespace()
+        .filter(|w| !(w.contains("onnxruntime_src/") || (w.contains(".cc:") || w.contains(".h:")) && w.contains('/')))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl Backend for OrtBackend {
@@ -247,8 +338,9 @@ impl Backend for OrtBackend {
         &self.device
     }
 
-    fn load(&self, model: Arc<[u8]>) -> Result<Arc<dyn BackendGraph>, BackendError> {
-        let session = self.build_session(&model)?;
+    fn load_until(&self, model: Arc<[u8]>, deadline: Option<Instant>) -> Result<Arc<dyn BackendGraph>, BackendError> {
+        crate::model_screen::screen(&model)?;
+        let session = self.build_session(&model, deadline)?;
         let inputs = session.inputs().iter().map(|o| info(o.name(), o.dtype())).collect();
         let outputs = session.outputs().iter().map(|o| info(o.name(), o.dtype())).collect();
         Ok(Arc::new(OrtGraph {
@@ -322,7 +414,7 @@ impl GraphInner {
             if pool.total < self.max_sessions {
                 pool.total += 1;
                 drop(pool);
-                let built = self.backend.build_session(&self.model);
+                let built = self.backend.build_session(&self.model, deadline);
                 if built.is_err() {
                     self.pool.lock().unwrap_or_else(|p| p.into_inner()).total -= 1;
                 }
@@ -361,7 +453,7 @@ impl BackendGraph for OrtGraph {
         let run_options = RunOptions::new()
             .map(Arc::new)
             .map_err(|e| BackendError::new(BackendErrorKind::Runtime, format!("creating run options: {e}")))?;
-        Ok(Box::new(OrtContext { graph: self.inner.clone(), run_options, watched: None }))
+        Ok(Box::new(OrtContext { graph: self.inner.clone(), run_options, watched: None, peak_bytes: 0 }))
     }
 
     fn inputs(&self) -> &[TensorInfo] {
@@ -371,6 +463,18 @@ impl BackendGraph for OrtGraph {
     fn outputs(&self) -> &[TensorInfo] {
         &self.outputs
     }
+
+    fn memory_bytes(&self) -> u64 {
+        // The model bytes, plus each session's copy of its weights.
+        let sessions = self.inner.pool.lock().unwrap_or_else(|p| p.into_inner()).total as u64;
+        self.inner.model.len() as u64 * (1 + sessions.max(1))
+    }
+}
+
+/// Called when graphs were dropped: the next run gives the arena's free
+/// regions (their weights) back to the system.
+pub fn memory_freed() {
+    SHRINK_PENDING.store(true, Ordering::Relaxed);
 }
 
 /// A job's context: it holds a session only while `compute` runs, so the
@@ -381,7 +485,17 @@ struct OrtContext {
     run_options: Arc<RunOptions>,
     /// The deadline `run_options` is registered for.
     watched: Option<Instant>,
+    /// Most arena bytes one of this context's runs was charged for.
+    peak_bytes: u64,
 }
+
+/// Set when the arena holds much more than it hands out (after a large
+/// run, or a graph's weights were freed): the next run gives the free
+/// regions back to the system.
+static SHRINK_PENDING: AtomicBool = AtomicBool::new(false);
+
+/// Free arena bytes worth giving back.
+const SHRINK_THRESHOLD: u64 = 64 << 20;
 
 /// Stops ORT runs that pass their job's deadline. ORT checks the terminate
 /// flag between kernels, so a long inference ends soon after the deadline
@@ -391,9 +505,27 @@ struct Watchdog {
     wake: Condvar,
 }
 
+/// Something the watchdog can stop: a run (its `RunOptions`' terminate
+/// flag) or a session build (its load-cancellation flag).
+trait Stop: Send + Sync {
+    fn stop(&self);
+}
+
+impl Stop for RunOptions {
+    fn stop(&self) {
+        let _ = self.terminate();
+    }
+}
+
+impl Stop for ort::session::builder::LoadCanceler {
+    fn stop(&self) {
+        let _ = self.cancel();
+    }
+}
+
 #[derive(Default)]
 struct Due {
-    entries: Vec<(Instant, Weak<RunOptions>)>,
+    entries: Vec<(Instant, Weak<dyn Stop>)>,
     /// When the thread next wakes (it may be earlier than any live entry).
     earliest: Option<Instant>,
 }
@@ -412,7 +544,7 @@ impl Watchdog {
     }
 
     /// O(1) amortised: registering is on every job's path.
-    fn watch(&self, deadline: Instant, run: &Arc<RunOptions>) {
+    fn watch(&self, deadline: Instant, run: &Arc<dyn Stop>) {
         let mut due = self.due.lock().unwrap_or_else(|p| p.into_inner());
         // Drop entries of finished contexts now and then, not per insert.
         let n = due.entries.len();
@@ -437,7 +569,7 @@ impl Watchdog {
                     return run.strong_count() > 0;
                 }
                 if let Some(run) = run.upgrade() {
-                    let _ = run.terminate();
+                    run.stop();
                 }
                 false
             });
@@ -502,10 +634,15 @@ fn input_value<'a>(
             ),
         ));
     }
-    let info = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default)
-        .map_err(|e| BackendError::new(BackendErrorKind::Runtime, e.to_string()))?;
-    let ptr = view.data.as_ptr() as *mut std::ffi::c_void;
-    let misaligned = (ptr as usize) % view.ty.size() != 0;
+    if ty == TensorElementType::Bool {
+        if let Some(i) = view.data.iter().position(|&b| b > 1) {
+            return Err(BackendError::new(
+                BackendErrorKind::InvalidArgument,
+                format!("element {i} of a bool input is {}; bool tensors hold 0 or 1", view.data[i]),
+            ));
+        }
+    }
+    let misaligned = (view.data.as_ptr() as usize) % view.ty.size() != 0;
     macro_rules! wrap {
         ($t:ty) => {{
             if misaligned {
@@ -523,10 +660,12 @@ fn input_value<'a>(
                 };
                 SessionInputValue::from(owned.into_dyn())
             } else {
-                // SAFETY: `ptr` is CPU memory of `data.len()` bytes, aligned for
-                // the element type, and outlives the returned value ('a). ORT
-                // only reads input tensors.
-                let t: TensorRefMut<'a, $t> = unsafe { TensorRefMut::from_raw(info, ptr, shape) }
+                // SAFETY: `data` is aligned for `$t` (checked above), holds
+                // exactly `count` elements, and every bit pattern is a valid
+                // `$t` (bool bytes were checked to be 0 or 1). The slice
+                // borrows `data` for 'a: a shared, read-only view.
+                let elems: &'a [$t] = unsafe { std::slice::from_raw_parts(view.data.as_ptr().cast::<$t>(), count) };
+                let t = ort::value::TensorRef::<'a, $t>::from_array_view((shape, elems))
                     .map_err(|e| BackendError::new(BackendErrorKind::InvalidArgument, e.to_string()))?;
                 SessionInputValue::from(t)
             }
@@ -594,21 +733,54 @@ impl BackendExecutionContext for OrtContext {
             // One registration per context and deadline: every run of the
             // job shares the job's deadline, so once it fires, it stops them all.
             if self.watched != Some(at) {
-                Watchdog::get().watch(at, &self.run_options);
+                let stop: Arc<dyn Stop> = self.run_options.clone();
+                Watchdog::get().watch(at, &stop);
                 self.watched = Some(at);
             }
         }
         let mut session = self.graph.checkout(deadline)?;
-        let result = run(&mut session, inputs, &self.run_options);
+        let watch = super::ort_memory::RunWatch::start(&session);
+        // A run that gives the arena's free regions back has its own run
+        // options (the context's are shared with the watchdog).
+        let shrinking = if SHRINK_PENDING.swap(false, Ordering::Relaxed) { shrink_options(deadline) } else { None };
+        let result = run(&mut session, inputs, shrinking.as_deref().unwrap_or(&self.run_options), deadline);
+        if let Some((charged, after)) = watch.and_then(|w| w.finish(&session)) {
+            self.peak_bytes = self.peak_bytes.max(charged);
+            if after.reserved.saturating_sub(after.in_use) > SHRINK_THRESHOLD {
+                SHRINK_PENDING.store(true, Ordering::Relaxed);
+            }
+        }
         self.graph.checkin(session);
         result
     }
+
+    fn backend_peak_bytes(&self) -> u64 {
+        self.peak_bytes
+    }
+}
+
+/// Run options that shrink the CPU arena after the run, watched for the
+/// job's deadline like the context's own.
+fn shrink_options(deadline: Option<Instant>) -> Option<Arc<RunOptions>> {
+    let mut o = RunOptions::new().ok()?;
+    let (k, v) = super::ort_memory::shrink_entry();
+    o.set(k.to_str().ok()?, v.to_str().ok()?).ok()?;
+    let o = Arc::new(o);
+    if let Some(at) = deadline {
+        let stop: Arc<dyn Stop> = o.clone();
+        Watchdog::get().watch(at, &stop);
+        // The watchdog holds it weakly: keep a strong handle in the Arc
+        // we return, which lives until the run ends.
+        drop(stop);
+    }
+    Some(o)
 }
 
 fn run(
     session: &mut Session,
     inputs: &[(&str, TensorView<'_>)],
     run_options: &RunOptions,
+    deadline: Option<Instant>,
 ) -> Result<Vec<(String, OwnedTensor)>, BackendError> {
     let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
     for (name, view) in inputs {
@@ -623,14 +795,12 @@ fn run(
         values.push((Cow::Borrowed(*name), input_value(view, want)?));
     }
     let outputs = session.run_with_options(values, run_options).map_err(|e| {
-        let msg = e.to_string();
-        let kind = if msg.contains("terminate flag") {
+        let msg = without_source_paths(&e.to_string());
+        let kind = if deadline.is_some_and(|at| Instant::now() >= at) {
             BackendErrorKind::Timeout
-        } else if msg.contains("Invalid rank")
-            || msg.contains("Got invalid dimensions")
-            || msg.contains("Unexpected input data type")
-            || msg.contains("Missing Input")
-        {
+        } else if super::ort_memory::is_out_of_budget(&msg) {
+            BackendErrorKind::MemoryLimit
+        } else if e.code() == ort::ErrorCode::InvalidArgument {
             BackendErrorKind::InvalidArgument
         } else {
             BackendErrorKind::Runtime

@@ -13,6 +13,7 @@ mod wasi_nn;
 use crate::backend::{
     BackendChoice, BackendError, BackendErrorKind, BackendExecutionContext, BackendGraph, BackendKind,
 };
+use crate::graph_cache::Residency;
 use crate::limits::{JobAbort, Limits, MemoryLimiter, Outcome};
 use crate::runtime::{Models, Shared};
 use crate::tensor::ElementType;
@@ -59,6 +60,8 @@ pub(crate) struct Meter {
     pub(crate) graphs_loaded: u32,
     pub(crate) models: Vec<String>,
     pub(crate) backend_used: Option<(BackendKind, String)>,
+    /// Most backend memory one of the job's runs was charged for.
+    pub(crate) backend_peak_bytes: u64,
 }
 
 /// The data of one job's store.
@@ -67,6 +70,8 @@ pub struct JobState {
     pub(crate) table: ResourceTable,
     pub(crate) shared: Arc<Shared>,
     pub(crate) models: Arc<Models>,
+    /// The deployment whose cache share this job's loads count in.
+    pub(crate) cache_owner: Arc<str>,
     pub(crate) backend: BackendChoice,
     pub(crate) limits: Limits,
     pub(crate) limiter: MemoryLimiter,
@@ -87,12 +92,14 @@ impl JobState {
     pub(crate) fn new(
         shared: Arc<Shared>,
         models: Arc<Models>,
+        cache_owner: Arc<str>,
         backend: BackendChoice,
         limits: Limits,
         wasi: WasiCtx,
     ) -> Self {
         Self {
             wasi,
+            cache_owner,
             table: ResourceTable::new(),
             shared,
             models,
@@ -120,13 +127,52 @@ impl JobState {
             BackendErrorKind::Unsupported => ErrorCode::UnsupportedOperation,
             BackendErrorKind::Runtime => ErrorCode::RuntimeError,
             BackendErrorKind::Timeout => {
+                return Err(abort(Outcome::Deadline, format!("backend stopped at the job deadline: {}", e.message)));
+            }
+            BackendErrorKind::MemoryLimit => {
                 return Err(abort(
-                    Outcome::Deadline,
-                    format!("backend compute stopped at the job deadline: {}", e.message),
+                    Outcome::MemoryLimit,
+                    format!("the backend refused memory (the node's backend budget): {}", e.message),
                 ));
             }
         };
         self.nn_error(code, e.message)
+    }
+
+    /// The job's usage so far: the one computation behind both the guest's
+    /// `usage.current()` and the receipt. `fuel_left` is `None` when fuel
+    /// is not metered (then the job burned none on the meter).
+    pub(crate) fn usage(&self, fuel_left: Option<u64>, wall_ns: u64) -> crate::receipt::Usage {
+        let m = &self.meter;
+        crate::receipt::Usage {
+            fuel: fuel_left.map_or(0, |left| self.limits.fuel.saturating_sub(left)),
+            wall_ns,
+            backend_ns: m.backend_ns,
+            bytes_in: m.bytes_in,
+            bytes_out: m.bytes_out,
+            // Guest linear memory plus the backend memory its runs used.
+            peak_memory_bytes: self.limiter.peak_bytes + m.backend_peak_bytes,
+            graphs_loaded: m.graphs_loaded,
+        }
+    }
+
+    /// Records a backend run's memory and ends the job if guest memory
+    /// plus backend memory passed the job's memory limit. (The backend's
+    /// own budget stops a run while it allocates; this holds the job to
+    /// its own, smaller share.)
+    pub(crate) fn charge_backend_memory(&mut self, run_peak: u64) -> wasmtime::Result<()> {
+        self.meter.backend_peak_bytes = self.meter.backend_peak_bytes.max(run_peak);
+        let total = self.limiter.peak_bytes + self.meter.backend_peak_bytes;
+        if total > self.limits.memory_bytes {
+            return Err(abort(
+                Outcome::MemoryLimit,
+                format!(
+                    "guest memory ({} bytes) plus backend memory ({} bytes) exceeds the job's memory limit of {} bytes",
+                    self.limiter.peak_bytes, self.meter.backend_peak_bytes, self.limits.memory_bytes
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Ends the job if a tensor of `bytes` would pass the tensor limit.
@@ -179,7 +225,10 @@ impl JobState {
             Err(e) => return self.backend_error(e),
         };
         let start = Instant::now();
-        let loaded = self.shared.cache.get_or_load(&sha256, kind, || backend.load(bytes));
+        let deadline = self.started + self.limits.deadline();
+        let loaded = self.shared.cache.get_or_load(&sha256, kind, &self.cache_owner, Residency::Evictable, || {
+            backend.load_until(bytes, Some(deadline))
+        });
         self.meter.backend_ns += start.elapsed().as_nanos() as u64;
         let (graph, hit) = match loaded {
             Ok(g) => g,

@@ -84,16 +84,18 @@ impl super::bindings::mote::edge::types::Host for JobState {}
 
 impl usage::HostWithStore<JobState> for HasSelf<JobState> {
     fn current(mut host: Access<'_, JobState, Self>) -> usage::Usage {
-        let fuel_left = host.as_context().get_fuel().unwrap_or(0);
+        // `Err` when fuel metering is off: then no fuel was counted.
+        let fuel_left = host.as_context().get_fuel().ok();
         let s = host.get();
+        let u = s.usage(fuel_left, s.started.elapsed().as_nanos() as u64);
         usage::Usage {
-            fuel: s.limits.fuel.saturating_sub(fuel_left),
-            wall_ns: s.started.elapsed().as_nanos() as u64,
-            backend_ns: s.meter.backend_ns,
-            bytes_in: s.meter.bytes_in,
-            bytes_out: s.meter.bytes_out,
-            peak_memory_bytes: s.limiter.peak_bytes,
-            graphs_loaded: s.meter.graphs_loaded,
+            fuel: u.fuel,
+            wall_ns: u.wall_ns,
+            backend_ns: u.backend_ns,
+            bytes_in: u.bytes_in,
+            bytes_out: u.bytes_out,
+            peak_memory_bytes: u.peak_memory_bytes,
+            graphs_loaded: u.graphs_loaded,
         }
     }
 }

@@ -184,10 +184,12 @@ impl inference::HostGraphExecutionContext for JobState {
             let out = ctx.compute(&views, Some(self.started + self.limits.deadline()));
             wasmtime::Result::Ok((out, start.elapsed().as_nanos() as u64, bytes_in))
         })();
+        let backend_peak = ctx.backend_peak_bytes();
         self.table.get_mut(&c)?.ctx = Some(ctx);
         let (out, ns, bytes_in) = result?;
         self.meter.backend_ns += ns;
         self.meter.bytes_in += bytes_in;
+        self.charge_backend_memory(backend_peak)?;
         let outputs = match out {
             Ok(o) => o,
             Err(e) => return self.backend_error(e),

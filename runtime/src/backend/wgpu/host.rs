@@ -25,8 +25,10 @@ pub(super) struct HostTensor {
     pub(super) data: HostData,
 }
 
+/// Element count; saturates instead of wrapping, so an overflowing shape
+/// fails every size check (a wrapped product could be 0 and pass them).
 pub(super) fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).unwrap_or(usize::MAX)
 }
 
 pub(super) fn strides(shape: &[usize]) -> Vec<usize> {

@@ -184,6 +184,30 @@ impl WgpuBackend {
     }
 }
 
+/// Screens, decodes and compiles a model as [`WgpuBackend`]'s `load` does,
+/// without a device: whether this backend would take it (and the fuzz
+/// target of its loader).
+pub fn check_model(model: &[u8]) -> Result<(), BackendError> {
+    compile_model(model).map(|_| ())
+}
+
+/// Model bytes to a program: screen, decode, compile (a panic in the
+/// compiler is a refused model).
+fn compile_model(model: &[u8]) -> Result<program::Program, BackendError> {
+    crate::model_screen::screen(model)?;
+    let proto = crate::onnx_proto::ModelProto::decode(model)
+        .map_err(|e| BackendError::new(BackendErrorKind::InvalidEncoding, format!("not an ONNX model: {e}")))?;
+    // The compiler is ours, but its input is a stranger's.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| program::compile(&proto)))
+        .map_err(|p| {
+            BackendError::new(BackendErrorKind::InvalidEncoding, format!("compiling the model failed: {}", panic_message(&p)))
+        })?
+        .map_err(|r| match r {
+            program::Refused::Unsupported(m) => BackendError::new(BackendErrorKind::Unsupported, m),
+            program::Refused::Invalid(m) => BackendError::new(BackendErrorKind::InvalidEncoding, m),
+        })
+}
+
 fn invalid(kind: BackendErrorKind) -> impl Fn(String) -> BackendError {
     move |m| BackendError::new(kind, m)
 }
@@ -206,33 +230,35 @@ impl Backend for WgpuBackend {
         &self.info
     }
 
-    fn load(&self, model: Arc<[u8]>) -> Result<Arc<dyn BackendGraph>, BackendError> {
-        let proto = crate::onnx_proto::ModelProto::decode(&model[..])
-            .map_err(|e| BackendError::new(BackendErrorKind::InvalidEncoding, format!("not an ONNX model: {e}")))?;
-        let program = program::compile(&proto).map_err(|r| match r {
-            program::Refused::Unsupported(m) => BackendError::new(BackendErrorKind::Unsupported, m),
-            program::Refused::Invalid(m) => BackendError::new(BackendErrorKind::InvalidEncoding, m),
-        })?;
+    fn load_until(
+        &self,
+        model: Arc<[u8]>,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Arc<dyn BackendGraph>, BackendError> {
+        let program = compile_model(&model)?;
         let device = self.device.clone();
+        let past_deadline = || deadline.is_some_and(|at| std::time::Instant::now() >= at);
         // Weights go up once, here; small scalars stay on the host so ops
-        // can use scalar kernels.
+        // can use scalar kernels. The deadline is checked between uploads.
         let consts = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            program
-                .consts
-                .iter()
-                .map(|(s, h)| {
-                    let v = if h.ty() == Ty::F32 && h.data.len() > 1 {
-                        Value::F(exec::upload(&device, h))
-                    } else {
-                        Value::H(h.clone())
-                    };
-                    (*s, v)
-                })
-                .collect::<Vec<_>>()
+            let mut consts = Vec::with_capacity(program.consts.len());
+            for (s, h) in &program.consts {
+                if past_deadline() {
+                    return None;
+                }
+                let v = if h.ty() == Ty::F32 && h.data.len() > 1 {
+                    Value::F(exec::upload(&device, h))
+                } else {
+                    Value::H(h.clone())
+                };
+                consts.push((*s, v));
+            }
+            Some(consts)
         }))
         .map_err(|p| {
             BackendError::new(BackendErrorKind::Runtime, format!("uploading weights failed: {}", panic_message(&p)))
-        })?;
+        })?
+        .ok_or_else(|| BackendError::new(BackendErrorKind::Timeout, "loading the model was stopped at the job's deadline"))?;
         let inputs = program
             .inputs
             .iter()
@@ -247,11 +273,14 @@ impl Backend for WgpuBackend {
                 shape: shape.clone(),
             })
             .collect();
-        Ok(Arc::new(WgpuGraph(Arc::new(GraphInner { program, consts, device, inputs, outputs }))))
+        let model_bytes = model.len() as u64;
+        Ok(Arc::new(WgpuGraph(Arc::new(GraphInner { model_bytes, program, consts, device, inputs, outputs }))))
     }
 }
 
 struct GraphInner {
+    /// Size of the ONNX bytes the graph was loaded from.
+    model_bytes: u64,
     program: program::Program,
     consts: Vec<(usize, Value)>,
     device: exec::WgpuDevice,
@@ -270,6 +299,11 @@ impl BackendGraph for WgpuGraph {
     }
     fn outputs(&self) -> &[TensorInfo] {
         &self.0.outputs
+    }
+    fn memory_bytes(&self) -> u64 {
+        // The decoded program keeps the weights on the host; float weights
+        // are also uploaded to the device.
+        2 * self.0.model_bytes
     }
 }
 

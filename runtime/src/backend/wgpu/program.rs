@@ -882,3 +882,84 @@ mod tests {
         assert!(supports_op("Conv") && supports_op("LRN") && !supports_op("Loop"));
     }
 }
+
+/// Properties of the wgpu loader's compiler over models it did not write:
+/// graphs declared with the builder by a hostile guest (random ops, wiring
+/// and attributes), and arbitrary bytes. The compiler may refuse; it may
+/// not panic (a panic is caught in `load`, but it is a bug all the same).
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::graph_builder::{AttrValue, GraphDraft, SUPPORTED_OPS};
+    use crate::tensor::ElementType;
+    use proptest::prelude::*;
+    use prost::Message;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Input(u8, Vec<i64>),
+        Constant(u8, Vec<u32>),
+        Node(prop::sample::Index, Vec<prop::sample::Index>, Vec<(String, i64)>, u32),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0u8..7, prop::collection::vec(-1i64..5, 0..4)).prop_map(|(t, s)| Step::Input(t, s)),
+            (0u8..7, prop::collection::vec(0u32..4, 0..3)).prop_map(|(t, d)| Step::Constant(t, d)),
+            (
+                any::<prop::sample::Index>(),
+                prop::collection::vec(any::<prop::sample::Index>(), 0..4),
+                prop::collection::vec((prop_oneof![Just("axis"), Just("axes"), Just("perm"), Just("to"), Just("keepdims")].prop_map(String::from), -3i64..4), 0..3),
+                1u32..3,
+            )
+                .prop_map(|(op, ins, attrs, outs)| Step::Node(op, ins, attrs, outs)),
+        ]
+    }
+
+    const TYPES: [ElementType; 7] =
+        [ElementType::F32, ElementType::I64, ElementType::I32, ElementType::U8, ElementType::F16, ElementType::F64, ElementType::Bf16];
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+        #[test]
+        fn declared_graphs_lower_and_compile_without_panicking(steps in prop::collection::vec(step(), 1..12)) {
+            let mut d = GraphDraft::default();
+            let mut operands: Vec<u32> = Vec::new();
+            for (i, s) in steps.into_iter().enumerate() {
+                let made = match s {
+                    Step::Input(t, shape) => d.input(&format!("in{i}"), TYPES[t as usize], &shape).map(|o| vec![o]),
+                    Step::Constant(t, dims) => {
+                        let ty = TYPES[t as usize];
+                        let n: u32 = dims.iter().product();
+                        d.constant(ty, &dims, vec![1u8; n as usize * ty.size()]).map(|o| vec![o])
+                    }
+                    Step::Node(op, ins, attrs, outs) => {
+                        if operands.is_empty() { continue; }
+                        let op = SUPPORTED_OPS[op.index(SUPPORTED_OPS.len())];
+                        let ins: Vec<u32> = ins.iter().map(|ix| operands[ix.index(operands.len())]).collect();
+                        let attrs = attrs.into_iter().map(|(k, v)| {
+                            let v = if k == "axes" || k == "perm" { AttrValue::Ints(vec![v, 0]) } else { AttrValue::Int(v) };
+                            (k, v)
+                        }).collect();
+                        d.node(op, &ins, attrs, outs)
+                    }
+                };
+                if let Ok(ids) = made { operands.extend(ids); }
+            }
+            let Some(&last) = operands.last() else { return Ok(()) };
+            if let Ok(bytes) = d.lower(&[("out".to_string(), last)]) {
+                prop_assert!(crate::model_screen::screen(&bytes).is_ok(), "the builder wrote a model the screen refuses");
+                let model = pb::ModelProto::decode(&bytes[..]).expect("the builder writes valid protobuf");
+                let _ = compile(&model);
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_compile_without_panicking(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(model) = pb::ModelProto::decode(&bytes[..]) {
+                let _ = compile(&model);
+            }
+        }
+    }
+}
