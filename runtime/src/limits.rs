@@ -24,6 +24,10 @@ pub struct Limits {
     pub max_graphs: u32,
     /// Most bytes of log (log lines plus stdout/stderr) kept per job.
     pub max_log_bytes: u64,
+    /// Most nodes (subgraphs included) in a graph a job loads or builds:
+    /// ONNX Runtime's optimisation time grows with the square of a graph's
+    /// size for some graphs.
+    pub max_graph_nodes: u32,
 }
 
 impl Default for Limits {
@@ -35,6 +39,7 @@ impl Default for Limits {
             max_tensor_bytes: 256 << 20,
             max_graphs: 16,
             max_log_bytes: 64 << 10,
+            max_graph_nodes: 10_000,
         }
     }
 }

@@ -55,9 +55,20 @@ pub enum ScreenError {
     SessionConfig,
 }
 
-/// Checks that `bytes` is an ONNX model that names no file.
-pub fn screen(bytes: &[u8]) -> Result<(), ScreenError> {
+/// What the screen learnt of a model it passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Screened {
+    /// Nodes in the model: main graph, subgraphs and functions.
+    pub nodes: usize,
+}
+
+/// Checks that `bytes` is an ONNX model that names no file; counts its
+/// nodes.
+pub fn screen(bytes: &[u8]) -> Result<Screened, ScreenError> {
     let model = Model::decode(bytes).map_err(|e| ScreenError::NotOnnx(e.to_string()))?;
+    let nodes = model.graph.iter().map(count_nodes).sum::<usize>()
+        + model.functions.iter().map(|f| f.node.iter().map(count_in_node).sum::<usize>()).sum::<usize>()
+        + model.training_info.iter().flat_map(|t| t.initialization.iter().chain(&t.algorithm)).map(count_nodes).sum::<usize>();
     if model.metadata_props.iter().any(|p| p.key == "ort_config") {
         return Err(ScreenError::SessionConfig);
     }
@@ -74,7 +85,16 @@ pub fn screen(bytes: &[u8]) -> Result<(), ScreenError> {
             graph(g, &format!("training_info[{i}]"))?;
         }
     }
-    Ok(())
+    Ok(Screened { nodes })
+}
+
+fn count_nodes(g: &Graph) -> usize {
+    g.node.iter().map(count_in_node).sum()
+}
+
+/// A node and the nodes of its subgraphs.
+fn count_in_node(n: &Node) -> usize {
+    1 + n.attribute.iter().flat_map(|a| a.g.iter().chain(&a.graphs)).map(count_nodes).sum::<usize>()
 }
 
 fn graph(g: &Graph, place: &str) -> Result<(), ScreenError> {
@@ -245,7 +265,8 @@ mod tests {
         inline.initializer[0].raw_data = vec![7];
         m.graph = Some(inline.clone());
         let clean = m.encode_to_vec();
-        screen(&clean).expect("an inline model passes");
+        assert_eq!(screen(&clean).expect("an inline model passes").nodes, 1);
+        assert_eq!(screen(&crate::attack_models::memory_bomb_model(8)).unwrap().nodes, 3);
 
         // A constant node's tensor attribute, inside a model-local function
         // (tag 25 of ModelProto: FunctionProto, its nodes at tag 7).

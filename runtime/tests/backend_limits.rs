@@ -78,15 +78,24 @@ fn hostile_models_stay_within_the_backend_budget_and_the_deadline() {
     let err = tight.run(&load_model(attack_models::memory_bomb_model(1 << 24))).result.expect_err("over the job's limit");
     assert_eq!(err.outcome, Outcome::MemoryLimit, "{err}");
 
-    // 4. A graph of 30,000 matmul layers, declared in a few milliseconds of
-    // guest time: compiling it took ORT minutes. It stops at the deadline.
-    let quick = misbehave(Limits { deadline_ms: 2000, ..Limits::default() });
+    // 4. A graph of 30,000 matmul layers (60,001 nodes), declared in a few
+    // milliseconds of guest time: ORT's optimiser is quadratic in it
+    // (minutes). Over max_graph_nodes: refused before ORT sees it.
+    let quick = misbehave(Limits { deadline_ms: 1000, ..Limits::default() });
     let started = Instant::now();
     let r = quick.run(&with_params(Request::default(), &[("mode", "heavy"), ("layers", "30000")]));
+    let err = r.result.expect_err("60,001 nodes are over the limit");
+    assert!(err.message.contains("max_graph_nodes"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(1), "refused after {:?}", started.elapsed());
+
+    // 5. 4,900 layers (9,801 nodes, under the limit) take ORT seconds to
+    // optimise: the job stops waiting at its 1 s deadline.
+    let started = Instant::now();
+    let r = quick.run(&with_params(Request::default(), &[("mode", "heavy"), ("layers", "4900")]));
     let took = started.elapsed();
-    let err = r.result.expect_err("30,000 layers cannot finish in 2 s");
+    let err = r.result.expect_err("4,900 layers cannot be optimised in 1 s");
     assert_eq!(err.outcome, Outcome::Deadline, "{err}");
-    assert!(took < Duration::from_secs(6), "the load ran {took:?} past a 2 s deadline");
+    assert!(took < Duration::from_millis(2500), "the load ran {took:?} past a 1 s deadline");
 
     // The node still serves.
     let d = deploy(&rt, "passthrough", &[("model", "mlp")], Limits::default());

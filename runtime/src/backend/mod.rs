@@ -136,6 +136,7 @@ impl BackendError {
 }
 
 impl From<crate::model_screen::ScreenError> for BackendError {
+    // (The screen's count of nodes is checked by the host, per job.)
     fn from(e: crate::model_screen::ScreenError) -> Self {
         use crate::model_screen::ScreenError as S;
         let kind = match e {

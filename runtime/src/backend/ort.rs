@@ -227,7 +227,7 @@ impl OrtBackend {
             sessions_built: Arc::default(),
         };
         // A device answers only if a real session can be placed on it.
-        backend.build_session(&identity_model(), None).map_err(|e| {
+        backend.commit(&identity_model(), None).map_err(|e| {
             BackendError::new(BackendErrorKind::Unsupported, format!("no CUDA: no device accepted a session: {e}"))
         })?;
         backend.sessions_built.store(0, Ordering::Relaxed);
@@ -256,10 +256,43 @@ impl OrtBackend {
         self.sessions_built.load(Ordering::Relaxed)
     }
 
-    /// Builds a session for `model`; a build still going at `deadline` is
-    /// cancelled (ORT checks the load-cancellation flag between its graph
-    /// passes).
-    fn build_session(&self, model: &[u8], deadline: Option<Instant>) -> Result<Session, BackendError> {
+    /// Builds a session for `model`. With a deadline, the build runs on a
+    /// loader thread of its own and the caller stops waiting at the
+    /// deadline: ORT's graph optimisation is quadratic in graph size for
+    /// some graphs (a chain of 8,000 MatMul layers takes 11 s here) and
+    /// checks its cancellation flag only between passes. The watchdog sets
+    /// that flag at the deadline; a build that still goes on holds one of
+    /// the node's load slots (one per core) until it ends, so abandoned
+    /// builds can never take more than the node's cores.
+    fn build_session(&self, model: &Arc<[u8]>, deadline: Option<Instant>) -> Result<Session, BackendError> {
+        let Some(at) = deadline else {
+            return self.commit(model, None);
+        };
+        let slot = LoadSlots::get().take(at).ok_or_else(|| {
+            BackendError::new(BackendErrorKind::Timeout, "waited for a model-load slot past the job's deadline")
+        })?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (this, model) = (self.clone(), model.clone());
+        std::thread::Builder::new()
+            .name("mote-ort-load".into())
+            .spawn(move || {
+                let _slot = slot;
+                let _ = tx.send(this.commit(&model, Some(at)));
+            })
+            .map_err(|e| BackendError::new(BackendErrorKind::Runtime, format!("starting a loader thread: {e}")))?;
+        let started = Instant::now();
+        match rx.recv_timeout(at.saturating_duration_since(started)) {
+            Ok(built) => built,
+            Err(_) => Err(BackendError::new(
+                BackendErrorKind::Timeout,
+                format!("loading the model was stopped at the job's deadline after {:?}", started.elapsed()),
+            )),
+        }
+    }
+
+    /// Creates the session on this thread; the watchdog cancels it at
+    /// `deadline`.
+    fn commit(&self, model: &[u8], deadline: Option<Instant>) -> Result<Session, BackendError> {
         let env = environment()?;
         let fail = |e: ort::Error<ort::session::builder::SessionBuilder>| {
             BackendError::new(BackendErrorKind::Runtime, format!("configuring ONNX Runtime session: {e}"))
@@ -305,6 +338,46 @@ impl OrtBackend {
         })?;
         self.sessions_built.fetch_add(1, Ordering::Relaxed);
         Ok(session)
+    }
+}
+
+/// Session builds running at once, abandoned ones included: one per core.
+struct LoadSlots {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+/// A taken load slot, given back when dropped (when its build ends).
+struct LoadSlot(&'static LoadSlots);
+
+impl Drop for LoadSlot {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.freed.notify_one();
+    }
+}
+
+impl LoadSlots {
+    fn get() -> &'static LoadSlots {
+        static SLOTS: OnceLock<LoadSlots> = OnceLock::new();
+        SLOTS.get_or_init(|| LoadSlots {
+            free: Mutex::new(std::thread::available_parallelism().map_or(1, |n| n.get())),
+            freed: Condvar::new(),
+        })
+    }
+
+    /// Waits for a slot until `deadline`.
+    fn take(&'static self, deadline: Instant) -> Option<LoadSlot> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            free = self.freed.wait_timeout(free, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        *free -= 1;
+        Some(LoadSlot(self))
     }
 }
 

@@ -226,7 +226,15 @@ impl JobState {
         };
         let start = Instant::now();
         let deadline = self.started + self.limits.deadline();
+        let max_nodes = self.limits.max_graph_nodes as usize;
         let loaded = self.shared.cache.get_or_load(&sha256, kind, &self.cache_owner, Residency::Evictable, || {
+            let nodes = crate::model_screen::screen(&bytes)?.nodes;
+            if nodes > max_nodes {
+                return Err(BackendError::new(
+                    BackendErrorKind::Unsupported,
+                    format!("the graph has {nodes} nodes; this job may load at most {max_nodes} (limits.max_graph_nodes)"),
+                ));
+            }
             backend.load_until(bytes, Some(deadline))
         });
         self.meter.backend_ns += start.elapsed().as_nanos() as u64;
