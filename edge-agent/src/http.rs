@@ -41,12 +41,12 @@ pub(crate) fn router(node: Arc<Node>, limits: HttpLimits) -> Router {
         .route("/v2/models/{name}", get(model_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
         .route("/metrics", get(metrics))
+        .with_state(node)
+        .merge(infer_route)
         .fallback(|uri: axum::http::Uri| async move { error(StatusCode::NOT_FOUND, format!("no route {uri}")) })
         .method_not_allowed_fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {
             error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {}", uri.path()))
         })
-        .with_state(node)
-        .merge(infer_route)
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {

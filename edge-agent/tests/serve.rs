@@ -531,7 +531,7 @@ fn oversized_bodies_get_413_with_a_json_error() {
         (r.status().as_u16(), r.json().await.unwrap())
     });
     assert_eq!(status, 413, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("length limit"), "{v}");
+    assert!(v["error"].as_str().unwrap().contains("larger than 2048 bytes"), "{v}");
     // The node keeps serving.
     let ok = rt.block_on(async {
         let body = std::fs::read(artifact("models/mlp.request.json")).unwrap();
@@ -587,7 +587,8 @@ fn raw_http(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String, Duration
     use std::io::{Read, Write};
     let started = Instant::now();
     let mut c = std::net::TcpStream::connect(addr).unwrap();
-    c.write_all(bytes).unwrap();
+    // The server may answer and close before all is sent (that is the point).
+    let _ = c.write_all(bytes);
     c.set_read_timeout(Some(wait)).unwrap();
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
@@ -712,13 +713,15 @@ fn strangers_are_answered_before_their_bodies_are_read() {
 }
 
 /// Connections beyond `max_connections` are closed at once; idle ones are
-/// closed after the idle timeout, freeing their places.
+/// closed after the idle timeout (here 1 s, raised to the deadline + 5 s),
+/// freeing their places.
 #[test]
 fn connections_are_capped_and_idle_ones_closed() {
     let cfg = format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
+quic = "127.0.0.1:0"
 max_connections = 2
 idle_timeout_ms = 1000
 
@@ -734,6 +737,7 @@ deadline_ms = 100
     );
     let s = start_with(&cfg, &["--insecure-http"]);
     use std::io::Read;
+    let opened = Instant::now();
     let held: Vec<std::net::TcpStream> = (0..2).map(|_| std::net::TcpStream::connect(s.https).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(100));
     let live = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -741,12 +745,11 @@ deadline_ms = 100
     assert!(resp.is_empty(), "a third connection was served: {resp}");
     // The held connections are closed once idle...
     for mut c in held {
-        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let started = Instant::now();
-        let n = c.read(&mut [0u8; 16]).unwrap_or(0);
-        assert_eq!(n, 0, "an idle connection got data");
-        assert!(started.elapsed() < Duration::from_secs(4), "idle connection held {:?}", started.elapsed());
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let n = c.read(&mut [0u8; 16]);
+        assert!(matches!(n, Ok(0)) || n.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset), "{n:?}");
     }
+    assert!(opened.elapsed() < Duration::from_secs(8), "idle connections held {:?}", opened.elapsed());
     // ...and their places serve again.
     std::thread::sleep(Duration::from_millis(100));
     let (resp, _) = raw_http(s.https, live, Duration::from_secs(2));
@@ -835,7 +838,10 @@ deadline_ms = 3000
                 tokio::task::spawn_blocking(move || {
                     // TLS is not even started: the bytes are garbage to the
                     // server, which must drop them without buffering.
-                    (0..8).map(|_| raw_http(addr, &vec![b'x'; 1 << 20], Duration::from_millis(200)).0.len()).sum::<usize>()
+                    (0..8)
+                        .map(|_| raw_http(addr, &vec![b'x'; 1 << 20], Duration::from_millis(200)).0)
+                        .filter(|answer| answer.contains("HTTP/"))
+                        .count()
                 })
             };
             let unauth_https = {
@@ -899,7 +905,7 @@ deadline_ms = 3000
         assert!(bomb.contains("memory_limit"), "{bomb}");
         assert!(heavy.contains("deadline") || *heavy_status == 503, "{heavy_status}: {heavy}");
     }
-    assert_eq!(unauth_raw, 0, "garbage got an answer");
+    assert_eq!(unauth_raw, 0, "garbage got an HTTP answer (at most a TLS alert is expected)");
     let _ = unauth_https;
     let limit = rss_before + (budget >> 10) + 400 * 1024;
     assert!(peak < limit, "node RSS peaked at {peak} KiB (before {rss_before} KiB, limit {limit} KiB)");
