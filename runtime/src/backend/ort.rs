@@ -19,7 +19,7 @@ use ort::session::{RunOptions, Session, SessionInputValue};
 use ort::value::{DynValue, TensorElementType, ValueType};
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::Instant;
 
@@ -547,7 +547,7 @@ impl BackendGraph for OrtGraph {
 /// Called when graphs were dropped: the next run gives the arena's free
 /// regions (their weights) back to the system.
 pub fn memory_freed() {
-    SHRINK_PENDING.store(true, Ordering::Relaxed);
+    super::ort_memory::SHRINK_PENDING.store(true, Ordering::Relaxed);
 }
 
 /// A job's context: it holds a session only while `compute` runs, so the
@@ -562,13 +562,6 @@ struct OrtContext {
     peak_bytes: u64,
 }
 
-/// Set when the arena holds much more than it hands out (after a large
-/// run, or a graph's weights were freed): the next run gives the free
-/// regions back to the system.
-static SHRINK_PENDING: AtomicBool = AtomicBool::new(false);
-
-/// Free arena bytes worth giving back.
-const SHRINK_THRESHOLD: u64 = 64 << 20;
 
 /// Stops ORT runs that pass their job's deadline. ORT checks the terminate
 /// flag between kernels, so a long inference ends soon after the deadline
@@ -815,13 +808,10 @@ impl BackendExecutionContext for OrtContext {
         let watch = super::ort_memory::RunWatch::start(&session);
         // A run that gives the arena's free regions back has its own run
         // options (the context's are shared with the watchdog).
-        let shrinking = if SHRINK_PENDING.swap(false, Ordering::Relaxed) { shrink_options(deadline) } else { None };
+        let shrinking = if super::ort_memory::SHRINK_PENDING.swap(false, Ordering::Relaxed) { shrink_options(deadline) } else { None };
         let result = run(&mut session, inputs, shrinking.as_deref().unwrap_or(&self.run_options), deadline);
-        if let Some((charged, after)) = watch.and_then(|w| w.finish(&session)) {
-            self.peak_bytes = self.peak_bytes.max(charged);
-            if after.reserved.saturating_sub(after.in_use) > SHRINK_THRESHOLD {
-                SHRINK_PENDING.store(true, Ordering::Relaxed);
-            }
+        if let Some(w) = watch {
+            self.peak_bytes = self.peak_bytes.max(w.finish());
         }
         self.graph.checkin(session);
         result

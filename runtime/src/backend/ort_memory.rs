@@ -15,18 +15,16 @@
 //! written through it), and a C++ exception cannot cross a Rust frame. The
 //! arena's own refusal is the one ORT handles everywhere.
 //!
-//! Per-job accounting reads the arena's counters around each run (see
-//! [`ArenaStats::attribute`]) and samples its bytes in use while the run
-//! goes on ([`RunWatch`]); runs of other jobs at the same moment can only
-//! make a job's figure larger, never smaller.
+//! Per-job accounting samples the arena's bytes in use while runs go on
+//! ([`RunWatch`]): a run costs a registration, not a read of the arena.
 
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::Session;
 use ort::sys;
 use ort::AsPointer;
 use std::ffi::{c_char, CStr, CString};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 /// Turns an `OrtStatusPtr` into a result, releasing the status.
@@ -73,24 +71,8 @@ pub(crate) fn register_arena(env: &ort::environment::Environment, max_bytes: u64
 pub(crate) struct ArenaStats {
     /// Bytes handed out now.
     pub(crate) in_use: u64,
-    /// Most bytes ever handed out at once.
-    pub(crate) max_in_use: u64,
     /// Bytes the arena holds from the system (in use or free in it).
     pub(crate) reserved: u64,
-}
-
-impl ArenaStats {
-    /// The bytes a run that started at `before` and ended at `after` may
-    /// be charged for: the new high-water mark above what was in use when
-    /// it began, or else what it left allocated. An upper bound when other
-    /// runs overlapped it.
-    pub(crate) fn attribute(before: Self, after: Self) -> u64 {
-        if after.max_in_use > before.max_in_use {
-            after.max_in_use - before.in_use
-        } else {
-            after.in_use.saturating_sub(before.in_use)
-        }
-    }
 }
 
 /// An `OrtAllocator` pointer kept for the process's life (the arena it
@@ -116,11 +98,6 @@ fn handle(session: &Session) -> Option<*mut sys::OrtAllocator> {
     h.as_ref().map(|h| h.0)
 }
 
-/// Reads the node arena's counters, through any session that uses it.
-pub(crate) fn arena_stats(session: &Session) -> Option<ArenaStats> {
-    stats_of(handle(session)?)
-}
-
 fn stats_of(a: *mut sys::OrtAllocator) -> Option<ArenaStats> {
     let api = ort::api();
     let mut kv: *mut sys::OrtKeyValuePairs = std::ptr::null_mut();
@@ -134,32 +111,50 @@ fn stats_of(a: *mut sys::OrtAllocator) -> Option<ArenaStats> {
         }
         unsafe { CStr::from_ptr(v) }.to_str().ok().and_then(|s| s.parse().ok()).unwrap_or(0)
     };
-    let stats = ArenaStats { in_use: get(c"InUse"), max_in_use: get(c"MaxInUse"), reserved: get(c"TotalAllocated") };
+    let stats = ArenaStats { in_use: get(c"InUse"), reserved: get(c"TotalAllocated") };
     // SAFETY: created by AllocatorGetStats above.
     unsafe { (api.ReleaseKeyValuePairs)(kv) };
     Some(stats)
 }
 
-/// How often the sampler reads the arena while runs are in progress.
+/// How often the sampler reads the arena while runs are watched.
 const SAMPLE_EVERY: Duration = Duration::from_millis(1);
+/// How often it reads it otherwise (the baseline new runs start from).
+const SAMPLE_IDLE: Duration = Duration::from_millis(10);
 
-/// Watches the arena's bytes in use while runs are in progress, for the
-/// runs that do not raise its all-time high-water mark (which is all
-/// `ArenaStats::attribute` can see): a run's peak is the most bytes in use
-/// seen at any sample during it. Sampling misses only peaks shorter than a
-/// millisecond, which are small by construction (writing 64 MiB takes
-/// longer); runs of other jobs at the same time make a figure larger, never
-/// smaller. One thread for the process, asleep while no run is watched.
+/// Free arena bytes worth giving back to the system.
+const SHRINK_THRESHOLD: u64 = 64 << 20;
+
+/// Set when the arena holds much more than it hands out (after a large
+/// run, or a graph's weights were freed): the next run gives the free
+/// regions back to the system.
+pub(crate) static SHRINK_PENDING: AtomicBool = AtomicBool::new(false);
+
+/// Charges runs for the arena memory they use, without costing a run
+/// anything but a registration: one thread for the process reads the
+/// arena's bytes in use every millisecond while runs are watched (every
+/// 10 ms otherwise, for the baseline), and a run's charge is the most bytes
+/// in use seen during it above the last figure before it began. A run
+/// that ends before the sampler sees it is charged nothing: such a run
+/// cannot have used much (writing 64 MiB takes longer), and the node's
+/// arena cap bounds it regardless. Runs of other jobs at the same time
+/// make a figure larger, never smaller.
 struct Sampler {
-    runs: Mutex<Vec<Weak<AtomicU64>>>,
-    wake: Condvar,
+    runs: Mutex<Vec<Weak<RunPeak>>>,
+    last_in_use: AtomicU64,
+}
+
+struct RunPeak {
+    baseline: u64,
+    peak: AtomicU64,
 }
 
 impl Sampler {
     fn get() -> &'static Sampler {
         static S: OnceLock<&'static Sampler> = OnceLock::new();
         S.get_or_init(|| {
-            let s: &'static Sampler = Box::leak(Box::new(Sampler { runs: Mutex::default(), wake: Condvar::new() }));
+            let s: &'static Sampler =
+                Box::leak(Box::new(Sampler { runs: Mutex::default(), last_in_use: AtomicU64::new(0) }));
             std::thread::Builder::new()
                 .name("mote-ort-memory".into())
                 .spawn(move || s.run())
@@ -169,51 +164,46 @@ impl Sampler {
     }
 
     fn run(&self) {
-        let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            runs.retain(|r| r.strong_count() > 0);
-            if runs.is_empty() {
-                runs = self.wake.wait(runs).unwrap_or_else(|p| p.into_inner());
-                continue;
-            }
-            let in_use = HANDLE.get().and_then(Option::as_ref).and_then(|h| stats_of(h.0)).map(|s| s.in_use);
-            if let Some(in_use) = in_use {
-                for r in runs.iter().filter_map(Weak::upgrade) {
-                    r.fetch_max(in_use, Ordering::Relaxed);
+            let stats = HANDLE.get().and_then(Option::as_ref).and_then(|h| stats_of(h.0));
+            let watching = {
+                let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+                runs.retain(|r| r.strong_count() > 0);
+                if let Some(st) = stats {
+                    for r in runs.iter().filter_map(Weak::upgrade) {
+                        r.peak.fetch_max(st.in_use, Ordering::Relaxed);
+                    }
+                }
+                !runs.is_empty()
+            };
+            if let Some(st) = stats {
+                self.last_in_use.store(st.in_use, Ordering::Relaxed);
+                if st.reserved.saturating_sub(st.in_use) > SHRINK_THRESHOLD {
+                    SHRINK_PENDING.store(true, Ordering::Relaxed);
                 }
             }
-            drop(runs);
-            std::thread::sleep(SAMPLE_EVERY);
-            runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+            std::thread::sleep(if watching { SAMPLE_EVERY } else { SAMPLE_IDLE });
         }
     }
 }
 
 /// One run's memory watch: started before the run, read after it.
-pub(crate) struct RunWatch {
-    before: ArenaStats,
-    peak_in_use: Arc<AtomicU64>,
-}
+pub(crate) struct RunWatch(Arc<RunPeak>);
 
 impl RunWatch {
     /// Starts watching the arena for a run on `session`.
     pub(crate) fn start(session: &Session) -> Option<Self> {
-        let before = arena_stats(session)?;
-        let peak_in_use = Arc::new(AtomicU64::new(before.in_use));
+        handle(session)?;
         let s = Sampler::get();
-        let mut runs = s.runs.lock().unwrap_or_else(|p| p.into_inner());
-        runs.push(Arc::downgrade(&peak_in_use));
-        if runs.len() == 1 {
-            s.wake.notify_one();
-        }
-        Some(Self { before, peak_in_use })
+        let baseline = s.last_in_use.load(Ordering::Relaxed);
+        let run = Arc::new(RunPeak { baseline, peak: AtomicU64::new(baseline) });
+        s.runs.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::downgrade(&run));
+        Some(Self(run))
     }
 
-    /// The bytes the run is charged, and the arena's counters after it.
-    pub(crate) fn finish(self, session: &Session) -> Option<(u64, ArenaStats)> {
-        let after = arena_stats(session)?;
-        let sampled = self.peak_in_use.load(Ordering::Relaxed).max(after.in_use).saturating_sub(self.before.in_use);
-        Some((ArenaStats::attribute(self.before, after).max(sampled), after))
+    /// The bytes the run is charged.
+    pub(crate) fn finish(self) -> u64 {
+        self.0.peak.load(Ordering::Relaxed).saturating_sub(self.0.baseline)
     }
 }
 
@@ -235,13 +225,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_run_is_charged_its_high_water_mark() {
-        let s = |in_use, max_in_use| ArenaStats { in_use, max_in_use, reserved: 0 };
-        // New peak: charged from what was in use when it began.
-        assert_eq!(ArenaStats::attribute(s(100, 500), s(120, 900)), 800);
-        // No new peak: what it left allocated.
-        assert_eq!(ArenaStats::attribute(s(100, 900), s(150, 900)), 50);
-        assert_eq!(ArenaStats::attribute(s(100, 900), s(50, 900)), 0);
+    fn arena_refusals_are_recognised() {
         assert!(is_out_of_budget("bfc_arena.cc:360 Available memory of 268435200 is smaller than requested bytes of 1073741824"));
         assert!(!is_out_of_budget("Invalid rank for input"));
     }
