@@ -146,6 +146,9 @@ fn auto_never_picks_a_software_adapter() {
     let hardware = mote_runtime::backend::wgpu::has_hardware_adapter();
     if !hardware && kind != BackendKind::OrtCuda {
         assert_eq!(kind, BackendKind::OrtCpu, "auto chose {kind} ({device}) on a machine without a hardware adapter");
+    } else {
+        // With a GPU, auto must use it.
+        assert!(kind.is_gpu(), "auto chose {kind} ({device}) on a machine with a GPU");
     }
     // A gpu-target load under auto without CUDA or a hardware adapter is an
     // error that says why, not a silent llvmpipe (or CPU) run.

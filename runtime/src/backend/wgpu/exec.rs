@@ -136,22 +136,18 @@ fn upload_indices(dev: &WgpuDevice, idx: &[i64]) -> IntTensor<B> {
 /// `deadline` (`Ok(None)` when it passed first).
 ///
 /// burn's read blocks its caller inside `poll` until the device is done,
-/// so with a deadline the read runs on a helper thread and this thread
-/// waits for it only until the deadline; the device finishes abandoned work
-/// on its own.
+/// so with a deadline the read is handed to the process's one reader
+/// thread and this thread waits for it only until the deadline; the device
+/// finishes abandoned work on its own, and its result is dropped. One
+/// thread for all reads: the device runs its queue in order anyway, and a
+/// job that gives up leaves no thread behind.
 pub(super) fn download_f_until(t: FT, deadline: Option<Instant>) -> R<Option<HostTensor>> {
     let shape = dims(&t);
-    let read = |t: FT| block_on(B::float_into_data(t));
     let data = match deadline {
-        None => read(t),
+        None => read_float(t),
         Some(d) => {
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::Builder::new()
-                .name("mote-wgpu-read".into())
-                .spawn(move || {
-                    let _ = tx.send(read(t));
-                })
-                .map_err(|e| format!("starting a reader thread: {e}"))?;
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            reader().send((t, tx)).map_err(|_| "the device reader thread has stopped".to_string())?;
             match rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
                 Ok(data) => data,
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return Ok(None),
@@ -164,6 +160,33 @@ pub(super) fn download_f_until(t: FT, deadline: Option<Instant>) -> R<Option<Hos
     let data = data.map_err(|e| format!("reading a result from the device failed: {e:?}"))?;
     let v: Vec<f32> = data.try_into_vec::<f32>().map_err(|e| format!("unexpected result data: {e:?}"))?;
     Ok(Some(HostTensor::new(shape, HostData::F32(v))))
+}
+
+type ReadResult = Result<TensorData, burn_backend::ExecutionError>;
+
+fn read_float(t: FT) -> ReadResult {
+    block_on(B::float_into_data(t))
+}
+
+/// The reader thread's queue, started on first use.
+fn reader() -> &'static std::sync::mpsc::Sender<(FT, std::sync::mpsc::SyncSender<ReadResult>)> {
+    static READER: std::sync::OnceLock<std::sync::mpsc::Sender<(FT, std::sync::mpsc::SyncSender<ReadResult>)>> =
+        std::sync::OnceLock::new();
+    READER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<(FT, std::sync::mpsc::SyncSender<ReadResult>)>();
+        std::thread::Builder::new()
+            .name("mote-wgpu-read".into())
+            .spawn(move || {
+                for (t, done) in rx {
+                    // A panicking read drops `done`: its job sees an error.
+                    if let Ok(r) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_float(t))) {
+                        let _ = done.send(r);
+                    }
+                }
+            })
+            .expect("spawn the wgpu reader thread");
+        tx
+    })
 }
 
 fn download_b_until(t: BT, deadline: Option<Instant>) -> R<Option<HostTensor>> {
