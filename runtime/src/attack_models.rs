@@ -133,3 +133,44 @@ pub fn memory_bomb_model(elements: u64) -> Vec<u8> {
         output: vec![y],
     })
 }
+
+/// A model carrying `bytes` of float weights whose sum it outputs,
+/// distinct per `seed`: what a flood of models that fills a node's graph
+/// cache is made of.
+pub fn weights_model(seed: u32, bytes: usize) -> Vec<u8> {
+    let n = bytes / 4;
+    let mut raw = Vec::with_capacity(n * 4);
+    for i in 0..n as u32 {
+        raw.extend(((i ^ seed) % 7).to_le_bytes().map(|b| b & 1));
+    }
+    let w = pb::TensorProto {
+        dims: vec![n as i64],
+        data_type: pb::data_type::FLOAT,
+        name: "w".into(),
+        raw_data: raw,
+        ..Default::default()
+    };
+    let mut y = value_info("y", pb::data_type::FLOAT, 1);
+    if let Some(t) = y.r#type.as_mut().and_then(|t| t.tensor_type.as_mut()) {
+        t.shape = Some(pb::TensorShapeProto { dim: vec![] });
+    }
+    model(pb::GraphProto {
+        node: vec![pb::NodeProto {
+            input: vec!["w".into()],
+            output: vec!["y".into()],
+            name: format!("sum-{seed}"),
+            op_type: "ReduceSum".into(),
+            attribute: vec![pb::AttributeProto {
+                name: "keepdims".into(),
+                r#type: pb::attribute_type::INT,
+                i: 0,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        name: format!("weights-{seed}"),
+        initializer: vec![w],
+        input: vec![],
+        output: vec![y],
+    })
+}

@@ -16,6 +16,7 @@ use mote_runtime::{attack_models, DeploymentSpec, Limits, Outcome, Request, Runt
 use std::time::{Duration, Instant};
 
 const BUDGET: u64 = 256 << 20;
+const CACHE: u64 = 128 << 20;
 
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -38,6 +39,7 @@ fn hostile_models_stay_within_the_backend_budget_and_the_deadline() {
         data_dir: None,
         pool_instances: 8,
         backend_memory_bytes: BUDGET,
+        cache_bytes: CACHE,
         ..RuntimeConfig::default()
     })
     .unwrap();
@@ -96,6 +98,47 @@ fn hostile_models_stay_within_the_backend_budget_and_the_deadline() {
     let err = r.result.expect_err("4,900 layers cannot be optimised in 1 s");
     assert_eq!(err.outcome, Outcome::Deadline, "{err}");
     assert!(took < Duration::from_millis(2500), "the load ran {took:?} past a 1 s deadline");
+
+    // 6. A flood of distinct 16 MiB models from one tenant: the cache stays
+    // within its bytes, the other tenant's warm model stays cached, and
+    // memory goes back to the system after eviction.
+    let warm = rt
+        .deploy(DeploymentSpec {
+            name: "other-tenant".into(),
+            guest: guest("passthrough"),
+            models: vec![("model".into(), model("mlp"))],
+            limits: Limits::default(),
+            backend: BackendChoice::Auto,
+        })
+        .unwrap();
+    warm.warm().unwrap();
+    let misses = rt.cache_stats().misses;
+    let rss_start = rss_bytes();
+    let mut rss_peak = rss_start;
+    for seed in 0..40 {
+        let mut req = load_model(attack_models::weights_model(seed, 16 << 20));
+        req.inputs.retain(|t| t.name == "model");
+        let r = roomy.run(&req);
+        r.result.unwrap_or_else(|e| panic!("model {seed}: {e}"));
+        assert!(rt.cache_stats().bytes <= CACHE, "cache over its bytes: {:?}", rt.cache_stats());
+        rss_peak = rss_peak.max(rss_bytes());
+    }
+    assert!(rt.cache_stats().evictions >= 30, "{:?}", rt.cache_stats());
+    warm.run(&request("mlp")).result.expect("the other tenant still serves");
+    // (That run also gave the arena's free regions back.)
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(rt.cache_stats().misses, misses + 40, "the other tenant's model was evicted by the flood");
+    let grew = rss_peak.saturating_sub(rss_start);
+    eprintln!(
+        "flood of 40 x 16 MiB models, cache {} MiB: RSS {} MiB at start, peak +{} MiB, end +{} MiB",
+        CACHE >> 20,
+        rss_start >> 20,
+        grew >> 20,
+        rss_bytes().saturating_sub(rss_start) >> 20
+    );
+    assert!(grew < 2 * CACHE + (256 << 20), "RSS grew {} MiB for a {} MiB cache", grew >> 20, CACHE >> 20);
+    let kept = rss_bytes().saturating_sub(rss_start);
+    assert!(kept < CACHE + (96 << 20), "{} MiB kept after eviction with a {} MiB cache", kept >> 20, CACHE >> 20);
 
     // The node still serves.
     let d = deploy(&rt, "passthrough", &[("model", "mlp")], Limits::default());

@@ -548,6 +548,7 @@ impl BackendGraph for OrtGraph {
 /// regions (their weights) back to the system.
 pub fn memory_freed() {
     super::ort_memory::SHRINK_PENDING.store(true, Ordering::Relaxed);
+    super::ort_memory::TRIM_PENDING.store(true, Ordering::Relaxed);
 }
 
 /// A job's context: it holds a session only while `compute` runs, so the

@@ -49,6 +49,7 @@ fn arena_info() -> Result<MemoryInfo<'static>, String> {
 /// Registers the node's CPU arena with the environment: at most
 /// `max_bytes` for all sessions together.
 pub(crate) fn register_arena(env: &ort::environment::Environment, max_bytes: u64) -> Result<(), String> {
+    fixed_mmap_threshold();
     let api = ort::api();
     let keys = [c"max_mem".as_ptr(), c"arena_extend_strategy".as_ptr()];
     let values = [usize::try_from(max_bytes).unwrap_or(usize::MAX), 1];
@@ -74,6 +75,33 @@ pub(crate) struct ArenaStats {
     /// Bytes the arena holds from the system (in use or free in it).
     pub(crate) reserved: u64,
 }
+
+/// ORT's own heap allocations (the parsed model while a session is built,
+/// protobuf copies, kernel scratch) go to the C heap. glibc raises its
+/// mmap threshold up to 32 MiB after large frees, after which a 16 MiB
+/// model's buffers come from the heap and stay in the process once freed:
+/// a flood of distinct models kept gigabytes after eviction. A fixed
+/// threshold keeps large buffers mmapped, so freeing them returns them.
+fn fixed_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's policy.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+/// Gives the C heap's free memory back to the system (after graphs were
+/// evicted).
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Set when graphs were dropped: the sampler trims the C heap.
+pub(crate) static TRIM_PENDING: AtomicBool = AtomicBool::new(false);
 
 /// An `OrtAllocator` pointer kept for the process's life (the arena it
 /// wraps belongs to the environment, a static).
@@ -176,6 +204,9 @@ impl Sampler {
                 }
                 !runs.is_empty()
             };
+            if TRIM_PENDING.swap(false, Ordering::Relaxed) {
+                trim_heap();
+            }
             if let Some(st) = stats {
                 self.last_in_use.store(st.in_use, Ordering::Relaxed);
                 if st.reserved.saturating_sub(st.in_use) > SHRINK_THRESHOLD {
