@@ -827,15 +827,13 @@ impl BackendExecutionContext for OrtContext {
 /// job's deadline like the context's own.
 fn shrink_options(deadline: Option<Instant>) -> Option<Arc<RunOptions>> {
     let mut o = RunOptions::new().ok()?;
-    let (k, v) = super::ort_memory::shrink_entry();
-    o.set(k.to_str().ok()?, v.to_str().ok()?).ok()?;
+    let (key, value) = super::ort_memory::SHRINK_ENTRY;
+    o.set(key, value).ok()?;
     let o = Arc::new(o);
     if let Some(at) = deadline {
-        let stop: Arc<dyn Stop> = o.clone();
-        Watchdog::get().watch(at, &stop);
-        // The watchdog holds it weakly: keep a strong handle in the Arc
-        // we return, which lives until the run ends.
-        drop(stop);
+        // The watchdog holds it weakly; the caller's Arc lives until the
+        // run ends.
+        Watchdog::get().watch(at, &(o.clone() as Arc<dyn Stop>));
     }
     Some(o)
 }

@@ -22,7 +22,7 @@ use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::Session;
 use ort::sys;
 use ort::AsPointer;
-use std::ffi::{c_char, CStr, CString};
+use std::ffi::{c_char, CStr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
@@ -247,9 +247,7 @@ pub(crate) fn is_out_of_budget(message: &str) -> bool {
 
 /// The run-options entry that makes the arena give its free regions back
 /// to the system at the end of a run.
-pub(crate) fn shrink_entry() -> (CString, CString) {
-    (c"memory.enable_memory_arena_shrinkage".to_owned(), c"cpu:0".to_owned())
-}
+pub(crate) const SHRINK_ENTRY: (&str, &str) = ("memory.enable_memory_arena_shrinkage", "cpu:0");
 
 #[cfg(test)]
 mod tests {
