@@ -106,31 +106,12 @@ pub fn memory_bomb_model(elements: u64) -> Vec<u8> {
         raw_data: (elements as i64).to_le_bytes().to_vec(),
         ..Default::default()
     };
-    let node = |op: &str, inputs: &[&str], out: &str| pb::NodeProto {
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![out.into()],
-        name: out.into(),
-        op_type: op.into(),
-        ..Default::default()
-    };
-    let mut sum = node("ReduceSum", &["m"], "y");
-    sum.attribute.push(pb::AttributeProto {
-        name: "keepdims".into(),
-        r#type: pb::attribute_type::INT,
-        i: 0,
-        ..Default::default()
-    });
-    let x = value_info("x", pb::data_type::FLOAT, 1);
-    let mut y = value_info("y", pb::data_type::FLOAT, 1);
-    if let Some(t) = y.r#type.as_mut().and_then(|t| t.tensor_type.as_mut()) {
-        t.shape = Some(pb::TensorShapeProto { dim: vec![] });
-    }
     model(pb::GraphProto {
-        node: vec![node("Expand", &["x", "shape"], "e"), node("Mul", &["e", "e"], "m"), sum],
+        node: vec![node("Expand", &["x", "shape"], "e"), node("Mul", &["e", "e"], "m"), sum_to_y("m")],
         name: "memory-bomb".into(),
         initializer: vec![shape],
-        input: vec![x],
-        output: vec![y],
+        input: vec![value_info("x", pb::data_type::FLOAT, 1)],
+        output: vec![scalar_y()],
     })
 }
 
@@ -150,27 +131,43 @@ pub fn weights_model(seed: u32, bytes: usize) -> Vec<u8> {
         raw_data: raw,
         ..Default::default()
     };
+    model(pb::GraphProto {
+        node: vec![sum_to_y("w")],
+        name: format!("weights-{seed}"),
+        initializer: vec![w],
+        input: vec![],
+        output: vec![scalar_y()],
+    })
+}
+
+/// A node of `op` with one output, named after it.
+fn node(op: &str, inputs: &[&str], out: &str) -> pb::NodeProto {
+    pb::NodeProto {
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![out.into()],
+        name: out.into(),
+        op_type: op.into(),
+        ..Default::default()
+    }
+}
+
+/// `y = ReduceSum(input)` over every axis, as a scalar.
+fn sum_to_y(input: &str) -> pb::NodeProto {
+    let mut sum = node("ReduceSum", &[input], "y");
+    sum.attribute.push(pb::AttributeProto {
+        name: "keepdims".into(),
+        r#type: pb::attribute_type::INT,
+        i: 0,
+        ..Default::default()
+    });
+    sum
+}
+
+/// The scalar float output `y`.
+fn scalar_y() -> pb::ValueInfoProto {
     let mut y = value_info("y", pb::data_type::FLOAT, 1);
     if let Some(t) = y.r#type.as_mut().and_then(|t| t.tensor_type.as_mut()) {
         t.shape = Some(pb::TensorShapeProto { dim: vec![] });
     }
-    model(pb::GraphProto {
-        node: vec![pb::NodeProto {
-            input: vec!["w".into()],
-            output: vec!["y".into()],
-            name: format!("sum-{seed}"),
-            op_type: "ReduceSum".into(),
-            attribute: vec![pb::AttributeProto {
-                name: "keepdims".into(),
-                r#type: pb::attribute_type::INT,
-                i: 0,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        name: format!("weights-{seed}"),
-        initializer: vec![w],
-        input: vec![],
-        output: vec![y],
-    })
+    y
 }
