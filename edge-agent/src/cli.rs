@@ -370,7 +370,7 @@ fn specs() -> Result<ExitCode> {
     let runtime = Runtime::new(RuntimeConfig::default()).map_err(anyhow::Error::msg)?;
     let device = |choice| match runtime.backend_device(choice) {
         Ok((k, d)) => serde_json::json!({"available": true, "backend": k.as_str(), "device": d}),
-        Err(e) => serde_json::json!({"available": false, "reason": e}),
+        Err(e) => serde_json::json!({"available": false, "reason": e.message}),
     };
     let ort = match mote_runtime::backend::ort::OrtBackend::probe() {
         Ok(p) => serde_json::to_value(p)?,

@@ -224,7 +224,7 @@ async fn infer(State(app): State<App>, Path(name): Path<String>, headers: Header
     let report = node
         .run_admitted(admitted, move || {
             let (json_header, binary) = split_body(&bytes, header_len.as_deref())?;
-            let request = kserve::parse_request_with_binary(&json_header, binary)?;
+            let request = kserve::parse_request_with_binary(&json_header, binary).map_err(|e| e.to_string())?;
             let (want_binary, only) = kserve::output_preferences(&json_header);
             Ok((request, (want_binary, only, json_header.get("id").cloned())))
         })
@@ -245,7 +245,7 @@ async fn infer(State(app): State<App>, Path(name): Path<String>, headers: Header
     };
     let (mut v, tail) = match kserve::response_json_binary(response, Some(&name), &*want_binary, only.as_deref()) {
         Ok(x) => x,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     if let Some(id) = id {
         v["id"] = id;

@@ -8,11 +8,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         None => (data, &[][..]),
     };
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) {
-        if let Ok(req) = mote_runtime::kserve::parse_request_with_binary(&v, tail) {
+        if let Ok(req) = mote_protocol::kserve::parse_request_with_binary(&v, tail) {
             for t in &req.inputs {
                 t.validate().expect("a parsed input is valid");
             }
         }
-        let _ = mote_runtime::kserve::output_preferences(&v);
+        let _ = mote_protocol::kserve::output_preferences(&v);
     }
 });

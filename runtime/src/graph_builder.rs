@@ -108,7 +108,7 @@ impl GraphDraft {
         self.constant_bytes += data.len() as u64;
         self.constants.push(pb::TensorProto {
             dims: dims.iter().map(|&d| i64::from(d)).collect(),
-            data_type: pb::data_type_of(ty),
+            data_type: ty.onnx_data_type(),
             name: name.clone(),
             raw_data: data,
             ..Default::default()
@@ -229,7 +229,7 @@ fn value_info(name: &str, ty: Option<(ElementType, &[i64])>) -> pb::ValueInfoPro
         name: name.to_string(),
         r#type: ty.map(|(t, shape)| pb::TypeProto {
             tensor_type: Some(pb::TypeProtoTensor {
-                elem_type: pb::data_type_of(t),
+                elem_type: t.onnx_data_type(),
                 shape: Some(pb::TensorShapeProto {
                     dim: shape
                         .iter()

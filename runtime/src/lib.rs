@@ -8,23 +8,27 @@
 
 pub mod attack_models;
 pub mod backend;
+mod backends;
+mod deployment;
 pub mod graph_builder;
 pub mod graph_cache;
 mod host;
-pub mod kserve;
+mod job;
 pub mod limits;
 pub mod model_screen;
 pub mod onnx_proto;
 pub mod price;
 pub mod receipt;
 mod runtime;
-pub mod tensor;
+
+/// The data model and wire codecs (the `mote-protocol` crate).
+pub use mote_protocol::{kserve, mote1, tensor};
 
 pub use host::{LogLevel, LogLine};
 pub use limits::{Limits, Outcome};
 pub use price::PriceTable;
 pub use receipt::{NodeKey, Receipt, Usage};
-pub use runtime::{
-    digest, DeployError, Deployment, DeploymentSpec, JobError, JobReport, ModelInfo, Request, Response, Runtime,
-    RuntimeConfig,
-};
+pub use deployment::{DeployError, Deployment, DeploymentSpec, ModelInfo, WarmError};
+pub use job::{JobError, JobReport};
+pub use mote_protocol::{digest, Request, Response};
+pub use runtime::{Runtime, RuntimeConfig, RuntimeError};

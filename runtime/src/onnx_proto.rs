@@ -106,18 +106,7 @@ pub struct AttributeProto {
 }
 
 /// `onnx.TensorProto.DataType` values.
-pub mod data_type {
-    pub const FLOAT: i32 = 1;
-    pub const UINT8: i32 = 2;
-    pub const INT8: i32 = 3;
-    pub const INT32: i32 = 6;
-    pub const INT64: i32 = 7;
-    pub const STRING: i32 = 8;
-    pub const BOOL: i32 = 9;
-    pub const FLOAT16: i32 = 10;
-    pub const DOUBLE: i32 = 11;
-    pub const BFLOAT16: i32 = 16;
-}
+pub use crate::tensor::onnx_code as data_type;
 
 /// `onnx.TensorProto` (dense). mote writes `raw_data`; readers also accept
 /// the typed fields, which other producers use for small tensors.
@@ -207,16 +196,3 @@ pub enum DimensionValue {
     DimParam(String),
 }
 
-/// The ONNX data type of a wasi-nn element type.
-pub fn data_type_of(t: crate::tensor::ElementType) -> i32 {
-    use crate::tensor::ElementType as E;
-    match t {
-        E::F16 => data_type::FLOAT16,
-        E::F32 => data_type::FLOAT,
-        E::F64 => data_type::DOUBLE,
-        E::Bf16 => data_type::BFLOAT16,
-        E::U8 => data_type::UINT8,
-        E::I32 => data_type::INT32,
-        E::I64 => data_type::INT64,
-    }
-}

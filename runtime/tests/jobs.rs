@@ -108,7 +108,7 @@ fn gpu_target_without_a_gpu_is_an_error_not_a_silent_cpu_run() {
     assert!(msg.contains("no usable GPU backend"), "{msg}");
     // And a deployment pinned to CUDA reports "no CUDA" cleanly.
     let err = rt.backend_device(BackendChoice::Fixed(BackendKind::OrtCuda)).unwrap_err();
-    assert!(err.contains("no CUDA"), "{err}");
+    assert!(err.message.contains("no CUDA"), "{err}");
 }
 
 #[test]

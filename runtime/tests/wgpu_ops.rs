@@ -706,7 +706,7 @@ fn unsupported_op_fails_at_load_naming_it() {
     let mut m: pb::ModelProto = prost::Message::decode(&c.model()[..]).unwrap();
     m.graph.as_mut().unwrap().input[0].r#type.as_mut().unwrap().tensor_type.as_mut().unwrap().elem_type = dt::DOUBLE;
     let err = wgpu().load(Arc::from(prost::Message::encode_to_vec(&m))).err().expect("float64 input refused");
-    assert!(err.message.contains("float64"), "{}", err.message);
+    assert!(err.message.contains("FP64"), "{}", err.message);
 }
 
 #[test]

@@ -14,7 +14,7 @@ use super::{
     Backend, BackendError, BackendErrorKind, BackendExecutionContext, BackendGraph, BackendKind, DeviceInfo,
     OwnedTensor, TensorInfo, TensorView,
 };
-use crate::tensor::ElementType;
+use crate::tensor::{Datatype, ElementType};
 use ort::session::{RunOptions, Session, SessionInputValue};
 use ort::value::{DynValue, TensorElementType, ValueType};
 use std::borrow::Cow;
@@ -431,26 +431,9 @@ impl Backend for OrtBackend {
 }
 
 fn info(name: &str, ty: &ValueType) -> TensorInfo {
-    use crate::tensor::Datatype as D;
     match ty {
         ValueType::Tensor { ty, shape, .. } => {
-            let datatype = match ty {
-                TensorElementType::Bool => Some(D::Bool),
-                TensorElementType::Uint8 => Some(D::Uint8),
-                TensorElementType::Uint16 => Some(D::Uint16),
-                TensorElementType::Uint32 => Some(D::Uint32),
-                TensorElementType::Uint64 => Some(D::Uint64),
-                TensorElementType::Int8 => Some(D::Int8),
-                TensorElementType::Int16 => Some(D::Int16),
-                TensorElementType::Int32 => Some(D::Int32),
-                TensorElementType::Int64 => Some(D::Int64),
-                TensorElementType::Float16 => Some(D::Fp16),
-                TensorElementType::Float32 => Some(D::Fp32),
-                TensorElementType::Float64 => Some(D::Fp64),
-                TensorElementType::Bfloat16 => Some(D::Bf16),
-                TensorElementType::String => Some(D::Bytes),
-                _ => None,
-            };
+            let datatype = Datatype::from_onnx_data_type(onnx_code(*ty));
             TensorInfo { name: name.to_string(), datatype, shape: shape.iter().copied().collect() }
         }
         _ => TensorInfo { name: name.to_string(), datatype: None, shape: vec![] },
@@ -652,30 +635,31 @@ impl Watchdog {
     }
 }
 
+/// ONNX Runtime's element types are ONNX's data types, same numbers.
+fn onnx_code(t: TensorElementType) -> i32 {
+    ort::sys::ONNXTensorElementDataType::from(t) as i32
+}
+
+/// The ORT element types a wasi-nn tensor can be.
+const ORT_ELEMENT_TYPES: [TensorElementType; 8] = [
+    TensorElementType::Float16,
+    TensorElementType::Float32,
+    TensorElementType::Float64,
+    TensorElementType::Bfloat16,
+    TensorElementType::Uint8,
+    TensorElementType::Bool,
+    TensorElementType::Int32,
+    TensorElementType::Int64,
+];
+
 fn element_of(t: ElementType) -> TensorElementType {
-    match t {
-        ElementType::F16 => TensorElementType::Float16,
-        ElementType::F32 => TensorElementType::Float32,
-        ElementType::F64 => TensorElementType::Float64,
-        ElementType::Bf16 => TensorElementType::Bfloat16,
-        ElementType::U8 => TensorElementType::Uint8,
-        ElementType::I32 => TensorElementType::Int32,
-        ElementType::I64 => TensorElementType::Int64,
-    }
+    let code = t.onnx_data_type();
+    *ORT_ELEMENT_TYPES.iter().find(|o| onnx_code(**o) == code).expect("every element type is an ORT type")
 }
 
 fn element_from(t: TensorElementType) -> Option<ElementType> {
-    Some(match t {
-        TensorElementType::Float16 => ElementType::F16,
-        TensorElementType::Float32 => ElementType::F32,
-        TensorElementType::Float64 => ElementType::F64,
-        TensorElementType::Bfloat16 => ElementType::Bf16,
-        // Booleans are one byte 0/1, the same bytes as U8.
-        TensorElementType::Uint8 | TensorElementType::Bool => ElementType::U8,
-        TensorElementType::Int32 => ElementType::I32,
-        TensorElementType::Int64 => ElementType::I64,
-        _ => return None,
-    })
+    // Booleans are one byte 0/1, the same bytes as U8.
+    ElementType::from_onnx_data_type(onnx_code(t))
 }
 
 /// Wraps guest bytes as an ORT tensor without copying them.

@@ -4,7 +4,7 @@
 use super::bindings::mote::edge::{log, usage};
 use super::JobState;
 use serde::Serialize;
-use wasmtime::component::{Access, HasSelf};
+use wasmtime::component::{Access, HasData, HasSelf, Linker};
 use wasmtime::AsContext;
 
 /// Severity of a job log line.
@@ -64,7 +64,22 @@ impl JobLog {
     }
 }
 
-impl log::Host for JobState {
+/// Links `mote:edge/log`, reaching the job log through `view`.
+pub(crate) fn add_to_linker<T: 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> &mut JobLog,
+) -> wasmtime::Result<()> {
+    log::add_to_linker::<T, Log>(linker, view)
+}
+
+/// [`HasData`] for the job log.
+struct Log;
+
+impl HasData for Log {
+    type Data<'a> = &'a mut JobLog;
+}
+
+impl log::Host for JobLog {
     fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
         let level = match level {
             log::Level::Trace => LogLevel::Trace,
@@ -73,7 +88,7 @@ impl log::Host for JobState {
             log::Level::Warn => LogLevel::Warn,
             log::Level::Error => LogLevel::Error,
         };
-        self.log.push(level, message);
+        self.push(level, message);
         Ok(())
     }
 }

@@ -40,6 +40,22 @@ pub(crate) enum Ty {
     Bool,
 }
 
+impl Ty {
+    pub(crate) const ALL: [Ty; 4] = [Ty::F32, Ty::I64, Ty::I32, Ty::Bool];
+
+    /// The ONNX data type (the one mapping; KServe and wasi-nn types follow
+    /// from it through `crate::tensor`).
+    pub(crate) fn onnx_data_type(self) -> i32 {
+        use crate::tensor::onnx_code as o;
+        match self {
+            Ty::F32 => o::FLOAT,
+            Ty::I64 => o::INT64,
+            Ty::I32 => o::INT32,
+            Ty::Bool => o::BOOL,
+        }
+    }
+}
+
 /// One wgpu adapter as the system reports it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct AdapterSummary {
@@ -213,12 +229,7 @@ fn invalid(kind: BackendErrorKind) -> impl Fn(String) -> BackendError {
 }
 
 fn datatype_of(ty: Ty) -> Datatype {
-    match ty {
-        Ty::F32 => Datatype::Fp32,
-        Ty::I64 => Datatype::Int64,
-        Ty::I32 => Datatype::Int32,
-        Ty::Bool => Datatype::Bool,
-    }
+    Datatype::from_onnx_data_type(ty.onnx_data_type()).expect("interpreter types are KServe types")
 }
 
 impl Backend for WgpuBackend {

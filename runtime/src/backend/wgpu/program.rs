@@ -284,29 +284,12 @@ fn auto_pad(a: &Attrs<'_>) -> Result<AutoPad, String> {
 
 /// The ONNX data type number → the interpreter's element type.
 pub(super) fn ty_of(data_type: i32) -> Option<Ty> {
-    match data_type {
-        dt::FLOAT => Some(Ty::F32),
-        dt::INT64 => Some(Ty::I64),
-        dt::INT32 => Some(Ty::I32),
-        dt::BOOL => Some(Ty::Bool),
-        _ => None,
-    }
+    Ty::ALL.into_iter().find(|t| t.onnx_data_type() == data_type)
 }
 
+/// An ONNX data type's name, for errors.
 fn type_name(data_type: i32) -> &'static str {
-    match data_type {
-        dt::FLOAT => "float32",
-        dt::UINT8 => "uint8",
-        dt::INT8 => "int8",
-        dt::INT32 => "int32",
-        dt::INT64 => "int64",
-        dt::STRING => "string",
-        dt::BOOL => "bool",
-        dt::FLOAT16 => "float16",
-        dt::DOUBLE => "float64",
-        dt::BFLOAT16 => "bfloat16",
-        _ => "an unsupported type",
-    }
+    crate::tensor::Datatype::from_onnx_data_type(data_type).map_or("an unsupported type", |d| d.as_str())
 }
 
 fn is_int(t: Ty) -> bool {

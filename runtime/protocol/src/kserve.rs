@@ -4,12 +4,52 @@
 //! Tensor `data` may be flat or nested (row-major); `BYTES` elements are
 //! JSON strings; `FP16`/`BF16` are JSON numbers rounded to the type.
 
-use crate::runtime::{Request, Response};
+use crate::message::{Request, Response, MAX_INPUTS};
 use crate::tensor::{join_bytes_elements, split_bytes_elements, Datatype, IoTensor};
 use serde_json::{json, Map, Value};
 
+/// Why a KServe request or response could not be decoded or encoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KserveError {
+    /// More inputs than [`MAX_INPUTS`].
+    #[error("{count} inputs; a request may carry at most {max}")]
+    TooManyInputs {
+        /// Inputs sent.
+        count: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// Two inputs with one name.
+    #[error("inputs[{index}]: a second input named '{name}'; input names must be unique")]
+    DuplicateInput {
+        /// Index of the second one.
+        index: usize,
+        /// The name.
+        name: String,
+    },
+    /// A tensor whose bytes do not match its shape.
+    #[error(transparent)]
+    Tensor(#[from] crate::tensor::TensorError),
+    /// Anything else that does not fit the protocol; the message says
+    /// where (`inputs[2]: ...`) and what.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<String> for KserveError {
+    fn from(m: String) -> Self {
+        Self::Invalid(m)
+    }
+}
+
+impl From<&str> for KserveError {
+    fn from(m: &str) -> Self {
+        Self::Invalid(m.to_string())
+    }
+}
+
 /// Parses a KServe v2 infer request.
-pub fn parse_request(v: &Value) -> Result<Request, String> {
+pub fn parse_request(v: &Value) -> Result<Request, KserveError> {
     parse_request_with_binary(v, &[])
 }
 
@@ -17,17 +57,17 @@ pub fn parse_request(v: &Value) -> Result<Request, String> {
 /// header, `binary` the bytes that followed it. Inputs whose `parameters`
 /// carry `binary_data_size` take that many bytes from `binary`, in input
 /// order; the others carry JSON `data`.
-pub fn parse_request_with_binary(v: &Value, binary: &[u8]) -> Result<Request, String> {
+pub fn parse_request_with_binary(v: &Value, binary: &[u8]) -> Result<Request, KserveError> {
     let obj = v.as_object().ok_or("request must be a JSON object")?;
     let inputs = obj.get("inputs").and_then(Value::as_array).ok_or("request needs an \"inputs\" array")?;
     if inputs.len() > MAX_INPUTS {
-        return Err(format!("{} inputs; a request may carry at most {MAX_INPUTS}", inputs.len()));
+        return Err(KserveError::TooManyInputs { count: inputs.len(), max: MAX_INPUTS });
     }
     let mut names = std::collections::HashSet::with_capacity(inputs.len());
     for (i, input) in inputs.iter().enumerate() {
         if let Some(name) = input.get("name").and_then(Value::as_str) {
             if !names.insert(name) {
-                return Err(format!("inputs[{i}]: a second input named '{name}'; input names must be unique"));
+                return Err(KserveError::DuplicateInput { index: i, name: name.to_string() });
             }
         }
     }
@@ -40,10 +80,10 @@ pub fn parse_request_with_binary(v: &Value, binary: &[u8]) -> Result<Request, St
                 let size = size.as_u64().ok_or_else(|| format!("inputs[{i}]: binary_data_size must be an integer"))?;
                 let size = usize::try_from(size).map_err(|_| format!("inputs[{i}]: binary_data_size too large"))?;
                 if size > rest.len() {
-                    return Err(format!(
+                    return Err(KserveError::Invalid(format!(
                         "inputs[{i}]: binary_data_size {size} runs past the {} binary bytes left in the body",
                         rest.len()
-                    ));
+                    )));
                 }
                 let (data, tail) = rest.split_at(size);
                 rest = tail;
@@ -57,14 +97,10 @@ pub fn parse_request_with_binary(v: &Value, binary: &[u8]) -> Result<Request, St
         tensors.push(t);
     }
     if !rest.is_empty() {
-        return Err(format!("{} binary bytes in the body belong to no input", rest.len()));
+        return Err(KserveError::Invalid(format!("{} binary bytes in the body belong to no input", rest.len())));
     }
     Ok(Request { inputs: tensors, parameters: parse_parameters(obj.get("parameters"))? })
 }
-
-/// Most input tensors in one request (each becomes a resource in the
-/// guest's store, whose table is bounded).
-pub const MAX_INPUTS: usize = 1024;
 
 /// A JSON number as a float of at most `max` magnitude: a value the type
 /// cannot hold is an error, not a silent infinity.
@@ -117,7 +153,7 @@ fn parse_tensor_header(v: &Value) -> Result<(String, Datatype, Vec<u64>), String
 }
 
 /// Parses KServe `parameters` (an object of scalars) into string pairs.
-pub fn parse_parameters(v: Option<&Value>) -> Result<Vec<(String, String)>, String> {
+pub fn parse_parameters(v: Option<&Value>) -> Result<Vec<(String, String)>, KserveError> {
     let Some(v) = v else { return Ok(Vec::new()) };
     let obj = v.as_object().ok_or("\"parameters\" must be an object")?;
     obj.iter()
@@ -130,11 +166,12 @@ pub fn parse_parameters(v: Option<&Value>) -> Result<Vec<(String, String)>, Stri
             };
             Ok((k.clone(), s))
         })
-        .collect()
+        .collect::<Result<_, String>>()
+        .map_err(KserveError::Invalid)
 }
 
 /// Parses one tensor object `{name, shape, datatype, data}`.
-pub fn parse_tensor(v: &Value) -> Result<IoTensor, String> {
+pub fn parse_tensor(v: &Value) -> Result<IoTensor, KserveError> {
     let (name, datatype, shape) = parse_tensor_header(v)?;
     let data = v.get("data").ok_or_else(|| format!("tensor '{name}' needs \"data\""))?;
     let mut flat = Vec::new();
@@ -200,16 +237,16 @@ fn encode_elements(dt: Datatype, values: &[&Value]) -> Result<Vec<u8>, String> {
 }
 
 /// Decodes a tensor's bytes into flat JSON values.
-pub fn decode_elements(t: &IoTensor) -> Result<Vec<Value>, String> {
+pub fn decode_elements(t: &IoTensor) -> Result<Vec<Value>, KserveError> {
     if t.datatype == Datatype::Bytes {
-        return Ok(split_bytes_elements(&t.data)?
+        return Ok(split_bytes_elements(&t.data).map_err(|e| KserveError::Invalid(e.to_string()))?
             .into_iter()
             .map(|b| Value::String(String::from_utf8_lossy(b).into_owned()))
             .collect());
     }
     let size = t.datatype.size().expect("fixed-size type");
     if t.data.len() % size != 0 {
-        return Err(format!("tensor '{}': {} bytes is not a whole number of {}", t.name, t.data.len(), t.datatype));
+        return Err(KserveError::Invalid(format!("tensor '{}': {} bytes is not a whole number of {}", t.name, t.data.len(), t.datatype)));
     }
     Ok(t.data
         .chunks_exact(size)
@@ -245,7 +282,7 @@ fn float(x: f64) -> Value {
 }
 
 /// One tensor as a KServe output object.
-pub fn tensor_json(t: &IoTensor) -> Result<Value, String> {
+pub fn tensor_json(t: &IoTensor) -> Result<Value, KserveError> {
     Ok(json!({
         "name": t.name,
         "datatype": t.datatype.as_str(),
@@ -255,7 +292,7 @@ pub fn tensor_json(t: &IoTensor) -> Result<Value, String> {
 }
 
 /// Encodes a response as a KServe v2 infer response.
-pub fn response_json(r: &Response, model_name: Option<&str>) -> Result<Value, String> {
+pub fn response_json(r: &Response, model_name: Option<&str>) -> Result<Value, KserveError> {
     Ok(response_json_binary(r, model_name, &|_| false, None)?.0)
 }
 
@@ -268,7 +305,7 @@ pub fn response_json_binary(
     model_name: Option<&str>,
     binary: &dyn Fn(&str) -> bool,
     only: Option<&[String]>,
-) -> Result<(Value, Vec<u8>), String> {
+) -> Result<(Value, Vec<u8>), KserveError> {
     let mut tail = Vec::new();
     let mut outputs = Vec::new();
     for t in &r.outputs {
@@ -289,7 +326,7 @@ pub fn response_json_binary(
     }
     if let Some(names) = only {
         if let Some(missing) = names.iter().find(|n| !r.outputs.iter().any(|t| &&t.name == n)) {
-            return Err(format!("requested output '{missing}' is not among the outputs"));
+            return Err(KserveError::Invalid(format!("requested output '{missing}' is not among the outputs")));
         }
     }
     let mut obj = Map::new();
@@ -353,10 +390,10 @@ mod tests {
         assert_eq!(req.inputs[0].data, bin[..8]);
         assert_eq!(req.inputs[1].data, 5i64.to_le_bytes());
         assert_eq!(req.inputs[2].data, bin[8..]);
-        assert!(parse_request_with_binary(&header, &bin[..10]).unwrap_err().contains("runs past"));
+        assert!(parse_request_with_binary(&header, &bin[..10]).unwrap_err().to_string().contains("runs past"));
         let mut extra = bin.clone();
         extra.push(0);
-        assert!(parse_request_with_binary(&header, &extra).unwrap_err().contains("belong to no input"));
+        assert!(parse_request_with_binary(&header, &extra).unwrap_err().to_string().contains("belong to no input"));
 
         let (binary, only) = output_preferences(&header);
         let resp = Response { outputs: req.inputs.clone(), parameters: vec![] };
@@ -377,7 +414,7 @@ mod tests {
             (json!({"nope":1}), "\"inputs\" array"),
         ];
         for (req, want) in cases {
-            let err = parse_request(&req).unwrap_err();
+            let err = parse_request(&req).unwrap_err().to_string();
             assert!(err.contains(want), "{err} should mention {want}");
         }
     }

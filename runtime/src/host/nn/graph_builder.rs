@@ -3,8 +3,7 @@
 use super::bindings::mote::edge::graph_builder::{self as gb, Attribute, AttributeValue, OperandDesc};
 use super::bindings::wasi::nn::errors::ErrorCode;
 use super::bindings::wasi::nn::graph::ExecutionTarget;
-use super::wasi_nn::element_type;
-use super::{JobState, NnGraph, NnResult, NnTensor};
+use super::{NnGraph, NnResult, NnTensor, NnView};
 use crate::graph_builder::{is_supported_op, AttrValue, DraftError, GraphDraft};
 use crate::receipt::sha256_hex;
 use wasmtime::component::Resource;
@@ -25,7 +24,7 @@ fn attrs(list: Vec<Attribute>) -> Vec<(String, AttrValue)> {
         .collect()
 }
 
-impl JobState {
+impl NnView<'_> {
     fn draft_error<T>(&mut self, e: DraftError) -> NnResult<T> {
         let code = match e {
             DraftError::UnsupportedOp(_) => ErrorCode::UnsupportedOperation,
@@ -36,13 +35,13 @@ impl JobState {
     }
 }
 
-impl gb::HostBuilder for JobState {
+impl gb::HostBuilder for NnView<'_> {
     fn new(&mut self) -> wasmtime::Result<Resource<GraphDraft>> {
         Ok(self.table.push(GraphDraft::default())?)
     }
 
     fn input(&mut self, b: Resource<GraphDraft>, name: String, desc: OperandDesc) -> NnResult<u32> {
-        let r = self.table.get_mut(&b)?.input(&name, element_type(desc.ty), &desc.shape);
+        let r = self.table.get_mut(&b)?.input(&name, desc.ty.into(), &desc.shape);
         match r {
             Ok(op) => Ok(Ok(op)),
             Err(e) => self.draft_error(e),
@@ -115,11 +114,11 @@ impl gb::HostBuilder for JobState {
     }
 }
 
-impl gb::Host for JobState {
+impl gb::Host for NnView<'_> {
     fn supports(&mut self, op_type: String, target: ExecutionTarget) -> wasmtime::Result<bool> {
         Ok(is_supported_op(&op_type)
             && self
                 .resolve_backend(Some(target))
-                .is_ok_and(|k| k.supports_op(&op_type) && self.shared.backends.get(k).is_ok()))
+                .is_ok_and(|k| k.supports_op(&op_type) && self.ctx.node.backends.get(k).is_ok()))
     }
 }

@@ -1,7 +1,7 @@
 //! `wasi:nn` host implementation.
 
 use super::bindings::wasi::nn::{errors, graph, inference, tensor};
-use super::{abort, JobState, NnError, NnExecContext, NnGraph, NnResult, NnTensor};
+use super::{abort, NnError, NnExecContext, NnGraph, NnResult, NnTensor, NnView};
 use crate::backend::TensorView;
 use crate::limits::Outcome;
 use crate::receipt::sha256_hex;
@@ -11,40 +11,14 @@ use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::component::Resource;
 
-pub(crate) fn element_type(t: tensor::TensorType) -> ElementType {
-    use tensor::TensorType as T;
-    match t {
-        T::Fp16 => ElementType::F16,
-        T::Fp32 => ElementType::F32,
-        T::Fp64 => ElementType::F64,
-        T::Bf16 => ElementType::Bf16,
-        T::U8 => ElementType::U8,
-        T::I32 => ElementType::I32,
-        T::I64 => ElementType::I64,
-    }
-}
-
-pub(crate) fn tensor_type(t: ElementType) -> tensor::TensorType {
-    use tensor::TensorType as T;
-    match t {
-        ElementType::F16 => T::Fp16,
-        ElementType::F32 => T::Fp32,
-        ElementType::F64 => T::Fp64,
-        ElementType::Bf16 => T::Bf16,
-        ElementType::U8 => T::U8,
-        ElementType::I32 => T::I32,
-        ElementType::I64 => T::I64,
-    }
-}
-
-impl tensor::HostTensor for JobState {
+impl tensor::HostTensor for NnView<'_> {
     fn new(
         &mut self,
         dimensions: Vec<u32>,
         ty: tensor::TensorType,
         data: Vec<u8>,
     ) -> wasmtime::Result<Resource<NnTensor>> {
-        let ty = element_type(ty);
+        let ty = ElementType::from(ty);
         let claimed =
             dimensions.iter().try_fold(ty.size() as u64, |acc, &d| acc.checked_mul(u64::from(d))).unwrap_or(u64::MAX);
         self.check_tensor_bytes(&format!("tensor {dimensions:?}"), claimed)?;
@@ -65,7 +39,7 @@ impl tensor::HostTensor for JobState {
     }
 
     fn ty(&mut self, t: Resource<NnTensor>) -> wasmtime::Result<tensor::TensorType> {
-        Ok(tensor_type(self.table.get(&t)?.ty))
+        Ok(self.table.get(&t)?.ty.into())
     }
 
     fn data(&mut self, t: Resource<NnTensor>) -> wasmtime::Result<Vec<u8>> {
@@ -78,9 +52,9 @@ impl tensor::HostTensor for JobState {
     }
 }
 
-impl tensor::Host for JobState {}
+impl tensor::Host for NnView<'_> {}
 
-impl errors::HostError for JobState {
+impl errors::HostError for NnView<'_> {
     fn code(&mut self, e: Resource<NnError>) -> wasmtime::Result<ErrorCode> {
         Ok(self.table.get(&e)?.code)
     }
@@ -95,14 +69,14 @@ impl errors::HostError for JobState {
     }
 }
 
-impl errors::Host for JobState {}
+impl errors::Host for NnView<'_> {}
 
-impl graph::HostGraph for JobState {
+impl graph::HostGraph for NnView<'_> {
     fn init_execution_context(&mut self, g: Resource<NnGraph>) -> NnResult<Resource<NnExecContext>> {
         let graph = self.table.get(&g)?.graph.clone();
         let start = Instant::now();
         let ctx = graph.init_execution_context();
-        self.meter.backend_ns += start.elapsed().as_nanos() as u64;
+        self.ctx.meter.backend_ns += start.elapsed().as_nanos() as u64;
         match ctx {
             Ok(ctx) => Ok(Ok(self.table.push(NnExecContext { ctx: Some(ctx) })?)),
             Err(e) => self.backend_error(e),
@@ -115,7 +89,7 @@ impl graph::HostGraph for JobState {
     }
 }
 
-impl graph::Host for JobState {
+impl graph::Host for NnView<'_> {
     fn load(
         &mut self,
         parts: Vec<Vec<u8>>,
@@ -147,8 +121,8 @@ impl graph::Host for JobState {
     }
 
     fn load_by_name(&mut self, name: String) -> NnResult<Resource<NnGraph>> {
-        let Some(model) = self.models.get(&name).cloned() else {
-            let mut known: Vec<&str> = self.models.keys().map(String::as_str).collect();
+        let Some(model) = self.ctx.models.get(&name).cloned() else {
+            let mut known: Vec<&str> = self.ctx.models.keys().map(String::as_str).collect();
             known.sort_unstable();
             return self.nn_error(
                 ErrorCode::NotFound,
@@ -163,7 +137,7 @@ impl graph::Host for JobState {
     }
 }
 
-impl inference::HostGraphExecutionContext for JobState {
+impl inference::HostGraphExecutionContext for NnView<'_> {
     fn compute(
         &mut self,
         c: Resource<NnExecContext>,
@@ -181,14 +155,14 @@ impl inference::HostGraphExecutionContext for JobState {
                 views.push((name.as_str(), TensorView { ty: t.ty, dims: &t.dims, data: &t.data }));
             }
             let start = Instant::now();
-            let out = ctx.compute(&views, Some(self.started + self.limits.deadline()));
+            let out = ctx.compute(&views, Some(self.ctx.deadline));
             wasmtime::Result::Ok((out, start.elapsed().as_nanos() as u64, bytes_in))
         })();
         let backend_peak = ctx.backend_peak_bytes();
         self.table.get_mut(&c)?.ctx = Some(ctx);
         let (out, ns, bytes_in) = result?;
-        self.meter.backend_ns += ns;
-        self.meter.bytes_in += bytes_in;
+        self.ctx.meter.backend_ns += ns;
+        self.ctx.meter.bytes_in += bytes_in;
         self.charge_backend_memory(backend_peak)?;
         let outputs = match out {
             Ok(o) => o,
@@ -197,7 +171,7 @@ impl inference::HostGraphExecutionContext for JobState {
         let mut result = Vec::with_capacity(outputs.len());
         for (name, t) in outputs {
             self.check_tensor_bytes(&format!("output '{name}'"), t.data.len() as u64)?;
-            self.meter.bytes_out += t.data.len() as u64;
+            self.ctx.meter.bytes_out += t.data.len() as u64;
             result.push((name, self.table.push(NnTensor { dims: t.dims, ty: t.ty, data: t.data })?));
         }
         Ok(Ok(result))
@@ -209,4 +183,4 @@ impl inference::HostGraphExecutionContext for JobState {
     }
 }
 
-impl inference::Host for JobState {}
+impl inference::Host for NnView<'_> {}

@@ -1,0 +1,17 @@
+//! mote's data model and wire codecs, with no IO: what a client, the node
+//! and the sandbox agree on, kept apart from the sandbox (wasmtime, ONNX
+//! Runtime) so that it builds, tests and fuzzes on its own.
+//!
+//! - [`tensor`]: element types (the one table every type system is mapped
+//!   through) and named tensors;
+//! - [`message`]: requests, responses and their canonical digest;
+//! - [`kserve`]: KServe v2 JSON and Triton's binary tensor extension;
+//! - [`mote1`]: the `mote/1` QUIC frames.
+
+pub mod kserve;
+pub mod message;
+pub mod mote1;
+pub mod tensor;
+
+pub use message::{digest, Request, Response, MAX_INPUTS};
+pub use tensor::{Datatype, ElementType, IoTensor};

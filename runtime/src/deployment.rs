@@ -1,0 +1,233 @@
+//! Deployments: a compiled guest with its named models, limits and backend
+//! choice, ready to run jobs.
+
+use crate::backend::{BackendChoice, BackendError};
+use crate::graph_cache::Residency;
+use crate::host::bindings;
+use crate::host::nn::{NamedModel, NamedModels, NnCtx};
+use crate::host::JobState;
+use crate::job::{one_line, JobError};
+use crate::limits::Limits;
+use crate::model_screen::ScreenError;
+use crate::receipt::sha256_hex;
+use crate::runtime::{Runtime, EPOCH_TICK};
+use std::sync::Arc;
+use std::time::Instant;
+use wasmtime::component::Component;
+use wasmtime::Store;
+use wasmtime_wasi::WasiCtxBuilder;
+
+/// Why a deployment could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The guest is not a valid component.
+    #[error("guest is not a valid WebAssembly component: {0}")]
+    InvalidGuest(String),
+    /// The guest imports something mote does not provide, or lacks the
+    /// `handler` export.
+    #[error("guest does not fit the mote:edge/job world: {0}")]
+    WorldMismatch(String),
+    /// The memory limit is larger than the node's pool slots.
+    #[error(
+        "deployment '{deployment}': memory limit {limit} exceeds this node's largest guest memory ({max} bytes, \
+         RuntimeConfig::max_memory_bytes)"
+    )]
+    MemoryLimit {
+        /// The deployment.
+        deployment: String,
+        /// Its memory limit.
+        limit: u64,
+        /// The node's largest.
+        max: u64,
+    },
+    /// A model with no bytes.
+    #[error("model '{0}' is empty")]
+    EmptyModel(String),
+    /// Two models with one name.
+    #[error("model '{0}' is declared twice")]
+    DuplicateModel(String),
+    /// A model the screen refused (not ONNX, external data, ...).
+    #[error("model '{name}': {source}")]
+    Model {
+        /// The model's name.
+        name: String,
+        /// Why.
+        source: ScreenError,
+    },
+}
+
+/// Why a deployment could not be warmed.
+#[derive(Debug, thiserror::Error)]
+pub enum WarmError {
+    /// The deployment's backend is not available on this node.
+    #[error("{0}")]
+    Backend(BackendError),
+    /// A named model did not load.
+    #[error("model '{name}': {source}")]
+    Model {
+        /// The model's name.
+        name: String,
+        /// Why.
+        source: BackendError,
+    },
+    /// The guest did not instantiate.
+    #[error("instantiating the guest: {}", .0.message)]
+    Instantiate(JobError),
+}
+
+/// Everything needed to create a [`Deployment`].
+#[derive(Clone, Debug, Default)]
+pub struct DeploymentSpec {
+    /// Deployment name.
+    pub name: String,
+    /// Component bytes.
+    pub guest: Vec<u8>,
+    /// Named ONNX models the guest may `load-by-name`.
+    pub models: Vec<(String, Vec<u8>)>,
+    /// Limits per job.
+    pub limits: Limits,
+    /// Backend choice.
+    pub backend: BackendChoice,
+}
+
+/// A compiled guest with its models, ready to run jobs.
+#[derive(Clone)]
+pub struct Deployment {
+    pub(crate) name: String,
+    /// Whose share of the graph cache this deployment's loads count in.
+    cache_owner: Arc<str>,
+    pub(crate) pre: bindings::JobPre<JobState>,
+    pub(crate) guest_sha256: String,
+    models: Arc<NamedModels>,
+    pub(crate) limits: Limits,
+    backend: BackendChoice,
+    pub(crate) runtime: Runtime,
+}
+
+/// The declared inputs and outputs of one of a deployment's models.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ModelInfo {
+    /// The model's name in the deployment.
+    pub name: String,
+    /// sha256 of the ONNX bytes.
+    pub sha256: String,
+    /// Declared inputs.
+    pub inputs: Vec<crate::backend::TensorInfo>,
+    /// Declared outputs.
+    pub outputs: Vec<crate::backend::TensorInfo>,
+}
+
+impl Runtime {
+    /// Compiles a guest and prepares it (imports resolved once, so each job
+    /// only instantiates).
+    pub fn deploy(&self, spec: DeploymentSpec) -> Result<Deployment, DeployError> {
+        if spec.limits.memory_bytes > self.max_memory_bytes {
+            return Err(DeployError::MemoryLimit {
+                deployment: spec.name,
+                limit: spec.limits.memory_bytes,
+                max: self.max_memory_bytes,
+            });
+        }
+        let component =
+            Component::new(&self.engine, &spec.guest).map_err(|e| DeployError::InvalidGuest(one_line(&e)))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| DeployError::WorldMismatch(one_line(&e)))?;
+        let pre = bindings::JobPre::new(pre).map_err(|e| DeployError::WorldMismatch(one_line(&e)))?;
+        let mut models = NamedModels::new();
+        for (name, bytes) in spec.models {
+            if bytes.is_empty() {
+                return Err(DeployError::EmptyModel(name));
+            }
+            if let Err(source) = crate::model_screen::screen(&bytes) {
+                return Err(DeployError::Model { name, source });
+            }
+            let sha256 = sha256_hex(&bytes);
+            if models.insert(name.clone(), NamedModel { bytes: bytes.into(), sha256 }).is_some() {
+                return Err(DeployError::DuplicateModel(name));
+            }
+        }
+        Ok(Deployment {
+            cache_owner: spec.name.as_str().into(),
+            name: spec.name,
+            pre,
+            guest_sha256: sha256_hex(&spec.guest),
+            models: Arc::new(models),
+            limits: spec.limits,
+            backend: spec.backend,
+            runtime: self.clone(),
+        })
+    }
+}
+
+impl Deployment {
+    /// The deployment's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// sha256 of the guest component.
+    pub fn guest_sha256(&self) -> &str {
+        &self.guest_sha256
+    }
+
+    /// The deployment's limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Gets the deployment ready to serve: loads every named model into the
+    /// graph cache (on the backend `load-by-name` will use) and instantiates
+    /// the guest once. Returns the models' declared inputs and outputs.
+    pub fn warm(&self) -> Result<Vec<ModelInfo>, WarmError> {
+        let nn = &self.runtime.nn;
+        let kind = nn.backends.for_named_models(self.backend);
+        let backend = nn.backends.get(kind).map_err(WarmError::Backend)?;
+        let mut names: Vec<&String> = self.models.keys().collect();
+        names.sort();
+        let mut infos = Vec::new();
+        for name in names {
+            let m = &self.models[name];
+            let (graph, _) = nn
+                .cache
+                .get_or_load(&m.sha256, kind, &self.cache_owner, Residency::Pinned, || backend.load(m.bytes.clone()))
+                .map_err(|source| WarmError::Model { name: name.clone(), source })?;
+            infos.push(ModelInfo {
+                name: name.clone(),
+                sha256: m.sha256.clone(),
+                inputs: graph.inputs().to_vec(),
+                outputs: graph.outputs().to_vec(),
+            });
+        }
+        self.instantiate_probe().map_err(WarmError::Instantiate)?;
+        Ok(infos)
+    }
+
+    /// Instantiates the guest in a fresh store and drops it, calling
+    /// nothing: the fixed cost of a job before its handler runs.
+    pub fn instantiate_probe(&self) -> Result<(), JobError> {
+        let (mut store, _) = self.new_store(WasiCtxBuilder::new().build());
+        self.pre.instantiate(&mut store).map_err(|e| crate::job::classify(&e))?;
+        Ok(())
+    }
+
+    /// A job's store with every limit armed: memory limiter, fuel (the bool:
+    /// whether metering is on) and the epoch deadline.
+    pub(crate) fn new_store(&self, wasi: wasmtime_wasi::WasiCtx) -> (Store<JobState>, bool) {
+        let rt = &self.runtime;
+        let started = Instant::now();
+        let nn = NnCtx::new(
+            rt.nn.clone(),
+            self.models.clone(),
+            self.cache_owner.clone(),
+            self.backend,
+            &self.limits,
+            started,
+        );
+        let state = JobState::new(nn, &self.limits, wasi, started);
+        let mut store = Store::new(&rt.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let fuel_armed = store.set_fuel(self.limits.fuel).is_ok();
+        store.set_epoch_deadline(self.limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1));
+        store.epoch_deadline_trap();
+        (store, fuel_armed)
+    }
+}

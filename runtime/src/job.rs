@@ -1,0 +1,202 @@
+//! Running one job: checks on the request, a fresh instance with every
+//! limit armed, the handler called once, the outcome classified and the
+//! receipt signed.
+
+use crate::deployment::Deployment;
+use crate::host::bindings::{exports::mote::edge::handler, mote::edge::types as wit};
+use crate::host::{JobState, LogLevel, LogLine};
+use crate::limits::{JobAbort, Outcome};
+use crate::receipt::Receipt;
+use mote_protocol::{digest, IoTensor, Request, Response, MAX_INPUTS};
+use std::time::{Instant, SystemTime};
+use wasmtime::Store;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::WasiCtxBuilder;
+
+/// Why a job produced no response.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{outcome}: {message}")]
+pub struct JobError {
+    /// How the job ended.
+    pub outcome: Outcome,
+    /// What happened.
+    pub message: String,
+}
+
+/// Everything a job produced.
+#[derive(Debug)]
+pub struct JobReport {
+    /// The response, or why there is none.
+    pub result: Result<Response, JobError>,
+    /// The signed receipt.
+    pub receipt: Receipt,
+    /// Captured log lines (guest log, stdout, stderr).
+    pub log: Vec<LogLine>,
+}
+
+impl Deployment {
+    /// Runs one job: a fresh instance, limits armed, `handle` called once.
+    /// Never panics on guest behaviour; every failure is in the report.
+    /// Copies the request once; [`Deployment::run_owned`] does not.
+    pub fn run(&self, request: &Request) -> JobReport {
+        self.run_owned(request.clone())
+    }
+
+    /// Like [`Deployment::run`], taking the request: its tensors move into
+    /// the call, so the only copy of their bytes is into guest memory.
+    pub fn run_owned(&self, request: Request) -> JobReport {
+        let started_at = SystemTime::now();
+        let start = Instant::now();
+        let rt = &self.runtime;
+        let stdout = MemoryOutputPipe::new(self.limits.max_log_bytes as usize);
+        let stderr = MemoryOutputPipe::new(self.limits.max_log_bytes as usize);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let (mut store, armed) = self.new_store(wasi);
+        let input_sha256 = digest(&request.inputs, &request.parameters);
+        let result = self.call(&mut store, request);
+        // Fuel left, where metering is on.
+        let fuel_left = if armed { store.get_fuel().ok() } else { None };
+        let wall_ns = start.elapsed().as_nanos() as u64;
+
+        let mut state = store.into_data();
+        let usage = state.usage(fuel_left, wall_ns);
+        // Captured stdout/stderr go through the job log, so the kept log is
+        // bounded by max_log_bytes for the whole job, not per pipe.
+        for (pipe, level) in [(stdout, LogLevel::Stdout), (stderr, LogLevel::Stderr)] {
+            let text = pipe.contents();
+            for line in String::from_utf8_lossy(&text).lines() {
+                state.log.push(level, line.to_string());
+            }
+        }
+        let mut log = std::mem::take(&mut state.log.lines);
+        if state.log.dropped > 0 {
+            log.push(LogLine {
+                level: LogLevel::Warn,
+                message: format!("{} log lines dropped (max_log_bytes)", state.log.dropped),
+            });
+        }
+        let m = &state.nn.meter;
+        let outcome = match &result {
+            Ok(_) => Outcome::Ok,
+            Err(e) => e.outcome,
+        };
+        let (backend, device) = m
+            .backend_used
+            .clone()
+            .map_or_else(|| ("none".to_string(), "none".to_string()), |(k, d)| (k.to_string(), d));
+        let mut receipt = Receipt {
+            job_id: hex::encode(rand::random::<[u8; 16]>()),
+            node_id: String::new(),
+            guest_sha256: self.guest_sha256.clone(),
+            model_sha256: m.models.clone(),
+            input_sha256,
+            output_sha256: match &result {
+                Ok(r) => digest(&r.outputs, &r.parameters),
+                Err(_) => digest(&[], &[]),
+            },
+            started_at: humantime::format_rfc3339_millis(started_at).to_string(),
+            price_units: rt.signer.price.price(usage.backend_ns, usage.fuel, usage.bytes_in + usage.bytes_out),
+            usage,
+            outcome,
+            backend,
+            device,
+            signature: String::new(),
+        };
+        receipt.sign(&rt.signer.key);
+        if let Err(e) = &result {
+            tracing::info!(deployment = %self.name, outcome = %e.outcome, "job failed: {}", e.message);
+        }
+        JobReport { result, receipt, log }
+    }
+
+    fn call(&self, store: &mut Store<JobState>, request: Request) -> Result<Response, JobError> {
+        // Checked before the guest runs: each input becomes a resource in
+        // the store's bounded table, and names are how guests find them.
+        let invalid = |message: String| JobError { outcome: Outcome::InvalidInput, message };
+        if request.inputs.len() > MAX_INPUTS {
+            return Err(invalid(format!(
+                "{} inputs; a request may carry at most {}",
+                request.inputs.len(),
+                MAX_INPUTS
+            )));
+        }
+        let mut names = std::collections::HashSet::with_capacity(request.inputs.len());
+        if let Some(dup) = request.inputs.iter().find(|t| !names.insert(t.name.as_str())) {
+            return Err(invalid(format!("two inputs are named '{}'; input names must be unique", dup.name)));
+        }
+        for t in &request.inputs {
+            t.validate().map_err(|e| JobError { outcome: Outcome::InvalidInput, message: e.to_string() })?;
+            if t.data.len() as u64 > self.limits.max_tensor_bytes {
+                return Err(JobError {
+                    outcome: Outcome::InvalidInput,
+                    message: format!(
+                        "input '{}' is {} bytes; the deployment's tensor limit is {}",
+                        t.name,
+                        t.data.len(),
+                        self.limits.max_tensor_bytes
+                    ),
+                });
+            }
+        }
+
+        let job = self.pre.instantiate(&mut *store).map_err(|e| classify(&e))?;
+        let wit_request =
+            wit::Request { inputs: request.inputs.into_iter().map(to_wit).collect(), parameters: request.parameters };
+        match job.mote_edge_handler().call_handle(&mut *store, &wit_request) {
+            Ok(Ok(resp)) => {
+                let outputs: Vec<IoTensor> = resp.outputs.into_iter().map(from_wit).collect();
+                for t in &outputs {
+                    t.validate().map_err(|m| JobError {
+                        outcome: Outcome::Trap,
+                        message: format!("guest returned a malformed output: {m}"),
+                    })?;
+                }
+                Ok(Response { outputs, parameters: resp.parameters })
+            }
+            Ok(Err(handler::HandlerError::InvalidInput(m))) => {
+                Err(JobError { outcome: Outcome::InvalidInput, message: m })
+            }
+            Ok(Err(handler::HandlerError::BackendError(m))) => {
+                Err(JobError { outcome: Outcome::BackendError, message: m })
+            }
+            Err(e) => Err(classify(&e)),
+        }
+    }
+}
+
+/// An error chain on one line (wasmtime's messages span several).
+pub(crate) fn one_line(e: &wasmtime::Error) -> String {
+    format!("{e:#}").split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Maps a trap to the outcome the receipt records.
+pub(crate) fn classify(e: &wasmtime::Error) -> JobError {
+    if let Some(a) = e.downcast_ref::<JobAbort>() {
+        return JobError { outcome: a.outcome, message: a.message.clone() };
+    }
+    let outcome = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::OutOfFuel) => Outcome::FuelExhausted,
+        Some(wasmtime::Trap::Interrupt) => Outcome::Deadline,
+        _ => Outcome::Trap,
+    };
+    let message = match outcome {
+        Outcome::FuelExhausted => "guest ran out of fuel (limits.fuel)".to_string(),
+        Outcome::Deadline => "job ran past its deadline (limits.deadline_ms)".to_string(),
+        _ => format!("guest trapped: {}", one_line(e)),
+    };
+    JobError { outcome, message }
+}
+
+fn to_wit(t: IoTensor) -> wit::IoTensor {
+    wit::IoTensor { name: t.name, datatype: t.datatype.into(), shape: t.shape, data: t.data }
+}
+
+fn from_wit(t: wit::IoTensor) -> IoTensor {
+    IoTensor { name: t.name, datatype: t.datatype.into(), shape: t.shape, data: t.data }
+}
