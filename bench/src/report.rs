@@ -242,6 +242,25 @@ fn markdown(r: &Value) -> String {
             f(&x["ratio_p50"])
         );
     }
+    let mk = &r["market"];
+    if !mk.is_null() {
+        let _ = writeln!(md, "\n## Market: NATS JetStream on loopback, tiny MLP job\n");
+        let _ = writeln!(md, "| path | p50 µs | p99 µs | mean µs |");
+        let _ = writeln!(md, "|---|---|---|---|");
+        for (name, k) in [("in-process (whole job)", "in_process"), ("submit → result, 1 node", "market_1_node")] {
+            let x = &mk[k];
+            let _ = writeln!(md, "| {name} | {:.1} | {:.1} | {:.1} |", f(&x["p50_us"]), f(&x["p99_us"]), f(&x["mean_us"]));
+        }
+        let _ = writeln!(
+            md,
+            "\nMarket overhead p50: {:.2} ms (target ≤ 2 ms).\n\n| nodes | jobs | jobs/s | posting alone (s) |\n|---|---|---|---|",
+            f(&mk["overhead_p50_us"]) / 1000.0
+        );
+        for t in mk["throughput"].as_array().into_iter().flatten() {
+            let _ = writeln!(md, "| {} | {} | {:.0} | {:.2} |", t["nodes"], t["jobs"], f(&t["jobs_per_s"]), f(&t["post_seconds"]));
+        }
+        let _ = writeln!(md, "\nTarget: ≥ 1,000 jobs/s with 3 nodes on this machine (nodes, server and client share its cores).");
+    }
     let _ = writeln!(md, "\nTotal run time: {:.0} s.", f(&r["elapsed_s"]));
     md
 }

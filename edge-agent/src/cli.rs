@@ -78,6 +78,14 @@ enum Command {
         #[arg(long)]
         quic: Option<std::net::SocketAddr>,
     },
+    /// Join a job market on NATS JetStream and run its jobs until SIGTERM.
+    Node(crate::market::commands::NodeArgs),
+    /// Post market jobs and read their results.
+    #[command(subcommand)]
+    Job(crate::market::commands::JobCommand),
+    /// Inspect and settle a market.
+    #[command(subcommand)]
+    Market(crate::market::commands::MarketCommand),
     /// Send a request to a node over QUIC (`mote/1`).
     Infer {
         /// Node address, HOST:PORT.
@@ -160,6 +168,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Verify { receipt, guest, model, input, node } => verify(receipt, guest, model, input, node),
         Command::Specs => specs(),
+        Command::Node(a) => crate::market::commands::node(a),
+        Command::Job(c) => crate::market::commands::job(c),
+        Command::Market(c) => crate::market::commands::market(c),
         Command::Serve { config, insecure_http, listen, quic } => {
             let mut cfg = crate::config::Config::load(&config)?;
             if let Some(l) = listen {
@@ -367,7 +378,13 @@ fn wgpu_adapters() -> serde_json::Value {
 }
 
 fn specs() -> Result<ExitCode> {
-    let runtime = Runtime::new(RuntimeConfig::default()).map_err(anyhow::Error::msg)?;
+    let runtime = Runtime::new(RuntimeConfig::default())?;
+    println!("{}", serde_json::to_string_pretty(&specs_json(&runtime)?)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `mote specs` prints: backends, devices, node id.
+pub(crate) fn specs_json(runtime: &Runtime) -> Result<serde_json::Value> {
     let device = |choice| match runtime.backend_device(choice) {
         Ok((k, d)) => serde_json::json!({"available": true, "backend": k.as_str(), "device": d}),
         Err(e) => serde_json::json!({"available": false, "reason": e.message}),
@@ -390,6 +407,5 @@ fn specs() -> Result<ExitCode> {
         },
         "wgpu_adapters": wgpu_adapters(),
     });
-    println!("{}", serde_json::to_string_pretty(&specs)?);
-    Ok(ExitCode::SUCCESS)
+    Ok(specs)
 }

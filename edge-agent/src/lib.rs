@@ -10,6 +10,7 @@ mod config;
 mod http;
 mod intake;
 pub mod jobs;
+pub mod market;
 mod metrics;
 mod node;
 pub mod quic;

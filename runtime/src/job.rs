@@ -45,6 +45,12 @@ impl Deployment {
     /// Like [`Deployment::run`], taking the request: its tensors move into
     /// the call, so the only copy of their bytes is into guest memory.
     pub fn run_owned(&self, request: Request) -> JobReport {
+        self.run_as(hex::encode(rand::random::<[u8; 16]>()), request)
+    }
+
+    /// Like [`Deployment::run_owned`], with the job id the receipt carries
+    /// chosen by the caller (a market job keeps its id in its receipt).
+    pub fn run_as(&self, job_id: String, request: Request) -> JobReport {
         let started_at = SystemTime::now();
         let start = Instant::now();
         let rt = &self.runtime;
@@ -91,7 +97,7 @@ impl Deployment {
             .clone()
             .map_or_else(|| ("none".to_string(), "none".to_string()), |(k, d)| (k.to_string(), d));
         let mut receipt = Receipt {
-            job_id: hex::encode(rand::random::<[u8; 16]>()),
+            job_id,
             node_id: String::new(),
             guest_sha256: self.guest_sha256.clone(),
             model_sha256: m.models.clone(),

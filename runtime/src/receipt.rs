@@ -195,24 +195,39 @@ impl Receipt {
     pub fn verify_json(text: &str) -> Result<Receipt, VerifyError> {
         let value: serde_json::Value = serde_json::from_str(text).map_err(|e| VerifyError::Malformed(e.to_string()))?;
         let receipt = Receipt::deserialize(&value).map_err(|e| VerifyError::Malformed(e.to_string()))?;
-        let key_bytes: [u8; 32] =
-            hex::decode(&receipt.node_id).ok().and_then(|b| b.try_into().ok()).ok_or(VerifyError::BadNodeId)?;
-        let key = VerifyingKey::from_bytes(&key_bytes).map_err(|_| VerifyError::BadNodeId)?;
-        // A small-order key (e.g. the identity point) "verifies" signatures
-        // over any content; no honest node has one.
-        if key.is_weak() {
-            return Err(VerifyError::BadNodeId);
-        }
-        let sig_bytes: [u8; 64] = hex::decode(&receipt.signature)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| VerifyError::BadSignature(receipt.node_id.clone()))?;
-        let sig = ed25519_dalek::Signature::from_bytes(&sig_bytes);
-        // Strict: rejects non-canonical signatures and small-order R too.
-        key.verify_strict(&signed_bytes(value), &sig)
-            .map_err(|_| VerifyError::BadSignature(receipt.node_id.clone()))?;
+        verify_signature(&receipt.node_id, &receipt.signature, &signed_bytes(value))?;
         Ok(receipt)
     }
+}
+
+/// Checks an ed25519 `signature` (hex) by `node_id` (hex public key) over
+/// `content`, strictly: weak keys, non-canonical signatures and small-order
+/// points are refused.
+fn verify_signature(node_id: &str, signature: &str, content: &[u8]) -> Result<(), VerifyError> {
+    let key_bytes: [u8; 32] =
+        hex::decode(node_id).ok().and_then(|b| b.try_into().ok()).ok_or(VerifyError::BadNodeId)?;
+    let key = VerifyingKey::from_bytes(&key_bytes).map_err(|_| VerifyError::BadNodeId)?;
+    // A small-order key (e.g. the identity point) "verifies" signatures
+    // over any content; no honest node has one.
+    if key.is_weak() {
+        return Err(VerifyError::BadNodeId);
+    }
+    let sig_bytes: [u8; 64] = hex::decode(signature)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| VerifyError::BadSignature(node_id.to_string()))?;
+    let sig = ed25519_dalek::Signature::from_bytes(&sig_bytes);
+    key.verify_strict(content, &sig).map_err(|_| VerifyError::BadSignature(node_id.to_string()))
+}
+
+/// Checks a JSON object signed with [`NodeKey::sign_object`] against its
+/// own `node_id`; returns that node id.
+pub fn verify_object(value: &serde_json::Value) -> Result<String, VerifyError> {
+    let field = |k: &str| value.get(k).and_then(serde_json::Value::as_str);
+    let node_id = field("node_id").ok_or_else(|| VerifyError::Malformed("no node_id".into()))?;
+    let signature = field("signature").ok_or_else(|| VerifyError::BadSignature(node_id.to_string()))?;
+    verify_signature(node_id, signature, &signed_bytes(value.clone()))?;
+    Ok(node_id.to_string())
 }
 
 /// The node's signing identity.
@@ -284,6 +299,20 @@ impl NodeKey {
     /// The public key, hex: the node's id in receipts.
     pub fn node_id(&self) -> String {
         self.node_id.clone()
+    }
+
+    /// Signs a JSON object in place: sets its `node_id` and its
+    /// `signature` over the canonical JSON of everything else (checked by
+    /// [`verify_object`]). Used for what a node publishes besides receipts
+    /// (its market snapshot).
+    pub fn sign_object(&self, value: &mut serde_json::Value) {
+        if let serde_json::Value::Object(map) = value {
+            map.insert("node_id".into(), self.node_id.clone().into());
+        }
+        let sig = hex::encode(self.signing.sign(&signed_bytes(value.clone())).to_bytes());
+        if let serde_json::Value::Object(map) = value {
+            map.insert("signature".into(), sig.into());
+        }
     }
 }
 
