@@ -122,11 +122,14 @@ bold "\$ mote job result --nats $NATS $LAST"
 echo " ..."
 
 bold "\$ mote market nodes --nats $NATS --market demo"
-"$MOTE" market nodes --nats "$NATS" --market demo | python3 -c '
+"$MOTE" market nodes --nats "$NATS" --market demo > "$MDIR/nodes.jsonl"
+python3 - "$MDIR/nodes.jsonl" <<'PY'
 import json, sys
-for l in sys.stdin:
-    n = json.loads(l)
-    print(f"  {n[\"node_id\"][:16]}… live={n[\"live\"]} serves={n[\"serves\"]} score={n[\"score\"]:.0f}/s price={n[\"price\"][\"per_backend_second\"]}/s")'
+for line in open(sys.argv[1]):
+    n = json.loads(line)
+    print(f'  {n["node_id"][:16]}... live={n["live"]} serves={n["serves"]} score={n["score"]:.0f}/s '
+          f'price={n["price"]["per_backend_second"]}/s verified={n["verified"]} mismatches={n["mismatches"]}')
+PY
 
 bold "\$ mote market settle --nats $NATS --market demo"
 "$MOTE" market settle --nats "$NATS" --market demo

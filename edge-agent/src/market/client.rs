@@ -70,31 +70,31 @@ impl Market {
 
     /// Posts a job definition as it is (artifacts already stored).
     pub async fn post(&self, job: &JobSpec) -> Result<()> {
-        self.set_job_state(
-            &job.id,
-            &JobState {
-                state: JobPhase::Queued,
-                market: job.market.clone(),
-                job_sha256: job.sha256(),
-                node_id: None,
-                attempt: 0,
-                reason: None,
-                updated_at: spec::now_rfc3339(),
-            },
-        )
-        .await?;
+        // The state record (the posted job's hash, which settlement checks)
+        // and the job itself are written concurrently.
+        let record = JobState {
+            state: JobPhase::Queued,
+            market: job.market.clone(),
+            job_sha256: job.sha256(),
+            node_id: None,
+            attempt: 0,
+            reason: None,
+            updated_at: spec::now_rfc3339(),
+        };
+        let state = self.set_job_state(&job.id, &record);
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, job.id.as_str());
         let payload: bytes::Bytes = serde_json::to_vec(job)?.into();
-        super::retry_transient(|| async {
+        let publish = super::retry_transient(|| async {
             self.js
                 .publish_with_headers(super::job_subject(&job.market, job.backend), headers.clone(), payload.clone())
                 .await?
                 .await?;
             Ok(())
-        })
-        .await
-        .context("posting the job")
+        });
+        let (state, published) = tokio::join!(state, publish);
+        state?;
+        published.context("posting the job")
     }
 
     /// Waits for a job's result (or its dead-lettering) until `timeout`.

@@ -102,7 +102,14 @@ struct Node {
     cache: ArtifactCache,
     deployments: Deployments,
     node_id: String,
+    /// Jobs in the sandbox at once (`concurrency`); more are in flight
+    /// (fetching, storing results, acking), bounded by [`IN_FLIGHT_PER_SLOT`].
+    run_slots: tokio::sync::Semaphore,
 }
+
+/// Jobs held per run slot: the network round trips of one job (result
+/// store, state, ack) overlap the runs of others.
+const IN_FLIGHT_PER_SLOT: usize = 4;
 
 /// Runs a node until SIGTERM or SIGINT.
 pub async fn run(cfg: NodeConfig) -> Result<()> {
@@ -147,6 +154,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         key,
         cache,
         deployments: Mutex::new(HashMap::new()),
+        run_slots: tokio::sync::Semaphore::new(concurrency),
     });
     let started_at = spec::now_rfc3339();
     let score = tokio::task::spawn_blocking(micro_benchmark).await.unwrap_or(0.0);
@@ -220,14 +228,15 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         node.cfg.concurrency
     );
 
-    let slots = Arc::new(tokio::sync::Semaphore::new(node.cfg.concurrency));
+    let in_flight = node.cfg.concurrency * IN_FLIGHT_PER_SLOT;
+    let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));
     let mut stop = Box::pin(shutdown_signal());
     'outer: loop {
         // (Re)open the pull streams; after a lost connection they end or
         // fail, and are reopened here.
         let mut streams = Vec::new();
         for c in &pulls {
-            match c.stream().max_messages_per_batch(node.cfg.concurrency).messages().await {
+            match c.stream().max_messages_per_batch(in_flight).messages().await {
                 Ok(s) => streams.push(s),
                 Err(e) => tracing::warn!("pulling jobs: {e}"),
             }
@@ -263,11 +272,12 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         }
     }
     eprintln!("node {}: stopping; finishing running jobs", node.node_id);
-    let _ = slots.acquire_many(node.cfg.concurrency as u32).await;
+    let _ = slots.acquire_many(in_flight as u32).await;
     heartbeat.abort();
     dead_letters.abort();
     verifier.abort();
-    let _ = node.market.client.flush().await;
+    // (Bounded: with the server gone, a flush would wait for it forever.)
+    let _ = tokio::time::timeout(Duration::from_secs(2), node.market.client.flush()).await;
     eprintln!("node {}: stopped", node.node_id);
     Ok(())
 }
@@ -359,18 +369,20 @@ impl Node {
                 return;
             }
         };
-        // A result already stored (a node died between publishing and
-        // acking): the job is done.
-        match self.market.result(&job.market, &job.id).await {
-            Ok(Some(_)) => {
-                let _ = msg.double_ack().await;
-                return;
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(job = %job.id, "checking for a result: {e:#}");
-                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                return;
+        // On a redelivery, a result may already be stored (a node died
+        // between storing it and acking): then the job is done.
+        if attempt > 1 {
+            match self.market.result(&job.market, &job.id).await {
+                Ok(Some(_)) => {
+                    let _ = msg.double_ack().await;
+                    return;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(job = %job.id, "checking for a result: {e:#}");
+                    let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    return;
+                }
             }
         }
         if let Err(refusal) = self.accepts(&job) {
@@ -386,11 +398,12 @@ impl Node {
             }
             return;
         }
-        let _ = self
-            .market
-            .set_job_state(
-                &job.id,
-                &JobState {
+        // `running` is informational: written beside the run, not before it.
+        let running = {
+            let node = self.clone();
+            let (id, state) = (
+                job.id.clone(),
+                JobState {
                     state: JobPhase::Running,
                     market: job.market.clone(),
                     job_sha256: job.sha256(),
@@ -399,8 +412,9 @@ impl Node {
                     reason: None,
                     updated_at: spec::now_rfc3339(),
                 },
-            )
-            .await;
+            );
+            tokio::spawn(async move { node.market.set_job_state(&id, &state).await })
+        };
         // In-progress acks while the job runs, so a long job is not
         // redelivered; a killed node sends none and the job comes back.
         let progress = {
@@ -415,10 +429,15 @@ impl Node {
         };
         let outcome = self.clone().execute(&job, attempt).await;
         progress.abort();
+        // The final state must not be overwritten by `running`.
+        let _ = running.await;
         match outcome {
-            Ok(()) => {
-                // Acked only now: the result is stored.
-                if let Err(e) = msg.double_ack().await {
+            Ok(final_state) => {
+                // Acked only now: the result is stored. The final state is
+                // written beside the ack.
+                let state = self.market.set_job_state(&job.id, &final_state);
+                let (_, acked) = tokio::join!(state, msg.double_ack());
+                if let Err(e) = acked {
                     tracing::warn!(job = %job.id, "ack: {e}");
                 }
             }
@@ -450,9 +469,9 @@ impl Node {
         Ok(())
     }
 
-    /// Fetches, deploys, runs, publishes the result. `Ok` once the result
-    /// is stored.
-    async fn execute(self: Arc<Self>, job: &JobSpec, attempt: u64) -> Result<(), Refusal> {
+    /// Fetches, deploys, runs, publishes the result. `Ok` (with the job's
+    /// final state, to record) once the result is stored.
+    async fn execute(self: Arc<Self>, job: &JobSpec, attempt: u64) -> Result<JobState, Refusal> {
         let never = |e: anyhow::Error| Refusal::Never(format!("{e:#}"));
         let request_json = match &job.request {
             RequestRef::Inline(v) => v.clone(),
@@ -464,9 +483,12 @@ impl Node {
         let request = kserve::parse_request(&request_json).map_err(|e| Refusal::Never(format!("request: {e}")))?;
         let deployment = self.deployment(job).await?;
         let job_id = job.id.clone();
-        let report = tokio::task::spawn_blocking(move || deployment.run_as(job_id, request))
-            .await
-            .map_err(|e| Refusal::NotHere(format!("job thread: {e}")))?;
+        let report = {
+            let _slot = self.run_slots.acquire().await.map_err(|e| Refusal::NotHere(e.to_string()))?;
+            tokio::task::spawn_blocking(move || deployment.run_as(job_id, request))
+                .await
+                .map_err(|e| Refusal::NotHere(format!("job thread: {e}")))?
+        };
         let (response, error) = match &report.result {
             Ok(r) => {
                 let name = (!job.name.is_empty()).then_some(job.name.as_str());
@@ -502,22 +524,15 @@ impl Node {
         if let Err(e) = stored {
             return Err(Refusal::NotHere(format!("storing the result: {e}")));
         }
-        let _ = self
-            .market
-            .set_job_state(
-                &job.id,
-                &JobState {
-                    state: phase,
-                    market: job.market.clone(),
-                    job_sha256: job.sha256(),
-                    node_id: Some(self.node_id.clone()),
-                    attempt,
-                    reason,
-                    updated_at: spec::now_rfc3339(),
-                },
-            )
-            .await;
-        Ok(())
+        Ok(JobState {
+            state: phase,
+            market: job.market.clone(),
+            job_sha256: job.sha256(),
+            node_id: Some(self.node_id.clone()),
+            attempt,
+            reason,
+            updated_at: spec::now_rfc3339(),
+        })
     }
 
     /// A deployment for the job's guest, models and limits: compiled once,
@@ -734,6 +749,7 @@ impl Node {
             Err(Refusal::Never(why) | Refusal::NotHere(why)) => anyhow::bail!("{why}"),
         };
         let id = job.id.clone();
+        let _slot = self.run_slots.acquire().await?;
         let report = tokio::task::spawn_blocking(move || deployment.run_as(id, request)).await?;
         if report.receipt.backend != r.receipt.backend {
             return Ok(None);
