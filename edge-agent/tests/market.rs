@@ -637,3 +637,72 @@ fn other_nodes_reexecute_the_verify_share_and_record_mismatches() {
         assert!(line.contains("\"mismatches\":1"), "{line}");
     });
 }
+
+#[test]
+fn nodes_authenticate_and_resume_after_the_server_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = dir.path().join("auth.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\n\
+             authorization {{ users = [ {{user: node1, password: n0de-secret}}, {{user: client1, password: cl1ent-secret}} ] }}\n",
+            dir.path().join("js").display()
+        ),
+    )
+    .unwrap();
+    let start_server = || {
+        let child = Command::new(nats_server_bin())
+            .args(["-c", conf.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        wait_port(port);
+        child
+    };
+    let mut server = start_server();
+    let url = format!("nats://127.0.0.1:{port}");
+    let node_dir = dir.path().join("node0");
+    let _node = MoteNode::start(&url, "m7", &node_dir, &["--user", "node1", "--password", "n0de-secret"]);
+    let rt = rt();
+    let client = |password: &str| {
+        let opts = NatsOptions {
+            user: Some("client1".into()),
+            password: Some(password.into()),
+            ..NatsOptions::from_urls(&url)
+        };
+        async move { Market::open(opts.connect().await?, 1).await }
+    };
+    // A wrong password is refused.
+    assert!(rt.block_on(client("wrong")).is_err(), "a client with a wrong password must be refused");
+    let m = rt.block_on(client("cl1ent-secret")).expect("authenticated client");
+    let ids = rt.block_on(post_many(&m, &mlp_submission("m7"), 5));
+    rt.block_on(wait_all(&m, "m7", &ids, Duration::from_secs(60)));
+    drop(m);
+
+    // The server dies and comes back (same store): the node reconnects by
+    // itself and takes new jobs.
+    let _ = server.kill();
+    let _ = server.wait();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut server = start_server();
+    let m = rt.block_on(async {
+        let start = Instant::now();
+        loop {
+            match client("cl1ent-secret").await {
+                Ok(m) => break m,
+                Err(e) => {
+                    assert!(start.elapsed() < Duration::from_secs(30), "{e:#}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    });
+    let more = rt.block_on(post_many(&m, &mlp_submission("m7"), 5));
+    let results = rt.block_on(wait_all(&m, "m7", &more, Duration::from_secs(90)));
+    assert_each_once(&results, &more);
+    let _ = server.kill();
+    let _ = server.wait();
+}
