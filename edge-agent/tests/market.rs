@@ -393,7 +393,12 @@ fn poison_tampered_unpriced_and_invalid_jobs_end_without_blocking_the_others() {
         assert_eq!(e.outcome, mote_runtime::Outcome::Deadline, "{e:?}");
         assert_eq!(r.attempt, 1, "ended on its first delivery: no redelivery loop");
         assert!(client::check_result(&m, &r, &HashMap::new()).await.is_empty(), "its receipt verifies");
-        assert_eq!(m.job_state(&poison.id).await.unwrap().unwrap().state, JobPhase::Failed);
+        // The state record follows the result (written beside the ack).
+        let start = Instant::now();
+        while m.job_state(&poison.id).await.unwrap().unwrap().state != JobPhase::Failed {
+            assert!(start.elapsed() < Duration::from_secs(10), "state never became failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
 
         for (id, want) in [(&tampered.id, "tampered"), (&cheap.id, "deliveries")] {
             let start = Instant::now();

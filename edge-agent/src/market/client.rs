@@ -72,15 +72,7 @@ impl Market {
     pub async fn post(&self, job: &JobSpec) -> Result<()> {
         // The state record (the posted job's hash, which settlement checks)
         // and the job itself are written concurrently.
-        let record = JobState {
-            state: JobPhase::Queued,
-            market: job.market.clone(),
-            job_sha256: job.sha256(),
-            node_id: None,
-            attempt: 0,
-            reason: None,
-            updated_at: spec::now_rfc3339(),
-        };
+        let record = JobState::of(JobPhase::Queued, job, &job.sha256(), None, 0, None);
         let state = self.set_job_state(&job.id, &record);
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, job.id.as_str());

@@ -293,25 +293,28 @@ pub fn job(cmd: JobCommand) -> Result<ExitCode> {
                 }
                 eprintln!("job {}", job.id);
                 let r = market.wait(&a.market, &job.id, Duration::from_secs(a.wait_s)).await?;
-                let problems = client::check_result(&market, &r, &Default::default()).await;
-                if !problems.is_empty() {
-                    bail!("job {}: result rejected: {}", job.id, problems.join("; "));
-                }
+                accept(&market, &r).await?;
                 print_result(&r)
             }
             JobCommand::Status { nats, id } => {
                 let market = nats.market().await?;
-                let st = market.job_state(&id).await?.with_context(|| format!("no job {id}"))?;
+                let mut st = market.job_state(&id).await?.with_context(|| format!("no job {id}"))?;
+                // The result is the authority; the state record is written
+                // just after it.
+                if matches!(st.state, JobPhase::Queued | JobPhase::Running) {
+                    if let Some(r) = market.result(&st.market, &id).await? {
+                        st.state = if r.error.is_none() { JobPhase::Done } else { JobPhase::Failed };
+                        st.node_id = Some(r.node_id);
+                        st.attempt = r.attempt;
+                    }
+                }
                 println!("{}", serde_json::to_string(&st)?);
                 Ok(ExitCode::SUCCESS)
             }
             JobCommand::Result { nats, id, receipt } => {
                 let market = nats.market().await?;
                 let r = result_of(&market, &id).await?;
-                let problems = client::check_result(&market, &r, &Default::default()).await;
-                if !problems.is_empty() {
-                    bail!("job {id}: result rejected: {}", problems.join("; "));
-                }
+                accept(&market, &r).await?;
                 if let Some(p) = receipt {
                     std::fs::write(&p, r.receipt.to_json_pretty()).with_context(|| format!("writing {}", p.display()))?;
                 }
@@ -320,10 +323,7 @@ pub fn job(cmd: JobCommand) -> Result<ExitCode> {
             JobCommand::Verify { nats, id, reexecute } => {
                 let market = nats.market().await?;
                 let r = result_of(&market, &id).await?;
-                let problems = client::check_result(&market, &r, &Default::default()).await;
-                if !problems.is_empty() {
-                    bail!("job {id}: result rejected: {}", problems.join("; "));
-                }
+                accept(&market, &r).await?;
                 eprintln!("receipt of job {id} verifies (node {})", r.node_id);
                 if reexecute {
                     let ours = reexecute_locally(&market, &r.job).await?;
@@ -341,6 +341,15 @@ pub fn job(cmd: JobCommand) -> Result<ExitCode> {
             }
         }
     })
+}
+
+/// Refuses a result that does not pass [`client::check_result`].
+async fn accept(market: &Market, r: &super::spec::JobResult) -> Result<()> {
+    let problems = client::check_result(market, r, &Default::default()).await;
+    if !problems.is_empty() {
+        bail!("job {}: result rejected: {}", r.job_id, problems.join("; "));
+    }
+    Ok(())
 }
 
 async fn result_of(market: &Market, id: &str) -> Result<super::spec::JobResult> {

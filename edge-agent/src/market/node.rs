@@ -369,6 +369,7 @@ impl Node {
                 return;
             }
         };
+        let job_sha = job.sha256();
         // On a redelivery, a result may already be stored (a node died
         // between storing it and acking): then the job is done.
         if attempt > 1 {
@@ -401,18 +402,8 @@ impl Node {
         // `running` is informational: written beside the run, not before it.
         let running = {
             let node = self.clone();
-            let (id, state) = (
-                job.id.clone(),
-                JobState {
-                    state: JobPhase::Running,
-                    market: job.market.clone(),
-                    job_sha256: job.sha256(),
-                    node_id: Some(self.node_id.clone()),
-                    attempt,
-                    reason: None,
-                    updated_at: spec::now_rfc3339(),
-                },
-            );
+            let id = job.id.clone();
+            let state = JobState::of(JobPhase::Running, &job, &job_sha, Some(&self.node_id), attempt, None);
             tokio::spawn(async move { node.market.set_job_state(&id, &state).await })
         };
         // In-progress acks while the job runs, so a long job is not
@@ -427,7 +418,7 @@ impl Node {
                 }
             })
         };
-        let outcome = self.clone().execute(&job, attempt).await;
+        let outcome = self.clone().execute(&job, &job_sha, attempt).await;
         progress.abort();
         // The final state must not be overwritten by `running`.
         let _ = running.await;
@@ -471,7 +462,7 @@ impl Node {
 
     /// Fetches, deploys, runs, publishes the result. `Ok` (with the job's
     /// final state, to record) once the result is stored.
-    async fn execute(self: Arc<Self>, job: &JobSpec, attempt: u64) -> Result<JobState, Refusal> {
+    async fn execute(self: Arc<Self>, job: &JobSpec, job_sha: &str, attempt: u64) -> Result<JobState, Refusal> {
         let never = |e: anyhow::Error| Refusal::Never(format!("{e:#}"));
         let request_json = match &job.request {
             RequestRef::Inline(v) => v.clone(),
@@ -502,7 +493,7 @@ impl Node {
             version: spec::JOB_VERSION,
             job_id: job.id.clone(),
             market: job.market.clone(),
-            job_sha256: job.sha256(),
+            job_sha256: job_sha.to_string(),
             node_id: self.node_id.clone(),
             response,
             error,
@@ -524,15 +515,7 @@ impl Node {
         if let Err(e) = stored {
             return Err(Refusal::NotHere(format!("storing the result: {e}")));
         }
-        Ok(JobState {
-            state: phase,
-            market: job.market.clone(),
-            job_sha256: job.sha256(),
-            node_id: Some(self.node_id.clone()),
-            attempt,
-            reason,
-            updated_at: spec::now_rfc3339(),
-        })
+        Ok(JobState::of(phase, job, job_sha, Some(&self.node_id), attempt, reason))
     }
 
     /// A deployment for the job's guest, models and limits: compiled once,
@@ -591,21 +574,8 @@ impl Node {
             "node_id": self.node_id, "job": job,
         });
         self.publish_dead(&job.market, &job.id, &body).await;
-        let _ = self
-            .market
-            .set_job_state(
-                &job.id,
-                &JobState {
-                    state: JobPhase::Dead,
-                    market: job.market.clone(),
-                    job_sha256: job.sha256(),
-                    node_id: Some(self.node_id.clone()),
-                    attempt: deliveries,
-                    reason: Some(reason.to_string()),
-                    updated_at: spec::now_rfc3339(),
-                },
-            )
-            .await;
+        let state = JobState::of(JobPhase::Dead, job, &job.sha256(), Some(&self.node_id), deliveries, Some(reason.into()));
+        let _ = self.market.set_job_state(&job.id, &state).await;
         tracing::warn!(job = %job.id, "dead-lettered: {reason}");
     }
 

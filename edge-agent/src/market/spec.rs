@@ -273,6 +273,29 @@ pub struct JobState {
     pub updated_at: String,
 }
 
+impl JobState {
+    /// A state record of `job` (whose canonical sha256 is `job_sha256`),
+    /// stamped now.
+    pub fn of(
+        state: JobPhase,
+        job: &JobSpec,
+        job_sha256: &str,
+        node_id: Option<&str>,
+        attempt: u64,
+        reason: Option<String>,
+    ) -> Self {
+        Self {
+            state,
+            market: job.market.clone(),
+            job_sha256: job_sha256.to_string(),
+            node_id: node_id.map(String::from),
+            attempt,
+            reason,
+            updated_at: now_rfc3339(),
+        }
+    }
+}
+
 /// Now, RFC 3339 with milliseconds.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
