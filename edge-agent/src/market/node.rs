@@ -445,6 +445,13 @@ impl Node {
 
     /// Whether this node takes `job` (price, limits).
     fn accepts(&self, job: &JobSpec) -> Result<(), Refusal> {
+        // The subject it came on names the market; the job must agree.
+        if job.market != self.cfg.market {
+            return Err(Refusal::Never(format!(
+                "the job names market '{}' but was posted in market '{}'",
+                job.market, self.cfg.market
+            )));
+        }
         if self.cfg.price.per_backend_second > job.max_price {
             return Err(Refusal::NotHere(format!(
                 "price {} per second is above the job's max_price {}",
