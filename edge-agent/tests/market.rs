@@ -383,10 +383,23 @@ fn poison_tampered_unpriced_and_invalid_jobs_end_without_blocking_the_others() {
         let cheap = m.submit(cheap).await.unwrap();
         // Bytes that are no job at all.
         m.js.publish("mote.jobs.m3.any", "{\"not\": \"a job\"}".into()).await.unwrap().await.unwrap();
+        // A job longer than the consumer's ack_wait (5 s): kept by
+        // progress acks, never redelivered.
+        let long_posted = Instant::now();
+        let long = m.submit(misbehave_submission("m3", serde_json::json!({"mode": "work", "ms": "5500"}), 30)).await.unwrap();
         // And ordinary jobs, which must all complete.
         let ids = post_many(&m, &mlp_submission("m3"), 10).await;
         let results = wait_all(&m, "m3", &ids, Duration::from_secs(120)).await;
         assert_each_once(&results, &ids);
+
+        let r = m.wait("m3", &long.id, Duration::from_secs(60)).await.unwrap();
+        assert!(r.error.is_none(), "{:?}", r.error);
+        assert!(r.receipt.usage.wall_ns >= 5_500_000_000);
+        // Had it been redelivered at 5 s, the second run would have ended
+        // (and recorded its attempt) by ~11 s.
+        tokio::time::sleep(Duration::from_secs(12).saturating_sub(long_posted.elapsed())).await;
+        let st = m.job_state(&long.id).await.unwrap().unwrap();
+        assert_eq!((r.attempt, st.attempt), (1, 1), "a long job is kept by progress acks, never redelivered");
 
         let r = m.wait("m3", &poison.id, Duration::from_secs(60)).await.unwrap();
         let e = r.error.as_ref().expect("the poison job fails");
