@@ -377,6 +377,21 @@ fn poison_tampered_unpriced_and_invalid_jobs_end_without_blocking_the_others() {
         tampered.id = mote_agent::market::spec::new_job_id();
         tampered.guest = fake_sha;
         m.post(&tampered).await.unwrap();
+        // An output too large for a NATS message: dead-lettered saying so,
+        // not retried.
+        let big_model = {
+            use mote_runtime::tensor::ElementType;
+            let mut d = mote_runtime::graph_builder::GraphDraft::default();
+            let x = d.input("x", ElementType::F32, &[1]).unwrap();
+            let shape: Vec<u8> = [1i64, 600_000].iter().flat_map(|v| v.to_le_bytes()).collect();
+            let shape = d.constant(ElementType::I64, &[2], shape).unwrap();
+            let y = d.node("Expand", &[x, shape], vec![], 1).unwrap()[0];
+            d.lower(&[("y".into(), y)]).unwrap()
+        };
+        let mut big = mlp_submission("m3");
+        big.models = vec![("model".into(), big_model)];
+        big.request = serde_json::json!({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]});
+        let big = m.submit(big).await.unwrap();
         // A price no node accepts: refused by every delivery, then dead.
         let mut cheap = misbehave_submission("m3", serde_json::json!({}), 5);
         cheap.max_price = 1;
@@ -413,7 +428,7 @@ fn poison_tampered_unpriced_and_invalid_jobs_end_without_blocking_the_others() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
-        for (id, want) in [(&tampered.id, "tampered"), (&cheap.id, "deliveries")] {
+        for (id, want) in [(&tampered.id, "tampered"), (&cheap.id, "deliveries"), (&big.id, "max_payload")] {
             let start = Instant::now();
             loop {
                 let st = m.job_state(id).await.unwrap().unwrap();
@@ -426,6 +441,9 @@ fn poison_tampered_unpriced_and_invalid_jobs_end_without_blocking_the_others() {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             assert!(m.result("m3", id).await.unwrap().is_none(), "no result for a dead job");
+            if want == "max_payload" {
+                assert_eq!(m.job_state(id).await.unwrap().unwrap().attempt, 1, "not retried");
+            }
         }
         // Everything dead-lettered is on the dead-letter subjects, with reasons.
         let mut dead = m.dead.clone();

@@ -38,6 +38,8 @@ pub const JOB_STATE: &str = "MOTE_JOB_STATE";
 pub const VERIFY: &str = "MOTE_VERIFY";
 /// Object store of artifacts.
 pub const ARTIFACTS: &str = "MOTE_ARTIFACTS";
+/// Most bytes of jobs waiting in `MOTE_JOBS` (all markets).
+pub const MAX_QUEUED_BYTES: i64 = 1 << 30;
 /// Results and jobs are deduplicated by id within this window.
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(600);
 
@@ -192,7 +194,14 @@ impl Market {
                 js.get_or_create_stream(cfg).await.with_context(|| format!("opening stream {name}"))
             }
         };
-        let jobs = get_stream(stream_cfg(JOBS, "mote.jobs.>", stream::RetentionPolicy::WorkQueue)).await?;
+        // The queue is bounded: when it holds MAX_QUEUED_BYTES, new posts
+        // are refused (clients see the error) rather than growing it.
+        let jobs = get_stream(stream::Config {
+            max_bytes: MAX_QUEUED_BYTES,
+            discard: stream::DiscardPolicy::New,
+            ..stream_cfg(JOBS, "mote.jobs.>", stream::RetentionPolicy::WorkQueue)
+        })
+        .await?;
         let results = get_stream(stream_cfg(RESULTS, "mote.results.>", stream::RetentionPolicy::Limits)).await?;
         let dead = get_stream(stream_cfg(DEAD, "mote.dead.>", stream::RetentionPolicy::Limits)).await?;
         let bucket = |name: &'static str| {

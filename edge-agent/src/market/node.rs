@@ -509,6 +509,15 @@ impl Node {
             job: job.clone(),
         };
         let payload = serde_json::to_vec(&result).expect("result serialises");
+        let max = self.market.client.server_info().max_payload;
+        if max > 0 && payload.len() > max {
+            // Never storable: a retry would only run the job again.
+            return Err(Refusal::Never(format!(
+                "the result is {} bytes, over the NATS server's max_payload of {max} (large outputs are not \
+                 supported by the market yet)",
+                payload.len()
+            )));
+        }
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, job.id.as_str());
         let stored = async {
