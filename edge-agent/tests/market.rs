@@ -130,6 +130,11 @@ impl MoteNode {
     }
 }
 
+/// `n` nodes of `market`, data dirs `dir/node0`, `dir/node1`, ...
+fn start_nodes(url: &str, market: &str, n: usize, dir: &Path, extra: &[&str]) -> Vec<MoteNode> {
+    (0..n).map(|i| MoteNode::start(url, market, &dir.join(format!("node{i}")), extra)).collect()
+}
+
 impl Drop for MoteNode {
     fn drop(&mut self) {
         self.kill();
@@ -251,9 +256,7 @@ fn parse_settle(out: &str) -> HashMap<String, (u64, u64, u64)> {
 fn three_nodes_run_200_jobs_once_each_and_settlement_adds_up() {
     let server = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let nodes: Vec<MoteNode> = (0..3)
-        .map(|i| MoteNode::start(&server.url, "m1", &dir.path().join(format!("node{i}")), &["--concurrency", "2"]))
-        .collect();
+    let nodes: Vec<MoteNode> = start_nodes(&server.url, "m1", 3, dir.path(), &["--concurrency", "2"]);
     let rt = rt();
     let m = rt.block_on(open(&server.url));
     let ids = rt.block_on(post_many(&m, &mlp_submission("m1"), 200));
@@ -330,7 +333,7 @@ fn a_killed_node_loses_no_job_and_a_terminated_one_finishes_its_work() {
     let dir = tempfile::tempdir().unwrap();
     let opts = ["--concurrency", "2", "--ack-wait-s", "3"];
     let mut nodes: Vec<MoteNode> =
-        (0..3).map(|i| MoteNode::start(&server.url, "m2", &dir.path().join(format!("node{i}")), &opts)).collect();
+        start_nodes(&server.url, "m2", 3, dir.path(), &opts);
     let rt = rt();
     let m = rt.block_on(open(&server.url));
     let ids = rt.block_on(post_many(&m, &misbehave_submission("m2", serde_json::json!({"mode": "work", "ms": "150"}), 30), 200));
@@ -364,7 +367,7 @@ fn poison_tampered_unpriced_and_invalid_jobs_end_without_blocking_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let opts = ["--concurrency", "2", "--max-deliver", "3", "--ack-wait-s", "5"];
     let _nodes: Vec<MoteNode> =
-        (0..2).map(|i| MoteNode::start(&server.url, "m3", &dir.path().join(format!("node{i}")), &opts)).collect();
+        start_nodes(&server.url, "m3", 2, dir.path(), &opts);
     let rt = rt();
     let m = rt.block_on(open(&server.url));
     rt.block_on(async {
@@ -553,11 +556,7 @@ fn a_three_server_cluster_with_r3_loses_no_job_when_a_server_dies() {
         .collect();
     let urls = servers.iter().map(|s| s.url.clone()).collect::<Vec<_>>().join(",");
     let dir = tempfile::tempdir().unwrap();
-    let _nodes: Vec<MoteNode> = (0..2)
-        .map(|i| {
-            MoteNode::start(&urls, "m5", &dir.path().join(format!("node{i}")), &["--concurrency", "2", "--replicas", "3"])
-        })
-        .collect();
+    let _nodes = start_nodes(&urls, "m5", 2, dir.path(), &["--concurrency", "2", "--replicas", "3"]);
     let rt = rt();
     let m = rt.block_on(async {
         let client = NatsOptions::from_urls(&urls).connect().await.unwrap();
@@ -588,9 +587,7 @@ fn a_three_server_cluster_with_r3_loses_no_job_when_a_server_dies() {
 fn other_nodes_reexecute_the_verify_share_and_record_mismatches() {
     let server = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let nodes: Vec<MoteNode> = (0..2)
-        .map(|i| MoteNode::start(&server.url, "m6", &dir.path().join(format!("node{i}")), &["--concurrency", "2"]))
-        .collect();
+    let nodes: Vec<MoteNode> = start_nodes(&server.url, "m6", 2, dir.path(), &["--concurrency", "2"]);
     let rt = rt();
     let m = rt.block_on(open(&server.url));
     rt.block_on(async {

@@ -74,15 +74,9 @@ impl Market {
         // and the job itself are written concurrently.
         let record = JobState::of(JobPhase::Queued, job, &job.sha256(), None, 0, None);
         let state = self.set_job_state(&job.id, &record);
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, job.id.as_str());
         let payload: bytes::Bytes = serde_json::to_vec(job)?.into();
-        let publish = super::retry_transient(|| async {
-            self.js
-                .publish_with_headers(super::job_subject(&job.market, job.backend), headers.clone(), payload.clone())
-                .await?
-                .await?;
-            Ok(())
+        let publish = super::retry_transient(|| {
+            self.store_once(super::job_subject(&job.market, job.backend), &job.id, payload.clone())
         });
         let (state, published) = tokio::join!(state, publish);
         state?;

@@ -2,7 +2,7 @@
 
 use super::client::{self, Submission};
 use super::node::NodeConfig;
-use super::spec::{BackendReq, JobLimits, JobPhase, RequestRef};
+use super::spec::{BackendReq, JobLimits, JobPhase};
 use super::{Market, NatsOptions};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -369,11 +369,7 @@ pub async fn reexecute_locally(market: &Market, job: &super::spec::JobSpec) -> R
     for (name, sha) in &job.models {
         models.push((name.clone(), market.download(sha, 512 << 20).await?));
     }
-    let request_json = match &job.request {
-        RequestRef::Inline(v) => v.clone(),
-        RequestRef::Object(sha) => serde_json::from_slice(&market.download(sha, 64 << 20).await?)?,
-    };
-    let request = mote_runtime::kserve::parse_request(&request_json)?;
+    let request = super::request_of(job, |sha| async move { market.download(&sha, 64 << 20).await }).await?;
     let job = job.clone();
     tokio::task::spawn_blocking(move || -> Result<String> {
         let rt = mote_runtime::Runtime::new(mote_runtime::RuntimeConfig {
@@ -381,13 +377,7 @@ pub async fn reexecute_locally(market: &Market, job: &super::spec::JobSpec) -> R
             pool_instances: 2,
             ..Default::default()
         })?;
-        let mut limits = mote_runtime::Limits { deadline_ms: job.timeout_s * 1000, ..Default::default() };
-        if let Some(f) = job.limits.fuel {
-            limits.fuel = f;
-        }
-        if let Some(m) = job.limits.memory_bytes {
-            limits.memory_bytes = m;
-        }
+        let limits = job.limits();
         let backend = match job.backend {
             BackendReq::Wgpu => mote_runtime::backend::BackendChoice::Fixed(mote_runtime::backend::BackendKind::Wgpu),
             _ => mote_runtime::backend::BackendChoice::Fixed(mote_runtime::backend::BackendKind::OrtCpu),

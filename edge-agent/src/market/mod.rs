@@ -127,6 +127,22 @@ impl NatsOptions {
     }
 }
 
+/// A job's KServe request: inline in its definition, or the object it
+/// names, fetched with `fetch` (which checks the bytes against the sha256).
+pub async fn request_of<F, Fut>(job: &spec::JobSpec, fetch: F) -> Result<mote_runtime::Request>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<u8>>>,
+{
+    let json = match &job.request {
+        spec::RequestRef::Inline(v) => std::borrow::Cow::Borrowed(v),
+        spec::RequestRef::Object(sha) => {
+            std::borrow::Cow::Owned(serde_json::from_slice(&fetch(sha.clone()).await?).context("request object")?)
+        }
+    };
+    mote_runtime::kserve::parse_request(&json).context("request")
+}
+
 /// Runs `f` until it succeeds, for up to 10 s: a stream of a cluster that is
 /// electing a leader (just created, or a server died) refuses writes for a
 /// moment.
@@ -256,6 +272,16 @@ impl Market {
             Err(e) if e.kind() == K::NoMessageFound => Ok(None),
             Err(e) => Err(e).context("reading MOTE_RESULTS"),
         }
+    }
+
+    /// Publishes `payload` on a stream subject with message id `id` (so a
+    /// second copy within the dedup window is dropped) and waits until
+    /// JetStream has stored it.
+    pub async fn store_once(&self, subject: String, id: &str, payload: bytes::Bytes) -> Result<()> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+        self.js.publish_with_headers(subject, headers, payload).await?.await?;
+        Ok(())
     }
 
     /// Stores `bytes` under their sha256 unless already there; returns the

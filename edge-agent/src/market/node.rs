@@ -6,7 +6,7 @@
 //! pulling, finish what runs, exit.
 
 use super::cache::ArtifactCache;
-use super::spec::{self, BackendReq, JobFailure, JobPhase, JobResult, JobSpec, JobState, NodeSnapshot, RequestRef};
+use super::spec::{self, BackendReq, JobFailure, JobPhase, JobResult, JobSpec, JobState, NodeSnapshot};
 use super::{Market, NatsOptions};
 use anyhow::{Context, Result};
 use async_nats::jetstream::consumer::{pull, AckPolicy};
@@ -470,15 +470,10 @@ impl Node {
     /// Fetches, deploys, runs, publishes the result. `Ok` (with the job's
     /// final state, to record) once the result is stored.
     async fn execute(self: Arc<Self>, job: &JobSpec, job_sha: &str, attempt: u64) -> Result<JobState, Refusal> {
-        let never = |e: anyhow::Error| Refusal::Never(format!("{e:#}"));
-        let request_json = match &job.request {
-            RequestRef::Inline(v) => v.clone(),
-            RequestRef::Object(sha) => {
-                let bytes = self.artifact(sha).await.map_err(never)?;
-                serde_json::from_slice(&bytes).map_err(|e| Refusal::Never(format!("request object: {e}")))?
-            }
-        };
-        let request = kserve::parse_request(&request_json).map_err(|e| Refusal::Never(format!("request: {e}")))?;
+        let node = &self;
+        let request = super::request_of(job, |sha| async move { node.artifact(&sha).await })
+            .await
+            .map_err(|e| Refusal::Never(format!("{e:#}")))?;
         let deployment = self.deployment(job).await?;
         let job_id = job.id.clone();
         let report = {
@@ -518,18 +513,9 @@ impl Node {
                 payload.len()
             )));
         }
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, job.id.as_str());
-        let stored = async {
-            self.market
-                .js
-                .publish_with_headers(super::result_subject(&job.market, &job.id), headers, payload.into())
-                .await?
-                .await
-        }
-        .await;
-        if let Err(e) = stored {
-            return Err(Refusal::NotHere(format!("storing the result: {e}")));
+        if let Err(e) = self.market.store_once(super::result_subject(&job.market, &job.id), &job.id, payload.into()).await
+        {
+            return Err(Refusal::NotHere(format!("storing the result: {e:#}")));
         }
         Ok(JobState::of(phase, job, job_sha, Some(&self.node_id), attempt, reason))
     }
@@ -537,13 +523,7 @@ impl Node {
     /// A deployment for the job's guest, models and limits: compiled once,
     /// its artifacts fetched (hash-checked) only then.
     async fn deployment(&self, job: &JobSpec) -> Result<Deployment, Refusal> {
-        let mut limits = Limits { deadline_ms: job.timeout_s * 1000, ..Limits::default() };
-        if let Some(f) = job.limits.fuel {
-            limits.fuel = f;
-        }
-        if let Some(m) = job.limits.memory_bytes {
-            limits.memory_bytes = m;
-        }
+        let limits = job.limits();
         let backend = match job.backend {
             BackendReq::OrtCpu => BackendChoice::Fixed(BackendKind::OrtCpu),
             BackendReq::Wgpu => BackendChoice::Fixed(BackendKind::Wgpu),
@@ -608,15 +588,9 @@ impl Node {
     }
 
     async fn publish_dead(&self, market: &str, id: &str, body: &serde_json::Value) {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
         let subject = super::dead_subject(if spec::valid_name(market) { market } else { "unknown" }, id);
-        let r = async {
-            self.market.js.publish_with_headers(subject, headers, serde_json::to_vec(body).expect("json").into()).await?.await
-        }
-        .await;
-        if let Err(e) = r {
-            tracing::warn!("dead-lettering {id}: {e}");
+        if let Err(e) = self.market.store_once(subject, id, serde_json::to_vec(body).expect("json").into()).await {
+            tracing::warn!("dead-lettering {id}: {e:#}");
         }
     }
 }
@@ -725,11 +699,8 @@ impl Node {
     /// where the comparison would not be bit-exact (another backend).
     async fn reexecute(self: Arc<Self>, r: &JobResult) -> Result<Option<bool>> {
         let job = &r.job;
-        let request_json = match &job.request {
-            RequestRef::Inline(v) => v.clone(),
-            RequestRef::Object(sha) => serde_json::from_slice(&self.artifact(sha).await?)?,
-        };
-        let request = kserve::parse_request(&request_json)?;
+        let node = self.clone();
+        let request = super::request_of(job, |sha| async move { node.artifact(&sha).await }).await?;
         let deployment = match self.deployment(job).await {
             Ok(d) => d,
             Err(Refusal::Never(why) | Refusal::NotHere(why)) => anyhow::bail!("{why}"),

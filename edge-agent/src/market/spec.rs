@@ -193,6 +193,18 @@ impl JobSpec {
         mote_runtime::receipt::sha256_hex(&self.canonical())
     }
 
+    /// The sandbox limits the job runs under: its `timeout_s` as the
+    /// deadline, its fuel and memory where given, else the defaults.
+    pub fn limits(&self) -> mote_runtime::Limits {
+        let d = mote_runtime::Limits::default();
+        mote_runtime::Limits {
+            deadline_ms: self.timeout_s * 1000,
+            fuel: self.limits.fuel.unwrap_or(d.fuel),
+            memory_bytes: self.limits.memory_bytes.unwrap_or(d.memory_bytes),
+            ..d
+        }
+    }
+
     /// Whether this job is one of the `verify` share that other nodes
     /// re-execute (decided by the job id, so every node agrees).
     pub fn selected_for_verification(&self) -> bool {
