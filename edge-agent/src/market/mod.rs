@@ -38,6 +38,8 @@ pub const JOB_STATE: &str = "MOTE_JOB_STATE";
 pub const VERIFY: &str = "MOTE_VERIFY";
 /// Object store of artifacts.
 pub const ARTIFACTS: &str = "MOTE_ARTIFACTS";
+/// Longest an artifact may take to arrive from the object store.
+pub const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
 /// Most bytes of jobs waiting in `MOTE_JOBS` (all markets).
 pub const MAX_QUEUED_BYTES: i64 = 1 << 30;
 /// Results and jobs are deduplicated by id within this window.
@@ -304,9 +306,19 @@ impl Market {
     /// Fetches an artifact and checks its bytes against `sha256`.
     pub async fn download(&self, sha256: &str, max_bytes: usize) -> Result<Vec<u8>> {
         use tokio::io::AsyncReadExt;
-        let obj = self.artifacts.get(sha256).await.with_context(|| format!("artifact {sha256} is not in {ARTIFACTS}"))?;
-        let mut bytes = Vec::new();
-        obj.take(max_bytes as u64 + 1).read_to_end(&mut bytes).await.with_context(|| format!("reading artifact {sha256}"))?;
+        let fetch = async {
+            let obj =
+                self.artifacts.get(sha256).await.with_context(|| format!("artifact {sha256} is not in {ARTIFACTS}"))?;
+            let mut bytes = Vec::new();
+            obj.take(max_bytes as u64 + 1)
+                .read_to_end(&mut bytes)
+                .await
+                .with_context(|| format!("reading artifact {sha256}"))?;
+            anyhow::Ok(bytes)
+        };
+        let bytes = tokio::time::timeout(DOWNLOAD_TIMEOUT, fetch)
+            .await
+            .map_err(|_| anyhow::anyhow!("artifact {sha256} did not arrive within {DOWNLOAD_TIMEOUT:?}"))??;
         anyhow::ensure!(bytes.len() <= max_bytes, "artifact {sha256} is larger than {max_bytes} bytes");
         let got = mote_runtime::receipt::sha256_hex(&bytes);
         anyhow::ensure!(got == sha256, "artifact {sha256}: its bytes hash to {got} (tampered or corrupted); rejected");
