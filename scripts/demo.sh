@@ -78,6 +78,28 @@ same = all(a["data"] == b["data"] for a, b in zip(q["outputs"], h["outputs"]))
 print(f'  QUIC outputs {"equal" if same else "DIFFER from"} the HTTPS outputs')
 PY
 
+bold "\$ curl -N --cacert $CERT -H 'Authorization: Bearer demo-token-123' https://localhost:$PORT/v1/chat/completions -d '{\"model\": \"smollm2\", \"stream\": true, ...}'"
+echo "(SmolLM2-135M-Instruct, converted from PyPI's GGUF, in the chat guest: the KV cache stays on the host, tokens stream as server-sent events)"
+curl -sS -N --cacert "$CERT" -H 'Authorization: Bearer demo-token-123' "https://localhost:$PORT/v1/chat/completions" \
+  -d '{"model": "smollm2", "stream": true, "stream_options": {"include_usage": true}, "max_tokens": 48, "temperature": 0,
+       "messages": [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]}' \
+  | python3 -c '
+import json, sys
+usage = None
+for line in sys.stdin:
+    if not line.startswith("data: ") or line.strip() == "data: [DONE]":
+        continue
+    e = json.loads(line[6:])
+    if "error" in e:
+        sys.exit("error: " + e["error"]["message"])
+    for c in e["choices"]:
+        print(c["delta"].get("content", ""), end="", flush=True)
+    usage = e.get("usage") or usage
+print()
+if usage:
+    print(f"  usage: {usage[\"prompt_tokens\"]} prompt + {usage[\"completion_tokens\"]} completion tokens (the signed receipt says the same)")
+'
+
 bold "\$ kill -TERM mote serve"
 kill -TERM $SERVER; wait $SERVER || true
 trap - EXIT

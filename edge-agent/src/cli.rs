@@ -144,6 +144,10 @@ struct RunArgs {
     /// Use an ephemeral node key instead of the one in the data directory.
     #[arg(long)]
     ephemeral_key: bool,
+    /// Write the response JSON here instead of stdout (what the guest
+    /// streams always goes to stdout, as it arrives).
+    #[arg(long)]
+    output: Option<PathBuf>,
 }
 
 /// Runs a parsed command line.
@@ -287,13 +291,26 @@ fn run_job(args: RunArgs) -> Result<ExitCode> {
     }
     let name = args.guest.file_stem().map_or_else(|| "guest".into(), |s| s.to_string_lossy().into_owned());
     let deployment = runtime.deploy(DeploymentSpec { name: name.clone(), guest, models, limits, backend })?;
-    let report = deployment.run_owned(request);
+    // What the guest streams (mote:edge/output) is printed as it comes.
+    let streamed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = streamed.clone();
+    let sink: mote_runtime::StreamSink = Box::new(move |chunk: &[u8]| {
+        use std::io::Write;
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut out = std::io::stdout().lock();
+        // A closed stdout (`| head`) is a client that went away.
+        out.write_all(chunk).and_then(|()| out.flush()).is_ok()
+    });
+    let report = deployment.run_streaming(hex::encode(rand::random::<[u8; 16]>()), request, Some(sink));
+    if streamed.load(std::sync::atomic::Ordering::Relaxed) && args.output.is_none() {
+        println!();
+    }
     for line in &report.log {
         eprintln!("[guest {:?}] {}", line.level, line.message);
     }
     let r = &report.receipt;
     eprintln!(
-        "usage: outcome={} fuel={} wall={:.3}ms backend={:.3}ms bytes_in={} bytes_out={} peak_memory={}KiB graphs={} backend={} device={:?} price={}",
+        "usage: outcome={} fuel={} wall={:.3}ms backend={:.3}ms bytes_in={} bytes_out={} peak_memory={}KiB graphs={} tokens={}+{} backend={} device={:?} price={}",
         r.outcome,
         r.usage.fuel,
         r.usage.wall_ns as f64 / 1e6,
@@ -302,6 +319,8 @@ fn run_job(args: RunArgs) -> Result<ExitCode> {
         r.usage.bytes_out,
         r.usage.peak_memory_bytes / 1024,
         r.usage.graphs_loaded,
+        r.usage.prompt_tokens,
+        r.usage.completion_tokens,
         r.backend,
         r.device,
         r.price_units
@@ -312,7 +331,11 @@ fn run_job(args: RunArgs) -> Result<ExitCode> {
     match report.result {
         Ok(response) => {
             let json = kserve::response_json(&response, Some(&name)).map_err(anyhow::Error::msg)?;
-            println!("{}", serde_json::to_string(&json)?);
+            match &args.output {
+                Some(path) => std::fs::write(path, serde_json::to_string(&json)?)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => println!("{}", serde_json::to_string(&json)?),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

@@ -26,14 +26,17 @@ pub(crate) struct HttpLimits {
 }
 
 #[derive(Clone)]
-struct App {
-    node: Arc<Node>,
-    limits: HttpLimits,
+pub(crate) struct App {
+    pub(crate) node: Arc<Node>,
+    pub(crate) limits: HttpLimits,
 }
 
 pub(crate) fn router(node: Arc<Node>, limits: HttpLimits) -> Router {
     let app = App { node: node.clone(), limits };
-    let infer_route = Router::new().route("/v2/models/{name}/infer", post(infer)).with_state(app);
+    let infer_route = Router::new()
+        .route("/v2/models/{name}/infer", post(infer))
+        .merge(crate::openai::routes())
+        .with_state(app);
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(|| async { Json(json!({"live": true})) }))
@@ -49,7 +52,7 @@ pub(crate) fn router(node: Arc<Node>, limits: HttpLimits) -> Router {
         })
 }
 
-fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(json!({"error": msg.into()}))).into_response()
 }
 
@@ -72,7 +75,7 @@ impl IntoResponse for NodeError {
 
 /// The bearer token, exactly as sent (no trimming: QUIC and HTTP compare
 /// tokens the same way, byte for byte).
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
 }
 
@@ -178,7 +181,7 @@ pub(crate) fn outcome_status(o: Outcome) -> StatusCode {
 }
 
 impl IntakeError {
-    fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             IntakeError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             IntakeError::Busy => StatusCode::SERVICE_UNAVAILABLE,

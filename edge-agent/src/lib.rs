@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod market;
 mod metrics;
 mod node;
+mod openai;
 pub mod quic;
 pub mod serve;
 pub mod tls;

@@ -281,6 +281,17 @@ impl Node {
         admitted: Admitted,
         decode: impl FnOnce() -> Result<(Request, T), String> + Send + 'static,
     ) -> Result<(JobReport, T), NodeError> {
+        self.run_streaming(admitted, decode, None).await
+    }
+
+    /// Like [`Node::run_admitted`], forwarding what the guest streams to
+    /// `sink` (a sink reporting the client gone ends the job, `cancelled`).
+    pub(crate) async fn run_streaming<T: Send + 'static>(
+        self: &Arc<Self>,
+        admitted: Admitted,
+        decode: impl FnOnce() -> Result<(Request, T), String> + Send + 'static,
+        sink: Option<mote_runtime::StreamSink>,
+    ) -> Result<(JobReport, T), NodeError> {
         let served = admitted.served.clone();
         let name = served.deployment.name().to_string();
         let adm = &served.admission;
@@ -306,7 +317,8 @@ impl Node {
                         return Err(NodeError::BadRequest(e));
                     }
                 };
-                let report = admitted.served.deployment.run_owned(request);
+                let job_id = hex::encode(rand::random::<[u8; 16]>());
+                let report = admitted.served.deployment.run_streaming(job_id, request, sink);
                 drop(permit);
                 node.record(&dep, queued, &report);
                 drop(admitted);

@@ -204,14 +204,18 @@ impl Deployment {
     /// Instantiates the guest in a fresh store and drops it, calling
     /// nothing: the fixed cost of a job before its handler runs.
     pub fn instantiate_probe(&self) -> Result<(), JobError> {
-        let (mut store, _) = self.new_store(WasiCtxBuilder::new().build());
+        let (mut store, _) = self.new_store(WasiCtxBuilder::new().build(), None);
         self.pre.instantiate(&mut store).map_err(|e| crate::job::classify(&e))?;
         Ok(())
     }
 
     /// A job's store with every limit armed: memory limiter, fuel (the bool:
     /// whether metering is on) and the epoch deadline.
-    pub(crate) fn new_store(&self, wasi: wasmtime_wasi::WasiCtx) -> (Store<JobState>, bool) {
+    pub(crate) fn new_store(
+        &self,
+        wasi: wasmtime_wasi::WasiCtx,
+        sink: Option<crate::host::StreamSink>,
+    ) -> (Store<JobState>, bool) {
         let rt = &self.runtime;
         let started = Instant::now();
         let nn = NnCtx::new(
@@ -222,7 +226,7 @@ impl Deployment {
             &self.limits,
             started,
         );
-        let state = JobState::new(nn, &self.limits, wasi, started);
+        let state = JobState::new(nn, &self.limits, wasi, started, sink);
         let mut store = Store::new(&rt.engine, state);
         store.limiter(|s| &mut s.limiter);
         let fuel_armed = store.set_fuel(self.limits.fuel).is_ok();

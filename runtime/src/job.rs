@@ -51,6 +51,14 @@ impl Deployment {
     /// Like [`Deployment::run_owned`], with the job id the receipt carries
     /// chosen by the caller (a market job keeps its id in its receipt).
     pub fn run_as(&self, job_id: String, request: Request) -> JobReport {
+        self.run_streaming(job_id, request, None)
+    }
+
+    /// Like [`Deployment::run_as`], forwarding what the guest streams
+    /// (`mote:edge/output`) to `sink` as it comes. The sink returning
+    /// `false` (the client went away) ends the job with outcome
+    /// `cancelled`. Without a sink the chunks are only hashed.
+    pub fn run_streaming(&self, job_id: String, request: Request, sink: Option<crate::host::StreamSink>) -> JobReport {
         let started_at = SystemTime::now();
         let start = Instant::now();
         let rt = &self.runtime;
@@ -63,7 +71,7 @@ impl Deployment {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let (mut store, armed) = self.new_store(wasi);
+        let (mut store, armed) = self.new_store(wasi, sink);
         let input_sha256 = digest(&request.inputs, &request.parameters);
         let result = self.call(&mut store, request);
         // Fuel left, where metering is on.
@@ -107,7 +115,8 @@ impl Deployment {
                 Err(_) => digest(&[], &[]),
             },
             started_at: humantime::format_rfc3339_millis(started_at).to_string(),
-            price_units: rt.signer.price.price(usage.backend_ns, usage.fuel, usage.bytes_in + usage.bytes_out),
+            price_units: rt.signer.price.price_usage(&usage),
+            stream_sha256: state.stream.sha256(),
             usage,
             outcome,
             backend,

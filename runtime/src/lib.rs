@@ -24,7 +24,7 @@ mod runtime;
 /// The data model and wire codecs (the `mote-protocol` crate).
 pub use mote_protocol::{kserve, mote1, tensor};
 
-pub use host::{LogLevel, LogLine};
+pub use host::{LogLevel, LogLine, StreamSink};
 pub use limits::{Limits, Outcome};
 pub use price::PriceTable;
 pub use receipt::{NodeKey, Receipt, Usage};

@@ -69,6 +69,9 @@ pub enum Outcome {
     InvalidInput,
     /// The backend failed.
     BackendError,
+    /// The client went away while the job streamed to it (or the caller
+    /// cancelled the job).
+    Cancelled,
 }
 
 impl Outcome {
@@ -82,6 +85,7 @@ impl Outcome {
             Self::MemoryLimit => "memory_limit",
             Self::InvalidInput => "invalid_input",
             Self::BackendError => "backend_error",
+            Self::Cancelled => "cancelled",
         }
     }
 }

@@ -15,15 +15,25 @@ pub struct PriceTable {
     pub per_gfuel: u64,
     /// Units per 10^6 bytes moved in or out of the backend.
     pub per_mb: u64,
+    /// Units per token (prompt or completion) counted by the host for
+    /// contexts with bound state (LLM decoding; docs/wit.md).
+    pub per_token: u64,
 }
 
 impl Default for PriceTable {
     fn default() -> Self {
-        Self { per_backend_second: 1000, per_gfuel: 100, per_mb: 1 }
+        Self { per_backend_second: 1000, per_gfuel: 100, per_mb: 1, per_token: 0 }
     }
 }
 
 impl PriceTable {
+    /// Prices a job's usage: compute, fuel, bytes and tokens.
+    pub fn price_usage(&self, u: &crate::receipt::Usage) -> u64 {
+        let tokens = u.prompt_tokens.saturating_add(u.completion_tokens);
+        self.price(u.backend_ns, u.fuel, u.bytes_in.saturating_add(u.bytes_out))
+            .saturating_add(tokens.saturating_mul(self.per_token))
+    }
+
     /// Prices a job's consumption.
     pub fn price(&self, backend_ns: u64, fuel: u64, bytes: u64) -> u64 {
         let part = |amount: u64, per: u64, unit: u64| -> u64 {
@@ -41,13 +51,22 @@ mod tests {
 
     #[test]
     fn prices_round_up_per_component() {
-        let p = PriceTable { per_backend_second: 1000, per_gfuel: 100, per_mb: 1 };
+        let p = PriceTable { per_backend_second: 1000, per_gfuel: 100, per_mb: 1, per_token: 0 };
         assert_eq!(p.price(0, 0, 0), 0);
         assert_eq!(p.price(1, 0, 0), 1, "a nanosecond of compute still costs a unit");
         assert_eq!(p.price(2_000_000_000, 0, 0), 2000);
         assert_eq!(p.price(0, 3_000_000_000, 0), 300);
         assert_eq!(p.price(0, 0, 1_500_000), 2);
-        let dear = PriceTable { per_backend_second: u64::MAX, per_gfuel: u64::MAX, per_mb: u64::MAX };
+        let dear = PriceTable { per_backend_second: u64::MAX, per_gfuel: u64::MAX, per_mb: u64::MAX, per_token: u64::MAX };
         assert_eq!(dear.price(u64::MAX, u64::MAX, u64::MAX), u64::MAX, "saturates, never wraps");
+        let u = crate::receipt::Usage { prompt_tokens: u64::MAX, completion_tokens: 1, ..Default::default() };
+        assert_eq!(dear.price_usage(&u), u64::MAX);
+    }
+
+    #[test]
+    fn tokens_are_priced_per_token() {
+        let p = PriceTable { per_backend_second: 0, per_gfuel: 0, per_mb: 0, per_token: 3 };
+        let u = crate::receipt::Usage { prompt_tokens: 10, completion_tokens: 5, ..Default::default() };
+        assert_eq!(p.price_usage(&u), 45);
     }
 }

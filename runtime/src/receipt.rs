@@ -28,6 +28,17 @@ pub struct Usage {
     pub peak_memory_bytes: u64,
     /// Graphs loaded by the job.
     pub graphs_loaded: u32,
+    /// Prompt tokens counted by the host (contexts with bound state; absent
+    /// when zero, so receipts of other jobs are unchanged).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub prompt_tokens: u64,
+    /// Completion tokens counted by the host (absent when zero).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub completion_tokens: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A signed record of one job **(contract)**.
@@ -59,6 +70,10 @@ pub struct Receipt {
     pub backend: String,
     /// Device that ran them.
     pub device: String,
+    /// sha256 of everything the guest streamed (`mote:edge/output`),
+    /// concatenated, hex; absent when it streamed nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_sha256: Option<String>,
     /// Price of the job in the node's price units.
     pub price_units: u64,
     /// ed25519 signature, hex, over the canonical JSON without this field.
@@ -135,6 +150,8 @@ struct CanonicalFields<'a> {
     backend_ns: u64,
     bytes_in: u64,
     bytes_out: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    completion_tokens: u64,
     device: &'a str,
     fuel: u64,
     graphs_loaded: u32,
@@ -147,7 +164,11 @@ struct CanonicalFields<'a> {
     output_sha256: &'a str,
     peak_memory_bytes: u64,
     price_units: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    prompt_tokens: u64,
     started_at: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_sha256: Option<&'a str>,
     wall_ns: u64,
 }
 
@@ -160,6 +181,7 @@ impl Receipt {
             backend_ns: u.backend_ns,
             bytes_in: u.bytes_in,
             bytes_out: u.bytes_out,
+            completion_tokens: u.completion_tokens,
             device: &self.device,
             fuel: u.fuel,
             graphs_loaded: u.graphs_loaded,
@@ -172,7 +194,9 @@ impl Receipt {
             output_sha256: &self.output_sha256,
             peak_memory_bytes: u.peak_memory_bytes,
             price_units: self.price_units,
+            prompt_tokens: u.prompt_tokens,
             started_at: &self.started_at,
+            stream_sha256: self.stream_sha256.as_deref(),
             wall_ns: u.wall_ns,
         };
         let mut out = Vec::with_capacity(768);
@@ -202,8 +226,17 @@ impl Receipt {
 
 /// Checks an ed25519 `signature` (hex) by `node_id` (hex public key) over
 /// `content`, strictly: weak keys, non-canonical signatures and small-order
-/// points are refused.
+/// points are refused. Hex must be lowercase, as signing writes it: a
+/// receipt has one spelling (an upper-case copy would be a second receipt
+/// that verifies).
 fn verify_signature(node_id: &str, signature: &str, content: &[u8]) -> Result<(), VerifyError> {
+    let lower_hex = |s: &str| s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !lower_hex(node_id) {
+        return Err(VerifyError::BadNodeId);
+    }
+    if !lower_hex(signature) {
+        return Err(VerifyError::BadSignature(node_id.to_string()));
+    }
     let key_bytes: [u8; 32] =
         hex::decode(node_id).ok().and_then(|b| b.try_into().ok()).ok_or(VerifyError::BadNodeId)?;
     let key = VerifyingKey::from_bytes(&key_bytes).map_err(|_| VerifyError::BadNodeId)?;
@@ -391,6 +424,7 @@ mod tests {
             backend: "ort-cpu".into(),
             device: "cpu".into(),
             price_units: 7,
+            stream_sha256: None,
             signature: String::new(),
         }
     }
@@ -455,7 +489,10 @@ mod tests {
             bytes_out: 4,
             peak_memory_bytes: 5,
             graphs_loaded: 6,
+            prompt_tokens: 7,
+            completion_tokens: 8,
         };
+        r.stream_sha256 = Some(sha256_hex(b"streamed"));
         r.sign(&key);
         let value = serde_json::to_value(&r).unwrap();
         assert_eq!(

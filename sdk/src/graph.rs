@@ -168,6 +168,20 @@ impl Graph {
         Ok(self.ctx.compute(inputs)?.into_iter().map(|(n, t)| (n, Tensor(t))).collect())
     }
 
+    /// Keeps outputs on the host and feeds them back as inputs of the next
+    /// [`Graph::run`] (`mote:edge/state`): `(output, input)` pairs, e.g. a
+    /// decoder's `present.N.key` → `past_key_values.N.key`. Bound outputs
+    /// are no longer returned; a bound input passed to `run` replaces the
+    /// kept value (how a sequence starts).
+    pub fn bind_state(&self, pairs: &[(String, String)]) -> Result<(), NnError> {
+        Ok(crate::bindings::mote::edge::state::bind(&self.ctx, pairs)?)
+    }
+
+    /// Drops the kept values (the bindings stay).
+    pub fn reset_state(&self) {
+        crate::bindings::mote::edge::state::reset(&self.ctx);
+    }
+
     /// Runs the model on request tensors (by name) and returns response
     /// tensors: the whole request/response path of a serving guest.
     pub fn run_io(&self, inputs: &[IoTensor]) -> Result<Vec<IoTensor>, HandlerError> {

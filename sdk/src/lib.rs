@@ -60,6 +60,19 @@ pub fn usage() -> bindings::mote::edge::usage::Usage {
     bindings::mote::edge::usage::current()
 }
 
+/// Tokens the host counted so far (contexts with bound state): what the
+/// receipt will carry.
+pub fn tokens() -> bindings::mote::edge::usage::TokenUsage {
+    bindings::mote::edge::usage::tokens()
+}
+
+/// Sends a chunk of output to the client now (`mote:edge/output`): printed
+/// by `mote run`, a server-sent event over HTTPS, a chunk frame over QUIC.
+/// If the client has gone, the job ends here (outcome `cancelled`).
+pub fn emit(chunk: &[u8]) {
+    bindings::mote::edge::output::emit(chunk);
+}
+
 /// Leveled logging into the job log (kept by the host, bounded).
 pub mod log {
     use crate::bindings::mote::edge::log::{log, Level};

@@ -294,6 +294,22 @@ pub trait BackendExecutionContext: Send {
         deadline: Option<std::time::Instant>,
     ) -> Result<Vec<(String, OwnedTensor)>, BackendError>;
 
+    /// Binds outputs to inputs (`(output, input)` pairs, names checked by
+    /// the caller): from the next compute on, each bound output is kept by
+    /// the context, in the backend's own memory, instead of being returned,
+    /// and fed as the bound input of the following compute unless the
+    /// caller passes that input. Replaces earlier bindings; drops kept
+    /// values.
+    fn bind_state(&mut self, pairs: &[(String, String)]) -> Result<(), BackendError> {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        Err(BackendError::new(BackendErrorKind::Unsupported, "this backend cannot keep state between computes"))
+    }
+
+    /// Drops the kept values; the bindings stay.
+    fn reset_state(&mut self) {}
+
     /// Most backend memory one run of this context was charged for, in
     /// bytes (0 where the backend cannot tell).
     fn backend_peak_bytes(&self) -> u64 {

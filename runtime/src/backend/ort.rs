@@ -414,8 +414,8 @@ impl Backend for OrtBackend {
     fn load_until(&self, model: Arc<[u8]>, deadline: Option<Instant>) -> Result<Arc<dyn BackendGraph>, BackendError> {
         crate::model_screen::screen(&model)?;
         let session = self.build_session(&model, deadline)?;
-        let inputs = session.inputs().iter().map(|o| info(o.name(), o.dtype())).collect();
-        let outputs = session.outputs().iter().map(|o| info(o.name(), o.dtype())).collect();
+        let inputs: Vec<TensorInfo> = session.inputs().iter().map(|o| info(o.name(), o.dtype())).collect();
+        let outputs: Vec<TensorInfo> = session.outputs().iter().map(|o| info(o.name(), o.dtype())).collect();
         Ok(Arc::new(OrtGraph {
             inner: Arc::new(GraphInner {
                 backend: self.clone(),
@@ -424,8 +424,8 @@ impl Backend for OrtBackend {
                 freed: Condvar::new(),
                 max_sessions: std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
             }),
-            inputs,
-            outputs,
+            inputs: inputs.into(),
+            outputs: outputs.into(),
         }))
     }
 }
@@ -500,8 +500,8 @@ impl GraphInner {
 
 struct OrtGraph {
     inner: Arc<GraphInner>,
-    inputs: Vec<TensorInfo>,
-    outputs: Vec<TensorInfo>,
+    inputs: Arc<[TensorInfo]>,
+    outputs: Arc<[TensorInfo]>,
 }
 
 impl BackendGraph for OrtGraph {
@@ -509,7 +509,14 @@ impl BackendGraph for OrtGraph {
         let run_options = RunOptions::new()
             .map(Arc::new)
             .map_err(|e| BackendError::new(BackendErrorKind::Runtime, format!("creating run options: {e}")))?;
-        Ok(Box::new(OrtContext { graph: self.inner.clone(), run_options, watched: None, peak_bytes: 0 }))
+        Ok(Box::new(OrtContext {
+            graph: self.inner.clone(),
+            io: (self.inputs.clone(), self.outputs.clone()),
+            run_options,
+            watched: None,
+            peak_bytes: 0,
+            state: KeptState::default(),
+        }))
     }
 
     fn inputs(&self) -> &[TensorInfo] {
@@ -538,12 +545,27 @@ pub fn memory_freed() {
 /// number of sessions follows concurrent runs, not open contexts.
 struct OrtContext {
     graph: Arc<GraphInner>,
+    /// The graph's declared inputs and outputs.
+    io: (Arc<[TensorInfo]>, Arc<[TensorInfo]>),
     /// Lets the watchdog stop a run at the job's deadline.
     run_options: Arc<RunOptions>,
     /// The deadline `run_options` is registered for.
     watched: Option<Instant>,
     /// Most arena bytes one of this context's runs was charged for.
     peak_bytes: u64,
+    /// Outputs fed back as inputs (`mote:edge/state`).
+    state: KeptState,
+}
+
+/// Bound outputs kept between runs as ORT values (for the CPU provider in
+/// host memory, for CUDA where ORT put them): the next run takes them by
+/// reference, so a KV cache is never copied out of ORT or into the guest.
+#[derive(Default)]
+struct KeptState {
+    /// `(output, input)` pairs.
+    pairs: Vec<(String, String)>,
+    /// Kept values by input name.
+    values: std::collections::HashMap<String, DynValue>,
 }
 
 
@@ -794,7 +816,12 @@ impl BackendExecutionContext for OrtContext {
         // A run that gives the arena's free regions back has its own run
         // options (the context's are shared with the watchdog).
         let shrinking = if super::ort_memory::SHRINK_PENDING.swap(false, Ordering::Relaxed) { shrink_options(deadline) } else { None };
-        let result = run(&mut session, inputs, shrinking.as_deref().unwrap_or(&self.run_options), deadline);
+        let result =
+            run(&mut session, inputs, &mut self.state, shrinking.as_deref().unwrap_or(&self.run_options), deadline);
+        if result.is_err() {
+            // A failed step leaves the sequence undefined: start over.
+            self.state.values.clear();
+        }
         if let Some(w) = watch {
             self.peak_bytes = self.peak_bytes.max(w.finish());
         }
@@ -804,6 +831,24 @@ impl BackendExecutionContext for OrtContext {
 
     fn backend_peak_bytes(&self) -> u64 {
         self.peak_bytes
+    }
+
+    fn bind_state(&mut self, pairs: &[(String, String)]) -> Result<(), BackendError> {
+        let (inputs, outputs) = &self.io;
+        for (out, inp) in pairs {
+            if !outputs.iter().any(|o| &o.name == out) {
+                return Err(BackendError::new(BackendErrorKind::InvalidArgument, format!("the model has no output named '{out}'")));
+            }
+            if !inputs.iter().any(|i| &i.name == inp) {
+                return Err(BackendError::new(BackendErrorKind::InvalidArgument, format!("the model has no input named '{inp}'")));
+            }
+        }
+        self.state = KeptState { pairs: pairs.to_vec(), values: Default::default() };
+        Ok(())
+    }
+
+    fn reset_state(&mut self) {
+        self.state.values.clear();
     }
 }
 
@@ -825,6 +870,7 @@ fn shrink_options(deadline: Option<Instant>) -> Option<Arc<RunOptions>> {
 fn run(
     session: &mut Session,
     inputs: &[(&str, TensorView<'_>)],
+    state: &mut KeptState,
     run_options: &RunOptions,
     deadline: Option<Instant>,
 ) -> Result<Vec<(String, OwnedTensor)>, BackendError> {
@@ -840,7 +886,19 @@ fn run(
         let want = declared.dtype().tensor_type();
         values.push((Cow::Borrowed(*name), input_value(view, want)?));
     }
-    let outputs = session.run_with_options(values, run_options).map_err(|e| {
+    for (out, inp) in &state.pairs {
+        if inputs.iter().any(|(n, _)| n == inp) {
+            continue;
+        }
+        let kept = state.values.get(inp).ok_or_else(|| {
+            BackendError::new(
+                BackendErrorKind::InvalidArgument,
+                format!("input '{inp}' is bound to output '{out}' but no value is kept yet: pass it to start a sequence"),
+            )
+        })?;
+        values.push((Cow::Borrowed(inp.as_str()), SessionInputValue::from(kept)));
+    }
+    let mut outputs = session.run_with_options(values, run_options).map_err(|e| {
         let msg = without_source_paths(&e.to_string());
         let kind = if deadline.is_some_and(|at| Instant::now() >= at) {
             BackendErrorKind::Timeout
@@ -853,6 +911,16 @@ fn run(
         };
         BackendError::new(kind, format!("inference failed: {msg}"))
     })?;
+    if !state.pairs.is_empty() {
+        let mut kept = std::collections::HashMap::with_capacity(state.pairs.len());
+        for (out, inp) in &state.pairs {
+            let value = outputs.remove(out.as_str()).ok_or_else(|| {
+                BackendError::new(BackendErrorKind::Runtime, format!("the run produced no output '{out}'"))
+            })?;
+            kept.insert(inp.clone(), value);
+        }
+        state.values = kept;
+    }
     let mut result = Vec::with_capacity(outputs.len());
     for (name, value) in outputs.iter() {
         result.push((name.to_string(), output_tensor(name, &value)?));

@@ -10,6 +10,7 @@
 
 pub(crate) mod bindings;
 pub(crate) mod nn;
+pub(crate) mod stream;
 mod usage_log;
 
 use crate::limits::{Limits, MemoryLimiter};
@@ -18,6 +19,7 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub(crate) use usage_log::JobLog;
+pub use stream::StreamSink;
 pub use usage_log::{LogLevel, LogLine};
 
 /// The data of one job's store.
@@ -26,6 +28,7 @@ pub struct JobState {
     pub(crate) table: ResourceTable,
     pub(crate) nn: nn::NnCtx,
     pub(crate) log: JobLog,
+    pub(crate) stream: stream::JobStream,
     pub(crate) limiter: MemoryLimiter,
     /// Fuel the job started with (what `usage` counts down from).
     fuel: u64,
@@ -39,8 +42,15 @@ impl WasiView for JobState {
 }
 
 impl JobState {
-    pub(crate) fn new(nn: nn::NnCtx, limits: &Limits, wasi: WasiCtx, started: Instant) -> Self {
+    pub(crate) fn new(
+        nn: nn::NnCtx,
+        limits: &Limits,
+        wasi: WasiCtx,
+        started: Instant,
+        sink: Option<StreamSink>,
+    ) -> Self {
         Self {
+            stream: stream::JobStream::new(sink, limits.max_tensor_bytes),
             wasi,
             table: ResourceTable::new(),
             nn,
@@ -74,6 +84,8 @@ impl JobState {
             // Guest linear memory plus the backend memory its runs used.
             peak_memory_bytes: self.limiter.peak_bytes + m.backend_peak_bytes,
             graphs_loaded: m.graphs_loaded,
+            prompt_tokens: m.prompt_tokens,
+            completion_tokens: m.completion_tokens,
         }
     }
 }
@@ -83,6 +95,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<(
     wasmtime_wasi::p2::add_to_linker_sync(linker)?;
     nn::add_to_linker(linker, JobState::nn_view)?;
     usage_log::add_to_linker(linker, |s| &mut s.log)?;
+    stream::add_to_linker(linker, |s| &mut s.stream)?;
     bindings::mote::edge::usage::add_to_linker::<_, HasSelf<JobState>>(linker, |s| s)?;
     bindings::mote::edge::types::add_to_linker::<_, HasSelf<JobState>>(linker, |s| s)?;
     Ok(())

@@ -93,7 +93,12 @@ impl log::Host for JobLog {
     }
 }
 
-impl usage::Host for JobState {}
+impl usage::Host for JobState {
+    fn tokens(&mut self) -> wasmtime::Result<usage::TokenUsage> {
+        let m = &self.nn.meter;
+        Ok(usage::TokenUsage { prompt: m.prompt_tokens, completion: m.completion_tokens })
+    }
+}
 
 impl super::bindings::mote::edge::types::Host for JobState {}
 

@@ -7,6 +7,7 @@
 //! store's data only has to hand out the view.
 
 mod graph_builder;
+mod state;
 mod wasi_nn;
 
 use super::bindings;
@@ -58,6 +59,19 @@ pub struct NnGraph {
 pub struct NnExecContext {
     /// `None` only while `compute` runs.
     pub(crate) ctx: Option<Box<dyn BackendExecutionContext>>,
+    /// `(output, input)` pairs kept on the host (`mote:edge/state`).
+    pub(crate) bound: Vec<(String, String)>,
+    /// Whether the backend holds values for the bound inputs.
+    pub(crate) has_state: bool,
+    /// Rows of the last compute with bound state (the tokens it sampled,
+    /// which the next step feeds back).
+    pub(crate) last_rows: u64,
+}
+
+impl NnExecContext {
+    pub(crate) fn new(ctx: Box<dyn BackendExecutionContext>) -> Self {
+        Self { ctx: Some(ctx), bound: Vec::new(), has_state: false, last_rows: 0 }
+    }
 }
 
 /// A wasi-nn error resource.
@@ -79,6 +93,8 @@ pub(crate) struct NnMeter {
     pub(crate) backend_used: Option<(BackendKind, String)>,
     /// Most backend memory one of the job's runs was charged for.
     pub(crate) backend_peak_bytes: u64,
+    pub(crate) prompt_tokens: u64,
+    pub(crate) completion_tokens: u64,
 }
 
 /// The inference capability's state in one job.
@@ -143,6 +159,7 @@ pub(crate) fn add_to_linker<T: 'static>(
     nn::graph::add_to_linker::<T, Nn>(linker, view)?;
     nn::inference::add_to_linker::<T, Nn>(linker, view)?;
     graph_builder::add_to_linker::<T, Nn>(linker, view)?;
+    bindings::mote::edge::state::add_to_linker::<T, Nn>(linker, view)?;
     Ok(())
 }
 

@@ -78,7 +78,7 @@ impl graph::HostGraph for NnView<'_> {
         let ctx = graph.init_execution_context();
         self.ctx.meter.backend_ns += start.elapsed().as_nanos() as u64;
         match ctx {
-            Ok(ctx) => Ok(Ok(self.table.push(NnExecContext { ctx: Some(ctx) })?)),
+            Ok(ctx) => Ok(Ok(self.table.push(NnExecContext::new(ctx))?)),
             Err(e) => self.backend_error(e),
         }
     }
@@ -143,12 +143,26 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         c: Resource<NnExecContext>,
         inputs: Vec<(String, Resource<NnTensor>)>,
     ) -> NnResult<Vec<(String, Resource<NnTensor>)>> {
-        let Some(mut ctx) = self.table.get_mut(&c)?.ctx.take() else {
+        let entry = self.table.get_mut(&c)?;
+        let Some(mut ctx) = entry.ctx.take() else {
             return Err(wasmtime::Error::msg("execution context re-entered"));
         };
+        // With bound state, the step is metered in tokens (mote:edge/state).
+        let stateful = !entry.bound.is_empty();
+        let continuing =
+            stateful && entry.has_state && !entry.bound.iter().any(|(_, i)| inputs.iter().any(|(n, _)| n == i));
+        let last_rows = entry.last_rows;
         let result: wasmtime::Result<_> = (|| {
             let mut views = Vec::with_capacity(inputs.len());
             let mut bytes_in = 0u64;
+            let mut fed = (0u64, 1u64);
+            if stateful {
+                let ids = inputs.iter().find(|(n, _)| n == "input_ids").or(inputs.first());
+                if let Some((_, t)) = ids {
+                    let dims = &self.table.get(t)?.dims;
+                    fed = (dims.iter().map(|&d| u64::from(d)).product(), dims.first().map_or(1, |&d| u64::from(d)));
+                }
+            }
             for (name, t) in &inputs {
                 let t = self.table.get(t)?;
                 bytes_in += t.data.len() as u64;
@@ -156,11 +170,21 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             }
             let start = Instant::now();
             let out = ctx.compute(&views, Some(self.ctx.deadline));
-            wasmtime::Result::Ok((out, start.elapsed().as_nanos() as u64, bytes_in))
+            wasmtime::Result::Ok((out, start.elapsed().as_nanos() as u64, bytes_in, fed))
         })();
         let backend_peak = ctx.backend_peak_bytes();
-        self.table.get_mut(&c)?.ctx = Some(ctx);
-        let (out, ns, bytes_in) = result?;
+        let entry = self.table.get_mut(&c)?;
+        entry.ctx = Some(ctx);
+        let (out, ns, bytes_in, (fed, rows)) = result?;
+        if stateful {
+            entry.has_state = out.is_ok();
+            if out.is_ok() {
+                let step = super::state::step_tokens(fed, rows, continuing, last_rows);
+                entry.last_rows = rows;
+                self.ctx.meter.prompt_tokens += step.prompt;
+                self.ctx.meter.completion_tokens += step.completion;
+            }
+        }
         self.ctx.meter.backend_ns += ns;
         self.ctx.meter.bytes_in += bytes_in;
         self.charge_backend_memory(backend_peak)?;

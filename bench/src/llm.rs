@@ -1,0 +1,144 @@
+//! LLM benchmark: SmolLM2-135M (the converted GGUF) generating through the
+//! sandbox (the `chat` guest, KV cache kept on the host, text streamed)
+//! against the same ONNX model driven by a native Rust loop over mote's ORT
+//! backend (no guest: greedy argmax in Rust, the same state binding). Time
+//! to first token and decode tokens/s for a 128-token prompt and 128
+//! generated tokens (`--quick`: 32 + 16), measured in one run.
+
+use crate::Ctx;
+use anyhow::{Context, Result};
+use mote_runtime::backend::{self, BackendKind, TensorView};
+use mote_runtime::tensor::{Datatype, ElementType, IoTensor};
+use mote_runtime::{DeploymentSpec, Limits, Request, Runtime, RuntimeConfig};
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const LAYERS: usize = 30;
+
+/// A prompt of exactly `n` tokens: "word " repeated tokenizes one token per
+/// word in SmolLM2's vocabulary (checked against the guest's count).
+fn prompt_text(n: usize) -> String {
+    " hello".repeat(n)
+}
+
+fn f32s(b: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+}
+
+fn argmax(row: impl Iterator<Item = f32>) -> i64 {
+    let (mut best, mut at) = (f32::NEG_INFINITY, 0);
+    for (i, x) in row.enumerate() {
+        if x > best {
+            best = x;
+            at = i;
+        }
+    }
+    at as i64
+}
+
+fn i64_bytes(v: impl IntoIterator<Item = i64>) -> Vec<u8> {
+    v.into_iter().flat_map(i64::to_le_bytes).collect()
+}
+
+/// The native loop: (time to first token, decode tokens/s).
+fn native(model: &[u8], prompt: usize, gen: usize) -> Result<(Duration, f64)> {
+    let b = backend::standalone(BackendKind::OrtCpu).map_err(anyhow::Error::msg)?;
+    let g = b.load(model.into()).map_err(anyhow::Error::msg)?;
+    let mut ctx = g.init_execution_context().map_err(anyhow::Error::msg)?;
+    let pairs: Vec<(String, String)> = (0..LAYERS)
+        .flat_map(|i| ["key", "value"].map(|kv| (format!("present.{i}.{kv}"), format!("past_key_values.{i}.{kv}"))))
+        .collect();
+    ctx.bind_state(&pairs).map_err(anyhow::Error::msg)?;
+    let start = Instant::now();
+    let mut first = None;
+    let mut feed: Vec<i64> = (0..prompt as i64).map(|i| 28120 + (i % 7)).collect();
+    let mut total = 0usize;
+    let empty: Vec<u8> = Vec::new();
+    let kv_dims = [1u32, 3, 0, 64];
+    for step in 0..gen {
+        let n = feed.len();
+        let past = total;
+        total += n;
+        let ids = i64_bytes(feed.iter().copied());
+        let mask = i64_bytes(std::iter::repeat_n(1, total));
+        let pos = i64_bytes((past as i64)..(total as i64));
+        let (d_ids, d_mask) = ([1u32, n as u32], [1u32, total as u32]);
+        let mut inputs = vec![
+            ("input_ids", TensorView { ty: ElementType::I64, dims: &d_ids, data: &ids }),
+            ("attention_mask", TensorView { ty: ElementType::I64, dims: &d_mask, data: &mask }),
+            ("position_ids", TensorView { ty: ElementType::I64, dims: &d_ids, data: &pos }),
+        ];
+        if step == 0 {
+            for (_, inp) in &pairs {
+                inputs.push((inp.as_str(), TensorView { ty: ElementType::F32, dims: &kv_dims, data: &empty }));
+            }
+        }
+        let out = ctx.compute(&inputs, None).map_err(anyhow::Error::msg)?;
+        let logits = &out.iter().find(|(n, _)| n == "logits").context("no logits")?.1;
+        let vocab = *logits.dims.last().unwrap() as usize;
+        let next = argmax(f32s(&logits.data[logits.data.len() - vocab * 4..]));
+        if first.is_none() {
+            first = Some(start.elapsed());
+        }
+        feed = vec![next];
+    }
+    let ttft = first.unwrap();
+    Ok((ttft, (gen - 1) as f64 / (start.elapsed() - ttft).as_secs_f64()))
+}
+
+/// Through the sandbox: (ttft, decode tokens/s, prompt tokens, completion
+/// tokens, peak memory bytes).
+fn sandbox(ctx: &Ctx, model: Vec<u8>, prompt: usize, gen: usize) -> Result<(Duration, f64, u64, u64, u64)> {
+    let rt = Runtime::new(RuntimeConfig { data_dir: None, ..RuntimeConfig::default() }).map_err(anyhow::Error::msg)?;
+    let dep = rt.deploy(DeploymentSpec {
+        name: "chat".into(),
+        guest: ctx.read("guests/chat.wasm")?,
+        models: vec![("model".into(), model)],
+        limits: Limits { deadline_ms: 600_000, fuel: u64::MAX / 2, ..Limits::default() },
+        backend: Default::default(),
+    })?;
+    dep.warm().map_err(anyhow::Error::msg)?;
+    let body = json!({"prompt": prompt_text(prompt), "max_tokens": gen, "temperature": 0, "ignore_eos": true});
+    let request = Request {
+        inputs: vec![IoTensor {
+            name: "request".into(),
+            datatype: Datatype::Bytes,
+            shape: vec![1],
+            data: mote_runtime::tensor::join_bytes_elements([body.to_string().as_bytes()]),
+        }],
+        parameters: vec![],
+    };
+    // Chunk arrival times: the first is the first token the client sees.
+    let times = Arc::new(Mutex::new(Vec::new()));
+    let t = times.clone();
+    let start = Instant::now();
+    let sink: mote_runtime::StreamSink = Box::new(move |_| {
+        t.lock().unwrap().push(start.elapsed());
+        true
+    });
+    let report = dep.run_streaming("bench".into(), request, Some(sink));
+    let end = start.elapsed();
+    report.result.map_err(|e| anyhow::anyhow!("chat job failed: {e}"))?;
+    let u = &report.receipt.usage;
+    let ttft = *times.lock().unwrap().first().context("nothing streamed")?;
+    let tps = (u.completion_tokens - 1) as f64 / (end - ttft).as_secs_f64();
+    Ok((ttft, tps, u.prompt_tokens, u.completion_tokens, u.peak_memory_bytes))
+}
+
+pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
+    let (prompt, gen) = if ctx.quick { (32, 16) } else { (128, 128) };
+    let model = ctx.read("models/smollm2/model.onnx")?;
+    eprintln!("llm: SmolLM2-135M, {prompt}-token prompt, {gen} generated tokens");
+    let (s_ttft, s_tps, p_tok, c_tok, peak) = sandbox(ctx, model.clone(), prompt, gen)?;
+    let (n_ttft, n_tps) = native(&model, p_tok as usize, gen)?;
+    Ok(json!({
+        "prompt_tokens": p_tok,
+        "completion_tokens": c_tok,
+        "sandbox": {"ttft_ms": s_ttft.as_secs_f64() * 1e3, "decode_tok_s": s_tps},
+        "native": {"ttft_ms": n_ttft.as_secs_f64() * 1e3, "decode_tok_s": n_tps},
+        "decode_ratio": s_tps / n_tps,
+        "peak_memory_bytes": peak,
+        "kv_bytes_per_token": LAYERS * 2 * 3 * 64 * 4,
+    }))
+}
