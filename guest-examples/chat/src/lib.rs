@@ -173,6 +173,12 @@ impl Handler for Chat {
         let mut feed: Vec<u32> = prompt_ids.clone();
         let mut emitted = 0usize; // bytes of `text` already streamed
         let mut text = String::new();
+        // Incremental detokenization: byte-level BPE decodes a run of
+        // tokens to exactly its bytes, so the text is `committed` (tokens
+        // before `start`, ending on a whole character) plus the decode of
+        // the tokens since — each step decodes a few tokens, not all.
+        let mut committed = String::new();
+        let mut start = 0usize;
         let mut finish = "length";
         while generated.len() < max_new as usize {
             let past = seen.len() - feed.len();
@@ -211,7 +217,14 @@ impl Handler for Chat {
                 finish = "stop";
                 break;
             }
-            text = tok.decode(&generated, true).map_err(|e| HandlerError::BackendError(e.to_string()))?;
+            let tail = tok.decode(&generated[start..], true).map_err(|e| HandlerError::BackendError(e.to_string()))?;
+            if tail.ends_with('\u{FFFD}') {
+                text = format!("{committed}{tail}");
+            } else {
+                committed.push_str(&tail);
+                start = generated.len();
+                text.clone_from(&committed);
+            }
             if let Some(at) = stops.iter().filter_map(|s| text.find(s.as_str())).min() {
                 text.truncate(at);
                 finish = "stop";
@@ -237,7 +250,9 @@ impl Handler for Chat {
             }
         }
         if finish == "stop" && generated.last() == Some(&cfg.eos_token_id) {
-            text = tok.decode(&generated[..generated.len() - 1], true).map_err(|e| HandlerError::BackendError(e.to_string()))?;
+            // The end-of-sequence token is special: it decodes to nothing.
+            let tail = tok.decode(&generated[start..], true).map_err(|e| HandlerError::BackendError(e.to_string()))?;
+            text = format!("{committed}{tail}");
         }
         if text.len() > emitted {
             mote_sdk::emit(&text.as_bytes()[emitted..]);
