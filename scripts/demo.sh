@@ -26,7 +26,9 @@ bold "\$ mote verify build/demo/receipt.json --guest build/guests/classifier.was
 "$MOTE" verify build/demo/receipt.json --guest build/guests/classifier.wasm --input build/models/classifier.request.json
 
 bold "\$ mote run build/guests/passthrough.wasm --model model=build/models/mlp.onnx --input build/models/mlp.request.json"
-"$MOTE" run build/guests/passthrough.wasm --model model=build/models/mlp.onnx --input build/models/mlp.request.json | head -c 300
+"$MOTE" run build/guests/passthrough.wasm --model model=build/models/mlp.onnx --input build/models/mlp.request.json \
+  > build/demo/mlp.json
+head -c 300 build/demo/mlp.json
 echo " ..."
 
 bold "\$ mote run build/guests/classifier.wasm --backend wgpu --input build/models/classifier.request.json --receipt build/demo/receipt-wgpu.json"
@@ -97,7 +99,8 @@ for line in sys.stdin:
     usage = e.get("usage") or usage
 print()
 if usage:
-    print(f"  usage: {usage[\"prompt_tokens\"]} prompt + {usage[\"completion_tokens\"]} completion tokens (the signed receipt says the same)")
+    p, c = usage["prompt_tokens"], usage["completion_tokens"]
+    print(f"  usage: {p} prompt + {c} completion tokens (the signed receipt says the same)")
 '
 
 bold "\$ kill -TERM mote serve"
@@ -127,7 +130,8 @@ for i in 1 2; do for _ in $(seq 1 100); do grep -q 'joined market' "$MDIR/node$i
 
 bold "\$ mote job submit --nats $NATS --market demo build/guests/passthrough.wasm --model model=build/models/mlp.onnx --input build/models/mlp.request.json --wait"
 "$MOTE" job submit --nats "$NATS" --market demo build/guests/passthrough.wasm --model model=build/models/mlp.onnx \
-  --input build/models/mlp.request.json --wait | head -c 200
+  --input build/models/mlp.request.json --wait > "$MDIR/first.json"
+head -c 200 "$MDIR/first.json"
 echo " ..."
 echo "(and 7 more jobs, posted without waiting)"
 IDS=""
@@ -140,7 +144,8 @@ for id in $IDS; do
 done
 LAST=${IDS##* }
 bold "\$ mote job result --nats $NATS $LAST"
-"$MOTE" job result --nats "$NATS" "$LAST" | head -c 200
+"$MOTE" job result --nats "$NATS" "$LAST" > "$MDIR/last.json"
+head -c 200 "$MDIR/last.json"
 echo " ..."
 
 bold "\$ mote market nodes --nats $NATS --market demo"
