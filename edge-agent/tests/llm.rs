@@ -3,11 +3,11 @@
 //! host, streaming, token metering, and the OpenAI-compatible endpoint
 //! driven by the official `openai` Python client.
 
+mod common;
+
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn build() -> PathBuf {
@@ -161,25 +161,10 @@ fn a_generation_past_its_deadline_or_budget_ends_with_a_receipt() {
     assert_eq!(r.receipt["completion_tokens"], 5);
 }
 
-struct Server {
-    child: Child,
-    https: std::net::SocketAddr,
-    cert: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 const TOKEN: &str = "llm-tenant-token";
 const METRICS_TOKEN: &str = "llm-metrics-token";
 
-fn serve() -> Server {
-    let dir = tempfile::tempdir().unwrap();
+fn serve() -> common::Server {
     let cfg = format!(
         r#"
 [server]
@@ -204,30 +189,7 @@ deadline_ms = 60000
         guest = artifact("guests/chat.wasm"),
         model = artifact("models/smollm2/model.onnx"),
     );
-    let path = dir.path().join("mote.toml");
-    std::fs::write(&path, cfg).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mote"))
-        .arg("serve")
-        .arg("--config")
-        .arg(&path)
-        .env("MOTE_HOME", dir.path().join("home"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = mote_agent::serve::Announced::default();
-    let until = Instant::now() + Duration::from_secs(120);
-    while !seen.feed(&rx.recv_timeout(until.saturating_duration_since(Instant::now())).expect("server did not get ready")) {}
-    Server { child, https: seen.http.unwrap(), cert: seen.cert.unwrap(), _dir: dir }
+    common::start_serve(&cfg, &[], Duration::from_secs(120))
 }
 
 #[test]

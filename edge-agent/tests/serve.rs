@@ -2,14 +2,16 @@
 //! over HTTPS (reqwest + the node's generated certificate) and QUIC (the
 //! crate's own client), compared with `mote run` on the same inputs.
 
+mod common;
+
+use common::Server;
 use mote_agent::quic::QuicClient;
 use mote_agent::tls::Trust;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn build() -> PathBuf {
@@ -27,22 +29,6 @@ const TOKEN_B: &str = "tenant-b-token";
 const METRICS_TOKEN: &str = "operator-metrics-token";
 
 /// A running `mote serve` with its addresses; killed on drop.
-struct Server {
-    child: Child,
-    https: SocketAddr,
-    quic: SocketAddr,
-    cert: PathBuf,
-    lines: mpsc::Receiver<String>,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn config(extra: &str) -> String {
     config_with("", extra)
 }
@@ -105,37 +91,7 @@ fn start(extra_config: &str, flags: &[&str]) -> Server {
 }
 
 fn start_with(config_text: &str, flags: &[&str]) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg_path = dir.path().join("mote.toml");
-    std::fs::write(&cfg_path, config_text).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mote"))
-        .arg("serve")
-        .arg("--config")
-        .arg(&cfg_path)
-        .args(flags)
-        .env("MOTE_HOME", dir.path().join("home"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start mote serve");
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = mote_agent::serve::Announced::default();
-    let until = Instant::now() + Duration::from_secs(60);
-    while !seen
-        .feed(&rx.recv_timeout(until.saturating_duration_since(Instant::now())).expect("server did not get ready"))
-    {
-    }
-    let ready = seen.ready.unwrap();
-    assert!(ready.contains(", 0 failed"), "{ready}");
-    Server { child, https: seen.http.unwrap(), quic: seen.quic.unwrap(), cert: seen.cert.unwrap(), lines: rx, dir }
+    common::start_serve(config_text, flags, Duration::from_secs(60))
 }
 
 fn client(cert: &Path) -> reqwest::Client {
