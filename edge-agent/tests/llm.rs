@@ -171,6 +171,7 @@ fn serve() -> common::Server {
 listen = "127.0.0.1:0"
 quic = "127.0.0.1:0"
 metrics_token = "{METRICS_TOKEN}"
+max_body_bytes = 1048576
 
 [[tenant]]
 name = "demo"
@@ -244,6 +245,35 @@ fn the_official_openai_client_works_unmodified() {
             .unwrap()
     });
     assert_eq!(r["usage"]["completion_tokens"], 4, "{r}");
+
+    // Hostile or broken requests get OpenAI-shaped errors, before any job.
+    let post = |token: Option<&str>, body: Vec<u8>| {
+        rt.block_on(async {
+            let mut q = http.post(format!("{base}/v1/chat/completions")).body(body);
+            if let Some(t) = token {
+                q = q.bearer_auth(t);
+            }
+            let r = q.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        })
+    };
+    let chat = json!({"model": "smollm2", "messages": [{"role": "user", "content": "hi"}]}).to_string().into_bytes();
+    assert_eq!(post(None, chat.clone()).0, 401, "no token");
+    assert_eq!(post(Some("wrong"), chat).0, 401, "wrong token");
+    let (status, body) = post(Some(TOKEN), b"{not json".to_vec());
+    assert_eq!(status, 400);
+    assert!(body["error"]["message"].is_string(), "{body}");
+    assert_eq!(post(Some(TOKEN), json!({"messages": []}).to_string().into_bytes()).0, 400, "no model");
+    assert_eq!(post(Some(TOKEN), json!({"model": "smollm2"}).to_string().into_bytes()).0, 400, "no messages");
+    assert_eq!(
+        post(Some(TOKEN), json!({"model": "nope", "messages": []}).to_string().into_bytes()).0,
+        404,
+        "unknown model"
+    );
+    let (status, body) = post(Some(TOKEN), json!({"model": "smollm2", "messages": [{"role": "robot", "content": "x"}]}).to_string().into_bytes());
+    assert_eq!(status, 400, "the guest refuses an unknown role: {body}");
+    assert_eq!(post(Some(TOKEN), vec![b' '; 2 << 20]).0, 413, "a body over the node's limit");
 }
 
 #[test]
