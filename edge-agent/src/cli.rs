@@ -113,6 +113,10 @@ enum Command {
         /// latencies on stderr.
         #[arg(long, default_value_t = 1)]
         repeat: usize,
+        /// Write the response JSON here instead of stdout (what the guest
+        /// streams always goes to stdout, as it arrives).
+        #[arg(long)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -186,7 +190,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             tokio_runtime()?.block_on(crate::serve::serve(cfg, insecure_http))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Infer { quic, model, input, token, cert, fingerprint, server_name, repeat } => {
+        Command::Infer { quic, model, input, token, cert, fingerprint, server_name, repeat, output } => {
             let request = parse_request_file(&input)?;
             let trust = match (cert, fingerprint) {
                 (_, Some(fp)) => crate::tls::Trust::Fingerprint(fp),
@@ -195,7 +199,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     crate::tls::Trust::CaFile(mote_runtime::receipt::default_data_dir().join("tls/cert.pem"))
                 }
             };
-            tokio_runtime()?.block_on(infer(&quic, &server_name, &trust, &model, &token, &request, repeat))
+            let target = Target { addr: &quic, server_name: &server_name, trust: &trust, model: &model, token: &token };
+            tokio_runtime()?.block_on(infer(target, &request, repeat, output.as_deref()))
         }
     }
 }
@@ -204,15 +209,22 @@ fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
 }
 
+/// Where `mote infer` sends its request.
+struct Target<'a> {
+    addr: &'a str,
+    server_name: &'a str,
+    trust: &'a crate::tls::Trust,
+    model: &'a str,
+    token: &'a str,
+}
+
 async fn infer(
-    addr: &str,
-    server_name: &str,
-    trust: &crate::tls::Trust,
-    model: &str,
-    token: &str,
+    Target { addr, server_name, trust, model, token }: Target<'_>,
     request: &mote_runtime::Request,
     repeat: usize,
+    output: Option<&std::path::Path>,
 ) -> Result<ExitCode> {
+    use std::io::Write;
     use std::net::ToSocketAddrs;
     let sock = addr.to_socket_addrs().with_context(|| format!("resolving {addr}"))?.next().context("no address")?;
     let start = std::time::Instant::now();
@@ -221,7 +233,18 @@ async fn infer(
     let mut reply = None;
     for i in 0..repeat.max(1) {
         let t = std::time::Instant::now();
-        let r = client.infer(model, token, request).await?;
+        // What the guest streams is printed as it arrives.
+        let mut streamed = false;
+        let r = client
+            .infer_streaming(model, token, request, |chunk| {
+                streamed = true;
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(chunk).and_then(|()| out.flush());
+            })
+            .await?;
+        if streamed && output.is_none() {
+            println!();
+        }
         if repeat > 1 {
             eprintln!("request {i}: {:.3} ms", t.elapsed().as_secs_f64() * 1e3);
         }
@@ -233,7 +256,11 @@ async fn infer(
         Some(resp) if reply.is_ok() => {
             let mut v = kserve::response_json(resp, Some(model)).map_err(anyhow::Error::msg)?;
             v["parameters"] = reply.header["parameters"].clone();
-            println!("{}", serde_json::to_string(&v)?);
+            match output {
+                Some(path) => std::fs::write(path, serde_json::to_vec(&v)?)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => println!("{}", serde_json::to_string(&v)?),
+            }
             Ok(ExitCode::SUCCESS)
         }
         _ => {

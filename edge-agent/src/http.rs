@@ -11,6 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use mote_runtime::{kserve, JobReport, Outcome};
 use serde_json::{json, Value};
+use base64::Engine as _;
 use std::sync::Arc;
 
 /// Header of Triton's binary extension: length of the JSON part.
@@ -224,40 +225,25 @@ async fn infer(State(app): State<App>, Path(name): Path<String>, headers: Header
         Ok(b) => b,
         Err(e) => return error(e.status(), e.to_string()),
     };
-    let report = node
-        .run_admitted(admitted, move || {
-            let (json_header, binary) = split_body(&bytes, header_len.as_deref())?;
-            let request = kserve::parse_request_with_binary(&json_header, binary).map_err(|e| e.to_string())?;
-            let (want_binary, only) = kserve::output_preferences(&json_header);
-            Ok((request, (want_binary, only, json_header.get("id").cloned())))
-        })
-        .await;
+    let decode = move || {
+        let (json_header, binary) = split_body(&bytes, header_len.as_deref())?;
+        let request = kserve::parse_request_with_binary(&json_header, binary).map_err(|e| e.to_string())?;
+        let (want_binary, only) = kserve::output_preferences(&json_header);
+        Ok((request, (want_binary, only, json_header.get("id").cloned())))
+    };
+    if accepts_event_stream(&headers) {
+        return infer_events(node, admitted, decode, name, share);
+    }
+    let report = node.run_admitted(admitted, decode).await;
     drop(share);
     let (report, (want_binary, only, id)) = match report {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let params = usage_parameters(&report);
-    let response = match &report.result {
-        Ok(r) => r,
-        Err(e) => {
-            let status = outcome_status(e.outcome);
-            let body = json!({"error": e.message, "outcome": e.outcome.as_str(), "parameters": params});
-            return (status, Json(body)).into_response();
-        }
-    };
-    let (mut v, tail) = match kserve::response_json_binary(response, Some(&name), &*want_binary, only.as_deref()) {
+    let (v, tail) = match response_value(&report, &name, &*want_binary, only.as_deref(), id) {
         Ok(x) => x,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err((status, body)) => return (status, Json(body)).into_response(),
     };
-    if let Some(id) = id {
-        v["id"] = id;
-    }
-    let obj = v.as_object_mut().expect("response is an object");
-    let p = obj.entry("parameters").or_insert_with(|| json!({}));
-    if let (Some(p), Some(extra)) = (p.as_object_mut(), params.as_object()) {
-        p.extend(extra.clone());
-    }
     let json_bytes = serde_json::to_vec(&v).expect("response serialises");
     if tail.is_empty() {
         return ([(header::CONTENT_TYPE, "application/json")], json_bytes).into_response();
@@ -272,5 +258,84 @@ async fn infer(State(app): State<App>, Path(name): Path<String>, headers: Header
         ],
         body,
     )
+        .into_response()
+}
+
+/// Whether the client asked for server-sent events (`Accept:
+/// text/event-stream`).
+fn accepts_event_stream(headers: &HeaderMap) -> bool {
+    headers.get_all(header::ACCEPT).iter().any(|v| v.to_str().is_ok_and(|v| v.contains("text/event-stream")))
+}
+
+/// A finished job's KServe response (JSON header and binary tail), or the
+/// status and body of its failure, with usage and receipt as parameters.
+fn response_value(
+    report: &JobReport,
+    name: &str,
+    want_binary: &dyn Fn(&str) -> bool,
+    only: Option<&[String]>,
+    id: Option<Value>,
+) -> Result<(Value, Vec<u8>), (StatusCode, Value)> {
+    let params = usage_parameters(report);
+    let response = match &report.result {
+        Ok(r) => r,
+        Err(e) => {
+            let body = json!({"error": e.message, "outcome": e.outcome.as_str(), "parameters": params});
+            return Err((outcome_status(e.outcome), body));
+        }
+    };
+    let (mut v, tail) = kserve::response_json_binary(response, Some(name), want_binary, only)
+        .map_err(|e| (StatusCode::BAD_REQUEST, json!({"error": e.to_string()})))?;
+    if let Some(id) = id {
+        v["id"] = id;
+    }
+    let obj = v.as_object_mut().expect("response is an object");
+    let p = obj.entry("parameters").or_insert_with(|| json!({}));
+    if let (Some(p), Some(extra)) = (p.as_object_mut(), params.as_object()) {
+        p.extend(extra.clone());
+    }
+    Ok((v, tail))
+}
+
+type Preferences = (kserve::BinaryChoice, Option<Vec<String>>, Option<Value>);
+
+/// `infer` answered as server-sent events (docs/serve.md): one `chunk`
+/// event per chunk the guest streams, as it streams it, then one
+/// `response` event (the KServe response, outputs as JSON) or one `error`
+/// event. A client that goes away ends the job `cancelled`.
+fn infer_events(
+    node: &Arc<Node>,
+    admitted: crate::node::Admitted,
+    decode: impl FnOnce() -> Result<(mote_runtime::Request, Preferences), String> + Send + 'static,
+    name: String,
+    share: crate::intake::BodyShare,
+) -> Response {
+    let (rx, job) = node.spawn_streaming(admitted, decode);
+    let events = futures_util::stream::unfold((Some(rx), Some(job), Some(share)), move |(rx, job, share)| {
+        let name = name.clone();
+        async move {
+            if let Some(mut r) = rx {
+                if let Some(c) = r.recv().await {
+                    let data = match std::str::from_utf8(&c) {
+                        Ok(text) => json!({"text": text}),
+                        Err(_) => json!({"base64": base64::engine::general_purpose::STANDARD.encode(&c)}),
+                    };
+                    return Some((Ok::<_, std::convert::Infallible>(format!("event: chunk\ndata: {data}\n\n")), (Some(r), job, share)));
+                }
+            }
+            let finished = job?.await;
+            drop(share);
+            let event = match finished {
+                Ok(Ok((report, (_, only, id)))) => match response_value(&report, &name, &|_| false, only.as_deref(), id) {
+                    Ok((v, _)) => format!("event: response\ndata: {v}\n\n"),
+                    Err((_, body)) => format!("event: error\ndata: {body}\n\n"),
+                },
+                Ok(Err(e)) => format!("event: error\ndata: {}\n\n", json!({"error": e.to_string()})),
+                Err(e) => format!("event: error\ndata: {}\n\n", json!({"error": e.to_string()})),
+            };
+            Some((Ok(event), (None, None, None)))
+        }
+    });
+    ([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], Body::from_stream(events))
         .into_response()
 }

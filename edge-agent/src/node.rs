@@ -328,6 +328,32 @@ impl Node {
             .map_err(|e| NodeError::Internal(e.to_string()))?
     }
 
+    /// Starts an admitted request whose guest streams: what it emits
+    /// comes out of the returned channel as it is emitted, the report out
+    /// of the handle at the end. The channel is bounded; a client that
+    /// reads slowly holds the guest at its next chunk (backpressure), for
+    /// at most the deployment's deadline, after which the job ends
+    /// `cancelled`; a client that goes away (the receiver dropped) ends it
+    /// `cancelled` at its next chunk.
+    pub(crate) fn spawn_streaming<T: Send + 'static>(
+        self: &Arc<Self>,
+        admitted: Admitted,
+        decode: impl FnOnce() -> Result<(Request, T), String> + Send + 'static,
+    ) -> (tokio::sync::mpsc::Receiver<Vec<u8>>, tokio::task::JoinHandle<Result<(JobReport, T), NodeError>>) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+        let until = tokio::time::Instant::now() + admitted.served.deployment.limits().deadline();
+        let rt = tokio::runtime::Handle::current();
+        // Called on the job thread, outside the runtime: block on the send
+        // through the runtime's handle, bounded in time.
+        let sink: mote_runtime::StreamSink = Box::new(move |chunk: &[u8]| {
+            let send = tx.send(chunk.to_vec());
+            rt.block_on(async { matches!(tokio::time::timeout_at(until, send).await, Ok(Ok(()))) })
+        });
+        let node = self.clone();
+        let job = tokio::spawn(async move { node.run_streaming(admitted, decode, Some(sink)).await });
+        (rx, job)
+    }
+
     /// Logs a finished job and adds it to the metrics.
     fn record(&self, dep: &Dep, queued: Instant, report: &JobReport) {
         let u = &report.receipt.usage;

@@ -137,10 +137,7 @@ async fn complete(State(app): State<App>, headers: HeaderMap, body: Body, kind: 
     // Streaming: chunks from the job thread through a bounded channel (its
     // backpressure holds the guest); a client that goes away drops the
     // receiver and the job ends `cancelled` at its next chunk.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
-    let sink: mote_runtime::StreamSink = Box::new(move |chunk: &[u8]| tx.blocking_send(chunk.to_vec()).is_ok());
-    let node2 = node.clone();
-    let job = tokio::spawn(async move { node2.run_streaming(admitted, move || Ok((request, ())), Some(sink)).await });
+    let (rx, job) = node.spawn_streaming(admitted, move || Ok((request, ())));
     let object = if kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
     let chunk = {
         let (id, model) = (id.clone(), model.clone());

@@ -6,7 +6,9 @@ use crate::http::{outcome_status, usage_parameters};
 use crate::intake::{read_body, ConnectionCap, IntakeError};
 use crate::node::{Node, NodeError};
 use anyhow::{Context, Result};
-use mote_runtime::mote1::{self, decode_request, decode_response, encode_request, encode_response, FramePrefix, Status, ALPN};
+use mote_runtime::mote1::{
+    self, decode_request, decode_response, encode_request, encode_response, FramePrefix, ResponsePart, Status, ALPN,
+};
 use mote_runtime::{kserve, Request, Response};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -55,7 +57,7 @@ pub(crate) struct QuicLimits {
 /// first fields, and only then reads the rest (bounded, timed, counted in
 /// the node's body budget); the rest is decoded on a job thread.
 async fn serve_stream(node: Arc<Node>, mut send: quinn::SendStream, mut recv: quinn::RecvStream, limits: QuicLimits) {
-    let out = handle_stream(&node, &mut recv, limits).await;
+    let out = handle_stream(&node, &mut send, &mut recv, limits).await;
     // Whatever was not read is not wanted.
     let _ = recv.stop(0u32.into());
     if send.write_all(&out).await.is_ok() {
@@ -64,7 +66,12 @@ async fn serve_stream(node: Arc<Node>, mut send: quinn::SendStream, mut recv: qu
     }
 }
 
-async fn handle_stream(node: &Arc<Node>, recv: &mut quinn::RecvStream, limits: QuicLimits) -> Vec<u8> {
+async fn handle_stream(
+    node: &Arc<Node>,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    limits: QuicLimits,
+) -> Vec<u8> {
     let (prefix, raw) = match tokio::time::timeout(limits.header_timeout, read_prefix(recv)).await {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => return error_frame(&NodeError::BadRequest(format!("{e:#}"))),
@@ -90,17 +97,33 @@ async fn handle_stream(node: &Arc<Node>, recv: &mut quinn::RecvStream, limits: Q
         Err(e @ IntakeError::Busy) => return encode_response(Status::Busy, &json!({"error": e.to_string()}), &[]),
         Err(e) => return error_frame(&NodeError::BadRequest(e.to_string())),
     };
-    let report = node.run_admitted(admitted, move || decode_request(&frame).map(|f| (f.request, ())).map_err(|e| e.to_string())).await;
+    // What the guest streams goes out as chunk frames while it runs; a
+    // client that resets the stream drops the receiver, and the job ends
+    // `cancelled` at its next chunk.
+    let (mut chunks, job) =
+        node.spawn_streaming(admitted, move || decode_request(&frame).map(|f| (f.request, ())).map_err(|e| e.to_string()));
+    while let Some(c) = chunks.recv().await {
+        if send.write_all(&mote1::encode_chunk(&c)).await.is_err() {
+            break;
+        }
+    }
+    drop(chunks);
+    let report = job.await;
     drop(share);
     let report = match report {
-        Ok((r, ())) => r,
-        Err(e) => return error_frame(&e),
+        Ok(Ok((r, ()))) => r,
+        Ok(Err(e)) => return error_frame(&e),
+        Err(e) => return error_frame(&NodeError::Internal(e.to_string())),
     };
     let params = usage_parameters(&report);
     match &report.result {
         Ok(resp) => match kserve::response_json_binary(resp, Some(&prefix.deployment), &|_| true, None) {
             Ok((mut v, tail)) => {
-                v["parameters"] = params;
+                // The guest's own parameters, then the job's usage.
+                let p = v.as_object_mut().expect("an object").entry("parameters").or_insert_with(|| json!({}));
+                if let (Some(p), Value::Object(extra)) = (p.as_object_mut(), params) {
+                    p.extend(extra);
+                }
                 encode_response(Status::Ok, &v, &tail)
             }
             Err(e) => error_frame(&NodeError::Internal(e.to_string())),
@@ -229,14 +252,44 @@ impl QuicClient {
         self.conn.open_bi().await.context("opening a QUIC stream")
     }
 
-    /// Sends one request on a new stream of the open connection.
+    /// Sends one request on a new stream of the open connection; what the
+    /// guest streams is dropped (the response still carries its results).
     pub async fn infer(&self, deployment: &str, token: &str, req: &Request) -> Result<Reply> {
+        self.infer_streaming(deployment, token, req, |_| {}).await
+    }
+
+    /// Sends one request and hands each chunk the guest streams to
+    /// `on_chunk` as it arrives, then returns the reply.
+    pub async fn infer_streaming(
+        &self,
+        deployment: &str,
+        token: &str,
+        req: &Request,
+        mut on_chunk: impl FnMut(&[u8]),
+    ) -> Result<Reply> {
         let frame = encode_request(deployment, token, req)?;
         let (mut send, mut recv) = self.conn.open_bi().await.context("opening a QUIC stream")?;
         send.write_all(&frame).await?;
         send.finish()?;
-        let bytes = recv.read_to_end(1 << 30).await.context("reading the reply")?;
-        let r = decode_response(&bytes)?;
+        const MAX: usize = 1 << 30;
+        let mut buf = Vec::new();
+        loop {
+            match mote1::peek_response(&buf, MAX)? {
+                ResponsePart::NeedMore(n) => {
+                    let at = buf.len();
+                    buf.resize(at + n, 0);
+                    recv.read_exact(&mut buf[at..]).await.context("reading the reply")?;
+                }
+                ResponsePart::Chunk { len } => {
+                    on_chunk(&buf[5..5 + len]);
+                    buf.drain(..5 + len);
+                }
+                ResponsePart::Final => break,
+            }
+        }
+        let rest = recv.read_to_end(MAX).await.context("reading the reply")?;
+        buf.extend(rest);
+        let r = decode_response(&buf)?;
         Ok(Reply { response: r.response, header: r.header, status: r.status })
     }
 }

@@ -149,7 +149,7 @@ fn hex_sha256(b: &[u8]) -> String {
 fn a_generation_past_its_deadline_or_budget_ends_with_a_receipt() {
     let dir = tempfile::tempdir().unwrap();
     let long = json!({"messages": [{"role": "user", "content": "Write a long story about a dragon."}], "max_tokens": 2000, "temperature": 0});
-    let r = mote_run(dir.path(), &long, &["--deadline-ms", "1500"]);
+    let r = mote_run(dir.path(), &long, &["--deadline-ms", "4000"]);
     assert!(!r.ok);
     assert_eq!(r.receipt["outcome"], "deadline", "{}", r.stderr);
     assert!(r.receipt["completion_tokens"].as_u64().unwrap() > 0, "tokens generated before the deadline are metered");
@@ -274,6 +274,157 @@ fn the_official_openai_client_works_unmodified() {
     let (status, body) = post(Some(TOKEN), json!({"model": "smollm2", "messages": [{"role": "robot", "content": "x"}]}).to_string().into_bytes());
     assert_eq!(status, 400, "the guest refuses an unknown role: {body}");
     assert_eq!(post(Some(TOKEN), vec![b' '; 2 << 20]).0, 413, "a body over the node's limit");
+}
+
+/// Greedy token ids of the native ORT loop (Python onnxruntime, no sandbox).
+fn native_greedy(question: &str, max_tokens: u32) -> Vec<i64> {
+    let out = Command::new(python())
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/llm_reference.py"))
+        .arg(build().join("models/smollm2"))
+        .arg(question)
+        .arg(max_tokens.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let native: Value = serde_json::from_slice(&out.stdout).unwrap();
+    native["token_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect()
+}
+
+fn ids_of(outputs: &Value) -> Vec<i64> {
+    let ids = outputs.as_array().unwrap().iter().find(|o| o["name"] == "token_ids").expect("token_ids output");
+    ids["data"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect()
+}
+
+/// Counts jobs of `smollm2` that ended `outcome` in the node's metrics.
+fn jobs_ended(rt: &tokio::runtime::Runtime, http: &reqwest::Client, base: &str, outcome: &str) -> u64 {
+    let m = rt.block_on(async {
+        http.get(format!("{base}/metrics")).bearer_auth(METRICS_TOKEN).send().await.unwrap().text().await.unwrap()
+    });
+    m.lines()
+        .filter(|l| l.contains(&format!("outcome=\"{outcome}\"")) && l.contains("smollm2") && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[test]
+fn greedy_chat_streams_the_same_tokens_over_kserve_https_events_and_quic_frames() {
+    use mote_agent::quic::QuicClient;
+    use mote_agent::tls::Trust;
+    let s = serve();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pem = std::fs::read(&s.cert).unwrap();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .build()
+        .unwrap();
+    let base = format!("https://localhost:{}", s.https.port());
+    let body = json!({"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 32, "temperature": 0});
+    let kserve_req = json!({"inputs": [{"name": "request", "datatype": "BYTES", "shape": [1], "data": [body.to_string()]}]});
+    let native = native_greedy(QUESTION, 32);
+
+    // KServe over HTTPS, answered as server-sent events.
+    let (events, sent) = rt.block_on(async {
+        let sent = Instant::now();
+        let mut r = http
+            .post(format!("{base}/v2/models/smollm2/infer"))
+            .bearer_auth(TOKEN)
+            .header("accept", "text/event-stream")
+            .json(&kserve_req)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "text/event-stream");
+        let (mut buf, mut events) = (String::new(), Vec::new());
+        while let Some(bytes) = r.chunk().await.unwrap() {
+            buf.push_str(std::str::from_utf8(&bytes).unwrap());
+            while let Some(end) = buf.find("\n\n") {
+                let event: String = buf.drain(..end + 2).collect();
+                let kind = event.lines().find_map(|l| l.strip_prefix("event: ")).unwrap().to_string();
+                let data: Value = serde_json::from_str(event.lines().find_map(|l| l.strip_prefix("data: ")).unwrap()).unwrap();
+                events.push((kind, data, Instant::now()));
+            }
+        }
+        (events, sent)
+    });
+    let (last, chunks) = events.split_last().expect("events");
+    assert_eq!(last.0, "response", "{:?}", last.1);
+    assert!(chunks.len() >= 3 && chunks.iter().all(|(k, _, _)| k == "chunk"), "{events:?}");
+    let streamed: String = chunks.iter().map(|(_, d, _)| d["text"].as_str().unwrap()).collect();
+    let response = &last.1;
+    assert_eq!(streamed, response["outputs"].as_array().unwrap().iter().find(|o| o["name"] == "text").unwrap()["data"][0]);
+    assert_eq!(ids_of(&response["outputs"]), native, "KServe-over-HTTPS greedy tokens differ from the native loop");
+    // The chunks came while the job ran, not with its end.
+    let (first_at, end_at) = (chunks[0].2, last.2);
+    assert!(end_at - first_at >= Duration::from_millis(50), "first chunk {:?}, end {:?} after sending", first_at - sent, end_at - sent);
+    let receipt = mote_runtime::Receipt::verify_json(response["parameters"]["mote_receipt"].as_str().unwrap()).unwrap();
+    assert_eq!(receipt.stream_sha256.as_deref(), Some(hex_sha256(streamed.as_bytes()).as_str()));
+
+    // mote/1 over QUIC: chunk frames, then the final frame.
+    let request = mote_runtime::kserve::parse_request(&kserve_req).unwrap();
+    let (frames, reply, end_at) = rt.block_on(async {
+        let c = QuicClient::connect(s.quic, "localhost", &Trust::CaFile(s.cert.clone())).await.unwrap();
+        let mut frames = Vec::new();
+        let reply = c
+            .infer_streaming("smollm2", TOKEN, &request, |b| frames.push((String::from_utf8(b.to_vec()).unwrap(), Instant::now())))
+            .await
+            .unwrap();
+        (frames, reply, Instant::now())
+    });
+    assert!(reply.is_ok(), "{:?}", reply.header);
+    let resp = reply.response.unwrap();
+    let text = resp.outputs.iter().find(|t| t.name == "text").unwrap();
+    let text = mote_runtime::tensor::split_bytes_elements(&text.data).unwrap()[0].to_vec();
+    let quic_streamed: String = frames.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(quic_streamed.as_bytes(), text.as_slice());
+    assert_eq!(quic_streamed, streamed, "QUIC and HTTPS streamed different text");
+    let ids = resp.outputs.iter().find(|t| t.name == "token_ids").unwrap();
+    let ids: Vec<i64> = ids.data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+    assert_eq!(ids, native, "QUIC greedy tokens differ from the native loop");
+    assert!(frames.len() >= 3 && end_at - frames[0].1 >= Duration::from_millis(50), "{frames:?}");
+    assert_eq!(reply.header["parameters"]["completion_tokens"], native.len().to_string(), "the guest's parameters come back");
+
+    // `mote infer` prints what streams as it arrives, the response apart.
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("resp.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_mote"))
+        .args(["infer", "--quic", &s.quic.to_string(), "--model", "smollm2", "--token", TOKEN])
+        .arg("--input")
+        .arg(request_file(dir.path(), &body))
+        .arg("--cert")
+        .arg(&s.cert)
+        .arg("--output")
+        .arg(&out_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), streamed);
+    let v: Value = serde_json::from_slice(&std::fs::read(&out_path).unwrap()).unwrap();
+    assert_eq!(ids_of(&v["outputs"]), native);
+
+    // A QUIC client that resets its stream mid-generation stops the job.
+    let before = jobs_ended(&rt, &http, &base, "cancelled");
+    let long = json!({"messages": [{"role": "user", "content": "Write a long story about a dragon."}],
+                      "max_tokens": 2000, "temperature": 0});
+    let long = mote_runtime::kserve::parse_request(
+        &json!({"inputs": [{"name": "request", "datatype": "BYTES", "shape": [1], "data": [long.to_string()]}]}),
+    )
+    .unwrap();
+    rt.block_on(async {
+        let c = QuicClient::connect(s.quic, "localhost", &Trust::CaFile(s.cert.clone())).await.unwrap();
+        let (mut send, mut recv) = c.open_stream().await.unwrap();
+        send.write_all(&mote_runtime::mote1::encode_request("smollm2", TOKEN, &long).unwrap()).await.unwrap();
+        send.finish().unwrap();
+        let mut head = [0u8; 5];
+        recv.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[0], mote_runtime::mote1::CHUNK_TAG, "a chunk frame first");
+        recv.stop(0u32.into()).unwrap();
+    });
+    let until = Instant::now() + Duration::from_secs(60);
+    while jobs_ended(&rt, &http, &base, "cancelled") <= before {
+        assert!(Instant::now() < until, "the reset QUIC stream's job did not end cancelled");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]

@@ -5,8 +5,11 @@
 //!
 //! Request: `MOTE` · version u8 · deployment str16 · token str16 · header
 //! length u32 · JSON header (KServe inputs with `binary_data_size`) ·
-//! tensor bytes. Response: status u8 · header length u32 · JSON header ·
-//! output bytes. Integers little-endian; str16 is a u16 length and UTF-8.
+//! tensor bytes. Response: zero or more chunk frames (tag `0x10` · length
+//! u32 · bytes: what the guest streamed, as it streamed it), then the final
+//! frame: status u8 · header length u32 · JSON header · output bytes, up to
+//! the end of the stream. Integers little-endian; str16 is a u16 length and
+//! UTF-8.
 
 use crate::kserve::{self, KserveError};
 use crate::message::{Request, Response};
@@ -81,6 +84,9 @@ pub enum FrameError {
     /// An unknown response status.
     #[error("unknown status byte {0}")]
     Status(u8),
+    /// A chunk frame longer than the reader accepts.
+    #[error("chunk frame of {0} bytes exceeds the reader's limit")]
+    ChunkTooLarge(usize),
     /// The JSON header does not parse.
     #[error("{what} header is not valid JSON: {source}")]
     Json {
@@ -235,6 +241,57 @@ pub fn decode_prefix(buf: &[u8]) -> Result<Result<FramePrefix, usize>, FrameErro
     Ok(Ok(FramePrefix { deployment, token }))
 }
 
+/// Tag byte of a chunk frame (never a [`Status`]).
+pub const CHUNK_TAG: u8 = 0x10;
+
+/// Encodes a chunk frame: bytes the guest streamed (`mote:edge/output`).
+pub fn encode_chunk(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + data.len());
+    out.push(CHUNK_TAG);
+    out.extend((data.len() as u32).to_le_bytes());
+    out.extend(data);
+    out
+}
+
+/// What the bytes at the start of a response stream hold.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ResponsePart {
+    /// At least this many more bytes are needed to tell.
+    NeedMore(usize),
+    /// A whole chunk frame: its data is `buf[5..5 + len]`; the next part
+    /// starts at `5 + len`.
+    Chunk {
+        /// Bytes of data.
+        len: usize,
+    },
+    /// The final frame: the rest of the stream, for [`decode_response`].
+    Final,
+}
+
+/// Looks at the start of the response bytes received so far, sans-IO: a
+/// client feeds it its buffer, hands out chunks as they complete, and reads
+/// the rest of the stream once the final frame starts. A chunk longer than
+/// `max_chunk` is an error.
+pub fn peek_response(buf: &[u8], max_chunk: usize) -> Result<ResponsePart, FrameError> {
+    match buf.first() {
+        None => Ok(ResponsePart::NeedMore(1)),
+        Some(&CHUNK_TAG) => {
+            if buf.len() < 5 {
+                return Ok(ResponsePart::NeedMore(5 - buf.len()));
+            }
+            let len = u32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if len > max_chunk {
+                return Err(FrameError::ChunkTooLarge(len));
+            }
+            match (5 + len).checked_sub(buf.len()) {
+                Some(n) if n > 0 => Ok(ResponsePart::NeedMore(n)),
+                _ => Ok(ResponsePart::Chunk { len }),
+            }
+        }
+        Some(&b) => Status::from_u8(b).map(|_| ResponsePart::Final).ok_or(FrameError::Status(b)),
+    }
+}
+
 /// Encodes a response frame.
 pub fn encode_response(status: Status, header: &Value, tail: &[u8]) -> Vec<u8> {
     let h = serde_json::to_vec(header).expect("a JSON value serialises");
@@ -348,6 +405,41 @@ mod tests {
         assert_eq!((busy.status, busy.header["error"].as_str()), (Status::Busy, Some("busy")));
     }
 
+    #[test]
+    fn a_response_stream_is_chunks_then_the_final_frame_from_any_split() {
+        let mut stream = encode_chunk(b"Hel");
+        stream.extend(encode_chunk(b""));
+        stream.extend(encode_chunk("lo, wörld".as_bytes()));
+        stream.extend(encode_response(Status::Busy, &json!({"error": "x"}), &[]));
+        // Read it as a client would, in pieces of every size.
+        for step in 1..stream.len() {
+            let (mut buf, mut fed, mut chunks) = (Vec::new(), 0, Vec::<Vec<u8>>::new());
+            loop {
+                match peek_response(&buf, 64).unwrap() {
+                    ResponsePart::NeedMore(n) => {
+                        assert!(n >= 1);
+                        let take = step.min(stream.len() - fed);
+                        assert!(take > 0, "stream ended mid-frame");
+                        buf.extend(&stream[fed..fed + take]);
+                        fed += take;
+                    }
+                    ResponsePart::Chunk { len } => {
+                        chunks.push(buf[5..5 + len].to_vec());
+                        buf.drain(..5 + len);
+                    }
+                    ResponsePart::Final => {
+                        buf.extend(&stream[fed..]);
+                        break;
+                    }
+                }
+            }
+            assert_eq!(chunks, [b"Hel".to_vec(), vec![], "lo, wörld".as_bytes().to_vec()], "step {step}");
+            assert_eq!(decode_response(&buf).unwrap().status, Status::Busy);
+        }
+        assert!(matches!(peek_response(&encode_chunk(&[0; 65]), 64), Err(FrameError::ChunkTooLarge(65))));
+        assert!(matches!(peek_response(&[0x77], 64), Err(FrameError::Status(0x77))));
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;
@@ -364,6 +456,7 @@ mod tests {
                 let _ = decode_request(&frame);
                 let _ = decode_response(&frame);
                 let _ = decode_prefix(&frame);
+                let _ = peek_response(&frame, 1 << 20);
             }
 
             /// Every prefix of a valid frame is refused (a truncated frame
