@@ -427,6 +427,26 @@ fn greedy_chat_streams_the_same_tokens_over_kserve_https_events_and_quic_frames(
     }
 }
 
+/// The decoder on the wgpu backend (llvmpipe here): its ops
+/// (MatMulNBits, GroupQueryAttention, SimplifiedLayerNormalization, Split)
+/// and the KV cache kept on the device give ORT's greedy tokens.
+#[cfg(feature = "wgpu")]
+#[test]
+fn greedy_tokens_on_the_wgpu_backend_equal_the_native_ort_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = json!({"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 4, "temperature": 0});
+    // llvmpipe runs this model about 100× slower than ORT: a long deadline.
+    let r = mote_run(dir.path(), &body, &["--backend", "wgpu", "--deadline-ms", "600000"]);
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(r.receipt["backend"], "wgpu");
+    let ids = ids_of(&r.response["outputs"]);
+    assert_eq!(ids, native_greedy(QUESTION, 4), "wgpu and ORT greedy tokens differ: {}", output_text(&r.response));
+    // Only logits came back: the prompt's rows, then one row per later
+    // step; the KV cache stayed on the device.
+    let prompt = r.receipt["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(r.receipt["bytes_out"].as_u64().unwrap(), (prompt + ids.len() as u64 - 1) * 49152 * 4, "{}", r.receipt);
+}
+
 #[test]
 fn the_exact_conversion_matches_an_independent_numpy_forward_pass() {
     let gguf = Command::new(python())

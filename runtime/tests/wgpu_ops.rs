@@ -31,12 +31,16 @@ enum T {
     F(Vec<usize>, Vec<f32>),
     I(Vec<usize>, Vec<i64>),
     B(Vec<usize>, Vec<bool>),
+    /// int32 (GroupQueryAttention's lengths).
+    I32(Vec<usize>, Vec<i32>),
+    /// uint8 (packed quantized weights).
+    U8(Vec<usize>, Vec<u8>),
 }
 
 impl T {
     fn shape(&self) -> &[usize] {
         match self {
-            T::F(s, _) | T::I(s, _) | T::B(s, _) => s,
+            T::F(s, _) | T::I(s, _) | T::B(s, _) | T::I32(s, _) | T::U8(s, _) => s,
         }
     }
     fn elem(&self) -> i32 {
@@ -44,6 +48,8 @@ impl T {
             T::F(..) => dt::FLOAT,
             T::I(..) => dt::INT64,
             T::B(..) => dt::BOOL,
+            T::I32(..) => dt::INT32,
+            T::U8(..) => dt::UINT8,
         }
     }
     fn bytes(&self) -> Vec<u8> {
@@ -51,6 +57,8 @@ impl T {
             T::F(_, v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             T::I(_, v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             T::B(_, v) => v.iter().map(|&b| u8::from(b)).collect(),
+            T::I32(_, v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            T::U8(_, v) => v.clone(),
         }
     }
     fn proto(&self, name: &str) -> pb::TensorProto {
@@ -165,6 +173,19 @@ impl Case {
         }
     }
 
+    /// The node in ONNX Runtime's contrib domain.
+    fn microsoft(mut self) -> Self {
+        self.nodes[0].domain = "com.microsoft".into();
+        self
+    }
+
+    /// Names the outputs (one node, several outputs).
+    fn outputs(mut self, names: &[&str]) -> Self {
+        self.nodes[0].output = names.iter().map(|s| s.to_string()).collect();
+        self.outputs = names.iter().map(|n| (n.to_string(), dt::FLOAT)).collect();
+        self
+    }
+
     fn opset(mut self, v: i64) -> Self {
         self.opset = v;
         self
@@ -183,7 +204,10 @@ impl Case {
         }
         pb::ModelProto {
             ir_version: 8,
-            opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: self.opset }],
+            opset_import: vec![
+                pb::OperatorSetIdProto { domain: String::new(), version: self.opset },
+                pb::OperatorSetIdProto { domain: "com.microsoft".into(), version: 1 },
+            ],
             producer_name: "mote-tests".into(),
             producer_version: "0".into(),
             graph: Some(pb::GraphProto {
@@ -209,7 +233,8 @@ impl Case {
                     match t {
                         T::F(..) => ElementType::F32,
                         T::I(..) => ElementType::I64,
-                        T::B(..) => ElementType::U8,
+                        T::B(..) | T::U8(..) => ElementType::U8,
+                        T::I32(..) => ElementType::I32,
                     },
                     t.shape().iter().map(|&d| d as u32).collect(),
                     t.bytes(),
@@ -798,4 +823,80 @@ fn the_deadline_holds_while_the_device_computes() {
         assert_eq!(e.kind, BackendErrorKind::Timeout, "{}", e.message);
     }
     assert!(took < std::time::Duration::from_millis(1500), "compute returned after {took:?} (deadline 100 ms)");
+}
+
+// ---- the LLM decoder's operators (SmolLM2 as scripts/convert_gguf.py writes it) ----
+
+#[test]
+fn split_and_simplified_layer_normalization() {
+    let x = r(&[2, 3, 10], 120);
+    Case::op("Split", vec![Run(x.clone())], vec![attr_i("axis", -1)]).outputs(&["a", "b"]).check();
+    Case::op("Split", vec![Run(x.clone()), Const(ints(&[3], &[2, 5, 3]))], vec![attr_i("axis", 2)])
+        .outputs(&["a", "b", "c"])
+        .check();
+    Case::op("Split", vec![Run(x.clone())], vec![attr_i("axis", 1), attr_is("split", &[1, 2])])
+        .opset(11)
+        .outputs(&["a", "b"])
+        .check();
+    Case::op("SimplifiedLayerNormalization", vec![Run(x.clone()), Const(r(&[10], 121))], vec![attr_f("epsilon", 1e-5)])
+        .check();
+    Case::op("SimplifiedLayerNormalization", vec![Run(x), Run(r(&[3, 10], 122))], vec![attr_i("axis", 1)]).check();
+}
+
+/// Deterministic bytes.
+fn bytes(n: usize, seed: u64) -> Vec<u8> {
+    (0..n as u64).map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed * 97) >> 3) as u8).collect()
+}
+
+#[test]
+fn matmul_nbits_four_and_eight_bit() {
+    // K = 48 is one and a half blocks of 32: the last block is padded.
+    let (k, n, block) = (48usize, 6usize, 32usize);
+    let blocks = k.div_ceil(block);
+    let attrs = |bits: i64| vec![attr_i("K", k as i64), attr_i("N", n as i64), attr_i("bits", bits), attr_i("block_size", block as i64)];
+    let a = r(&[2, 3, k], 123);
+    let scales = rand(&[n * blocks], 124, 0.01, 0.1);
+    for (bits, zeros) in [
+        (4, Some(T::U8(vec![n * blocks.div_ceil(2)], bytes(n * blocks.div_ceil(2), 5)))),
+        (4, None),
+        (8, Some(T::U8(vec![n * blocks], bytes(n * blocks, 6)))),
+        (4, Some(rand(&[n * blocks], 125, 4.0, 12.0))), // float zero points (ORT: 4-bit only)
+    ] {
+        let blob = block * bits as usize / 8;
+        let q = T::U8(vec![n, blocks, blob], bytes(n * blocks * blob, bits as u64));
+        let mut ins = vec![Run(a.clone()), Const(q), Const(scales.clone())];
+        if let Some(z) = zeros {
+            ins.push(Const(z));
+        }
+        Case::op("MatMulNBits", ins, attrs(bits)).microsoft().check();
+    }
+}
+
+#[test]
+fn group_query_attention_prompt_and_cached_steps() {
+    // 4 query heads share 2 KV heads of size 16; rotary from caches.
+    let (heads, kv, hd) = (4usize, 2usize, 16usize);
+    let width = (heads + 2 * kv) * hd;
+    let attrs = || vec![attr_i("num_heads", heads as i64), attr_i("kv_num_heads", kv as i64), attr_i("do_rotary", 1)];
+    let angles = |f: fn(f32) -> f32| {
+        let v = (0..16).flat_map(|p| (0..hd / 2).map(move |i| f(p as f32 / 10f32.powf(i as f32 / 2.0)))).collect();
+        T::F(vec![16, hd / 2], v)
+    };
+    let (cos, sin) = (angles(f32::cos), angles(f32::sin));
+    let step = |new: usize, past: usize, seed: u64| {
+        let ins = vec![
+            Run(r(&[1, new, width], seed)),
+            Absent,
+            Absent,
+            Run(r(&[1, kv, past, hd], seed + 1)),
+            Run(r(&[1, kv, past, hd], seed + 2)),
+            Run(T::I32(vec![1], vec![(past + new - 1) as i32])),
+            Run(T::I32(vec![], vec![(past + new) as i32])),
+            Const(cos.clone()),
+            Const(sin.clone()),
+        ];
+        Case::op("GroupQueryAttention", ins, attrs()).microsoft().outputs(&["y", "present_key", "present_value"])
+    };
+    step(5, 0, 130).check(); // a prompt: causal over itself, empty cache
+    step(1, 6, 140).check(); // one generated token over a kept cache
 }

@@ -937,7 +937,150 @@ impl Frame<'_> {
                     other => one(Value::H(other.host()?.broadcast_to(&out)?)),
                 }
             }
+            Op::Split { axis, split } => {
+                let v = x()?;
+                let shape = v.shape();
+                let ax = norm_axis(*axis, shape.len())?;
+                let parts = node.outputs.len();
+                let sizes: Vec<usize> = match (split, self.opt_input(node, 1)) {
+                    (Some(s), _) => s.iter().map(|&d| usize::try_from(d).map_err(|_| format!("negative split {d}"))).collect::<R<_>>()?,
+                    (None, Some(h)) => h
+                        .host()?
+                        .as_i64("split")?
+                        .into_iter()
+                        .map(|d| usize::try_from(d).map_err(|_| format!("negative split {d}")))
+                        .collect::<R<_>>()?,
+                    // Equal parts, the last one smaller when it does not divide.
+                    (None, None) => {
+                        let each = shape[ax].div_ceil(parts.max(1));
+                        (0..parts).map(|i| each.min(shape[ax].saturating_sub(i * each))).collect()
+                    }
+                };
+                if sizes.len() != parts || sizes.iter().sum::<usize>() != shape[ax] {
+                    return Err(format!("split {sizes:?} does not divide axis {ax} of {shape:?} into {parts} outputs"));
+                }
+                let mut at = 0;
+                let mut out = Vec::with_capacity(parts);
+                for n in sizes {
+                    out.push(match v {
+                        Value::F(t) if n > 0 => Value::F(slice_axis(t.clone(), ax, at, at + n)),
+                        Value::F(_) => return Err("an empty split output is not supported on the device".into()),
+                        other => Value::H(other.host()?.take(ax, &(at..at + n).collect::<Vec<_>>())),
+                    });
+                    at += n;
+                }
+                Ok(out)
+            }
+            Op::RmsNorm { axis, eps } => {
+                let t = x()?.f(dev)?;
+                let shape = dims(&t);
+                let ax = norm_axis(*axis, shape.len())?;
+                let outer: usize = shape[..ax].iter().product();
+                let flat = reshape(t, &[outer, numel(&shape[ax..])]);
+                let ms = B::float_mean_dim(B::float_mul(flat.clone(), flat.clone()), 1);
+                let inv = B::float_recip(B::float_sqrt(B::float_add_scalar(ms, Scalar::from(*eps))));
+                let norm = reshape(B::float_mul(flat, inv), &shape);
+                let (n, s) = align(norm, self.input(node, 1)?.f(dev)?);
+                one(Value::F(B::float_mul(n, s)))
+            }
+            Op::Gqa { heads, kv_heads, scale, rotary } => self.group_query_attention(node, *heads, *kv_heads, *scale, *rotary),
         }
+    }
+
+    /// ORT's GroupQueryAttention for rows without padding: every row's
+    /// `seqlens_k + 1` is the past length plus the new tokens, and new
+    /// token `i` sits at position `past + i` and sees keys `0..=past + i`.
+    fn group_query_attention(&self, node: &Node, heads: usize, kv: usize, scale: Option<f32>, rotary: bool) -> R<Vec<Value>> {
+        let dev = &self.dev;
+        let q = self.input(node, 0)?.f(dev)?;
+        let d = dims(&q);
+        let [b, s, width] = d[..] else { return Err(format!("query must be 3-D, got {d:?}")) };
+        let (q, k, v, hd) = match (self.opt_input(node, 1), self.opt_input(node, 2)) {
+            (Some(k), Some(v)) => {
+                let hd = width / heads;
+                let (k, v) = (k.f(dev)?, v.f(dev)?);
+                if hd * heads != width || dims(&k) != [b, s, kv * hd] || dims(&v) != [b, s, kv * hd] {
+                    return Err(format!("query {d:?}, key {:?} and value {:?} do not fit the heads", dims(&k), dims(&v)));
+                }
+                (q, k, v, hd)
+            }
+            _ => {
+                let hd = width / (heads + 2 * kv);
+                if hd == 0 || hd * (heads + 2 * kv) != width {
+                    return Err(format!("packed QKV width {width} does not split into {heads}+2·{kv} heads"));
+                }
+                let (qw, kw) = (heads * hd, kv * hd);
+                (slice_axis(q.clone(), 2, 0, qw), slice_axis(q.clone(), 2, qw, qw + kw), slice_axis(q, 2, qw + kw, qw + 2 * kw), hd)
+            }
+        };
+        let to_heads = |t: FT, n: usize| B::float_swap_dims(reshape(t, &[b, s, n, hd]), 1, 2);
+        let (mut q, mut k, v) = (to_heads(q, heads), to_heads(k, kv), to_heads(v, kv));
+        let past = match (self.opt_input(node, 3), self.opt_input(node, 4)) {
+            (Some(pk), Some(pv)) => {
+                let (sk, sv) = (pk.shape(), pv.shape());
+                if sk.len() != 4 || sk != sv || sk[0] != b || sk[1] != kv || sk[3] != hd {
+                    return Err(format!("past key {sk:?} / value {sv:?} must be [{b}, {kv}, past, {hd}]"));
+                }
+                (sk[2] > 0).then(|| Ok::<_, String>((pk.f(dev)?, pv.f(dev)?))).transpose()?.map(|kv| (sk[2], kv))
+            }
+            _ => None,
+        };
+        let p = past.as_ref().map_or(0, |(n, _)| *n);
+        let t = p + s;
+        let seqlens = self.ints(node, 5, "seqlens_k")?;
+        let total = self.ints(node, 6, "total_sequence_length")?;
+        if seqlens.len() != b || seqlens.iter().any(|&n| n + 1 != t as i64) || total.first() != Some(&(t as i64)) {
+            return Err(format!(
+                "rows must be unpadded: seqlens_k {seqlens:?} + 1 and total_sequence_length {total:?} must equal past {p} + new {s} \
+                 (padded batches are not supported on wgpu)"
+            ));
+        }
+        if rotary {
+            let (cos, sin) = (self.input(node, 7)?.f(dev)?, self.input(node, 8)?.f(dev)?);
+            let cd = dims(&cos);
+            if cd.len() != 2 || cd[1] * 2 != hd || dims(&sin) != cd || cd[0] < t {
+                return Err(format!("cos/sin caches {cd:?} must be [≥ {t}, {}]", hd / 2));
+            }
+            let half = hd / 2;
+            let rows = |c: FT| reshape(slice_axis(c, 0, p, t), &[1, 1, s, half]);
+            let (c, sn) = (rows(cos), rows(sin));
+            let rotate = |x: FT| {
+                let (x1, x2) = (slice_axis(x.clone(), 3, 0, half), slice_axis(x, 3, half, hd));
+                let r1 = B::float_sub(B::float_mul(x1.clone(), c.clone()), B::float_mul(x2.clone(), sn.clone()));
+                let r2 = B::float_add(B::float_mul(x2, c.clone()), B::float_mul(x1, sn.clone()));
+                B::float_cat(vec![r1, r2], 3)
+            };
+            q = rotate(q);
+            k = rotate(k);
+        }
+        let (pk, pv) = match past {
+            Some((_, (pk, pv))) => (B::float_cat(vec![pk, k], 2), B::float_cat(vec![pv, v], 2)),
+            None => (k, v),
+        };
+        guard(&[b, heads, s, t])?;
+        let group = heads / kv;
+        let spread = |x: FT| {
+            if group == 1 {
+                return x.clone();
+            }
+            let x = B::float_expand(reshape(x, &[b, kv, 1, t, hd]), shp(&[b, kv, group, t, hd]));
+            reshape(x, &[b, heads, t, hd])
+        };
+        let scale = scale.unwrap_or(1.0 / (hd as f32).sqrt());
+        let mut scores = B::float_mul_scalar(B::float_matmul(q, B::float_swap_dims(spread(pk.clone()), 2, 3)), Scalar::from(scale));
+        if s > 1 {
+            // Causal: new token i (position p + i) sees keys 0..=p + i.
+            let mask: Vec<f32> =
+                (0..s).flat_map(|i| (0..t).map(move |j| if j > p + i { f32::NEG_INFINITY } else { 0.0 })).collect();
+            let mask = upload(dev, &HostTensor::new(vec![1, 1, s, t], HostData::F32(mask)));
+            scores = B::float_add(scores, mask);
+        }
+        let m = B::float_max_dim(scores.clone(), 3);
+        let e = B::float_exp(B::float_sub(scores, m));
+        let probs = B::float_div(e.clone(), B::float_sum_dim(e, 3));
+        let out = B::float_matmul(probs, spread(pv.clone()));
+        let out = reshape(B::float_swap_dims(out, 1, 2), &[b, s, heads * hd]);
+        Ok(vec![Value::F(out), Value::F(pk), Value::F(pv)])
     }
 
     /// Reshapes a value where it lives (rank 0 comes to the host).
@@ -1094,6 +1237,16 @@ fn reshape_target(shape: &[usize], spec: &[i64], allowzero: bool) -> R<Vec<usize
         return Err(format!("cannot reshape {shape:?} ({total} elements) to {out:?}"));
     }
     Ok(out)
+}
+
+/// `t[.., start..end, ..]` along `axis`, on the device.
+fn slice_axis(t: FT, axis: usize, start: usize, end: usize) -> FT {
+    let slices: Vec<Slice> = dims(&t)
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| if i == axis { Slice::new(start as isize, Some(end as isize), 1) } else { Slice::new(0, Some(n as isize), 1) })
+        .collect();
+    B::float_slice(t, &slices)
 }
 
 /// ONNX MatMul: numpy semantics (1-D promotion, broadcast batch axes).

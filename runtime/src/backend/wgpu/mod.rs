@@ -246,23 +246,26 @@ impl Backend for WgpuBackend {
         model: Arc<[u8]>,
         deadline: Option<std::time::Instant>,
     ) -> Result<Arc<dyn BackendGraph>, BackendError> {
-        let program = compile_model(&model)?;
+        let mut program = compile_model(&model)?;
         let device = self.device.clone();
         let past_deadline = || deadline.is_some_and(|at| std::time::Instant::now() >= at);
         // Weights go up once, here; small scalars stay on the host so ops
         // can use scalar kernels. The deadline is checked between uploads.
         let consts = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut consts = Vec::with_capacity(program.consts.len());
-            for (s, h) in &program.consts {
+            // The program's host copies go: what is uploaded lives on the
+            // device only.
+            let host_consts = std::mem::take(&mut program.consts);
+            let mut consts = Vec::with_capacity(host_consts.len());
+            for (s, h) in host_consts {
                 if past_deadline() {
                     return None;
                 }
                 let v = if h.ty() == Ty::F32 && h.data.len() > 1 {
-                    Value::F(exec::upload(&device, h))
+                    Value::F(exec::upload(&device, &h))
                 } else {
-                    Value::H(h.clone())
+                    Value::H(h)
                 };
-                consts.push((*s, v));
+                consts.push((s, v));
             }
             Some(consts)
         }))
@@ -303,7 +306,7 @@ struct WgpuGraph(Arc<GraphInner>);
 
 impl BackendGraph for WgpuGraph {
     fn init_execution_context(&self) -> Result<Box<dyn BackendExecutionContext>, BackendError> {
-        Ok(Box::new(WgpuContext(self.0.clone())))
+        Ok(Box::new(WgpuContext { graph: self.0.clone(), pairs: Vec::new(), kept: Default::default() }))
     }
     fn inputs(&self) -> &[TensorInfo] {
         &self.0.inputs
@@ -318,7 +321,16 @@ impl BackendGraph for WgpuGraph {
     }
 }
 
-struct WgpuContext(Arc<GraphInner>);
+/// A job's context. Bound outputs (`bind_state`) are kept as values where
+/// they were computed (on the device) and fed to the next run by
+/// reference: a KV cache never comes back to the host.
+struct WgpuContext {
+    graph: Arc<GraphInner>,
+    /// `(output, input)` pairs.
+    pairs: Vec<(String, String)>,
+    /// Kept values by input name.
+    kept: std::collections::HashMap<String, Value>,
+}
 
 /// Decodes a job's input bytes into the interpreter's host form.
 fn host_input(name: &str, want: Ty, v: &TensorView<'_>) -> Result<HostTensor, BackendError> {
@@ -371,11 +383,11 @@ fn to_owned(h: HostTensor, ty: Ty) -> OwnedTensor {
 
 impl WgpuContext {
     fn run(
-        &self,
+        &mut self,
         inputs: &[(&str, TensorView<'_>)],
         deadline: Option<Instant>,
     ) -> Result<Vec<(String, OwnedTensor)>, BackendError> {
-        let g = &*self.0;
+        let g = &*self.graph;
         let p = &g.program;
         let mut frame = Frame { program: p, values: vec![None; p.slots], dev: g.device.clone() };
         for (s, v) in &g.consts {
@@ -391,9 +403,21 @@ impl WgpuContext {
             }
         }
         for decl in &p.inputs {
-            let (_, view) = inputs.iter().find(|(n, _)| *n == decl.name).ok_or_else(|| {
-                BackendError::new(BackendErrorKind::InvalidArgument, format!("input '{}' was not set", decl.name))
-            })?;
+            let Some((_, view)) = inputs.iter().find(|(n, _)| *n == decl.name) else {
+                if let Some(v) = self.kept.get(&decl.name) {
+                    frame.values[decl.slot] = Some(v.clone());
+                    continue;
+                }
+                let bound = self.pairs.iter().any(|(_, i)| *i == decl.name);
+                return Err(BackendError::new(
+                    BackendErrorKind::InvalidArgument,
+                    if bound {
+                        format!("input '{}' is bound to an output but no value is kept yet: pass it to start a sequence", decl.name)
+                    } else {
+                        format!("input '{}' was not set", decl.name)
+                    },
+                ));
+            };
             let fits = decl.shape.is_empty()
                 || (decl.shape.len() == view.dims.len()
                     && decl.shape.iter().zip(view.dims).all(|(&want, &got)| want < 0 || want == i64::from(got)));
@@ -404,8 +428,10 @@ impl WgpuContext {
                 ));
             }
             let h = host_input(&decl.name, decl.ty, view)?;
-            // Floats go to the device; scalars stay (ops use scalar kernels).
-            let on_device = decl.ty == Ty::F32 && !h.shape.is_empty();
+            // Floats go to the device; scalars and empty tensors (an empty
+            // KV cache) stay (ops use scalar kernels; the device holds no
+            // zero-sized buffers).
+            let on_device = decl.ty == Ty::F32 && !h.shape.is_empty() && h.data.len() > 0;
             frame.values[decl.slot] = Some(if on_device { Value::F(exec::upload(&g.device, &h)) } else { Value::H(h) });
         }
         for i in 0..p.nodes.len() {
@@ -415,16 +441,24 @@ impl WgpuContext {
             frame.step(i).map_err(invalid(BackendErrorKind::Runtime))?;
         }
         let mut out = Vec::with_capacity(p.outputs.len());
+        let mut kept = std::collections::HashMap::with_capacity(self.pairs.len());
         for (name, slot, ty, _) in &p.outputs {
             let v = frame.values[*slot].clone().ok_or_else(|| {
                 BackendError::new(BackendErrorKind::Runtime, format!("output '{name}' was not computed"))
             })?;
+            if let Some((_, input)) = self.pairs.iter().find(|(o, _)| o == name) {
+                kept.insert(input.clone(), v);
+                continue;
+            }
             // Ops are submitted asynchronously: this read is where the job
             // waits for the device, so this is where the deadline must hold.
             let h = v.host_until(deadline).map_err(invalid(BackendErrorKind::Runtime))?.ok_or_else(|| {
                 BackendError::new(BackendErrorKind::Timeout, "the job's deadline passed while the device was computing")
             })?;
             out.push((name.clone(), to_owned(h, *ty)));
+        }
+        if !self.pairs.is_empty() {
+            self.kept = kept;
         }
         Ok(out)
     }
@@ -438,8 +472,33 @@ impl BackendExecutionContext for WgpuContext {
     ) -> Result<Vec<(String, OwnedTensor)>, BackendError> {
         // A kernel or driver failure inside burn/wgpu panics; it must end
         // this inference with an error, not the host.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(inputs, deadline))).unwrap_or_else(|p| {
-            Err(BackendError::new(BackendErrorKind::Runtime, format!("the wgpu backend failed: {}", panic_message(&p))))
-        })
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(inputs, deadline)))
+            .unwrap_or_else(|p| {
+                Err(BackendError::new(BackendErrorKind::Runtime, format!("the wgpu backend failed: {}", panic_message(&p))))
+            });
+        if result.is_err() {
+            // A failed step leaves the sequence undefined: start over.
+            self.kept.clear();
+        }
+        result
+    }
+
+    fn bind_state(&mut self, pairs: &[(String, String)]) -> Result<(), BackendError> {
+        let g = &*self.graph;
+        for (out, inp) in pairs {
+            if !g.outputs.iter().any(|o| &o.name == out) {
+                return Err(BackendError::new(BackendErrorKind::InvalidArgument, format!("the model has no output named '{out}'")));
+            }
+            if !g.inputs.iter().any(|i| &i.name == inp) {
+                return Err(BackendError::new(BackendErrorKind::InvalidArgument, format!("the model has no input named '{inp}'")));
+            }
+        }
+        self.pairs = pairs.to_vec();
+        self.kept.clear();
+        Ok(())
+    }
+
+    fn reset_state(&mut self) {
+        self.kept.clear();
     }
 }

@@ -7,7 +7,7 @@
 //! statistics is folded into one scale and one shift, and every
 //! intermediate value gets a slot that is freed after its last use.
 
-use super::host::{HostData, HostTensor};
+use super::host::{guard, HostData, HostTensor};
 use super::Ty;
 use crate::onnx_proto::{self as pb, attribute_type as at, data_type as dt};
 use std::collections::HashMap;
@@ -155,6 +155,26 @@ pub(super) enum Op {
     },
     /// Identity, and Dropout in inference mode (its optional mask output is all true).
     Identity,
+    /// Sizes from the attribute (opset < 13) or input 1; else equal parts.
+    Split {
+        axis: i64,
+        split: Option<Vec<i64>>,
+    },
+    /// RMS normalization (`SimplifiedLayerNormalization`):
+    /// `x / sqrt(mean(x², axes ≥ axis) + eps) · scale`.
+    RmsNorm {
+        axis: i64,
+        eps: f32,
+    },
+    /// ORT's `com.microsoft::GroupQueryAttention` (causal, unpadded rows):
+    /// packed or separate Q/K/V, past K/V appended, rotary from the cos/sin
+    /// caches, K/V heads shared by `num_heads / kv_num_heads` query heads.
+    Gqa {
+        heads: usize,
+        kv_heads: usize,
+        scale: Option<f32>,
+        rotary: bool,
+    },
 }
 
 /// A node: op, input slots (`None` for an omitted optional input), output
@@ -214,12 +234,14 @@ pub const WGPU_OPS: &[&str] = &[
     "Gemm",
     "GlobalAveragePool",
     "GlobalMaxPool",
+    "GroupQueryAttention",
     "Identity",
     "LRN",
     "LayerNormalization",
     "Log",
     "LogSoftmax",
     "MatMul",
+    "MatMulNBits",
     "MaxPool",
     "Mul",
     "Neg",
@@ -231,8 +253,10 @@ pub const WGPU_OPS: &[&str] = &[
     "Reshape",
     "Shape",
     "Sigmoid",
+    "SimplifiedLayerNormalization",
     "Slice",
     "Softmax",
+    "Split",
     "Sqrt",
     "Squeeze",
     "Sub",
@@ -243,9 +267,76 @@ pub const WGPU_OPS: &[&str] = &[
     "Where",
 ];
 
+/// Of [`WGPU_OPS`], the ONNX Runtime contrib operators, which models name
+/// in the `com.microsoft` domain.
+const MICROSOFT_OPS: &[&str] = &["GroupQueryAttention", "MatMulNBits", "SimplifiedLayerNormalization"];
+
 /// Whether the wgpu backend runs `op` (an ONNX op type, default domain).
 pub fn supports_op(op: &str) -> bool {
     WGPU_OPS.binary_search(&op).is_ok()
+}
+
+/// Whether an operator's domain is one this backend reads it in.
+fn known_domain(domain: &str, op: &str) -> bool {
+    domain.is_empty() || domain == "ai.onnx" || (domain == "com.microsoft" && MICROSOFT_OPS.contains(&op))
+}
+
+/// `com.microsoft::MatMulNBits` weights as the float matrix `Wᵀ` (`[K, N]`,
+/// what `A · Wᵀ` multiplies by): `w = (q − zero_point) · scale` per block of
+/// `block_size` along K, `q` packed little-end first (4-bit: the low nibble
+/// is the even element), zero points packed the same way or given as
+/// floats, `2^(bits−1)` when absent. Sizes are checked against the
+/// attributes, so the result is bounded by the model's own bytes (8 floats
+/// per packed byte at most).
+fn dequantize_nbits(
+    q: &HostTensor,
+    scales: &HostTensor,
+    zeros: Option<&HostTensor>,
+    (k, n, bits, block): (usize, usize, usize, usize),
+) -> Result<HostTensor, String> {
+    if !matches!(bits, 4 | 8) {
+        return Err(format!("bits {bits} is not supported (4 and 8 are)"));
+    }
+    if block < 16 || !block.is_power_of_two() {
+        return Err(format!("block_size {block} must be a power of two ≥ 16"));
+    }
+    let blocks = k.div_ceil(block);
+    let blob = block * bits / 8;
+    let HostData::I64(q) = &q.data else { return Err("B must be uint8".into()) };
+    if q.len() != n * blocks * blob {
+        return Err(format!("B has {} bytes, K={k} N={n} bits={bits} block_size={block} need {}", q.len(), n * blocks * blob));
+    }
+    let HostData::F32(sc) = &scales.data else { return Err("scales must be float32".into()) };
+    if sc.len() != n * blocks {
+        return Err(format!("scales has {} values, {} expected", sc.len(), n * blocks));
+    }
+    let zrow = (blocks * bits).div_ceil(8);
+    let zero = |row: usize, b: usize| -> Result<f32, String> {
+        match zeros.map(|z| &z.data) {
+            None => Ok((1u32 << (bits - 1)) as f32),
+            Some(HostData::F32(z)) if z.len() == n * blocks => Ok(z[row * blocks + b]),
+            Some(HostData::I64(z)) if z.len() == n * zrow => Ok(if bits == 8 {
+                z[row * zrow + b] as f32
+            } else {
+                ((z[row * zrow + b / 2] >> (4 * (b % 2))) & 0xF) as f32
+            }),
+            Some(_) => Err(format!("zero_points must be {n}×{zrow} uint8 or {n}×{blocks} float32")),
+        }
+    };
+    guard(&[k, n])?;
+    let mut w = vec![0f32; k * n];
+    for row in 0..n {
+        for b in 0..blocks {
+            let (s, z) = (sc[row * blocks + b], zero(row, b)?);
+            let base = (row * blocks + b) * blob;
+            for j in 0..block.min(k - b * block) {
+                let byte = q[base + j * bits / 8];
+                let v = if bits == 8 { byte } else { (byte >> (4 * (j % 2))) & 0xF };
+                w[(b * block + j) * n + row] = (v as f32 - z) * s;
+            }
+        }
+    }
+    Ok(HostTensor::new(vec![k, n], HostData::F32(w)))
 }
 
 struct Attrs<'a>(&'a [pb::AttributeProto]);
@@ -422,7 +513,7 @@ pub(super) fn compile(model: &pb::ModelProto) -> Result<Program, Refused> {
         let label = if node.name.is_empty() { format!("#{index}") } else { format!("'{}'", node.name) };
         let fail = |msg: String| Refused::Invalid(format!("{} node {label}: {msg}", node.op_type));
         let nope = |msg: String| Refused::Unsupported(format!("{} node {label}: {msg}", node.op_type));
-        if !(node.domain.is_empty() || node.domain == "ai.onnx") {
+        if !known_domain(&node.domain, &node.op_type) {
             return Err(Refused::Unsupported(format!(
                 "operator {}::{} (node {label}) is not supported by the wgpu backend",
                 node.domain, node.op_type
@@ -788,6 +879,98 @@ pub(super) fn compile(model: &pb::ModelProto) -> Result<Program, Refused> {
                 (op, vec![Ty::F32])
             }
             "Identity" => (Op::Identity, vec![need(0)?]),
+            "Split" => {
+                let x = need(0)?;
+                if node.output.is_empty() {
+                    return Err(fail("has no outputs".into()));
+                }
+                let split = if opset < 13 { a.ints("split") } else { None };
+                if opset >= 13 && in_ty(1).is_some_and(|t| !is_int(t)) {
+                    return Err(fail("split must be int64".into()));
+                }
+                if let Some(n) = a.get("num_outputs").map(|x| x.i) {
+                    if n != node.output.len() as i64 {
+                        return Err(fail(format!("num_outputs {n} but {} outputs", node.output.len())));
+                    }
+                }
+                (Op::Split { axis: a.int("axis", 0), split }, vec![x; node.output.len()])
+            }
+            "SimplifiedLayerNormalization" => {
+                float_in(0)?;
+                float_in(1)?;
+                if node.output.iter().skip(1).any(|o| !o.is_empty()) {
+                    return Err(nope("the inv_std_var output is not supported".into()));
+                }
+                (Op::RmsNorm { axis: a.int("axis", -1), eps: a.float("epsilon", 1e-5) }, vec![Ty::F32])
+            }
+            "MatMulNBits" => {
+                float_in(0)?;
+                let dim = |name: &str| -> Result<usize, Refused> {
+                    usize::try_from(a.get(name).ok_or_else(|| fail(format!("{name} is required")))?.i)
+                        .ok()
+                        .filter(|&v| v > 0)
+                        .ok_or_else(|| fail(format!("{name} must be positive")))
+                };
+                let shape = (dim("K")?, dim("N")?, a.int("bits", 4) as usize, a.int("block_size", 0) as usize);
+                if in_slots.iter().skip(4).any(Option::is_some) {
+                    return Err(nope("g_idx and bias inputs are not supported".into()));
+                }
+                let (Some(q), Some(sc)) = (const_input(1), const_input(2)) else {
+                    return Err(nope("B and scales must be initializers (they are dequantized at load)".into()));
+                };
+                let zeros = match in_slots.get(3).copied().flatten() {
+                    None => None,
+                    Some(_) => Some(const_input(3).ok_or_else(|| nope("zero_points must be an initializer".into()))?),
+                };
+                let w = dequantize_nbits(q, sc, zeros, shape).map_err(fail)?;
+                let s = new_slot("", Ty::F32, &mut slots, &mut types);
+                const_of.insert(s, consts.len());
+                consts.push((s, w));
+                in_slots = vec![in_slots[0], Some(s)];
+                (Op::MatMul, vec![Ty::F32])
+            }
+            "GroupQueryAttention" => {
+                float_in(0)?;
+                for i in [1, 2, 3, 4, 7, 8] {
+                    if in_ty(i).is_some() {
+                        float_in(i)?;
+                    }
+                }
+                for i in [5, 6] {
+                    if !is_int(need(i)?) {
+                        return Err(fail(format!("input {i} must be int32")));
+                    }
+                }
+                if in_slots.len() > 9 {
+                    return Err(nope("position_ids, attention_bias and head_sink inputs are not supported".into()));
+                }
+                let heads = usize::try_from(a.int("num_heads", 0)).ok().filter(|&h| h > 0);
+                let kv_heads = usize::try_from(a.int("kv_num_heads", 0)).ok().filter(|&h| h > 0);
+                let (Some(heads), Some(kv_heads)) = (heads, kv_heads) else {
+                    return Err(fail("num_heads and kv_num_heads must be positive".into()));
+                };
+                if heads % kv_heads != 0 {
+                    return Err(fail("num_heads must be a multiple of kv_num_heads".into()));
+                }
+                if a.int("local_window_size", -1) != -1 || a.float("softcap", 0.0) != 0.0 {
+                    return Err(nope("local_window_size and softcap are not supported".into()));
+                }
+                if a.int("smooth_softmax", 0) != 0 || a.int("qk_output", 0) != 0 {
+                    return Err(nope("smooth_softmax and qk_output are not supported".into()));
+                }
+                let rotary = a.int("do_rotary", 0) != 0;
+                if rotary && a.int("rotary_interleaved", 0) != 0 {
+                    return Err(nope("interleaved rotary embedding is not supported".into()));
+                }
+                if rotary && (in_ty(7).is_none() || in_ty(8).is_none()) {
+                    return Err(fail("do_rotary needs cos_cache and sin_cache".into()));
+                }
+                if in_ty(1).is_some() != in_ty(2).is_some() || in_ty(3).is_some() != in_ty(4).is_some() {
+                    return Err(fail("key and value (and past_key and past_value) come together".into()));
+                }
+                let scale = a.get("scale").map(|x| x.f).filter(|&f| f != 0.0);
+                (Op::Gqa { heads, kv_heads, scale, rotary }, vec![Ty::F32; 3])
+            }
             "Dropout" => {
                 let x = need(0)?;
                 if a.int("is_test", 1) == 0 && opset < 7 {
@@ -829,6 +1012,12 @@ pub(super) fn compile(model: &pb::ModelProto) -> Result<Program, Refused> {
         outputs.push((vo.name.clone(), s, types[s], declared_shape(vo)));
     }
 
+    // Constants no node reads (e.g. MatMulNBits' packed weights, replaced
+    // by their dequantized form) are dropped.
+    let read: std::collections::HashSet<usize> =
+        nodes.iter().flat_map(|n| n.inputs.iter().flatten().copied()).chain(outputs.iter().map(|o| o.1)).collect();
+    consts.retain(|(s, _)| read.contains(s));
+
     // Free each intermediate after its last reader; constants, inputs and
     // outputs stay.
     let mut last_use: HashMap<usize, usize> = HashMap::new();
@@ -856,6 +1045,37 @@ pub(super) fn compile(model: &pb::ModelProto) -> Result<Program, Refused> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nbits_weights_dequantize_in_ort_layout() {
+        // N = 2 rows, K = 20 (two blocks of 16, the second partial).
+        let (k, n, block) = (20, 2, 16);
+        let q4: Vec<i64> = (0..2 * 2 * 8).map(|i| ((i * 37 + 11) % 256) as i64).collect();
+        let scales = HostTensor::new(vec![2, 2], HostData::F32(vec![0.5, 2.0, -1.0, 0.25]));
+        let zeros = HostTensor::i64(vec![2, 1], vec![0x3A, 0x05]); // row 0: blocks 10, 3; row 1: 5, 0
+        let q = HostTensor::i64(vec![2, 2, 8], q4.clone());
+        let w = dequantize_nbits(&q, &scales, Some(&zeros), (k, n, 4, block)).unwrap();
+        assert_eq!(w.shape, vec![k, n]);
+        let HostData::F32(w) = w.data else { panic!() };
+        let zp = [[10.0, 3.0], [5.0, 0.0]];
+        let sc = [[0.5, 2.0], [-1.0, 0.25]];
+        for row in 0..n {
+            for kk in 0..k {
+                let (b, j) = (kk / block, kk % block);
+                let byte = q4[(row * 2 + b) * 8 + j / 2];
+                let v = if j % 2 == 0 { byte & 0xF } else { byte >> 4 } as f32;
+                assert_eq!(w[kk * n + row], (v - zp[row][b]) * sc[row][b], "row {row} k {kk}");
+            }
+        }
+        // 8-bit without zero points: 128 is zero.
+        let q8 = HostTensor::i64(vec![1, 1, 16], (0..16).map(|i| 120 + i).collect());
+        let s8 = HostTensor::new(vec![1, 1], HostData::F32(vec![0.5]));
+        let w = dequantize_nbits(&q8, &s8, None, (16, 1, 8, 16)).unwrap();
+        assert_eq!(w.data, HostData::F32((0..16).map(|i| (i as f32 - 8.0) * 0.5).collect()));
+        // Sizes that do not match the attributes are refused.
+        assert!(dequantize_nbits(&q8, &s8, None, (32, 1, 8, 16)).is_err());
+        assert!(dequantize_nbits(&q8, &s8, None, (16, 1, 3, 16)).is_err());
+    }
 
     #[test]
     fn op_list_is_sorted_for_binary_search() {
