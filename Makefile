@@ -43,6 +43,7 @@ models: $(MODELS) $(LLM)
 guests: host models
 	CARGO_TARGET_DIR=$(GUEST_TARGET_DIR) $(MOTE) build guest-examples --out build/guests
 	CARGO_TARGET_DIR=$(GUEST_TARGET_DIR)-wasi $(MOTE) build guest-examples/misbehave $(WASI_TARGET) --out build/guests-wasi
+	CARGO_TARGET_DIR=$(GUEST_TARGET_DIR)-wasi $(MOTE) build guest-examples/wasi-nn-classify $(WASI_TARGET) --out build/programs
 
 demo: guests
 	@bash scripts/demo.sh
@@ -51,6 +52,7 @@ test: guests
 	bash scripts/test.sh
 
 bench: guests
+	bash scripts/setup_llama_cpp.sh
 	$(CARGO_TARGET_DIR)/release/mote-bench --build build --out bench/results
 
 bench-quick: guests

@@ -3,7 +3,10 @@
 //! against the same ONNX model driven by a native Rust loop over mote's ORT
 //! backend (no guest: greedy argmax in Rust, the same state binding). Time
 //! to first token and decode tokens/s for a 128-token prompt and 128
-//! generated tokens (`--quick`: 32 + 16), measured in one run.
+//! generated tokens (`--quick`: 32 + 16), measured in one run. Outside
+//! `--quick`, llama.cpp on the same GGUF (PyPI `llama-cpp-python`, built by
+//! `scripts/setup_llama_cpp.sh` for `make bench` only) runs the same prompt
+//! in the same run (`bench/scripts/llama_cpp_bench.py`).
 
 use crate::Ctx;
 use anyhow::{Context, Result};
@@ -126,13 +129,30 @@ fn sandbox(ctx: &Ctx, model: Vec<u8>, prompt: usize, gen: usize) -> Result<(Dura
     Ok((ttft, tps, u.prompt_tokens, u.completion_tokens, u.peak_memory_bytes))
 }
 
+/// llama.cpp through its Python binding, if it is installed: its JSON
+/// line, or why there is none.
+fn llama_cpp(ctx: &Ctx, prompt: u64, gen: usize) -> Value {
+    let python = ctx.build.join("../deps/venv/bin/python");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/llama_cpp_bench.py");
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    match std::process::Command::new(&python).arg(script).arg(prompt.to_string()).arg(gen.to_string()).arg(threads.to_string()).output() {
+        Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).unwrap_or_else(|e| json!({"error": e.to_string()})),
+        Ok(o) => json!({"error": String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("failed").to_string()}),
+        Err(e) => json!({"error": e.to_string()}),
+    }
+}
+
 pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
     let (prompt, gen) = if ctx.quick { (32, 16) } else { (128, 128) };
     let model = ctx.read("models/smollm2/model.onnx")?;
     eprintln!("llm: SmolLM2-135M, {prompt}-token prompt, {gen} generated tokens");
     let (s_ttft, s_tps, p_tok, c_tok, peak) = sandbox(ctx, model.clone(), prompt, gen)?;
     let (n_ttft, n_tps) = native(&model, p_tok as usize, gen)?;
+    let llama = if ctx.quick { json!({"error": "not run with --quick"}) } else { llama_cpp(ctx, p_tok, gen) };
+    let vs_llama = llama["decode_tok_s"].as_f64().map(|l| s_tps / l);
     Ok(json!({
+        "llama_cpp": llama,
+        "decode_vs_llama_cpp": vs_llama,
         "prompt_tokens": p_tok,
         "completion_tokens": c_tok,
         "sandbox": {"ttft_ms": s_ttft.as_secs_f64() * 1e3, "decode_tok_s": s_tps},

@@ -9,6 +9,10 @@
 //! `--target wasm32-wasip1` the same toolchain builds WASI guests (Debian's
 //! `wasi-libc`), and the WASI preview-1 imports are adapted to WASI 0.2 with
 //! wasmtime's adapter, so such guests get the node's (empty, captured) WASI.
+//!
+//! A crate with a `main` (a `bin` target) is a command program: it builds
+//! for `wasm32-wasip1` (wasmtime's command adapter) or, with rustup's
+//! target, `wasm32-wasip2`, into a `wasi:cli/command` component.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -76,8 +80,17 @@ fn pick(requested: Option<Toolchain>) -> Result<Toolchain> {
     }
 }
 
-/// The cdylib targets of the package(s) in `dir`.
-fn cdylib_names(dir: &Path) -> Result<Vec<String>> {
+/// What a crate target builds into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// A `cdylib`: a `mote:edge/job` guest (a reactor).
+    Guest,
+    /// A `bin` (a `main`): a `wasi:cli/command` program.
+    Program,
+}
+
+/// The cdylib and bin targets of the package(s) in `dir`.
+fn targets(dir: &Path) -> Result<Vec<(String, Kind)>> {
     let out = Command::new("cargo")
         .args(["metadata", "--no-deps", "--format-version", "1"])
         .current_dir(dir)
@@ -98,13 +111,21 @@ fn cdylib_names(dir: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
     for pkg in selected {
         for t in pkg["targets"].as_array().into_iter().flatten() {
-            if t["crate_types"].as_array().is_some_and(|c| c.iter().any(|c| c == "cdylib")) {
-                names.push(t["name"].as_str().unwrap_or_default().replace('-', "_"));
+            let has = |kind: &str| t["crate_types"].as_array().is_some_and(|c| c.iter().any(|c| c == kind));
+            let name = t["name"].as_str().unwrap_or_default();
+            if has("cdylib") {
+                names.push((name.replace('-', "_"), Kind::Guest));
+            } else if t["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin")) {
+                // cargo keeps a binary's name as written.
+                names.push((name.to_string(), Kind::Program));
             }
         }
     }
     if names.is_empty() {
-        bail!("{} has no cdylib crate: a guest needs `crate-type = [\"cdylib\"]`", dir.display());
+        bail!(
+            "{} has no cdylib or bin crate: a guest needs `crate-type = [\"cdylib\"]`, a command program a `main`",
+            dir.display()
+        );
     }
     Ok(names)
 }
@@ -118,13 +139,25 @@ pub(crate) fn build(
     target: Option<&str>,
 ) -> Result<Vec<PathBuf>> {
     let toolchain = pick(toolchain)?;
-    let names = cdylib_names(dir)?;
+    let names = targets(dir)?;
+    let programs = names.iter().any(|(_, k)| *k == Kind::Program);
     let target_dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| dir.join("target"), PathBuf::from);
     let triple = match (toolchain, target) {
         (_, Some(t)) => t,
         (Toolchain::Wasip2, None) => "wasm32-wasip2",
+        // A command program needs WASI; a job guest needs nothing.
+        (Toolchain::BuildStd, None) if programs => "wasm32-wasip1",
         (Toolchain::BuildStd, None) => "wasm32-unknown-unknown",
     };
+    if programs && !matches!(triple, "wasm32-wasip1" | "wasm32-wasip2") {
+        bail!("command programs (a `main`) build for --target wasm32-wasip1 or wasm32-wasip2, not {triple}");
+    }
+    if toolchain == Toolchain::BuildStd && triple == "wasm32-wasip2" {
+        bail!(
+            "--target wasm32-wasip2 needs rustup's wasm32-wasip2 target (`rustup target add wasm32-wasip2`): \
+             the distribution toolchain has no WASI 0.2 libc or component linker; use --target wasm32-wasip1"
+        );
+    }
     if toolchain == Toolchain::BuildStd && triple == "wasm32-wasip1" && !Path::new(WASI_LIBC).join("libc.a").is_file() {
         bail!("--target wasm32-wasip1 needs WASI libc in {WASI_LIBC} (Debian package wasi-libc)");
     }
@@ -154,10 +187,14 @@ pub(crate) fn build(
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut written = Vec::new();
-    for name in names {
+    for (name, kind) in names {
         let built = target_dir.join(triple).join("release").join(format!("{name}.wasm"));
         let bytes = std::fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
-        let component = if wasmparser_is_component(&bytes) { bytes } else { componentize(&bytes)? };
+        let component = match (wasmparser_is_component(&bytes), kind) {
+            (true, _) => bytes,
+            (false, Kind::Guest) => componentize(&bytes)?,
+            (false, Kind::Program) => componentize_program(&bytes)?,
+        };
         let dest = out.join(format!("{}.wasm", name.replace('_', "-")));
         std::fs::write(&dest, &component).with_context(|| format!("writing {}", dest.display()))?;
         eprintln!("  {} ({} KiB)", dest.display(), component.len() / 1024);
@@ -203,6 +240,103 @@ pub(crate) fn componentize(module: &[u8]) -> Result<Vec<u8>> {
             .context("adding the WASI preview-1 adapter")?;
     }
     encoder.validate(true).encode().context("encoding the component")
+}
+
+/// Turns a `wasm32-wasip1` program (a core module with `_start`) into a
+/// `wasi:cli/command` component with wasmtime's command adapter; the
+/// world its wit-bindgen imports declare (e.g. `wasi:nn/ml`) is embedded.
+pub(crate) fn componentize_program(module: &[u8]) -> Result<Vec<u8>> {
+    use wasi_preview1_component_adapter_provider as adapter;
+    let module = unwrap_realloc(module)?;
+    let mut encoder = wit_component::ComponentEncoder::default();
+    encoder.module(&module).context("reading the program's core module")?;
+    encoder
+        .adapter(adapter::WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, adapter::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER)
+        .context("adding the WASI preview-1 command adapter")?;
+    encoder.validate(true).encode().context("encoding the command component")
+}
+
+/// In a program (a module with `_start`), wasm-ld wraps every other export
+/// in a `*.command_export` function that runs the C constructors first.
+/// With the distribution's WASI libc those constructors read the preopened
+/// directories, so the host's first call of `cabi_realloc` (lowering a
+/// `wasi:nn` result into the program's memory) would call imports from
+/// inside a realloc, which the component model forbids ("cannot leave
+/// component instance"). The wrapper's body is `call ctors; local.get…;
+/// call cabi_realloc; [call dtors]`: the export is pointed at the wrapped
+/// function itself. (Newer WASI libcs read preopens lazily and never hit
+/// this; a module without such a wrapper is returned unchanged.)
+fn unwrap_realloc(module: &[u8]) -> Result<Vec<u8>> {
+    use wasmparser::{ExternalKind, Operator, Parser, Payload};
+    let mut imported_funcs = 0u32;
+    let mut realloc: Option<u32> = None;
+    let mut bodies = Vec::new();
+    for payload in Parser::new(0).parse_all(module) {
+        match payload? {
+            Payload::ImportSection(r) => {
+                for imp in r.into_imports() {
+                    if matches!(imp?.ty, wasmparser::TypeRef::Func(_)) {
+                        imported_funcs += 1;
+                    }
+                }
+            }
+            Payload::ExportSection(r) => {
+                for e in r {
+                    let e = e?;
+                    if e.name == "cabi_realloc" && e.kind == ExternalKind::Func {
+                        realloc = Some(e.index);
+                    }
+                }
+            }
+            Payload::CodeSectionEntry(body) => bodies.push(body),
+            _ => {}
+        }
+    }
+    let Some(wrapper) = realloc else { return Ok(module.to_vec()) };
+    let Some(body) = wrapper.checked_sub(imported_funcs).and_then(|i| bodies.get(i as usize)) else {
+        return Ok(module.to_vec());
+    };
+    // call A; local.get 0..n; call F; [call D]; end — F is the real one.
+    let ops: Vec<Operator<'_>> = body.get_operators_reader()?.into_iter().collect::<Result<_, _>>()?;
+    let target = match ops.as_slice() {
+        [Operator::Call { .. }, rest @ ..] => {
+            let gets = rest.iter().take_while(|o| matches!(o, Operator::LocalGet { .. })).count();
+            match &rest[gets..] {
+                [Operator::Call { function_index }, Operator::End]
+                | [Operator::Call { function_index }, Operator::Call { .. }, Operator::End]
+                    if gets > 0 =>
+                {
+                    Some(*function_index)
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let Some(target) = target else { return Ok(module.to_vec()) };
+    let mut out = wasm_encoder::Module::new();
+    for payload in Parser::new(0).parse_all(module) {
+        let payload = payload?;
+        if let Payload::ExportSection(r) = &payload {
+            let mut exports = wasm_encoder::ExportSection::new();
+            for e in r.clone() {
+                let e = e?;
+                let kind = match e.kind {
+                    ExternalKind::Func | ExternalKind::FuncExact => wasm_encoder::ExportKind::Func,
+                    ExternalKind::Table => wasm_encoder::ExportKind::Table,
+                    ExternalKind::Memory => wasm_encoder::ExportKind::Memory,
+                    ExternalKind::Global => wasm_encoder::ExportKind::Global,
+                    ExternalKind::Tag => wasm_encoder::ExportKind::Tag,
+                };
+                let index = if e.name == "cabi_realloc" { target } else { e.index };
+                exports.export(e.name, kind, index);
+            }
+            out.section(&exports);
+        } else if let Some((id, range)) = payload.as_section() {
+            out.section(&wasm_encoder::RawSection { id, data: &module[range.start as usize..range.end as usize] });
+        }
+    }
+    Ok(out.finish())
 }
 
 /// Whether a core module imports anything from module `name`.

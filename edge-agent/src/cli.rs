@@ -18,7 +18,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run one job: a guest component on one KServe v2 request.
+    /// Run one job: a guest component on one KServe v2 request, or a
+    /// wasi-nn command program (`wasi:cli/command`) with its arguments.
     Run(RunArgs),
     /// Build a guest crate or workspace into components.
     Build {
@@ -31,7 +32,9 @@ enum Command {
         #[arg(long)]
         toolchain: Option<String>,
         /// Target triple (default: the toolchain's; build-std also takes
-        /// wasm32-wasip1 for WASI guests).
+        /// wasm32-wasip1 for WASI guests). A crate with a `main` builds into
+        /// a command program: wasm32-wasip1 (the default with build-std) or
+        /// wasm32-wasip2 (rustup's target).
         #[arg(long)]
         target: Option<String>,
     },
@@ -122,14 +125,23 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// Guest component (.wasm).
+    /// Guest component (.wasm): a `mote:edge/job` guest or a command program.
     guest: PathBuf,
-    /// KServe v2 infer request (JSON file, `-` for stdin).
+    /// A command program's arguments (after `--` when they start with `-`).
+    args: Vec<String>,
+    /// KServe v2 infer request (JSON file, `-` for stdin); job guests only.
     #[arg(long)]
-    input: PathBuf,
+    input: Option<PathBuf>,
     /// A model the guest may load by name: NAME=PATH.onnx (repeatable).
     #[arg(long = "model", value_name = "NAME=PATH")]
     models: Vec<String>,
+    /// A graph a command program may `load-by-name` (as `--model`).
+    #[arg(long = "nn-graph", value_name = "NAME=PATH")]
+    nn_graphs: Vec<String>,
+    /// A host directory a command program sees read-only: HOST[::GUEST]
+    /// (repeatable; nothing else of the host is reachable).
+    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
+    dirs: Vec<String>,
     /// Backend: auto, ort-cpu, ort-cuda or wgpu.
     #[arg(long, default_value = "auto")]
     backend: String,
@@ -290,12 +302,11 @@ fn run_job(args: RunArgs) -> Result<ExitCode> {
     let backend = BackendChoice::parse(&args.backend).map_err(anyhow::Error::msg)?;
     let guest = read(&args.guest)?;
     let mut models = Vec::new();
-    for m in &args.models {
+    for m in args.models.iter().chain(&args.nn_graphs) {
         let (name, path) = m.split_once('=').with_context(|| format!("--model {m}: expected NAME=PATH"))?;
         let bytes = std::fs::read(path).with_context(|| format!("reading model {path}"))?;
         models.push((name.to_string(), bytes));
     }
-    let request = parse_request_file(&args.input)?;
     let mut limits = Limits::default();
     if let Some(f) = args.fuel {
         limits.fuel = f;
@@ -318,6 +329,14 @@ fn run_job(args: RunArgs) -> Result<ExitCode> {
     }
     let name = args.guest.file_stem().map_or_else(|| "guest".into(), |s| s.to_string_lossy().into_owned());
     let deployment = runtime.deploy(DeploymentSpec { name: name.clone(), guest, models, limits, backend })?;
+    if deployment.is_command() {
+        return run_program(&deployment, &args, &name);
+    }
+    if !args.dirs.is_empty() || !args.args.is_empty() {
+        bail!("--dir and program arguments are for command programs; {} is a job guest (use --input)", args.guest.display());
+    }
+    let input = args.input.as_ref().context("a job guest needs --input REQUEST.json")?;
+    let request = parse_request_file(input)?;
     // What the guest streams (mote:edge/output) is printed as it comes.
     let streamed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = streamed.clone();
@@ -336,22 +355,7 @@ fn run_job(args: RunArgs) -> Result<ExitCode> {
         eprintln!("[guest {:?}] {}", line.level, line.message);
     }
     let r = &report.receipt;
-    eprintln!(
-        "usage: outcome={} fuel={} wall={:.3}ms backend={:.3}ms bytes_in={} bytes_out={} peak_memory={}KiB graphs={} tokens={}+{} backend={} device={:?} price={}",
-        r.outcome,
-        r.usage.fuel,
-        r.usage.wall_ns as f64 / 1e6,
-        r.usage.backend_ns as f64 / 1e6,
-        r.usage.bytes_in,
-        r.usage.bytes_out,
-        r.usage.peak_memory_bytes / 1024,
-        r.usage.graphs_loaded,
-        r.usage.prompt_tokens,
-        r.usage.completion_tokens,
-        r.backend,
-        r.device,
-        r.price_units
-    );
+    print_usage(r);
     if let Some(path) = &args.receipt {
         std::fs::write(path, r.to_json_pretty()).with_context(|| format!("writing {}", path.display()))?;
     }
@@ -370,6 +374,61 @@ fn run_job(args: RunArgs) -> Result<ExitCode> {
             Ok(ExitCode::from(2))
         }
     }
+}
+
+/// Runs a command program: stdout and stderr stream to the terminal, the
+/// exit code is the program's (or 2 when the sandbox stopped it: trap,
+/// fuel, deadline, memory).
+fn run_program(deployment: &mote_runtime::Deployment, args: &RunArgs, name: &str) -> Result<ExitCode> {
+    use mote_runtime::command::{CommandRun, Mount};
+    if args.input.is_some() {
+        bail!("--input is for job guests; {} is a command program (it takes arguments and --dir)", args.guest.display());
+    }
+    let mut argv = vec![format!("{name}.wasm")];
+    argv.extend(args.args.iter().cloned());
+    let run = CommandRun {
+        args: argv,
+        mounts: args.dirs.iter().map(|d| Mount::parse(d)).collect(),
+        stdout: Box::new(std::io::stdout()),
+        stderr: Box::new(std::io::stderr()),
+    };
+    let report = deployment.run_command(hex::encode(rand::random::<[u8; 16]>()), run)?;
+    for line in &report.log {
+        eprintln!("[guest {:?}] {}", line.level, line.message);
+    }
+    let r = &report.receipt;
+    print_usage(r);
+    if let Some(path) = &args.receipt {
+        std::fs::write(path, r.to_json_pretty()).with_context(|| format!("writing {}", path.display()))?;
+    }
+    match (&report.result, r.exit_code) {
+        (_, Some(code)) => Ok(ExitCode::from(u8::try_from(code).unwrap_or(1))),
+        (Err(e), None) => {
+            eprintln!("error: program stopped ({}): {}", e.outcome, e.message);
+            Ok(ExitCode::from(2))
+        }
+        (Ok(_), None) => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// The job's usage line on stderr.
+fn print_usage(r: &Receipt) {
+    eprintln!(
+        "usage: outcome={} fuel={} wall={:.3}ms backend={:.3}ms bytes_in={} bytes_out={} peak_memory={}KiB graphs={} tokens={}+{} backend={} device={:?} price={}",
+        r.outcome,
+        r.usage.fuel,
+        r.usage.wall_ns as f64 / 1e6,
+        r.usage.backend_ns as f64 / 1e6,
+        r.usage.bytes_in,
+        r.usage.bytes_out,
+        r.usage.peak_memory_bytes / 1024,
+        r.usage.graphs_loaded,
+        r.usage.prompt_tokens,
+        r.usage.completion_tokens,
+        r.backend,
+        r.device,
+        r.price_units
+    );
 }
 
 fn verify(

@@ -24,8 +24,8 @@ pub enum DeployError {
     #[error("guest is not a valid WebAssembly component: {0}")]
     InvalidGuest(String),
     /// The guest imports something mote does not provide, or lacks the
-    /// `handler` export.
-    #[error("guest does not fit the mote:edge/job world: {0}")]
+    /// `handler` export (or, for a command program, `wasi:cli/run`).
+    #[error("guest does not fit the mote:edge/job world or wasi:cli/command: {0}")]
     WorldMismatch(String),
     /// The memory limit is larger than the node's pool slots.
     #[error(
@@ -96,12 +96,21 @@ pub struct Deployment {
     pub(crate) name: String,
     /// Whose share of the graph cache this deployment's loads count in.
     cache_owner: Arc<str>,
-    pub(crate) pre: bindings::JobPre<JobState>,
+    pub(crate) entry: Entry,
     pub(crate) guest_sha256: String,
     models: Arc<NamedModels>,
     pub(crate) limits: Limits,
     backend: BackendChoice,
     pub(crate) runtime: Runtime,
+}
+
+/// What kind of component a deployment runs, told apart by its exports.
+#[derive(Clone)]
+pub(crate) enum Entry {
+    /// A `mote:edge/job` guest: `handler.handle` per request.
+    Job(bindings::JobPre<JobState>),
+    /// A `wasi:cli/command` program: `run` once per invocation.
+    Command(wasmtime_wasi::p2::bindings::sync::CommandPre<JobState>),
 }
 
 /// The declared inputs and outputs of one of a deployment's models.
@@ -131,7 +140,17 @@ impl Runtime {
         let component =
             Component::new(&self.engine, &spec.guest).map_err(|e| DeployError::InvalidGuest(one_line(&e)))?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| DeployError::WorldMismatch(one_line(&e)))?;
-        let pre = bindings::JobPre::new(pre).map_err(|e| DeployError::WorldMismatch(one_line(&e)))?;
+        // A component exporting `wasi:cli/run` is a command program;
+        // anything else must be a job guest.
+        let command = component.component_type().exports(&self.engine).any(|(name, _)| name.starts_with("wasi:cli/run@"));
+        let entry = if command {
+            Entry::Command(
+                wasmtime_wasi::p2::bindings::sync::CommandPre::new(pre)
+                    .map_err(|e| DeployError::WorldMismatch(one_line(&e)))?,
+            )
+        } else {
+            Entry::Job(bindings::JobPre::new(pre).map_err(|e| DeployError::WorldMismatch(one_line(&e)))?)
+        };
         let mut models = NamedModels::new();
         for (name, bytes) in spec.models {
             if bytes.is_empty() {
@@ -148,7 +167,7 @@ impl Runtime {
         Ok(Deployment {
             cache_owner: spec.name.as_str().into(),
             name: spec.name,
-            pre,
+            entry,
             guest_sha256: sha256_hex(&spec.guest),
             models: Arc::new(models),
             limits: spec.limits,
@@ -205,7 +224,11 @@ impl Deployment {
     /// nothing: the fixed cost of a job before its handler runs.
     pub fn instantiate_probe(&self) -> Result<(), JobError> {
         let (mut store, _) = self.new_store(WasiCtxBuilder::new().build(), None);
-        self.pre.instantiate(&mut store).map_err(|e| crate::job::classify(&e))?;
+        match &self.entry {
+            Entry::Job(pre) => pre.instantiate(&mut store).map(drop),
+            Entry::Command(pre) => pre.instantiate(&mut store).map(drop),
+        }
+        .map_err(|e| crate::job::classify(&e))?;
         Ok(())
     }
 

@@ -117,6 +117,7 @@ impl Deployment {
             started_at: humantime::format_rfc3339_millis(started_at).to_string(),
             price_units: rt.signer.price.price_usage(&usage),
             stream_sha256: state.stream.sha256(),
+            exit_code: None,
             usage,
             outcome,
             backend,
@@ -160,7 +161,18 @@ impl Deployment {
             }
         }
 
-        let job = self.pre.instantiate(&mut *store).map_err(|e| classify(&e))?;
+        let pre = match &self.entry {
+            crate::deployment::Entry::Job(pre) => pre,
+            crate::deployment::Entry::Command(_) => {
+                return Err(JobError {
+                    outcome: Outcome::InvalidInput,
+                    message: "this deployment is a command program (wasi:cli/command): it takes no requests; \
+                              run it with `mote run PROGRAM.wasm --dir HOST::GUEST`"
+                        .into(),
+                })
+            }
+        };
+        let job = pre.instantiate(&mut *store).map_err(|e| classify(&e))?;
         let wit_request =
             wit::Request { inputs: request.inputs.into_iter().map(to_wit).collect(), parameters: request.parameters };
         match job.mote_edge_handler().call_handle(&mut *store, &wit_request) {

@@ -8,6 +8,7 @@
 
 pub mod attack_models;
 pub mod backend;
+pub mod command;
 mod backends;
 mod deployment;
 pub mod graph_builder;

@@ -72,6 +72,9 @@ pub enum Outcome {
     /// The client went away while the job streamed to it (or the caller
     /// cancelled the job).
     Cancelled,
+    /// A command program exited with a non-zero status (the receipt's
+    /// `exit_code`).
+    Exit,
 }
 
 impl Outcome {
@@ -86,6 +89,7 @@ impl Outcome {
             Self::InvalidInput => "invalid_input",
             Self::BackendError => "backend_error",
             Self::Cancelled => "cancelled",
+            Self::Exit => "exit",
         }
     }
 }

@@ -74,6 +74,9 @@ pub struct Receipt {
     /// concatenated, hex; absent when it streamed nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_sha256: Option<String>,
+    /// A command program's exit status; absent for job guests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
     /// Price of the job in the node's price units.
     pub price_units: u64,
     /// ed25519 signature, hex, over the canonical JSON without this field.
@@ -153,6 +156,8 @@ struct CanonicalFields<'a> {
     #[serde(skip_serializing_if = "is_zero")]
     completion_tokens: u64,
     device: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_code: Option<i32>,
     fuel: u64,
     graphs_loaded: u32,
     guest_sha256: &'a str,
@@ -183,6 +188,7 @@ impl Receipt {
             bytes_out: u.bytes_out,
             completion_tokens: u.completion_tokens,
             device: &self.device,
+            exit_code: self.exit_code,
             fuel: u.fuel,
             graphs_loaded: u.graphs_loaded,
             guest_sha256: &self.guest_sha256,
@@ -425,6 +431,7 @@ mod tests {
             device: "cpu".into(),
             price_units: 7,
             stream_sha256: None,
+            exit_code: None,
             signature: String::new(),
         }
     }
@@ -493,6 +500,7 @@ mod tests {
             completion_tokens: 8,
         };
         r.stream_sha256 = Some(sha256_hex(b"streamed"));
+        r.exit_code = Some(-3);
         r.sign(&key);
         let value = serde_json::to_value(&r).unwrap();
         assert_eq!(
