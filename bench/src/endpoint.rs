@@ -1,6 +1,7 @@
 //! Endpoint benchmark: the real `mote serve` on loopback, driven by this
-//! process's own async clients over HTTPS (JSON and binary) and QUIC, with
-//! the same deployment called in-process as the baseline.
+//! process's own async clients over HTTPS (JSON and binary), QUIC and
+//! KServe gRPC (tonic, raw tensor contents, over TLS), with the same
+//! deployment called in-process as the baseline.
 
 use crate::stats::Summary;
 use crate::{bar, Ctx};
@@ -19,12 +20,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const CONCURRENCY: [usize; 3] = [1, 8, 64];
-const TRANSPORTS: [&str; 4] = ["in-process", "https-json", "https-binary", "quic"];
+const TRANSPORTS: [&str; 5] = ["in-process", "https-json", "https-binary", "quic", "grpc"];
 
 struct Server {
     child: Child,
     https: SocketAddr,
     quic: SocketAddr,
+    grpc: SocketAddr,
     cert: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -44,6 +46,7 @@ fn start(ctx: &Ctx) -> Result<Server> {
 [server]
 listen = "127.0.0.1:0"
 quic = "127.0.0.1:0"
+grpc = "127.0.0.1:0"
 [[deployment]]
 name = "mlp"
 guest = "{b}/guests/passthrough.wasm"
@@ -87,6 +90,7 @@ deadline_ms = 120000
         child,
         https: seen.http.context("mote serve announced no https address")?,
         quic: seen.quic.context("mote serve announced no quic address")?,
+        grpc: seen.grpc.context("mote serve announced no grpc address")?,
         cert: seen.cert.context("mote serve announced no certificate")?,
         _dir: dir,
     })
@@ -160,6 +164,16 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
         Arc::new(rt.block_on(QuicClient::connect(server.quic, "localhost", &Trust::CaFile(server.cert.clone())))?);
     let local =
         Runtime::new(RuntimeConfig { data_dir: None, ..RuntimeConfig::default() }).map_err(anyhow::Error::msg)?;
+    let grpc = rt.block_on(async {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&pem))
+            .domain_name("localhost");
+        let channel = tonic::transport::Channel::from_shared(format!("https://localhost:{}", server.grpc.port()))?
+            .tls_config(tls)?
+            .connect()
+            .await?;
+        anyhow::Ok(GrpcClient::new(channel).max_decoding_message_size(usize::MAX))
+    })?;
 
     let mut rows = Vec::new();
     for model in ["mlp", "cnn"] {
@@ -211,6 +225,16 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
                                 r = r.header("Inference-Header-Content-Length", bin_len.to_string());
                             }
                             Box::pin(exchange(r))
+                        })
+                    }
+                    "grpc" => {
+                        let (grpc, msg) = (grpc.clone(), Arc::new(grpc_request(model, &req)));
+                        Arc::new(move || {
+                            let (mut grpc, msg) = (grpc.clone(), msg.clone());
+                            Box::pin(async move {
+                                grpc.model_infer((*msg).clone()).await?;
+                                Ok(())
+                            })
                         })
                     }
                     _ => {
@@ -288,6 +312,28 @@ async fn exchange(r: reqwest::RequestBuilder) -> Result<()> {
     }
     resp.bytes().await?;
     Ok(())
+}
+
+type GrpcClient = mote_agent::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>;
+
+/// The request as tritonclient[grpc] sends it: tensors in raw contents.
+fn grpc_request(model: &str, req: &Request) -> mote_agent::grpc::pb::ModelInferRequest {
+    use mote_agent::grpc::pb::{model_infer_request::InferInputTensor, ModelInferRequest};
+    ModelInferRequest {
+        model_name: model.into(),
+        inputs: req
+            .inputs
+            .iter()
+            .map(|t| InferInputTensor {
+                name: t.name.clone(),
+                datatype: t.datatype.as_str().into(),
+                shape: t.shape.iter().map(|&d| d as i64).collect(),
+                ..Default::default()
+            })
+            .collect(),
+        raw_input_contents: req.inputs.iter().map(|t| t.data.clone()).collect(),
+        ..Default::default()
+    }
 }
 
 fn bytes_of(v: &[u8]) -> bytes::Bytes {

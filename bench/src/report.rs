@@ -175,12 +175,13 @@ fn markdown(r: &Value) -> String {
     );
     let _ =
         writeln!(md, "- QUIC p50 overhead over in-process: {quic:.1} µs (target ≤ 60 µs): {}", verdict(quic <= 60.0));
+    let _ = writeln!(md, "- gRPC (KServe v2, TLS) p50 overhead over in-process: {:.1} µs", overhead("grpc"));
     let _ = writeln!(
         md,
         "\nThroughput with 64 clients vs 1 (target: both of the {} cores busy, ≥ ×1.6):\n",
         r["machine"]["cores"]
     );
-    for t in ["in-process", "https-json", "https-binary", "quic"] {
+    for t in ["in-process", "https-json", "https-binary", "quic", "grpc"] {
         let scale = tput(t, 64) / tput(t, 1);
         let _ = writeln!(md, "- {t}: ×{scale:.2}: {}", verdict(scale >= 1.6));
     }
@@ -314,8 +315,8 @@ fn plot(path: &Path, r: &Value) -> Result<()> {
         .y_label_area_size(70)
         .build_cartesian_2d((0.9f64..80f64).log_scale(), (1f64..max * 1.5).log_scale())?;
     chart.configure_mesh().x_desc("concurrent clients").y_desc("p50 latency (µs)").draw()?;
-    let colors = [RED, BLUE, GREEN, MAGENTA];
-    for (i, t) in ["in-process", "https-json", "https-binary", "quic"].iter().enumerate() {
+    let colors = [RED, BLUE, GREEN, MAGENTA, CYAN];
+    for (i, t) in ["in-process", "https-json", "https-binary", "quic", "grpc"].iter().enumerate() {
         let pts: Vec<(f64, f64)> = rows
             .iter()
             .filter(|x| x["transport"] == *t)

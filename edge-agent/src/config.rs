@@ -31,6 +31,10 @@ pub(crate) struct Server {
     pub(crate) listen: SocketAddr,
     /// QUIC listener (`mote/1`); none if absent.
     pub(crate) quic: Option<SocketAddr>,
+    /// KServe v2 gRPC listener (TLS as HTTPS; plaintext with
+    /// `--insecure-http`, loopback only). None: no gRPC.
+    #[serde(default)]
+    pub(crate) grpc: Option<SocketAddr>,
     /// PEM certificate chain; a self-signed one is generated if absent.
     pub(crate) cert: Option<PathBuf>,
     /// PEM private key for `cert`.
@@ -71,6 +75,7 @@ impl Default for Server {
         Self {
             listen: "127.0.0.1:8443".parse().expect("valid address"),
             quic: None,
+            grpc: None,
             cert: None,
             key: None,
             data_dir: None,

@@ -7,6 +7,7 @@
 mod build;
 pub mod cli;
 mod config;
+pub mod grpc;
 mod http;
 mod intake;
 pub mod jobs;

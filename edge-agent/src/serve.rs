@@ -19,6 +19,8 @@ pub struct Announced {
     pub http: Option<std::net::SocketAddr>,
     /// The QUIC listener.
     pub quic: Option<std::net::SocketAddr>,
+    /// The gRPC listener (`listening grpc://…`).
+    pub grpc: Option<std::net::SocketAddr>,
     /// The certificate's PEM file.
     pub cert: Option<std::path::PathBuf>,
     /// The `ready: …` line, once seen.
@@ -31,6 +33,8 @@ impl Announced {
         let line = line.trim();
         if let Some(a) = line.strip_prefix("listening https://").or(line.strip_prefix("listening http://")) {
             self.http = a.parse().ok();
+        } else if let Some(a) = line.strip_prefix("listening grpc://") {
+            self.grpc = a.split_whitespace().next().and_then(|a| a.parse().ok());
         } else if let Some(a) = line.strip_prefix("listening quic://") {
             self.quic = a.split_whitespace().next().and_then(|a| a.parse().ok());
         } else if let Some(rest) = line.strip_prefix("certificate ") {
@@ -53,6 +57,9 @@ pub(crate) async fn serve(cfg: Config, insecure_http: bool) -> Result<()> {
     if insecure_http && !cfg.server.listen.ip().is_loopback() {
         bail!("--insecure-http serves plain HTTP on loopback addresses only, not {}", cfg.server.listen);
     }
+    if let Some(g) = cfg.server.grpc.filter(|g| insecure_http && !g.ip().is_loopback()) {
+        bail!("--insecure-http serves plaintext gRPC on loopback addresses only, not {g}");
+    }
     let data_dir = cfg.server.data_dir.clone().unwrap_or_else(mote_runtime::receipt::default_data_dir);
     let grace = Duration::from_millis(cfg.server.grace_period_ms);
     let max_body = cfg.server.max_body_bytes;
@@ -63,6 +70,7 @@ pub(crate) async fn serve(cfg: Config, insecure_http: bool) -> Result<()> {
     let max_connections = cfg.server.max_connections;
     let listen = cfg.server.listen;
     let quic_addr = cfg.server.quic;
+    let grpc_addr = cfg.server.grpc;
     let tls = (cfg.server.cert.clone(), cfg.server.key.clone());
 
     let node = Arc::new(tokio::task::spawn_blocking(move || Node::new(&cfg)).await.context("starting the node")??);
@@ -71,30 +79,21 @@ pub(crate) async fn serve(cfg: Config, insecure_http: bool) -> Result<()> {
     }
     let identity = Identity::load_or_generate(tls.0.as_deref(), tls.1.as_deref(), &data_dir)?;
 
-    let handle = axum_server::Handle::new();
-    let app = http::router(node.clone(), http::HttpLimits { max_body, body_timeout }).into_make_service();
-    // Connection cap and idle timeout under TLS (a handshake that stalls is
-    // cut by the TLS acceptor's own 10 s timeout); header timeout and
-    // stream cap in hyper.
-    let guard = GuardAcceptor { cap: ConnectionCap::new(max_connections), idle };
-    let http_task = if insecure_http {
-        let mut server = axum_server::bind(listen).handle(handle.clone()).acceptor(guard);
-        tune(server.http_builder(), header_timeout, streams);
-        tokio::spawn(async move { server.serve(app).await })
-    } else {
-        let rustls = identity.server_config(&[b"h2", b"http/1.1"])?;
-        let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(rustls));
-        let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config).acceptor(guard);
-        let mut server = axum_server::bind(listen).handle(handle.clone()).acceptor(acceptor);
-        tune(server.http_builder(), header_timeout, streams);
-        tokio::spawn(async move { server.serve(app).await })
-    };
-    let Some(bound) = handle.listening().await else {
-        let err = http_task.await.context("HTTP listener")?.err();
-        bail!("could not listen on {listen}: {}", err.map_or_else(|| "unknown error".into(), |e| e.to_string()));
-    };
+    let app = http::router(node.clone(), http::HttpLimits { max_body, body_timeout });
+    let tuning = Tuning { cap: ConnectionCap::new(max_connections), idle, header_timeout, streams };
+    let tls = (!insecure_http).then_some(&identity);
+    let (handle, http_task, bound) = listen_on(listen, app, tls, &[b"h2", b"http/1.1"], &tuning).await?;
     let scheme = if insecure_http { "http" } else { "https" };
     say(format!("listening {scheme}://{bound}"));
+    let grpc = match grpc_addr {
+        Some(addr) => {
+            let routes = tonic::service::Routes::new(crate::grpc::service(node.clone(), max_body)).into_axum_router();
+            let (h, task, bound) = listen_on(addr, routes, tls, &[b"h2"], &tuning).await?;
+            say(format!("listening grpc://{bound}{}", if insecure_http { " (plaintext)" } else { "" }));
+            Some((h, task))
+        }
+        None => None,
+    };
     let quic = match quic_addr {
         Some(addr) => {
             let endpoint = quic::endpoint(addr, &identity, streams, idle)?;
@@ -113,6 +112,9 @@ pub(crate) async fn serve(cfg: Config, insecure_http: bool) -> Result<()> {
     say(format!("shutting down: {} request(s) in flight, grace {grace:?}", node.in_flight()));
     node.drain();
     handle.graceful_shutdown(Some(grace));
+    if let Some((h, _)) = &grpc {
+        h.graceful_shutdown(Some(grace));
+    }
     let drained = node.wait_idle(grace).await;
     if let Some(endpoint) = quic {
         // Give finished streams a moment to flush their last bytes.
@@ -121,8 +123,57 @@ pub(crate) async fn serve(cfg: Config, insecure_http: bool) -> Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     }
     let _ = tokio::time::timeout(grace + Duration::from_secs(1), http_task).await;
+    if let Some((_, task)) = grpc {
+        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+    }
     say(if drained { "stopped: all in-flight requests completed".into() } else { "stopped: grace period over".into() });
     Ok(())
+}
+
+/// Limits every HTTP listener applies to its connections.
+struct Tuning {
+    cap: ConnectionCap,
+    idle: Duration,
+    header_timeout: Duration,
+    streams: u32,
+}
+
+type Listener = (axum_server::Handle, tokio::task::JoinHandle<std::io::Result<()>>, std::net::SocketAddr);
+
+/// Serves `app` on `addr`, over TLS with `alpn` when `tls` is given: the
+/// connection cap and idle timeout under TLS (a handshake that stalls is
+/// cut by the TLS acceptor's own 10 s timeout), header timeout and stream
+/// cap in hyper. Returns once it listens.
+async fn listen_on(
+    addr: std::net::SocketAddr,
+    app: axum::Router,
+    tls: Option<&Identity>,
+    alpn: &[&[u8]],
+    t: &Tuning,
+) -> Result<Listener> {
+    let handle = axum_server::Handle::new();
+    let guard = GuardAcceptor { cap: t.cap.clone(), idle: t.idle };
+    let app = app.into_make_service();
+    let task = match tls {
+        None => {
+            let mut server = axum_server::bind(addr).handle(handle.clone()).acceptor(guard);
+            tune(server.http_builder(), t.header_timeout, t.streams);
+            tokio::spawn(async move { server.serve(app).await })
+        }
+        Some(identity) => {
+            let rustls = identity.server_config(alpn)?;
+            let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(rustls));
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config).acceptor(guard);
+            let mut server = axum_server::bind(addr).handle(handle.clone()).acceptor(acceptor);
+            tune(server.http_builder(), t.header_timeout, t.streams);
+            tokio::spawn(async move { server.serve(app).await })
+        }
+    };
+    let Some(bound) = handle.listening().await else {
+        let err = task.await.context("listener")?.err();
+        bail!("could not listen on {addr}: {}", err.map_or_else(|| "unknown error".into(), |e| e.to_string()));
+    };
+    Ok((handle, task, bound))
 }
 
 /// hyper's own limits: time to send request headers (HTTP/1), concurrent

@@ -170,6 +170,7 @@ fn serve() -> common::Server {
 [server]
 listen = "127.0.0.1:0"
 quic = "127.0.0.1:0"
+grpc = "127.0.0.1:0"
 metrics_token = "{METRICS_TOKEN}"
 max_body_bytes = 1048576
 
@@ -383,6 +384,29 @@ fn greedy_chat_streams_the_same_tokens_over_kserve_https_events_and_quic_frames(
     assert_eq!(ids, native, "QUIC greedy tokens differ from the native loop");
     assert!(frames.len() >= 3 && end_at - frames[0].1 >= Duration::from_millis(50), "{frames:?}");
     assert_eq!(reply.header["parameters"]["completion_tokens"], native.len().to_string(), "the guest's parameters come back");
+
+    // KServe gRPC's ModelStreamInfer with tritonclient[grpc]: one response
+    // per chunk, then the final one.
+    let out = Command::new(python())
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/triton_grpc_client.py"))
+        .arg("stream")
+        .arg(format!("localhost:{}", s.grpc.expect("gRPC listener").port()))
+        .arg(&s.cert)
+        .arg(TOKEN)
+        .arg("smollm2")
+        .arg(body.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let g: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let g_chunks: String = g["chunks"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert!(g["chunks"].as_array().unwrap().len() >= 3, "{g}");
+    assert_eq!(g_chunks, streamed, "gRPC streamed different text");
+    assert_eq!(g["text"], streamed);
+    let g_ids: Vec<i64> = g["token_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    assert_eq!(g_ids, native, "gRPC greedy tokens differ from the native loop");
+    let receipt = mote_runtime::Receipt::verify_json(g["receipt"].as_str().unwrap()).unwrap();
+    assert_eq!(receipt.stream_sha256.as_deref(), Some(hex_sha256(streamed.as_bytes()).as_str()));
 
     // `mote infer` prints what streams as it arrives, the response apart.
     let dir = tempfile::tempdir().unwrap();

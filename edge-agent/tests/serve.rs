@@ -432,6 +432,45 @@ fn tritons_own_python_client_works_unmodified() {
     assert!(stdout.contains("tritonclient: 3 passed, 0 failed"), "{stdout}");
 }
 
+/// KServe v2 gRPC: Triton's `tritonclient[grpc]` unmodified (health,
+/// metadata, raw and typed tensor contents, errors), outputs equal to the
+/// REST answer; the listener is announced; `--insecure-http` makes it
+/// plaintext on loopback.
+#[test]
+fn tritons_grpc_client_works_unmodified_and_equals_rest() {
+    let python = build().join("../deps/venv/bin/python");
+    let have = Command::new(&python).args(["-c", "import tritonclient.grpc"]).status().is_ok_and(|s| s.success());
+    if !have {
+        assert!(std::env::var_os("CI").is_none(), "tritonclient[grpc] missing in deps/venv: scripts/setup.sh installs it");
+        eprintln!("skipping: tritonclient[grpc] is not installed in deps/venv (run scripts/setup.sh)");
+        return;
+    }
+    let s = start_with(&config_with("grpc = \"127.0.0.1:0\"", ""), &[]);
+    let grpc = s.grpc.expect("`listening grpc://` announced");
+    let out = Command::new(&python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/triton_grpc_client.py"))
+        .arg("infer")
+        .arg(format!("localhost:{}", grpc.port()))
+        .arg(format!("localhost:{}", s.https.port()))
+        .arg(&s.cert)
+        .arg(TOKEN_A)
+        .arg(artifact("models/mlp.expected.json"))
+        .arg(artifact("models/mlp.request.json"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "tritonclient[grpc] failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("tritonclient-grpc: 5 passed, 0 failed"), "{stdout}");
+    // Plaintext only with the flag (and on loopback, as plain HTTP).
+    let plain = start_with(&config_with("grpc = \"127.0.0.1:0\"", ""), &["--insecure-http"]);
+    let line = format!("127.0.0.1:{}", plain.grpc.unwrap().port());
+    let ok = Command::new(&python)
+        .args(["-c", &format!("import tritonclient.grpc as g; assert g.InferenceServerClient('{line}').is_server_live()")])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "plaintext gRPC with --insecure-http");
+}
+
 #[test]
 fn plain_http_needs_the_flag_and_loopback() {
     // With the flag, on loopback: plain HTTP works.

@@ -14,6 +14,8 @@ pub struct Server {
     pub child: Child,
     pub https: SocketAddr,
     pub quic: SocketAddr,
+    /// The gRPC listener, when the config has `[server] grpc`.
+    pub grpc: Option<SocketAddr>,
     pub cert: PathBuf,
     /// Its stdout lines after the ready line.
     pub lines: mpsc::Receiver<String>,
@@ -61,5 +63,13 @@ pub fn start_serve(config_text: &str, flags: &[&str], ready_within: Duration) ->
     }
     let ready = seen.ready.unwrap();
     assert!(ready.contains(", 0 failed"), "{ready}");
-    Server { child, https: seen.http.unwrap(), quic: seen.quic.unwrap(), cert: seen.cert.unwrap(), lines: rx, dir }
+    Server {
+        child,
+        https: seen.http.unwrap(),
+        quic: seen.quic.unwrap(),
+        grpc: seen.grpc,
+        cert: seen.cert.unwrap(),
+        lines: rx,
+        dir,
+    }
 }
