@@ -80,3 +80,79 @@ fn mlp_builder_equals_the_same_network_run_natively() {
     assert_eq!(report.receipt.usage.graphs_loaded, 1);
     assert_eq!(report.receipt.model_sha256.len(), 1, "the lowered graph is hashed into the receipt");
 }
+
+/// The classifier takes a JPEG or PNG file (BYTES) and decodes it inside
+/// the sandbox: a PNG of the reference image gives exactly the raw-RGB
+/// answer, a JPEG of it the same top class; corrupt files, other formats
+/// and decompression bombs are `invalid_input`, and the guest keeps working.
+#[test]
+fn the_classifier_decodes_jpeg_and_png_in_the_sandbox() {
+    use mote_runtime::tensor::{join_bytes_elements, Datatype, IoTensor};
+    use mote_runtime::Request;
+    let rt = runtime();
+    let d = deploy(&rt, "classifier", &[], Limits::default());
+    let raw = request("classifier");
+    let img = &raw.inputs[0];
+    let (h, w) = (img.shape[0] as u32, img.shape[1] as u32);
+    let rgb = image::RgbImage::from_raw(w, h, img.data.clone()).expect("reference image is HWC RGB");
+    let encode = |format: image::ImageFormat| {
+        let mut out = std::io::Cursor::new(Vec::new());
+        rgb.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    };
+    let file_request = |bytes: &[u8]| Request {
+        inputs: vec![IoTensor { name: "image".into(), datatype: Datatype::Bytes, shape: vec![1], data: join_bytes_elements([bytes]) }],
+        parameters: raw.parameters.clone(),
+    };
+    let want = d.run(&raw).result.expect("raw RGB");
+    let png = d.run(&file_request(&encode(image::ImageFormat::Png))).result.expect("PNG");
+    assert_eq!(png.outputs, want.outputs, "a lossless PNG classifies exactly like its raw pixels");
+    // JPEG is lossy (and this picture's top two classes are 0.001 apart):
+    // the same five classes, each score within 0.05.
+    let jpeg = d.run(&file_request(&encode(image::ImageFormat::Jpeg))).result.expect("JPEG");
+    let scored = |r: &mote_runtime::Response| -> std::collections::BTreeMap<i64, f32> {
+        let idx = r.outputs.iter().find(|t| t.name == "indices").unwrap();
+        let sc = r.outputs.iter().find(|t| t.name == "scores").unwrap();
+        idx.data
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .zip(sc.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())))
+            .collect()
+    };
+    let (a, b) = (scored(&jpeg), scored(&want));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "JPEG top-5 classes");
+    assert!(a.iter().all(|(k, v)| (v - b[k]).abs() < 0.05), "JPEG scores {a:?} vs {b:?}");
+
+    let mut truncated = encode(image::ImageFormat::Png);
+    truncated.truncate(truncated.len() / 2);
+    // A PNG whose header claims 60000×60000 pixels (10 GB of RGB).
+    let mut bomb = encode(image::ImageFormat::Png);
+    bomb[16..20].copy_from_slice(&60000u32.to_be_bytes());
+    bomb[20..24].copy_from_slice(&60000u32.to_be_bytes());
+    let crc = crc32(&bomb[12..29]);
+    bomb[29..33].copy_from_slice(&crc.to_be_bytes());
+    for (what, bytes, words) in [
+        ("truncated PNG", truncated, "decoding"),
+        ("not an image", b"hello, world".to_vec(), "not a JPEG or PNG"),
+        ("GIF", b"GIF89a\x01\x00\x01\x00\x00\x00\x00;".to_vec(), "JPEG and PNG are supported"),
+        ("decompression bomb", bomb, "decoding"),
+    ] {
+        let r = d.run(&file_request(&bytes));
+        assert_eq!(r.receipt.outcome, Outcome::InvalidInput, "{what}");
+        let msg = r.result.unwrap_err().message;
+        assert!(msg.contains(words), "{what}: {msg}");
+    }
+    assert_eq!(d.run(&raw).result.expect("still serving").outputs, want.outputs);
+}
+
+/// CRC-32 (ISO-HDLC) of a PNG chunk's type and data.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+        }
+    }
+    !c
+}

@@ -1,5 +1,7 @@
-//! An image classifier: the request carries raw RGB bytes (`image`, UINT8
-//! `[height, width, 3]`); the guest resizes them to 224×224 (bilinear,
+//! An image classifier: the request carries a JPEG or PNG file (`image`,
+//! BYTES `[1]`), decoded inside the sandbox with the `image` crate (the
+//! stranger's bytes never reach a host decoder), or raw RGB bytes (`image`,
+//! UINT8 `[height, width, 3]`); the guest resizes them to 224×224 (bilinear,
 //! half-pixel centres), normalises with the ImageNet mean and deviation,
 //! runs a ResNet-style CNN (ONNX bytes embedded in the guest, loaded through
 //! wasi-nn) and returns the top-k labels with their softmax scores.
@@ -19,6 +21,34 @@ const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 struct Classifier;
+
+/// Largest image side and decoder allocation: a file that claims more (a
+/// decompression bomb) is refused before its pixels are allocated.
+const MAX_SIDE: u32 = 8192;
+const MAX_DECODE_BYTES: u64 = 192 << 20;
+
+/// Decodes a JPEG or PNG file to RGB (`height`, `width`, pixels); anything
+/// else, corrupt or too large, is an `invalid_input`.
+fn decode(file: &[u8]) -> Result<(usize, usize, Vec<u8>), HandlerError> {
+    let invalid = |m: String| HandlerError::InvalidInput(m);
+    let format = image::guess_format(file).map_err(|e| invalid(format!("'image' is not a JPEG or PNG file: {e}")))?;
+    if !matches!(format, image::ImageFormat::Jpeg | image::ImageFormat::Png) {
+        return Err(invalid(format!("'image' is {format:?}; JPEG and PNG are supported")));
+    }
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(file), format);
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| invalid(format!("decoding the {format:?} image failed: {e}")))?;
+    let rgb = img.into_rgb8();
+    let (w, h) = rgb.dimensions();
+    if w == 0 || h == 0 {
+        return Err(invalid("the image is empty".into()));
+    }
+    Ok((h as usize, w as usize, rgb.into_raw()))
+}
 
 /// Bilinear resize of an HWC u8 image to SIZE×SIZE, normalised, as CHW f32.
 fn preprocess(rgb: &[u8], h: usize, w: usize) -> Vec<f32> {
@@ -50,11 +80,17 @@ fn preprocess(rgb: &[u8], h: usize, w: usize) -> Vec<f32> {
 impl Handler for Classifier {
     fn handle(req: Request) -> Result<Response, HandlerError> {
         let image = req.input("image")?;
-        let (h, w) = match (image.datatype, image.shape.as_slice()) {
-            (Datatype::Uint8, [h, w, 3]) if *h > 0 && *w > 0 => (*h as usize, *w as usize),
+        let decoded;
+        let (h, w, rgb) = match (image.datatype, image.shape.as_slice()) {
+            (Datatype::Uint8, [h, w, 3]) if *h > 0 && *w > 0 => (*h as usize, *w as usize, &image.data[..]),
+            (Datatype::Bytes, [1]) => {
+                let file = image.byte_elements()?;
+                decoded = decode(file.first().map_or(&[][..], Vec::as_slice))?;
+                (decoded.0, decoded.1, &decoded.2[..])
+            }
             _ => {
                 return Err(HandlerError::InvalidInput(format!(
-                    "'image' must be UINT8 [height, width, 3], got {:?} {:?}",
+                    "'image' must be a JPEG/PNG file (BYTES [1]) or raw RGB (UINT8 [height, width, 3]), got {:?} {:?}",
                     image.datatype, image.shape
                 )))
             }
@@ -69,7 +105,7 @@ impl Handler for Classifier {
             other => return Err(HandlerError::InvalidInput(format!("target '{other}': expected cpu or gpu"))),
         };
 
-        let pixels = preprocess(&image.data, h, w);
+        let pixels = preprocess(rgb, h, w);
         let model = Graph::load_onnx(MODEL, target)?;
         let outputs =
             model.run(vec![("image".into(), Tensor::from_f32(&[1, 3, SIZE as u32, SIZE as u32], &pixels))])?;
