@@ -351,14 +351,7 @@ fn run_job(args: RunArgs) -> Result<ExitCode> {
     if streamed.load(std::sync::atomic::Ordering::Relaxed) && args.output.is_none() {
         println!();
     }
-    for line in &report.log {
-        eprintln!("[guest {:?}] {}", line.level, line.message);
-    }
-    let r = &report.receipt;
-    print_usage(r);
-    if let Some(path) = &args.receipt {
-        std::fs::write(path, r.to_json_pretty()).with_context(|| format!("writing {}", path.display()))?;
-    }
+    report_run(&report, args.receipt.as_deref())?;
     match report.result {
         Ok(response) => {
             let json = kserve::response_json(&response, Some(&name)).map_err(anyhow::Error::msg)?;
@@ -393,14 +386,8 @@ fn run_program(deployment: &mote_runtime::Deployment, args: &RunArgs, name: &str
         stderr: Box::new(std::io::stderr()),
     };
     let report = deployment.run_command(hex::encode(rand::random::<[u8; 16]>()), run)?;
-    for line in &report.log {
-        eprintln!("[guest {:?}] {}", line.level, line.message);
-    }
+    report_run(&report, args.receipt.as_deref())?;
     let r = &report.receipt;
-    print_usage(r);
-    if let Some(path) = &args.receipt {
-        std::fs::write(path, r.to_json_pretty()).with_context(|| format!("writing {}", path.display()))?;
-    }
     match (&report.result, r.exit_code) {
         (_, Some(code)) => Ok(ExitCode::from(u8::try_from(code).unwrap_or(1))),
         (Err(e), None) => {
@@ -409,6 +396,19 @@ fn run_program(deployment: &mote_runtime::Deployment, args: &RunArgs, name: &str
         }
         (Ok(_), None) => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// A finished run on stderr (log lines, then the usage line), and its
+/// receipt written where asked.
+fn report_run(report: &mote_runtime::JobReport, receipt: Option<&std::path::Path>) -> Result<()> {
+    for line in &report.log {
+        eprintln!("[guest {:?}] {}", line.level, line.message);
+    }
+    print_usage(&report.receipt);
+    if let Some(path) = receipt {
+        std::fs::write(path, report.receipt.to_json_pretty()).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// The job's usage line on stderr.

@@ -8,10 +8,8 @@
 //! hash) and the output (docs/receipts.md).
 
 use crate::deployment::{Deployment, Entry};
-use crate::host::LogLevel;
-use crate::job::{classify, JobError, JobReport};
+use crate::job::{classify, Ending, JobError, JobReport};
 use crate::limits::Outcome;
-use crate::receipt::Receipt;
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -260,14 +258,6 @@ impl Deployment {
         let usage = state.usage(fuel_left, wall_ns);
         let (out_sha256, _) = stdout.finish();
         let _ = stderr.finish();
-        let mut log = std::mem::take(&mut state.log.lines);
-        if state.log.dropped > 0 {
-            log.push(crate::host::LogLine {
-                level: LogLevel::Warn,
-                message: format!("{} log lines dropped (max_log_bytes)", state.log.dropped),
-            });
-        }
-        let m = &state.nn.meter;
         let (outcome, exit_code, result) = match result {
             Ok(0) => (Outcome::Ok, Some(0), Ok(mote_protocol::Response::default())),
             Ok(code) => (
@@ -277,29 +267,16 @@ impl Deployment {
             ),
             Err(e) => (e.outcome, None, Err(e)),
         };
-        let (backend, device) = m
-            .backend_used
-            .clone()
-            .map_or_else(|| ("none".to_string(), "none".to_string()), |(k, d)| (k.to_string(), d));
-        let rt = &self.runtime;
-        let mut receipt = Receipt {
+        let ends = Ending {
             job_id,
-            node_id: String::new(),
-            guest_sha256: self.guest_sha256.clone(),
-            model_sha256: m.models.clone(),
+            started_at,
             input_sha256,
             output_sha256: out_sha256,
-            started_at: humantime::format_rfc3339_millis(started_at).to_string(),
-            price_units: rt.signer.price.price_usage(&usage),
             stream_sha256: None,
             exit_code,
-            usage,
             outcome,
-            backend,
-            device,
-            signature: String::new(),
         };
-        receipt.sign(&rt.signer.key);
+        let (receipt, log) = self.seal(&mut state, usage, ends);
         Ok(JobReport { result, receipt, log })
     }
 }

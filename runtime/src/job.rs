@@ -23,6 +23,17 @@ pub struct JobError {
     pub message: String,
 }
 
+/// How a run ended: the receipt's fields that are not the meter's.
+pub(crate) struct Ending {
+    pub(crate) job_id: String,
+    pub(crate) started_at: SystemTime,
+    pub(crate) input_sha256: String,
+    pub(crate) output_sha256: String,
+    pub(crate) stream_sha256: Option<String>,
+    pub(crate) exit_code: Option<i32>,
+    pub(crate) outcome: Outcome,
+}
+
 /// Everything a job produced.
 #[derive(Debug)]
 pub struct JobReport {
@@ -61,7 +72,6 @@ impl Deployment {
     pub fn run_streaming(&self, job_id: String, request: Request, sink: Option<crate::host::StreamSink>) -> JobReport {
         let started_at = SystemTime::now();
         let start = Instant::now();
-        let rt = &self.runtime;
         let stdout = MemoryOutputPipe::new(self.limits.max_log_bytes as usize);
         let stderr = MemoryOutputPipe::new(self.limits.max_log_bytes as usize);
         let wasi = WasiCtxBuilder::new()
@@ -88,6 +98,26 @@ impl Deployment {
                 state.log.push(level, line.to_string());
             }
         }
+        let outcome = match &result {
+            Ok(_) => Outcome::Ok,
+            Err(e) => e.outcome,
+        };
+        let output_sha256 = match &result {
+            Ok(r) => digest(&r.outputs, &r.parameters),
+            Err(_) => digest(&[], &[]),
+        };
+        let stream_sha256 = state.stream.sha256();
+        let ends = Ending { job_id, started_at, input_sha256, output_sha256, stream_sha256, exit_code: None, outcome };
+        let (receipt, log) = self.seal(&mut state, usage, ends);
+        if let Err(e) = &result {
+            tracing::info!(deployment = %self.name, outcome = %e.outcome, "job failed: {}", e.message);
+        }
+        JobReport { result, receipt, log }
+    }
+
+    /// The signed receipt and the kept log of a finished run (a job or a
+    /// command program): the meter's usage and backend, and `ends`.
+    pub(crate) fn seal(&self, state: &mut JobState, usage: crate::receipt::Usage, ends: Ending) -> (Receipt, Vec<LogLine>) {
         let mut log = std::mem::take(&mut state.log.lines);
         if state.log.dropped > 0 {
             log.push(LogLine {
@@ -96,39 +126,30 @@ impl Deployment {
             });
         }
         let m = &state.nn.meter;
-        let outcome = match &result {
-            Ok(_) => Outcome::Ok,
-            Err(e) => e.outcome,
-        };
         let (backend, device) = m
             .backend_used
             .clone()
             .map_or_else(|| ("none".to_string(), "none".to_string()), |(k, d)| (k.to_string(), d));
+        let rt = &self.runtime;
         let mut receipt = Receipt {
-            job_id,
+            job_id: ends.job_id,
             node_id: String::new(),
             guest_sha256: self.guest_sha256.clone(),
             model_sha256: m.models.clone(),
-            input_sha256,
-            output_sha256: match &result {
-                Ok(r) => digest(&r.outputs, &r.parameters),
-                Err(_) => digest(&[], &[]),
-            },
-            started_at: humantime::format_rfc3339_millis(started_at).to_string(),
+            input_sha256: ends.input_sha256,
+            output_sha256: ends.output_sha256,
+            started_at: humantime::format_rfc3339_millis(ends.started_at).to_string(),
             price_units: rt.signer.price.price_usage(&usage),
-            stream_sha256: state.stream.sha256(),
-            exit_code: None,
+            stream_sha256: ends.stream_sha256,
+            exit_code: ends.exit_code,
             usage,
-            outcome,
+            outcome: ends.outcome,
             backend,
             device,
             signature: String::new(),
         };
         receipt.sign(&rt.signer.key);
-        if let Err(e) = &result {
-            tracing::info!(deployment = %self.name, outcome = %e.outcome, "job failed: {}", e.message);
-        }
-        JobReport { result, receipt, log }
+        (receipt, log)
     }
 
     fn call(&self, store: &mut Store<JobState>, request: Request) -> Result<Response, JobError> {

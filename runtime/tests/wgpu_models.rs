@@ -171,7 +171,7 @@ fn supports_answers_for_the_jobs_backend() {
             inputs: vec![],
             parameters: vec![
                 ("mode".into(), "supports".into()),
-                ("ops".into(), "Conv,TopK,LayerNormalization,NonMaxSuppression,NoSuchOp".into()),
+                ("ops".into(), "Conv,Einsum,LayerNormalization,NonMaxSuppression,NoSuchOp".into()),
                 ("target".into(), target.into()),
             ],
         };
@@ -182,4 +182,86 @@ fn supports_answers_for_the_jobs_backend() {
     assert_eq!(ask(BackendChoice::Fixed(BackendKind::OrtCpu), "cpu"), [1, 1, 1, 1, 0]);
     // ORT CPU cannot honour target gpu: nothing is supported there.
     assert_eq!(ask(BackendChoice::Fixed(BackendKind::OrtCpu), "gpu"), [0, 0, 0, 0, 0]);
+}
+
+/// The device is opened with the adapter's own limits, not wgpu's
+/// defaults: a model whose one weight is 150 MB loads and computes what
+/// ONNX Runtime computes where the adapter's storage-buffer limit allows
+/// it (real GPUs: 2–4 GiB); where it does not (llvmpipe reports 128 MiB)
+/// the load is refused with the limit named, never a crash.
+#[test]
+fn a_model_with_a_150_mb_weight_loads_where_the_adapter_allows_it() {
+    use mote_runtime::backend::TensorView;
+    use mote_runtime::onnx_proto as pb;
+    use mote_runtime::tensor::ElementType;
+    use prost::Message;
+    let (k, n) = (37_500usize, 1_000usize); // 150 MB of float32
+    let weights: Vec<u8> = (0..k * n).flat_map(|i| (((i * 7919) % 2003) as f32 / 2003.0 - 0.5).to_le_bytes()).collect();
+    let vi = |name: &str, dims: &[i64]| pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            tensor_type: Some(pb::TypeProtoTensor {
+                elem_type: pb::data_type::FLOAT,
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims.iter().map(|&d| pb::Dimension { value: Some(pb::DimensionValue::DimValue(d)) }).collect(),
+                }),
+            }),
+        }),
+    };
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 17 }],
+        producer_name: "mote-tests".into(),
+        producer_version: "0".into(),
+        graph: Some(pb::GraphProto {
+            node: vec![pb::NodeProto {
+                input: vec!["x".into(), "w".into()],
+                output: vec!["y".into()],
+                name: "matmul".into(),
+                op_type: "MatMul".into(),
+                domain: String::new(),
+                attribute: vec![],
+            }],
+            name: "big".into(),
+            initializer: vec![pb::TensorProto {
+                dims: vec![k as i64, n as i64],
+                data_type: pb::data_type::FLOAT,
+                name: "w".into(),
+                raw_data: weights,
+                ..Default::default()
+            }],
+            input: vec![vi("x", &[1, k as i64])],
+            output: vec![vi("y", &[1, n as i64])],
+        }),
+    }
+    .encode_to_vec();
+    let x: Vec<u8> = (0..k).flat_map(|i| ((i % 13) as f32 / 13.0).to_le_bytes()).collect();
+    let dims = [1u32, k as u32];
+    let run = |kind: BackendKind| -> Result<Vec<f32>, mote_runtime::backend::BackendError> {
+        let b = standalone(kind).unwrap();
+        let g = b.load(model.clone().into())?;
+        let mut ctx = g.init_execution_context().unwrap();
+        let out = ctx.compute(&[("x", TensorView { ty: ElementType::F32, dims: &dims, data: &x })], None).unwrap();
+        Ok(out[0].1.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+    };
+    let ort = run(BackendKind::OrtCpu).expect("ORT loads a 150 MB weight");
+    match run(BackendKind::Wgpu) {
+        Ok(wgpu) => {
+            for (i, (a, b)) in ort.iter().zip(&wgpu).enumerate() {
+                assert!((a - b).abs() <= 1e-3 * a.abs().max(1.0), "y[{i}]: ort {a}, wgpu {b}");
+            }
+            eprintln!("the adapter holds a 150 MB buffer: loaded and equal to ORT");
+        }
+        Err(e) => {
+            assert_eq!(e.kind, mote_runtime::backend::BackendErrorKind::Unsupported, "{e}");
+            let limit: u64 = e
+                .message
+                .split("max_storage_buffer_binding_size of ")
+                .nth(1)
+                .and_then(|r| r.split(' ').next()?.parse().ok())
+                .unwrap_or_else(|| panic!("the error does not name the limit: {}", e.message));
+            assert!(limit < 150_000_000, "refused although the limit {limit} allows it: {}", e.message);
+            eprintln!("the adapter's limit is {limit} bytes: refused with {}", e.message);
+        }
+    }
 }

@@ -6,10 +6,12 @@
 //! given and moves data only where an op needs it elsewhere (indices for a
 //! device `Gather` go up; a device tensor cast to int comes down).
 
-use super::host::{broadcast_shapes, guard, norm_axis, numel, HostData, HostTensor};
-use super::program::{AutoPad, BinOp, Node, Op, Program, Unary};
+use super::host::{broadcast_shapes, guard, norm_axis, numel, HostData, HostTensor, MAX_ELEMENTS};
+use super::program::{AutoPad, BinOp, Coord, Nearest, Node, Op, PadKind, Program, Unary};
 use super::Ty;
-use burn_backend::ops::{ActivationOps, BoolTensorOps, ConvOptions, FloatTensorOps, IntTensorOps, ModuleOps, PadMode};
+use burn_backend::ops::{
+    ActivationOps, BoolTensorOps, ConvOptions, ConvTransposeOptions, FloatTensorOps, IntTensorOps, ModuleOps, PadMode,
+};
 use burn_backend::tensor::{BoolTensor, FloatTensor, IntTensor};
 use burn_backend::{BoolStore, FloatDType, Scalar, Shape, Slice, TensorData, TensorMetadata};
 use std::time::Instant;
@@ -274,6 +276,13 @@ impl Frame<'_> {
             node.op,
             Op::Unary(_)
                 | Op::Gelu { .. }
+                | Op::LeakyRelu { .. }
+                | Op::HardSigmoid { .. }
+                | Op::PRelu
+                | Op::MinMax { .. }
+                | Op::Compare { .. }
+                | Op::Not
+                | Op::Logic { .. }
                 | Op::Clip { .. }
                 | Op::Binary(_)
                 | Op::Sum
@@ -346,7 +355,404 @@ impl Frame<'_> {
                     Unary::Neg => B::float_neg(t),
                     Unary::Abs => B::float_abs(t),
                     Unary::Reciprocal => B::float_recip(t),
+                    Unary::Cos => B::float_cos(t),
+                    Unary::Sin => B::float_sin(t),
+                    Unary::Floor => B::float_floor(t),
+                    Unary::Ceil => B::float_ceil(t),
                 }))
+            }
+            Op::LeakyRelu { alpha } => one(Value::F(B::leaky_relu(x()?.f(dev)?, Scalar::from(*alpha)))),
+            Op::HardSigmoid { alpha, beta, swish } => {
+                let t = x()?.f(dev)?;
+                let hs = B::float_clamp(
+                    B::float_add_scalar(B::float_mul_scalar(t.clone(), Scalar::from(*alpha)), Scalar::from(*beta)),
+                    Scalar::from(0.0f32),
+                    Scalar::from(1.0f32),
+                );
+                one(Value::F(if *swish { B::float_mul(t, hs) } else { hs }))
+            }
+            Op::PRelu => {
+                let t = x()?.f(dev)?;
+                let slope = self.input(node, 1)?;
+                let shape = dims(&t);
+                // Unidirectional: the slope broadcasts to x.
+                if broadcast_shapes(&shape, &slope.shape())? != shape {
+                    return Err(format!("slope {:?} does not broadcast to {shape:?}", slope.shape()));
+                }
+                let s = B::float_expand(lift(slope.f(dev)?, shape.len()), shp(&shape));
+                let neg = B::float_lower_elem(t.clone(), Scalar::from(0.0f32), BoolStore::U32);
+                one(Value::F(B::float_mask_where(t.clone(), neg, B::float_mul(t, s))))
+            }
+            Op::MinMax { max } => {
+                let mut acc = x()?.clone();
+                for i in 1..node.inputs.len() {
+                    acc = self.min_max(*max, &acc, self.input(node, i)?)?;
+                }
+                one(acc)
+            }
+            Op::Compare { greater } => {
+                let (a, b) = (x()?, self.input(node, 1)?);
+                if a.ty() != Ty::F32 || matches!((a, b), (Value::H(_), Value::H(_))) {
+                    let (a, b) = (a.host()?, b.host()?);
+                    let (a, b) = if *greater { (a, b) } else { (b, a) };
+                    return one(Value::H(a.greater(&b)?));
+                }
+                let shape = broadcast_shapes(&a.shape(), &b.shape())?;
+                let r = shape.len();
+                let fa = B::float_expand(lift(a.f(dev)?, r), shp(&shape));
+                let fb = B::float_expand(lift(b.f(dev)?, r), shp(&shape));
+                one(Value::B(if *greater {
+                    B::float_greater(fa, fb, BoolStore::U32)
+                } else {
+                    B::float_lower(fa, fb, BoolStore::U32)
+                }))
+            }
+            Op::InstanceNorm { eps } => {
+                let t = x()?.f(dev)?;
+                let shape = dims(&t);
+                if shape.len() < 3 {
+                    return Err(format!("input {shape:?} must be at least 3-D (N, C, ...)"));
+                }
+                let (n, c) = (shape[0], shape[1]);
+                let flat = reshape(t, &[n, c, numel(&shape[2..])]);
+                let mean = B::float_mean_dim(flat.clone(), 2);
+                let centered = B::float_sub(flat, mean);
+                let var = B::float_mean_dim(B::float_mul(centered.clone(), centered.clone()), 2);
+                let inv = B::float_recip(B::float_sqrt(B::float_add_scalar(var, Scalar::from(*eps))));
+                let chan = |i: usize| -> R<FT> {
+                    let v = self.input(node, i)?;
+                    if numel(&v.shape()) != c {
+                        return Err(format!("scale and B must have {c} values, got shape {:?}", v.shape()));
+                    }
+                    Ok(reshape(v.f(dev)?, &[1, c, 1]))
+                };
+                let y = B::float_add(B::float_mul(B::float_mul(centered, inv), chan(1)?), chan(2)?);
+                one(Value::F(reshape(y, &shape)))
+            }
+            Op::DepthToSpace { block, crd } => {
+                let v = x()?;
+                let s = v.shape();
+                let b = *block;
+                let [n, c, h, w] = s[..] else { return Err(format!("input {s:?} must be 4-D")) };
+                if c % (b * b) != 0 {
+                    return Err(format!("{c} channels do not divide by blocksize² {}", b * b));
+                }
+                let cb = c / (b * b);
+                let out = [n, cb, h.saturating_mul(b), w.saturating_mul(b)];
+                let (split, perm) = if *crd {
+                    ([n, cb, b, b, h, w], [0, 1, 4, 2, 5, 3])
+                } else {
+                    ([n, b, b, cb, h, w], [0, 3, 4, 1, 5, 2])
+                };
+                one(self.permute_value(v, &split, &perm, &out)?)
+            }
+            Op::SpaceToDepth { block, crd } => {
+                let v = x()?;
+                let s = v.shape();
+                let b = *block;
+                let [n, c, h, w] = s[..] else { return Err(format!("input {s:?} must be 4-D")) };
+                if h % b != 0 || w % b != 0 {
+                    return Err(format!("spatial size {h}×{w} does not divide by blocksize {b}"));
+                }
+                let split = [n, c, h / b, b, w / b, b];
+                let perm = if *crd { [0, 1, 3, 5, 2, 4] } else { [0, 3, 5, 1, 2, 4] };
+                one(self.permute_value(v, &split, &perm, &[n, c.saturating_mul(b * b), h / b, w / b])?)
+            }
+            Op::Tile => {
+                let v = x()?;
+                let shape = v.shape();
+                let reps = self.ints(node, 1, "repeats")?;
+                if reps.len() != shape.len() || reps.iter().any(|&r| r < 0) {
+                    return Err(format!("repeats {reps:?} must be {} non-negative values", shape.len()));
+                }
+                let reps: Vec<usize> = reps.iter().map(|&r| r as usize).collect();
+                let out: Vec<usize> = shape.iter().zip(&reps).map(|(&d, &r)| d.saturating_mul(r)).collect();
+                guard_axes(&out)?;
+                match v {
+                    Value::F(t) if numel(&out) > 0 => {
+                        let mut t = t.clone();
+                        for (d, &r) in reps.iter().enumerate() {
+                            if r > 1 {
+                                t = B::float_repeat_dim(t, d, r);
+                            }
+                        }
+                        one(Value::F(t))
+                    }
+                    other => {
+                        let mut h = other.host()?;
+                        for (d, &r) in reps.iter().enumerate() {
+                            let n = shape[d];
+                            let idx: Vec<usize> = (0..n * r).map(|i| i % n).collect();
+                            h = h.take(d, &idx);
+                        }
+                        one(Value::H(h))
+                    }
+                }
+            }
+            Op::Range => {
+                let (start, limit, delta) = (x()?.host()?, self.input(node, 1)?.host()?, self.input(node, 2)?.host()?);
+                let one_of = |h: &HostTensor| -> R<()> {
+                    if numel(&h.shape) == 1 {
+                        Ok(())
+                    } else {
+                        Err(format!("start, limit and delta must be scalars, got shape {:?}", h.shape))
+                    }
+                };
+                one_of(&start)?;
+                one_of(&limit)?;
+                one_of(&delta)?;
+                let h = match (&start.data, &limit.data, &delta.data) {
+                    (HostData::I64(s), HostData::I64(l), HostData::I64(d)) => {
+                        let (s, l, d) = (s[0], l[0], d[0]);
+                        if d == 0 {
+                            return Err("delta must not be 0".into());
+                        }
+                        let n = (l as i128 - s as i128 + d as i128 - d.signum() as i128) / d as i128;
+                        let n = usize::try_from(n.max(0)).map_err(|_| "Range is too long".to_string())?;
+                        guard(&[n])?;
+                        HostTensor::i64(vec![n], (0..n as i64).map(|i| s.wrapping_add(i.wrapping_mul(d))).collect())
+                    }
+                    (HostData::F32(s), HostData::F32(l), HostData::F32(d)) => {
+                        let (s, l, d) = (s[0], l[0], d[0]);
+                        if d == 0.0 || !(s.is_finite() && l.is_finite() && d.is_finite()) {
+                            return Err("start, limit and delta must be finite and delta not 0".into());
+                        }
+                        let n = ((l - s) / d).ceil().max(0.0);
+                        if n > super::host::MAX_ELEMENTS as f32 {
+                            return Err(format!("Range of {n} elements is too long"));
+                        }
+                        let n = n as usize;
+                        HostTensor::new(vec![n], HostData::F32((0..n).map(|i| s + i as f32 * d).collect()))
+                    }
+                    _ => return Err("start, limit and delta must be numbers of one type".into()),
+                };
+                one(Value::H(h))
+            }
+            Op::CumSum { exclusive, reverse } => {
+                let v = x()?;
+                let shape = v.shape();
+                let axis = self.ints(node, 1, "axis")?;
+                let [axis] = axis[..] else { return Err("axis must hold one value".into()) };
+                let ax = norm_axis(axis, shape.len())?;
+                match v {
+                    Value::F(t) => {
+                        let mut t = t.clone();
+                        if *reverse {
+                            t = B::float_flip(t, &[ax]);
+                        }
+                        let mut y = B::float_cumsum(t.clone(), ax);
+                        if *exclusive {
+                            y = B::float_sub(y, t);
+                        }
+                        if *reverse {
+                            y = B::float_flip(y, &[ax]);
+                        }
+                        one(Value::F(y))
+                    }
+                    other => one(Value::H(other.host()?.cumsum(ax, *exclusive, *reverse)?)),
+                }
+            }
+            Op::Trilu { upper } => {
+                let v = x()?;
+                let shape = v.shape();
+                let k = match self.opt_input(node, 1) {
+                    Some(k) => {
+                        let k = k.host()?.as_i64("k")?;
+                        *k.first().ok_or_else(|| "k must hold one value".to_string())?
+                    }
+                    None => 0,
+                };
+                let r = shape.len();
+                if r < 2 {
+                    return Err(format!("input {shape:?} must be at least 2-D"));
+                }
+                let (rows, cols) = (shape[r - 2], shape[r - 1]);
+                // Positions to zero.
+                let zero = |i: usize, j: usize| {
+                    let d = j as i64 - i as i64;
+                    if *upper {
+                        d < k
+                    } else {
+                        d > k
+                    }
+                };
+                match v {
+                    Value::F(t) => {
+                        let mask: Vec<bool> = (0..rows).flat_map(|i| (0..cols).map(move |j| zero(i, j))).collect();
+                        let mask = upload_bool(dev, &HostTensor::new(vec![rows, cols], HostData::Bool(mask)))?;
+                        let mask = B::bool_expand(lift_b(mask, r), shp(&shape));
+                        let zeros = B::float_full(shp(&shape), Scalar::from(0.0f32), dev, FloatDType::F32);
+                        one(Value::F(B::float_mask_where(t.clone(), mask, zeros)))
+                    }
+                    other => {
+                        let mut h = other.host()?;
+                        let n = numel(&shape);
+                        let z: Vec<bool> = (0..n).map(|f| zero((f / cols.max(1)) % rows.max(1), f % cols.max(1))).collect();
+                        for (f, &zf) in z.iter().enumerate() {
+                            if zf {
+                                match &mut h.data {
+                                    HostData::F32(d) => d[f] = 0.0,
+                                    HostData::I64(d) => d[f] = 0,
+                                    HostData::Bool(d) => d[f] = false,
+                                }
+                            }
+                        }
+                        one(Value::H(h))
+                    }
+                }
+            }
+            Op::ArgMax { axis, keepdims, last } => {
+                let h = x()?.host()?;
+                let shape = h.shape.clone();
+                let ax = norm_axis(*axis, shape.len())?;
+                if shape[ax] == 0 {
+                    return Err("ArgMax over an empty axis".into());
+                }
+                let (outer, n, inner) = (numel(&shape[..ax]), shape[ax], numel(&shape[ax + 1..]));
+                let vals: Vec<f64> = match &h.data {
+                    HostData::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+                    HostData::I64(v) => v.iter().map(|&x| x as f64).collect(),
+                    HostData::Bool(_) => return Err("ArgMax of a bool tensor".into()),
+                };
+                let mut idx = Vec::with_capacity(outer * inner);
+                for o in 0..outer {
+                    for i in 0..inner {
+                        let mut best = 0;
+                        for k in 1..n {
+                            let (v, b) = (vals[(o * n + k) * inner + i], vals[(o * n + best) * inner + i]);
+                            if v > b || (*last && v == b) {
+                                best = k;
+                            }
+                        }
+                        idx.push(best as i64);
+                    }
+                }
+                let mut out = shape.clone();
+                if *keepdims {
+                    out[ax] = 1;
+                } else {
+                    out.remove(ax);
+                }
+                one(Value::H(HostTensor::i64(out, idx)))
+            }
+            Op::TopK { axis, largest } => {
+                let h = x()?.host()?;
+                let shape = h.shape.clone();
+                let ax = norm_axis(*axis, shape.len())?;
+                let k = self.ints(node, 1, "K")?;
+                let [k] = k[..] else { return Err("K must hold one value".into()) };
+                let n = shape[ax];
+                let k = usize::try_from(k).ok().filter(|&k| k <= n).ok_or_else(|| format!("K {k} is out of range for axis of size {n}"))?;
+                let (outer, inner) = (numel(&shape[..ax]), numel(&shape[ax + 1..]));
+                let vals: Vec<f64> = match &h.data {
+                    HostData::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+                    HostData::I64(v) => v.iter().map(|&x| x as f64).collect(),
+                    HostData::Bool(_) => return Err("TopK of a bool tensor".into()),
+                };
+                let mut out = shape.clone();
+                out[ax] = k;
+                let total = numel(&out);
+                let mut picks = vec![0usize; total];
+                for o in 0..outer {
+                    for i in 0..inner {
+                        let at = |j: usize| (o * n + j) * inner + i;
+                        let mut order: Vec<usize> = (0..n).collect();
+                        // Stable: equal values keep the lower index first.
+                        order.sort_by(|&p, &q| {
+                            let (a, b) = (vals[at(p)], vals[at(q)]);
+                            let c = a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal);
+                            if *largest { c.reverse() } else { c }
+                        });
+                        for (j, &src) in order.iter().take(k).enumerate() {
+                            picks[(o * k + j) * inner + i] = src;
+                        }
+                    }
+                }
+                let src: Vec<usize> = (0..total)
+                    .map(|f| {
+                        let (o, rest) = (f / (k * inner), f % (k * inner));
+                        let i = rest % inner;
+                        (o * n + picks[f]) * inner + i
+                    })
+                    .collect();
+                let values = match &h.data {
+                    HostData::F32(v) => HostData::F32(src.iter().map(|&s| v[s]).collect()),
+                    HostData::I64(v) => HostData::I64(src.iter().map(|&s| v[s]).collect()),
+                    HostData::Bool(_) => unreachable!("refused above"),
+                };
+                let indices: Vec<i64> = picks.iter().map(|&p| p as i64).collect();
+                Ok(vec![Value::H(HostTensor::new(out.clone(), values)), Value::H(HostTensor::i64(out, indices))])
+            }
+            Op::Pad { mode, pads, value } => {
+                let v = x()?;
+                let shape = v.shape();
+                let r = shape.len();
+                let pads = match pads {
+                    Some(p) => p.clone(),
+                    None => self.ints(node, 1, "pads")?,
+                };
+                let value = match self.opt_input(node, 2) {
+                    Some(c) if pads.len() > 0 && node.inputs.len() > 2 => {
+                        let h = c.host()?;
+                        if numel(&h.shape) == 0 { *value } else { h.scalar_f32().ok_or_else(|| "constant_value must be a scalar".to_string())? }
+                    }
+                    _ => *value,
+                };
+                let axes: Vec<usize> = match self.opt_input(node, 3) {
+                    Some(a) => a.host()?.as_i64("axes")?.iter().map(|&a| norm_axis(a, r)).collect::<R<_>>()?,
+                    None => (0..r).collect(),
+                };
+                let na = axes.len();
+                if pads.len() != 2 * na {
+                    return Err(format!("pads has {} values for {na} axes", pads.len()));
+                }
+                if let Some(p) = pads.iter().find(|p| p.unsigned_abs() > MAX_ELEMENTS as u64) {
+                    return Err(format!("pad {p} is too large (limit {MAX_ELEMENTS})"));
+                }
+                let mut per = vec![(0i64, 0i64); r];
+                for (i, &a) in axes.iter().enumerate() {
+                    per[a] = (pads[i], pads[i + na]);
+                }
+                let mut out = Vec::with_capacity(r);
+                for (d, &(b, e)) in per.iter().enumerate() {
+                    let n = i64::try_from(shape[d]).map_err(|_| "dimension too large".to_string())?;
+                    let o = n.checked_add(b).and_then(|x| x.checked_add(e)).filter(|&o| o >= 0);
+                    let o = o.ok_or_else(|| format!("pads {pads:?} do not fit shape {shape:?}"))?;
+                    if *mode != PadKind::Constant && n == 0 && o > 0 {
+                        return Err("cannot reflect or extend an empty axis".into());
+                    }
+                    out.push(usize::try_from(o).map_err(|_| "output too large".to_string())?);
+                }
+                guard_axes(&out)?;
+                let simple = per.iter().zip(&shape).all(|(&(b, e), &n)| {
+                    b >= 0 && e >= 0 && (*mode != PadKind::Reflect || (b as usize) < n && (e as usize) < n)
+                });
+                if let (Value::F(t), true) = (v, simple && numel(&out) > 0) {
+                    let p: Vec<(usize, usize)> = per.iter().map(|&(b, e)| (b as usize, e as usize)).collect();
+                    let m = match mode {
+                        PadKind::Constant => PadMode::Constant(value),
+                        PadKind::Reflect => PadMode::Reflect,
+                        PadKind::Edge => PadMode::Edge,
+                    };
+                    return one(Value::F(B::float_pad(t.clone(), &p, m)));
+                }
+                let h = v.host()?.pad(&per, &out, *mode, value);
+                if v.ty() == Ty::F32 && matches!(v, Value::F(_)) && numel(&out) > 0 {
+                    return one(Value::F(upload(dev, &h)));
+                }
+                one(Value::H(h))
+            }
+            Op::Not => match x()? {
+                Value::B(b) => one(Value::B(B::bool_not(b.clone()))),
+                other => {
+                    let h = other.host()?;
+                    let HostData::Bool(v) = h.data else { return Err("Not of a non-bool tensor".into()) };
+                    one(Value::H(HostTensor::new(h.shape, HostData::Bool(v.iter().map(|b| !b).collect()))))
+                }
+            },
+            Op::Logic { and } => {
+                let (a, b) = (x()?.host()?, self.input(node, 1)?.host()?);
+                one(Value::H(a.logic(&b, *and)?))
             }
             Op::Gelu { tanh } => {
                 let t = x()?.f(dev)?;
@@ -386,6 +792,8 @@ impl Frame<'_> {
                 };
                 let (lo, hi) = (bound(1, min)?, bound(2, max)?);
                 let y = match (lo, hi) {
+                    // min > max: every value becomes max (numpy's clip).
+                    (Some(a), Some(b)) if a > b => B::float_clamp_max(B::float_clamp_min(t, Scalar::from(a)), Scalar::from(b)),
                     (Some(a), Some(b)) => B::float_clamp(t, Scalar::from(a), Scalar::from(b)),
                     (Some(a), None) => B::float_clamp_min(t, Scalar::from(a)),
                     (None, Some(b)) => B::float_clamp_max(t, Scalar::from(b)),
@@ -552,6 +960,190 @@ impl Frame<'_> {
                 };
                 one(Value::F(y))
             }
+            Op::ConvTranspose { strides, pads, dilations, group, auto_pad, output_padding, output_shape } => {
+                let t = x()?.f(dev)?;
+                let w = self.input(node, 1)?.f(dev)?;
+                let (xs, ws) = (dims(&t), dims(&w));
+                let n = xs.len().saturating_sub(2);
+                if !(1..=2).contains(&n) || ws.len() != xs.len() {
+                    return Err(format!("input {xs:?} with weight {ws:?}: only 1-D and 2-D ConvTranspose is supported"));
+                }
+                if xs[1] != ws[0] || ws[0] % group != 0 {
+                    return Err(format!("input has {} channels, weight {ws:?} with group {group}", xs[1]));
+                }
+                let cout = ws[1].checked_mul(*group).filter(|&c| c > 0 && c <= MAX_ELEMENTS).ok_or_else(|| {
+                    format!("weight {ws:?} with group {group} has no valid output channel count")
+                })?;
+                let st = or_ones(strides, n);
+                let dl = or_ones(dilations, n);
+                let op = if output_padding.is_empty() { vec![0; n] } else { output_padding.clone() };
+                if st.len() != n || dl.len() != n || op.len() != n || st.contains(&0) || dl.contains(&0) {
+                    return Err(format!("strides/dilations/output_padding do not fit {n} spatial axes"));
+                }
+                // Full (uncropped) output per axis: (in − 1)·s + (k − 1)·d + 1.
+                let mut full = Vec::with_capacity(n);
+                for i in 0..n {
+                    let f = xs[2 + i]
+                        .checked_sub(1)
+                        .and_then(|v| v.checked_mul(st[i]))
+                        .and_then(|v| (ws[2 + i].checked_sub(1)?.checked_mul(dl[i])).map(|k| (v, k)))
+                        .and_then(|(v, k)| v.checked_add(k)?.checked_add(1))
+                        .ok_or_else(|| format!("input {xs:?} with weight {ws:?} has no output"))?;
+                    full.push(f);
+                }
+                let mut bound = vec![xs[0], cout];
+                bound.extend(full.iter().zip(&op).map(|(&f, &o)| f.saturating_add(o)));
+                guard(&bound)?;
+                // (begin, end) crop of the full output (negative: zeros).
+                let total_pads = |target: &[usize]| -> Vec<(i64, i64)> {
+                    (0..n)
+                        .map(|i| {
+                            let total = (full[i] + op[i]) as i64 - target[i] as i64;
+                            let (small, big) = (total.div_euclid(2), total - total.div_euclid(2));
+                            if *auto_pad == AutoPad::SameUpper { (small, big) } else { (big, small) }
+                        })
+                        .collect()
+                };
+                let crop: Vec<(i64, i64)> = match (output_shape, auto_pad) {
+                    (Some(shape), _) => {
+                        let target = &shape[shape.len().saturating_sub(n)..];
+                        if target.len() != n {
+                            return Err(format!("output_shape {shape:?} does not have {n} spatial axes"));
+                        }
+                        total_pads(target)
+                    }
+                    (None, AutoPad::SameUpper | AutoPad::SameLower) => {
+                        let target: Vec<usize> = (0..n).map(|i| xs[2 + i].saturating_mul(st[i])).collect();
+                        total_pads(&target)
+                    }
+                    (None, AutoPad::Valid) => vec![(0, 0); n],
+                    (None, AutoPad::NotSet) => match pads.len() {
+                        0 => vec![(0, 0); n],
+                        l if l == 2 * n => (0..n).map(|i| (pads[i] as i64, pads[i + n] as i64)).collect(),
+                        l => return Err(format!("pads has {l} values for {n} spatial axes")),
+                    },
+                };
+                if let Some(c) = crop.iter().find(|(b, e)| b.unsigned_abs().max(e.unsigned_abs()) > MAX_ELEMENTS as u64) {
+                    return Err(format!("pads or output_shape ({c:?}) are too large"));
+                }
+                let mut y = if n == 2 {
+                    let opts = ConvTransposeOptions::new([st[0], st[1]], [0, 0], [0, 0], [dl[0], dl[1]], *group);
+                    B::conv_transpose2d(t, w, None, opts)
+                } else {
+                    B::conv_transpose1d(t, w, None, ConvTransposeOptions::new([st[0]], [0], [0], [dl[0]], *group))
+                };
+                let mut pad_all = vec![(0usize, 0usize); 2];
+                for i in 0..n {
+                    let (b, e) = crop[i];
+                    let len = (full[i] + op[i]) as i64 - b - e;
+                    if len <= 0 {
+                        return Err(format!("pads {crop:?} leave no output of {full:?}"));
+                    }
+                    let (lo, hi) = (b.max(0), (b + len).min(full[i] as i64));
+                    if lo >= hi {
+                        return Err(format!("pads {crop:?} crop away all of {full:?}"));
+                    }
+                    if lo > 0 || hi < full[i] as i64 {
+                        y = slice_axis(y, 2 + i, lo as usize, hi as usize);
+                    }
+                    pad_all.push(((-b).max(0) as usize, (b + len - full[i] as i64).max(0) as usize));
+                }
+                if pad_all.iter().any(|&(a, b)| a > 0 || b > 0) {
+                    let mut out = vec![xs[0], cout];
+                    out.extend(dims(&y)[2..].iter().zip(&pad_all[2..]).map(|(&d, &(a, b))| d + a + b));
+                    guard(&out)?;
+                    y = B::float_pad(y, &pad_all, PadMode::Constant(0.0));
+                }
+                if let Some(b) = self.opt_input(node, 2) {
+                    let b = b.f(dev)?;
+                    if numel(&dims(&b)) != cout {
+                        return Err(format!("bias has {} values for {cout} output channels", numel(&dims(&b))));
+                    }
+                    let mut s = vec![1; n + 2];
+                    s[1] = cout;
+                    y = B::float_add(y, reshape(b, &s));
+                }
+                one(Value::F(y))
+            }
+            Op::Resize { linear, coord, nearest, axes, keep } => {
+                let v = x()?;
+                let shape = v.shape();
+                let r = shape.len();
+                // Opset 10: X, scales. Opset 11+: X, roi, scales, sizes.
+                let (scales_at, sizes_at) = if node.inputs.len() == 2 { (1, usize::MAX) } else { (2, 3) };
+                let floats = |i: usize| -> R<Option<Vec<f32>>> {
+                    match self.opt_input(node, i) {
+                        None => Ok(None),
+                        Some(s) => match s.host()? {
+                            h if numel(&h.shape) == 0 => Ok(None),
+                            HostTensor { data: HostData::F32(f), .. } => Ok(Some(f)),
+                            HostTensor { data: HostData::I64(n), .. } => Ok(Some(n.iter().map(|&n| n as f32).collect())),
+                            _ => Err("scales must be float".into()),
+                        },
+                    }
+                };
+                // Scales/sizes over `axes` spread to every axis (others 1).
+                let axes: Vec<usize> = match axes {
+                    Some(a) => a.iter().map(|&x| norm_axis(x, r)).collect::<R<_>>()?,
+                    None => (0..r).collect(),
+                };
+                let spread = |v: Vec<f32>, what: &str| -> R<Vec<f32>> {
+                    if v.len() != axes.len() {
+                        return Err(format!("{what} has {} values for {} axes", v.len(), axes.len()));
+                    }
+                    let mut full: Vec<f32> = if what == "sizes" { shape.iter().map(|&d| d as f32).collect() } else { vec![1.0; r] };
+                    for (&a, x) in axes.iter().zip(v) {
+                        full[a] = x;
+                    }
+                    Ok(full)
+                };
+                let scales_in = floats(scales_at)?.map(|v| spread(v, "scales")).transpose()?;
+                let mut sizes_in = floats(sizes_at)?.map(|v| spread(v, "sizes")).transpose()?;
+                if let (Some(not_larger), Some(sz)) = (keep, sizes_in.as_mut()) {
+                    // One scale for the named axes: the smallest (or largest) ratio.
+                    let ratios = axes.iter().map(|&a| f64::from(sz[a]) / shape[a].max(1) as f64);
+                    let s = if *not_larger { ratios.fold(f64::INFINITY, f64::min) } else { ratios.fold(0.0, f64::max) };
+                    for &a in &axes {
+                        sz[a] = (s * shape[a] as f64 + 0.5).floor() as f32;
+                    }
+                }
+                let (out, scales): (Vec<usize>, Vec<f64>) = match (scales_in, sizes_in) {
+                    (Some(sc), None) => {
+                        if sc.len() != r || sc.iter().any(|&s| !(s > 0.0 && s.is_finite())) {
+                            return Err(format!("scales {sc:?} must be {r} positive values"));
+                        }
+                        let out = shape.iter().zip(&sc).map(|(&d, &s)| (d as f64 * f64::from(s)).floor()).collect::<Vec<f64>>();
+                        if out.iter().any(|&o| o > super::host::MAX_ELEMENTS as f64) {
+                            return Err(format!("scales {sc:?} give too large an output"));
+                        }
+                        (out.iter().map(|&o| o as usize).collect(), sc.iter().map(|&s| f64::from(s)).collect())
+                    }
+                    (None, Some(sz)) => {
+                        if sz.len() != r || sz.iter().any(|&s| s < 0.0) {
+                            return Err(format!("sizes {sz:?} must be {r} non-negative values"));
+                        }
+                        let out: Vec<usize> = sz.iter().map(|&s| s as usize).collect();
+                        let sc = out.iter().zip(&shape).map(|(&o, &d)| if d == 0 { 1.0 } else { o as f64 / d as f64 }).collect();
+                        (out, sc)
+                    }
+                    _ => return Err("exactly one of scales and sizes must be given".into()),
+                };
+                guard_axes(&out)?;
+                let mut h = v.host()?;
+                for d in 0..r {
+                    if out[d] == shape[d] && scales[d] == 1.0 {
+                        continue;
+                    }
+                    if shape[d] == 0 {
+                        return Err("cannot resize an empty axis".into());
+                    }
+                    h = resize_axis(&h, d, out[d], scales[d], *linear, *coord, *nearest)?;
+                }
+                if numel(&out) > 0 {
+                    return one(Value::F(upload(dev, &h)));
+                }
+                one(Value::H(h))
+            }
             Op::Pool { max, kernel, strides, pads, dilations, ceil, count_include_pad, auto_pad } => {
                 let mut t = x()?.f(dev)?;
                 let xs = dims(&t);
@@ -566,16 +1158,28 @@ impl Frame<'_> {
                 bound.extend(xs[2..].iter().zip(&pad).map(|(&d, &(b, e))| d.saturating_add(b).saturating_add(e)));
                 guard(&bound)?;
                 let mut sym = vec![0; n];
+                // Average over real elements only, with asymmetric padding:
+                // pad with zeros, and divide the window sums by the pooled
+                // count of real elements (a padded mask of ones).
+                let mut real_count = None;
                 if pad.iter().any(|(b, e)| b != e) {
-                    if !*max && !*count_include_pad {
-                        return Err("asymmetric padding with count_include_pad=0 is not supported".into());
-                    }
                     let fill = if *max { f32::NEG_INFINITY } else { 0.0 };
                     let mut all = vec![(0, 0), (0, 0)];
                     all.extend(pad.iter().copied());
+                    if !*max && !*count_include_pad {
+                        let ones = B::float_full(shp(&xs), Scalar::from(1.0f32), dev, FloatDType::F32);
+                        real_count = Some(B::float_pad(ones, &all, PadMode::Constant(0.0)));
+                    }
                     t = B::float_pad(t, &all, PadMode::Constant(fill));
                 } else {
                     sym = pad.iter().map(|p| p.0).collect();
+                }
+                if let Some(mask) = real_count {
+                    let avg = |v: FT| match n {
+                        2 => B::avg_pool2d(v, [kernel[0], kernel[1]], [st[0], st[1]], [0, 0], true, *ceil),
+                        _ => B::avg_pool1d(v, kernel[0], st[0], 0, true, *ceil),
+                    };
+                    return one(Value::F(B::float_div(avg(t), avg(mask))));
                 }
                 let y = match (n, *max) {
                     (2, true) => B::max_pool2d(
@@ -643,7 +1247,15 @@ impl Frame<'_> {
                 }
                 one(Value::F(y))
             }
-            Op::MatMul => one(Value::F(matmul(x()?.f(dev)?, self.input(node, 1)?.f(dev)?)?)),
+            Op::MatMul => {
+                let (a, b) = (x()?, self.input(node, 1)?);
+                let y = Value::F(matmul(a.f(dev)?, b.f(dev)?)?);
+                if a.shape().len() == 1 && b.shape().len() == 1 {
+                    // A dot product: rank 0, which lives on the host.
+                    return one(self.reshape_value(y, &[])?);
+                }
+                one(y)
+            }
             Op::Reduce { mean, axes, keepdims, noop_with_empty_axes } => {
                 let v = x()?;
                 let shape = v.shape();
@@ -702,14 +1314,20 @@ impl Frame<'_> {
                 let mut out = vals[0].shape();
                 out[ax] = total;
                 guard(&out)?;
-                let ts: Vec<FT> = vals.iter().map(|v| v.f(dev)).collect::<R<_>>()?;
-                for t in &ts {
-                    let d = dims(t);
-                    let f = dims(&ts[0]);
+                let f = vals[0].shape();
+                for v in &vals {
+                    let d = v.shape();
                     if d.len() != f.len() || d.iter().zip(&f).enumerate().any(|(i, (a, b))| i != ax && a != b) {
                         return Err(format!("inputs {f:?} and {d:?} do not fit on axis {ax}"));
                     }
                 }
+                // Empty parts (host-only: the device holds no empty
+                // tensors) add nothing.
+                let live: Vec<&Value> = vals.iter().copied().filter(|v| numel(&v.shape()) > 0).collect();
+                if live.is_empty() {
+                    return one(Value::H(HostTensor::new(out, HostData::F32(vec![]))));
+                }
+                let ts: Vec<FT> = live.iter().map(|v| v.f(dev)).collect::<R<_>>()?;
                 one(Value::F(B::float_cat(ts, ax)))
             }
             Op::Reshape { allowzero } => {
@@ -863,7 +1481,8 @@ impl Frame<'_> {
                         if ranges.iter().any(|r| r.0 >= r.1) {
                             let out: Vec<usize> =
                                 ranges.iter().map(|r| if r.0 >= r.1 { 0 } else { (r.1 - r.0).div_ceil(r.2) }).collect();
-                            return Err(format!("empty slice result {out:?} is not supported on the device"));
+                            // The device holds no empty tensors: the result lives on the host.
+                            return one(Value::H(HostTensor::new(out, HostData::F32(vec![]))));
                         }
                         let slices: Vec<Slice> =
                             ranges.iter().map(|r| Slice::new(r.0 as isize, Some(r.1 as isize), r.2 as isize)).collect();
@@ -964,7 +1583,12 @@ impl Frame<'_> {
                 for n in sizes {
                     out.push(match v {
                         Value::F(t) if n > 0 => Value::F(slice_axis(t.clone(), ax, at, at + n)),
-                        Value::F(_) => return Err("an empty split output is not supported on the device".into()),
+                        // The device holds no empty tensors: an empty part lives on the host.
+                        Value::F(_) => {
+                            let mut s = shape.clone();
+                            s[ax] = 0;
+                            Value::H(HostTensor::new(s, HostData::F32(vec![])))
+                        }
                         other => Value::H(other.host()?.take(ax, &(at..at + n).collect::<Vec<_>>())),
                     });
                     at += n;
@@ -1081,6 +1705,35 @@ impl Frame<'_> {
         let out = B::float_matmul(probs, spread(pv.clone()));
         let out = reshape(B::float_swap_dims(out, 1, 2), &[b, s, heads * hd]);
         Ok(vec![Value::F(out), Value::F(pk), Value::F(pv)])
+    }
+
+    /// Reshape to `split`, permute, reshape to `out`, where the value lives.
+    fn permute_value(&self, v: &Value, split: &[usize], perm: &[usize], out: &[usize]) -> R<Value> {
+        guard(out)?;
+        Ok(match v {
+            Value::F(t) => Value::F(reshape(B::float_permute(reshape(t.clone(), split), perm), out)),
+            other => Value::H(other.host()?.reshape(split.to_vec()).transpose(perm).reshape(out.to_vec())),
+        })
+    }
+
+    /// Elementwise max (or min) of two values with broadcasting: integers
+    /// on the host, floats on the device.
+    fn min_max(&self, max: bool, a: &Value, b: &Value) -> R<Value> {
+        let dev = &self.dev;
+        if a.ty() != Ty::F32 || matches!((a, b), (Value::H(_), Value::H(_))) {
+            return Ok(Value::H(a.host()?.min_max(&b.host()?, max)?));
+        }
+        let shape = broadcast_shapes(&a.shape(), &b.shape())?;
+        let r = shape.len();
+        let fa = B::float_expand(lift(a.f(dev)?, r), shp(&shape));
+        let fb = B::float_expand(lift(b.f(dev)?, r), shp(&shape));
+        // Where b beats a, take b.
+        let take_b = if max {
+            B::float_greater(fb.clone(), fa.clone(), BoolStore::U32)
+        } else {
+            B::float_lower(fb.clone(), fa.clone(), BoolStore::U32)
+        };
+        Ok(Value::F(B::float_mask_where(fa, take_b, fb)))
     }
 
     /// Reshapes a value where it lives (rank 0 comes to the host).
@@ -1239,6 +1892,78 @@ fn reshape_target(shape: &[usize], spec: &[i64], allowzero: bool) -> R<Vec<usize
     Ok(out)
 }
 
+/// Refuses a shape with any one axis beyond [`MAX_ELEMENTS`]: [`guard`]
+/// bounds the product, which an empty axis makes 0 whatever the others
+/// are, and host loops that build per-axis index lists need each bounded.
+fn guard_axes(shape: &[usize]) -> R<()> {
+    guard(shape)?;
+    match shape.iter().find(|&&d| d > MAX_ELEMENTS) {
+        Some(d) => Err(format!("an axis of {d} in shape {shape:?} is too large (limit {MAX_ELEMENTS})")),
+        None => Ok(()),
+    }
+}
+
+/// One axis of Resize on the host: every output position's source
+/// coordinate, then nearest pick or linear blend of the two neighbours
+/// (indices clamped to the axis, as ONNX's edge handling does).
+fn resize_axis(h: &HostTensor, axis: usize, out_len: usize, scale: f64, linear: bool, coord: Coord, nearest: Nearest) -> R<HostTensor> {
+    let HostData::F32(v) = &h.data else { return Err("Resize input must be float".into()) };
+    let n = h.shape[axis];
+    let (outer, inner) = (numel(&h.shape[..axis]), numel(&h.shape[axis + 1..]));
+    // The resized length as ONNX measures it: in · scale, unrounded.
+    let resized = n as f64 * scale;
+    let src = |o: usize| -> f64 {
+        let o = o as f64;
+        match coord {
+            Coord::HalfPixel => (o + 0.5) / scale - 0.5,
+            Coord::HalfPixelSymmetric => {
+                let adjustment = out_len as f64 / resized;
+                let offset = n as f64 / 2.0 * (1.0 - adjustment);
+                offset + (o + 0.5) / scale - 0.5
+            }
+            Coord::PytorchHalfPixel if resized > 1.0 => (o + 0.5) / scale - 0.5,
+            Coord::PytorchHalfPixel => 0.0,
+            Coord::AlignCorners if resized != 1.0 => o * (n as f64 - 1.0) / (resized - 1.0),
+            Coord::AlignCorners => 0.0,
+            Coord::Asymmetric => o / scale,
+        }
+    };
+    let last = n as i64 - 1;
+    let clamp = |i: i64| i.clamp(0, last) as usize;
+    // Per output position: (index a, index b, weight of b).
+    let taps: Vec<(usize, usize, f32)> = (0..out_len)
+        .map(|o| {
+            let x = src(o);
+            if linear {
+                let x = x.clamp(0.0, last as f64);
+                let f = x.floor();
+                (clamp(f as i64), clamp(f as i64 + 1), (x - f) as f32)
+            } else {
+                let i = match nearest {
+                    Nearest::RoundPreferFloor if x.fract().abs() == 0.5 => x.floor(),
+                    Nearest::RoundPreferCeil if x.fract().abs() == 0.5 => x.ceil(),
+                    Nearest::RoundPreferFloor | Nearest::RoundPreferCeil => x.round(),
+                    Nearest::Floor => x.floor(),
+                    Nearest::Ceil => x.ceil(),
+                };
+                (clamp(i as i64), 0, 0.0)
+            }
+        })
+        .collect();
+    let mut shape = h.shape.clone();
+    shape[axis] = out_len;
+    let mut y = Vec::with_capacity(numel(&shape));
+    for o in 0..outer {
+        for &(a, b, w) in &taps {
+            for i in 0..inner {
+                let va = v[(o * n + a) * inner + i];
+                y.push(if w == 0.0 { va } else { va + (v[(o * n + b) * inner + i] - va) * w });
+            }
+        }
+    }
+    Ok(HostTensor::new(shape, HostData::F32(y)))
+}
+
 /// `t[.., start..end, ..]` along `axis`, on the device.
 fn slice_axis(t: FT, axis: usize, start: usize, end: usize) -> FT {
     let slices: Vec<Slice> = dims(&t)
@@ -1283,6 +2008,10 @@ fn matmul(a: FT, b: FT) -> R<FT> {
     }
     if db.len() > 1 {
         out.push(sb[r - 1]);
+    }
+    if out.is_empty() {
+        // 1-D · 1-D: the caller takes the one value to rank 0.
+        out.push(1);
     }
     Ok(reshape(y, &out))
 }

@@ -312,6 +312,136 @@ impl HostTensor {
         Ok(Self::new(shape, HostData::Bool(v)))
     }
 
+    /// ONNX Pad: `per[d]` = (begin, end) padding of axis `d` (negative
+    /// crops), `out` the resulting shape (checked by the caller).
+    pub(super) fn pad(&self, per: &[(i64, i64)], out: &[usize], mode: super::program::PadKind, value: f32) -> Self {
+        use super::program::PadKind as K;
+        let st = strides(&self.shape);
+        let n = numel(out);
+        let mut src: Vec<Option<usize>> = Vec::with_capacity(n);
+        let mut pos = vec![0usize; out.len()];
+        for _ in 0..n {
+            let mut flat = Some(0usize);
+            for d in 0..out.len() {
+                let len = self.shape[d] as i64;
+                let mut p = pos[d] as i64 - per[d].0;
+                if p < 0 || p >= len {
+                    p = match mode {
+                        K::Constant => {
+                            flat = None;
+                            break;
+                        }
+                        K::Edge => p.clamp(0, len - 1),
+                        K::Reflect => {
+                            if len == 1 {
+                                0
+                            } else {
+                                let period = 2 * (len - 1);
+                                let m = p.rem_euclid(period);
+                                if m < len { m } else { period - m }
+                            }
+                        }
+                    };
+                }
+                flat = flat.map(|f| f + p as usize * st[d]);
+            }
+            src.push(flat);
+            for d in (0..pos.len()).rev() {
+                pos[d] += 1;
+                if pos[d] < out[d] {
+                    break;
+                }
+                pos[d] = 0;
+            }
+        }
+        let data = match &self.data {
+            HostData::F32(v) => HostData::F32(src.iter().map(|s| s.map_or(value, |i| v[i])).collect()),
+            HostData::I64(v) => HostData::I64(src.iter().map(|s| s.map_or(value as i64, |i| v[i])).collect()),
+            HostData::Bool(v) => HostData::Bool(src.iter().map(|s| s.map_or(value != 0.0, |i| v[i])).collect()),
+        };
+        Self::new(out.to_vec(), data)
+    }
+
+    /// Running sum along `axis` (ONNX CumSum).
+    pub(super) fn cumsum(&self, axis: usize, exclusive: bool, reverse: bool) -> Result<Self, String> {
+        let n = self.shape[axis];
+        let inner: usize = self.shape[axis + 1..].iter().product();
+        let outer: usize = self.shape[..axis].iter().product();
+        macro_rules! run {
+            ($v:expr, $zero:expr, $add:expr) => {{
+                let v = $v;
+                let mut out = vec![$zero; v.len()];
+                for o in 0..outer {
+                    for i in 0..inner {
+                        let mut acc = $zero;
+                        for s in 0..n {
+                            let k = if reverse { n - 1 - s } else { s };
+                            let at = (o * n + k) * inner + i;
+                            if exclusive {
+                                out[at] = acc;
+                                acc = $add(acc, v[at]);
+                            } else {
+                                acc = $add(acc, v[at]);
+                                out[at] = acc;
+                            }
+                        }
+                    }
+                }
+                out
+            }};
+        }
+        let data = match &self.data {
+            HostData::F32(v) => HostData::F32(run!(v, 0f32, |a: f32, b: f32| a + b)),
+            HostData::I64(v) => HostData::I64(run!(v, 0i64, |a: i64, b: i64| a.wrapping_add(b))),
+            HostData::Bool(_) => return Err("CumSum of a bool tensor".into()),
+        };
+        Ok(Self::new(self.shape.clone(), data))
+    }
+
+    /// Elementwise `self > other` with broadcasting (numbers).
+    pub(super) fn greater(&self, other: &HostTensor) -> Result<Self, String> {
+        let shape = broadcast_shapes(&self.shape, &other.shape)?;
+        let a = self.broadcast_to(&shape)?;
+        let b = other.broadcast_to(&shape)?;
+        let v: Vec<bool> = match (&a.data, &b.data) {
+            (HostData::F32(x), HostData::F32(y)) => x.iter().zip(y).map(|(x, y)| x > y).collect(),
+            (HostData::I64(x), HostData::I64(y)) => x.iter().zip(y).map(|(x, y)| x > y).collect(),
+            _ => return Err(format!("comparison of {:?} and {:?} tensors", a.ty(), b.ty())),
+        };
+        Ok(Self::new(shape, HostData::Bool(v)))
+    }
+
+    /// Elementwise max (or min) with broadcasting; NaN wins, as in numpy.
+    pub(super) fn min_max(&self, other: &HostTensor, max: bool) -> Result<Self, String> {
+        let shape = broadcast_shapes(&self.shape, &other.shape)?;
+        let a = self.broadcast_to(&shape)?;
+        let b = other.broadcast_to(&shape)?;
+        let data = match (&a.data, &b.data) {
+            (HostData::F32(x), HostData::F32(y)) => HostData::F32(
+                x.iter()
+                    .zip(y)
+                    .map(|(&x, &y)| if x.is_nan() || y.is_nan() { f32::NAN } else if max { x.max(y) } else { x.min(y) })
+                    .collect(),
+            ),
+            (HostData::I64(x), HostData::I64(y)) => {
+                HostData::I64(x.iter().zip(y).map(|(&x, &y)| if max { x.max(y) } else { x.min(y) }).collect())
+            }
+            _ => return Err(format!("Max/Min of {:?} and {:?} tensors", a.ty(), b.ty())),
+        };
+        Ok(Self::new(shape, data))
+    }
+
+    /// Elementwise And (`and`) or Or of bool tensors, with broadcasting.
+    pub(super) fn logic(&self, other: &HostTensor, and: bool) -> Result<Self, String> {
+        let shape = broadcast_shapes(&self.shape, &other.shape)?;
+        let (HostData::Bool(x), HostData::Bool(y)) = (self.broadcast_to(&shape)?.data, other.broadcast_to(&shape)?.data)
+        else {
+            return Err("And/Or take bool tensors".into());
+        };
+        let v = x.iter().zip(&y).map(|(&x, &y)| if and { x && y } else { x || y }).collect();
+        Ok(Self::new(shape, HostData::Bool(v)))
+    }
+
     /// `cond ? x : y` with broadcasting.
     pub(super) fn where_(cond: &HostTensor, x: &HostTensor, y: &HostTensor) -> Result<Self, String> {
         let shape = broadcast_shapes(&broadcast_shapes(&cond.shape, &x.shape)?, &y.shape)?;

@@ -134,6 +134,39 @@ pub fn has_hardware_adapter() -> bool {
 struct Opened {
     device: exec::WgpuDevice,
     adapter: AdapterSummary,
+    limits: BufferLimits,
+}
+
+/// The device's own buffer limits (cubecl opens the device with the
+/// adapter's limits, not wgpu's conservative defaults).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BufferLimits {
+    /// Largest buffer a kernel may bind as storage.
+    pub(crate) max_storage_buffer_binding_size: u64,
+    /// Largest buffer.
+    pub(crate) max_buffer_size: u64,
+}
+
+impl BufferLimits {
+    /// Whether a tensor of `bytes` fits one buffer; the error names the
+    /// limit it passes.
+    pub(crate) fn check(&self, what: &str, bytes: u64) -> Result<(), BackendError> {
+        let (limit, name) = if self.max_storage_buffer_binding_size <= self.max_buffer_size {
+            (self.max_storage_buffer_binding_size, "max_storage_buffer_binding_size")
+        } else {
+            (self.max_buffer_size, "max_buffer_size")
+        };
+        if bytes > limit {
+            return Err(BackendError::new(
+                BackendErrorKind::Unsupported,
+                format!(
+                    "{what} is {bytes} bytes, more than this adapter's {name} of {limit} bytes: it cannot live in one \
+                     device buffer (run the model on ort-cpu or a GPU with larger limits)"
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The process's wgpu device, opened on first use.
@@ -162,8 +195,13 @@ fn open_device() -> Result<&'static Opened, BackendError> {
         .map_err(|p| unavailable(format!("wgpu panicked: {}", panic_message(&p))))?
         .map_err(|e| unavailable(e.to_string()))?;
         let adapter = AdapterSummary::from_info(&setup.adapter.get_info());
-        tracing::info!(adapter = %adapter.describe(), "wgpu device opened");
-        Ok(Opened { device: burn_backend::cubecl::Device::Wgpu(device), adapter })
+        let l = setup.device.limits();
+        let limits = BufferLimits {
+            max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
+            max_buffer_size: l.max_buffer_size,
+        };
+        tracing::info!(adapter = %adapter.describe(), ?limits, "wgpu device opened");
+        Ok(Opened { device: burn_backend::cubecl::Device::Wgpu(device), adapter, limits })
     });
     opened.as_ref().map_err(Clone::clone)
 }
@@ -179,6 +217,7 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 pub struct WgpuBackend {
     device: exec::WgpuDevice,
     adapter: AdapterSummary,
+    limits: BufferLimits,
     info: DeviceInfo,
 }
 
@@ -190,6 +229,7 @@ impl WgpuBackend {
         Ok(Self {
             device: o.device.clone(),
             adapter: o.adapter.clone(),
+            limits: o.limits,
             info: DeviceInfo { backend: BackendKind::Wgpu, name: o.adapter.describe() },
         })
     }
@@ -247,6 +287,11 @@ impl Backend for WgpuBackend {
         deadline: Option<std::time::Instant>,
     ) -> Result<Arc<dyn BackendGraph>, BackendError> {
         let mut program = compile_model(&model)?;
+        // Every weight must fit one device buffer: say which limit a
+        // too-large one passes, before anything is uploaded.
+        for (_, h) in program.consts.iter().filter(|(_, h)| h.ty() == Ty::F32 && h.data.len() > 1) {
+            self.limits.check(&format!("a weight of shape {:?}", h.shape), h.data.len() as u64 * 4)?;
+        }
         let device = self.device.clone();
         let past_deadline = || deadline.is_some_and(|at| std::time::Instant::now() >= at);
         // Weights go up once, here; small scalars stay on the host so ops
@@ -288,7 +333,8 @@ impl Backend for WgpuBackend {
             })
             .collect();
         let model_bytes = model.len() as u64;
-        Ok(Arc::new(WgpuGraph(Arc::new(GraphInner { model_bytes, program, consts, device, inputs, outputs }))))
+        let limits = self.limits;
+        Ok(Arc::new(WgpuGraph(Arc::new(GraphInner { model_bytes, program, consts, device, limits, inputs, outputs }))))
     }
 }
 
@@ -298,6 +344,7 @@ struct GraphInner {
     program: program::Program,
     consts: Vec<(usize, Value)>,
     device: exec::WgpuDevice,
+    limits: BufferLimits,
     inputs: Vec<TensorInfo>,
     outputs: Vec<TensorInfo>,
 }
@@ -427,6 +474,7 @@ impl WgpuContext {
                     format!("input '{}' has shape {:?}, the model expects {:?}", decl.name, view.dims, decl.shape),
                 ));
             }
+            g.limits.check(&format!("input '{}'", decl.name), view.data.len() as u64)?;
             let h = host_input(&decl.name, decl.ty, view)?;
             // Floats go to the device; scalars and empty tensors (an empty
             // KV cache) stay (ops use scalar kernels; the device holds no
@@ -500,5 +548,21 @@ impl BackendExecutionContext for WgpuContext {
 
     fn reset_state(&mut self) {
         self.kept.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tensor_past_the_adapter_limit_is_an_error_naming_it() {
+        let l = BufferLimits { max_storage_buffer_binding_size: 128 << 20, max_buffer_size: 256 << 20 };
+        assert!(l.check("w", 128 << 20).is_ok());
+        let e = l.check("a weight of shape [40000, 1000]", 160_000_000).unwrap_err();
+        assert_eq!(e.kind, BackendErrorKind::Unsupported);
+        assert!(e.message.contains("max_storage_buffer_binding_size of 134217728"), "{}", e.message);
+        let l = BufferLimits { max_storage_buffer_binding_size: 1 << 40, max_buffer_size: 1 << 30 };
+        assert!(l.check("x", (1 << 30) + 1).unwrap_err().message.contains("max_buffer_size"));
     }
 }

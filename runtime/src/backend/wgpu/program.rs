@@ -35,6 +35,10 @@ pub(super) enum Unary {
     Neg,
     Abs,
     Reciprocal,
+    Cos,
+    Sin,
+    Floor,
+    Ceil,
 }
 
 /// ONNX `auto_pad`.
@@ -44,6 +48,33 @@ pub(super) enum AutoPad {
     SameUpper,
     SameLower,
     Valid,
+}
+
+/// ONNX Pad modes the backend runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum PadKind {
+    Constant,
+    Reflect,
+    Edge,
+}
+
+/// Resize's `coordinate_transformation_mode`s the backend runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Coord {
+    HalfPixel,
+    HalfPixelSymmetric,
+    PytorchHalfPixel,
+    AlignCorners,
+    Asymmetric,
+}
+
+/// Resize's `nearest_mode`s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Nearest {
+    RoundPreferFloor,
+    RoundPreferCeil,
+    Floor,
+    Ceil,
 }
 
 /// One interpreted operator with its attributes.
@@ -56,6 +87,28 @@ pub(super) enum Op {
         group: usize,
         auto_pad: AutoPad,
     },
+    /// Transposed convolution (1-D and 2-D); `output_shape` wins over pads.
+    ConvTranspose {
+        strides: Vec<usize>,
+        pads: Vec<usize>,
+        dilations: Vec<usize>,
+        group: usize,
+        auto_pad: AutoPad,
+        output_padding: Vec<usize>,
+        output_shape: Option<Vec<usize>>,
+    },
+    /// Resize (nearest or linear, separable per axis) on the host; scales
+    /// from input 1 (opset 10) or 2, sizes from input 3.
+    Resize {
+        linear: bool,
+        coord: Coord,
+        nearest: Nearest,
+        /// The axes that scales/sizes name (all, in order, when absent).
+        axes: Option<Vec<i64>>,
+        /// `keep_aspect_ratio_policy` with sizes: `None` stretches,
+        /// `Some(true)` not_larger, `Some(false)` not_smaller.
+        keep: Option<bool>,
+    },
     /// Inputs: x, scale, bias, mean, var — or, folded: x, mul, add.
     BatchNorm {
         eps: f32,
@@ -64,6 +117,73 @@ pub(super) enum Op {
     Unary(Unary),
     Gelu {
         tanh: bool,
+    },
+    LeakyRelu {
+        alpha: f32,
+    },
+    /// `max(0, min(1, alpha·x + beta))`; HardSwish is `x ·` that with 1/6, 1/2.
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+        swish: bool,
+    },
+    /// `x < 0 ? slope·x : x`, slope broadcast to x.
+    PRelu,
+    /// Elementwise Max or Min over any number of inputs.
+    MinMax {
+        max: bool,
+    },
+    /// Greater (`greater`) or Less.
+    Compare {
+        greater: bool,
+    },
+    InstanceNorm {
+        eps: f32,
+    },
+    /// DepthToSpace (`crd`: column-row-depth order, else DCR).
+    DepthToSpace {
+        block: usize,
+        crd: bool,
+    },
+    SpaceToDepth {
+        block: usize,
+        crd: bool,
+    },
+    /// Repeats from input 1.
+    Tile,
+    /// Start, limit, delta from inputs 0..3.
+    Range,
+    /// Axis from input 1.
+    CumSum {
+        exclusive: bool,
+        reverse: bool,
+    },
+    /// k from optional input 1.
+    Trilu {
+        upper: bool,
+    },
+    /// ArgMax: the index of the (first, or last) largest value along `axis`.
+    ArgMax {
+        axis: i64,
+        keepdims: bool,
+        last: bool,
+    },
+    /// K from input 1; outputs values and int64 indices.
+    TopK {
+        axis: i64,
+        largest: bool,
+    },
+    /// Pads and value from the attributes (opset < 11), else from inputs
+    /// 1 (pads), 2 (constant value) and 3 (axes).
+    Pad {
+        mode: PadKind,
+        pads: Option<Vec<i64>>,
+        value: f32,
+    },
+    Not,
+    /// And (`and`) or Or.
+    Logic {
+        and: bool,
     },
     /// Bounds from attributes (opset < 11); otherwise from inputs 1 and 2.
     Clip {
@@ -214,14 +334,21 @@ pub(super) struct Program {
 pub const WGPU_OPS: &[&str] = &[
     "Abs",
     "Add",
+    "And",
+    "ArgMax",
     "AveragePool",
     "BatchNormalization",
     "Cast",
+    "Ceil",
     "Clip",
     "Concat",
     "Constant",
     "ConstantOfShape",
     "Conv",
+    "ConvTranspose",
+    "Cos",
+    "CumSum",
+    "DepthToSpace",
     "Div",
     "Dropout",
     "Equal",
@@ -229,40 +356,60 @@ pub const WGPU_OPS: &[&str] = &[
     "Exp",
     "Expand",
     "Flatten",
+    "Floor",
     "Gather",
     "Gelu",
     "Gemm",
     "GlobalAveragePool",
     "GlobalMaxPool",
+    "Greater",
     "GroupQueryAttention",
+    "HardSigmoid",
+    "HardSwish",
     "Identity",
+    "InstanceNormalization",
     "LRN",
     "LayerNormalization",
+    "LeakyRelu",
+    "Less",
     "Log",
     "LogSoftmax",
     "MatMul",
     "MatMulNBits",
+    "Max",
     "MaxPool",
+    "Min",
     "Mul",
     "Neg",
+    "Not",
+    "Or",
+    "PRelu",
+    "Pad",
     "Pow",
+    "Range",
     "Reciprocal",
     "ReduceMean",
     "ReduceSum",
     "Relu",
     "Reshape",
+    "Resize",
     "Shape",
     "Sigmoid",
     "SimplifiedLayerNormalization",
+    "Sin",
     "Slice",
     "Softmax",
+    "SpaceToDepth",
     "Split",
     "Sqrt",
     "Squeeze",
     "Sub",
     "Sum",
     "Tanh",
+    "Tile",
+    "TopK",
     "Transpose",
+    "Trilu",
     "Unsqueeze",
     "Where",
 ];
@@ -584,6 +731,79 @@ pub(super) fn compile(model: &pb::ModelProto) -> Result<Program, Refused> {
                 };
                 (op, vec![Ty::F32])
             }
+            "ConvTranspose" => {
+                float_in(0)?;
+                float_in(1)?;
+                if in_ty(2).is_some() {
+                    float_in(2)?;
+                }
+                // The weight's rank, where the model tells it (an
+                // initializer, or a graph input's declared shape).
+                let rank = const_input(1).map(|w| w.shape.len()).or_else(|| {
+                    let s = in_slots.get(1).copied().flatten()?;
+                    inputs.iter().find(|i| i.slot == s).map(|i| i.shape.len()).filter(|&r| r > 0)
+                });
+                if let Some(r) = rank.filter(|r| !(3..=4).contains(r)) {
+                    return Err(nope(format!(
+                        "{}-D ConvTranspose is not supported by the wgpu backend (1-D and 2-D are)",
+                        r.saturating_sub(2)
+                    )));
+                }
+                let list = |name: &str| usizes(a.ints(name).unwrap_or_default(), name).map_err(fail);
+                let op = Op::ConvTranspose {
+                    strides: list("strides")?,
+                    pads: list("pads")?,
+                    dilations: list("dilations")?,
+                    group: usize::try_from(a.int("group", 1))
+                        .ok()
+                        .filter(|&g| g > 0)
+                        .ok_or_else(|| fail("group must be positive".into()))?,
+                    auto_pad: auto_pad(&a).map_err(fail)?,
+                    output_padding: list("output_padding")?,
+                    output_shape: a.ints("output_shape").map(|v| usizes(v, "output_shape")).transpose().map_err(fail)?,
+                };
+                (op, vec![Ty::F32])
+            }
+            "Resize" => {
+                float_in(0)?;
+                let linear = match a.string("mode").as_deref() {
+                    None | Some("nearest") => false,
+                    Some("linear") => true,
+                    Some(m) => return Err(nope(format!("Resize mode {m} is not supported by the wgpu backend"))),
+                };
+                let coord = match a.string("coordinate_transformation_mode").as_deref() {
+                    None | Some("half_pixel") => Coord::HalfPixel,
+                    Some("half_pixel_symmetric") => Coord::HalfPixelSymmetric,
+                    Some("pytorch_half_pixel") => Coord::PytorchHalfPixel,
+                    Some("align_corners") => Coord::AlignCorners,
+                    Some("asymmetric") => Coord::Asymmetric,
+                    Some(m) => {
+                        return Err(nope(format!(
+                            "Resize coordinate_transformation_mode {m} is not supported by the wgpu backend"
+                        )))
+                    }
+                };
+                let nearest = match a.string("nearest_mode").as_deref() {
+                    None | Some("round_prefer_floor") => Nearest::RoundPreferFloor,
+                    Some("round_prefer_ceil") => Nearest::RoundPreferCeil,
+                    Some("floor") => Nearest::Floor,
+                    Some("ceil") => Nearest::Ceil,
+                    Some(m) => return Err(fail(format!("nearest_mode '{m}' is not an ONNX value"))),
+                };
+                if a.int("antialias", 0) != 0 {
+                    return Err(nope("Resize with antialias is not supported by the wgpu backend".into()));
+                }
+                let keep = match a.string("keep_aspect_ratio_policy").as_deref() {
+                    None | Some("stretch") => None,
+                    Some("not_larger") => Some(true),
+                    Some("not_smaller") => Some(false),
+                    Some(p) => return Err(fail(format!("keep_aspect_ratio_policy '{p}' is not an ONNX value"))),
+                };
+                if opset < 10 {
+                    return Err(nope("Upsample-style Resize before opset 10 is not supported".into()));
+                }
+                (Op::Resize { linear, coord, nearest, axes: a.ints("axes"), keep }, vec![Ty::F32])
+            }
             "BatchNormalization" => {
                 float_in(0)?;
                 if a.int("training_mode", 0) != 0 || node.output.iter().skip(1).any(|o| !o.is_empty()) {
@@ -621,7 +841,8 @@ pub(super) fn compile(model: &pb::ModelProto) -> Result<Program, Refused> {
                     (Op::BatchNorm { eps, folded: false }, vec![Ty::F32])
                 }
             }
-            u @ ("Relu" | "Sigmoid" | "Tanh" | "Erf" | "Sqrt" | "Exp" | "Log" | "Neg" | "Abs" | "Reciprocal") => {
+            u @ ("Relu" | "Sigmoid" | "Tanh" | "Erf" | "Sqrt" | "Exp" | "Log" | "Neg" | "Abs" | "Reciprocal" | "Cos"
+            | "Sin" | "Floor" | "Ceil") => {
                 float_in(0)?;
                 let un = match u {
                     "Relu" => Unary::Relu,
@@ -633,9 +854,157 @@ pub(super) fn compile(model: &pb::ModelProto) -> Result<Program, Refused> {
                     "Log" => Unary::Log,
                     "Neg" => Unary::Neg,
                     "Abs" => Unary::Abs,
+                    "Cos" => Unary::Cos,
+                    "Sin" => Unary::Sin,
+                    "Floor" => Unary::Floor,
+                    "Ceil" => Unary::Ceil,
                     _ => Unary::Reciprocal,
                 };
                 (Op::Unary(un), vec![Ty::F32])
+            }
+            "LeakyRelu" => {
+                float_in(0)?;
+                (Op::LeakyRelu { alpha: a.float("alpha", 0.01) }, vec![Ty::F32])
+            }
+            "HardSigmoid" => {
+                float_in(0)?;
+                (Op::HardSigmoid { alpha: a.float("alpha", 0.2), beta: a.float("beta", 0.5), swish: false }, vec![Ty::F32])
+            }
+            "HardSwish" => {
+                float_in(0)?;
+                (Op::HardSigmoid { alpha: 1.0 / 6.0, beta: 0.5, swish: true }, vec![Ty::F32])
+            }
+            "PRelu" => {
+                float_in(0)?;
+                float_in(1)?;
+                (Op::PRelu, vec![Ty::F32])
+            }
+            m @ ("Max" | "Min") => {
+                let x = need(0)?;
+                for i in 1..in_slots.len() {
+                    let y = need(i)?;
+                    if !(x == y || is_int(x) && is_int(y)) {
+                        return Err(fail(format!("inputs of types {x:?} and {y:?}")));
+                    }
+                }
+                if x == Ty::Bool {
+                    return Err(fail("bool inputs".into()));
+                }
+                (Op::MinMax { max: m == "Max" }, vec![x])
+            }
+            c @ ("Greater" | "Less") => {
+                let (x, y) = (need(0)?, need(1)?);
+                if !(x == y || is_int(x) && is_int(y)) || x == Ty::Bool {
+                    return Err(fail(format!("{c} of {x:?} and {y:?}")));
+                }
+                (Op::Compare { greater: c == "Greater" }, vec![Ty::Bool])
+            }
+            "InstanceNormalization" => {
+                for i in 0..3 {
+                    float_in(i)?;
+                }
+                (Op::InstanceNorm { eps: a.float("epsilon", 1e-5) }, vec![Ty::F32])
+            }
+            d @ ("DepthToSpace" | "SpaceToDepth") => {
+                let x = need(0)?;
+                let block = usize::try_from(a.get("blocksize").ok_or_else(|| fail("blocksize is required".into()))?.i)
+                    .ok()
+                    .filter(|&b| b > 0 && b <= 1 << 16)
+                    .ok_or_else(|| fail("blocksize must be positive".into()))?;
+                let crd = match a.string("mode").as_deref() {
+                    None | Some("DCR") => false,
+                    Some("CRD") => true,
+                    Some(o) => return Err(fail(format!("mode '{o}' is not an ONNX value"))),
+                };
+                if d == "SpaceToDepth" {
+                    (Op::SpaceToDepth { block, crd }, vec![x])
+                } else {
+                    (Op::DepthToSpace { block, crd }, vec![x])
+                }
+            }
+            "Tile" => {
+                if !is_int(need(1)?) {
+                    return Err(fail("repeats must be int64".into()));
+                }
+                (Op::Tile, vec![need(0)?])
+            }
+            "Range" => {
+                let x = need(0)?;
+                if x == Ty::Bool || need(1)? != x || need(2)? != x {
+                    return Err(fail("start, limit and delta must be numbers of one type".into()));
+                }
+                (Op::Range, vec![x])
+            }
+            "CumSum" => {
+                let x = need(0)?;
+                if x == Ty::Bool || !is_int(need(1)?) {
+                    return Err(fail("x must be a number tensor and axis an integer".into()));
+                }
+                let op = Op::CumSum { exclusive: a.int("exclusive", 0) != 0, reverse: a.int("reverse", 0) != 0 };
+                (op, vec![x])
+            }
+            "Trilu" => {
+                if in_ty(1).is_some_and(|t| !is_int(t)) {
+                    return Err(fail("k must be int64".into()));
+                }
+                (Op::Trilu { upper: a.int("upper", 1) != 0 }, vec![need(0)?])
+            }
+            "ArgMax" => {
+                let x = need(0)?;
+                if x == Ty::Bool {
+                    return Err(fail("bool input".into()));
+                }
+                let op = Op::ArgMax {
+                    axis: a.int("axis", 0),
+                    keepdims: a.int("keepdims", 1) != 0,
+                    last: a.int("select_last_index", 0) != 0,
+                };
+                (op, vec![Ty::I64])
+            }
+            "TopK" => {
+                let x = need(0)?;
+                if x == Ty::Bool {
+                    return Err(fail("bool input".into()));
+                }
+                if opset < 10 {
+                    return Err(nope("TopK-1 (k as an attribute) is not supported".into()));
+                }
+                if !is_int(need(1)?) {
+                    return Err(fail("K must be int64".into()));
+                }
+                (Op::TopK { axis: a.int("axis", -1), largest: a.int("largest", 1) != 0 }, vec![x, Ty::I64])
+            }
+            "Pad" => {
+                let x = need(0)?;
+                let mode = match a.string("mode").as_deref() {
+                    None | Some("constant") => PadKind::Constant,
+                    Some("reflect") => PadKind::Reflect,
+                    Some("edge") => PadKind::Edge,
+                    Some("wrap") => return Err(nope("Pad mode wrap is not supported by the wgpu backend".into())),
+                    Some(o) => return Err(fail(format!("mode '{o}' is not an ONNX value"))),
+                };
+                let (pads, value) = if opset < 11 {
+                    let p = a.ints("pads").or_else(|| a.ints("paddings")).ok_or_else(|| fail("pads is required".into()))?;
+                    (Some(p), a.float("value", 0.0))
+                } else {
+                    if !is_int(need(1)?) {
+                        return Err(fail("pads must be int64".into()));
+                    }
+                    (None, 0.0)
+                };
+                (Op::Pad { mode, pads, value }, vec![x])
+            }
+            "Not" => {
+                if need(0)? != Ty::Bool {
+                    return Err(fail("input must be bool".into()));
+                }
+                (Op::Not, vec![Ty::Bool])
+            }
+            l @ ("And" | "Or") => {
+                if need(0)? != Ty::Bool || need(1)? != Ty::Bool {
+                    return Err(fail("inputs must be bool".into()));
+                }
+                (Op::Logic { and: l == "And" }, vec![Ty::Bool])
             }
             "Gelu" => {
                 float_in(0)?;
