@@ -47,7 +47,7 @@ PY
 
 bold "\$ mote serve --config mote.toml   (ports chosen by the OS for the demo)"
 LOG=build/demo/serve.log
-"$MOTE" serve --config mote.toml --listen 127.0.0.1:0 --quic 127.0.0.1:0 > "$LOG" 2>&1 &
+"$MOTE" serve --config mote.toml --listen 127.0.0.1:0 --quic 127.0.0.1:0 --grpc 127.0.0.1:0 > "$LOG" 2>&1 &
 SERVER=$!
 trap 'kill -TERM $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 1 300); do grep -q '^ready:' "$LOG" && break; kill -0 $SERVER 2>/dev/null || break; sleep 0.1; done

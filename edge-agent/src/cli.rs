@@ -80,6 +80,9 @@ enum Command {
         /// Override `[server] quic`.
         #[arg(long)]
         quic: Option<std::net::SocketAddr>,
+        /// Override `[server] grpc`.
+        #[arg(long)]
+        grpc: Option<std::net::SocketAddr>,
     },
     /// Join a job market on NATS JetStream and run its jobs until SIGTERM.
     Node(crate::market::commands::NodeArgs),
@@ -191,13 +194,16 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Node(a) => crate::market::commands::node(a),
         Command::Job(c) => crate::market::commands::job(c),
         Command::Market(c) => crate::market::commands::market(c),
-        Command::Serve { config, insecure_http, listen, quic } => {
+        Command::Serve { config, insecure_http, listen, quic, grpc } => {
             let mut cfg = crate::config::Config::load(&config)?;
             if let Some(l) = listen {
                 cfg.server.listen = l;
             }
             if quic.is_some() {
                 cfg.server.quic = quic;
+            }
+            if grpc.is_some() {
+                cfg.server.grpc = grpc;
             }
             tokio_runtime()?.block_on(crate::serve::serve(cfg, insecure_http))?;
             Ok(ExitCode::SUCCESS)
