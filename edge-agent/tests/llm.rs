@@ -217,21 +217,11 @@ fn the_official_openai_client_works_unmodified() {
     // The disconnected stream's job ended `cancelled`, and the node keeps
     // serving.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let pem = std::fs::read(&s.cert).unwrap();
-    let http = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-        .build()
-        .unwrap();
+    let http = s.https_client();
     let base = format!("https://localhost:{}", s.https.port());
     let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        let m = rt.block_on(async {
-            http.get(format!("{base}/metrics")).bearer_auth(METRICS_TOKEN).send().await.unwrap().text().await.unwrap()
-        });
-        if m.lines().any(|l| l.contains("outcome=\"cancelled\"") && l.contains("smollm2") && !l.ends_with(" 0")) {
-            break;
-        }
-        assert!(Instant::now() < until, "no cancelled job in /metrics:\n{m}");
+    while jobs_ended(&rt, &http, &base, "cancelled") == 0 {
+        assert!(Instant::now() < until, "no cancelled smollm2 job in /metrics");
         std::thread::sleep(Duration::from_millis(200));
     }
     let r: Value = rt.block_on(async {
@@ -315,11 +305,7 @@ fn greedy_chat_streams_the_same_tokens_over_kserve_https_events_and_quic_frames(
     use mote_agent::tls::Trust;
     let s = serve();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let pem = std::fs::read(&s.cert).unwrap();
-    let http = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-        .build()
-        .unwrap();
+    let http = s.https_client();
     let base = format!("https://localhost:{}", s.https.port());
     let body = json!({"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 32, "temperature": 0});
     let kserve_req = json!({"inputs": [{"name": "request", "datatype": "BYTES", "shape": [1], "data": [body.to_string()]}]});

@@ -10,7 +10,7 @@ use mote_agent::tls::Trust;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -94,14 +94,6 @@ fn start_with(config_text: &str, flags: &[&str]) -> Server {
     common::start_serve(config_text, flags, Duration::from_secs(60))
 }
 
-fn client(cert: &Path) -> reqwest::Client {
-    let pem = std::fs::read(cert).unwrap();
-    reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-        .tls_built_in_root_certs(false)
-        .build()
-        .unwrap()
-}
 
 fn url(s: &Server, path: &str) -> String {
     format!("https://localhost:{}{path}", s.https.port())
@@ -147,7 +139,7 @@ fn rt() -> tokio::runtime::Runtime {
 fn https_and_quic_answer_like_mote_run() {
     let s = start("", &[]);
     let rt = rt();
-    let http = client(&s.cert);
+    let http = s.https_client();
     for (name, model) in [("mlp", "models/mlp.onnx"), ("cnn", "models/cnn.onnx")] {
         let req_path = artifact(&format!("models/{name}.request.json"));
         let want = mote_run("guests/passthrough.wasm", model, &req_path);
@@ -177,7 +169,7 @@ fn https_and_quic_answer_like_mote_run() {
 fn binary_tensor_extension_over_https() {
     let s = start("", &[]);
     let rt = rt();
-    let http = client(&s.cert);
+    let http = s.https_client();
     let req: Value = serde_json::from_slice(&std::fs::read(artifact("models/mlp.request.json")).unwrap()).unwrap();
     let x: Vec<f32> = req["inputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
     let bin: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -215,7 +207,7 @@ fn binary_tensor_extension_over_https() {
 fn tenants_tokens_and_bad_requests_get_clear_4xx() {
     let s = start("", &[]);
     let rt = rt();
-    let http = client(&s.cert);
+    let http = s.https_client();
     let mlp_req = std::fs::read(artifact("models/mlp.request.json")).unwrap();
     let call = |path: &str, token: Option<&str>, body: Option<Vec<u8>>| -> (u16, Value) {
         rt.block_on(async {
@@ -279,7 +271,7 @@ fn rss_kib(pid: u32) -> u64 {
 fn overload_gets_503_at_once_and_admitted_requests_succeed() {
     let s = start("", &[]);
     let rt = rt();
-    let http = client(&s.cert);
+    let http = s.https_client();
     let body = serde_json::to_vec(&json!({"inputs": [], "parameters": {"mode": "work", "ms": "600"}})).unwrap();
     let rss_before = rss_kib(s.child.id());
     let results: Vec<(u16, Duration)> = rt.block_on(async {
@@ -340,7 +332,7 @@ fn overload_gets_503_at_once_and_admitted_requests_succeed() {
 fn sigterm_lets_in_flight_requests_finish() {
     let mut s = start("", &[]);
     let rt = rt();
-    let http = client(&s.cert);
+    let http = s.https_client();
     let body = serde_json::to_vec(&json!({"inputs": [], "parameters": {"mode": "work", "ms": "800"}})).unwrap();
     let mlp_req = mote_runtime::kserve::parse_request(
         &serde_json::from_slice(&std::fs::read(artifact("models/mlp.request.json")).unwrap()).unwrap(),
@@ -514,7 +506,7 @@ fn oversized_bodies_get_413_with_a_json_error() {
     // all before the server answers.
     let s = start_with(&config_with("max_body_bytes = 2048", ""), &[]);
     let rt = rt();
-    let http = client(&s.cert);
+    let http = s.https_client();
     let (status, v): (u16, Value) = rt.block_on(async {
         let r = http
             .post(url(&s, "/v2/models/mlp/infer"))
@@ -557,7 +549,7 @@ backend = "wgpu"
         &[],
     );
     let rt = rt();
-    let http = client(&s.cert);
+    let http = s.https_client();
     let body = std::fs::read(artifact("models/cnn.request.json")).unwrap();
     let (ort, wgpu) = (infer_json(&rt, &http, &s, "cnn", &body), infer_json(&rt, &http, &s, "cnn-wgpu", &body));
     let nums = |v: &Value| -> Vec<f64> {
@@ -779,7 +771,7 @@ deadline_ms = 3000
     let server_extra = format!("backend_memory_bytes = {budget}\nheader_timeout_ms = 1000\nbody_timeout_ms = 2000");
     let s = start_with(&config_with(&server_extra, &extra), &[]);
     let rt = rt();
-    let http = client(&s.cert);
+    let http = s.https_client();
     let req_path = artifact("models/mlp.request.json");
     let want = mote_run("guests/passthrough.wasm", "models/mlp.onnx", &req_path);
     let body = std::fs::read(&req_path).unwrap();

@@ -22,6 +22,18 @@ pub struct Server {
     pub dir: tempfile::TempDir,
 }
 
+impl Server {
+    /// An HTTPS client that trusts exactly this server's certificate.
+    pub fn https_client(&self) -> reqwest::Client {
+        let pem = std::fs::read(&self.cert).unwrap();
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .tls_built_in_root_certs(false)
+            .build()
+            .unwrap()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
