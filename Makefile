@@ -21,7 +21,7 @@ MODELS := build/models/cnn.onnx
 LLM := build/models/smollm2/model.onnx
 GUESTS := build/guests/passthrough.wasm build/guests/classifier.wasm build/guests/mlp-builder.wasm build/guests/misbehave.wasm build/guests/inference-loop.wasm
 
-.PHONY: all setup host models guests demo test bench bench-quick clean
+.PHONY: all setup host models guests demo test bench bench-quick profile clean
 all: host guests
 
 setup:
@@ -54,6 +54,11 @@ test: guests
 bench: guests
 	bash scripts/setup_llama_cpp.sh
 	$(CARGO_TARGET_DIR)/release/mote-bench --build build --out bench/results
+
+# perf profiles of a job's fixed cost and the in-guest inference path
+# (installs linux-perf: for the bench only).
+profile: guests
+	bash scripts/profile.sh
 
 bench-quick: guests
 	$(CARGO_TARGET_DIR)/release/mote-bench --quick --build build --out build/bench

@@ -46,6 +46,11 @@ struct Args {
     /// The repository's build/ directory (guests and models).
     #[arg(long, default_value = "build")]
     build: PathBuf,
+    /// Rounds of the overhead, instantiation and endpoint comparisons: the
+    /// report gives each ratio's median and spread over the rounds, and
+    /// its tables show the median round (`--quick`: one round).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 pub(crate) struct Ctx {
@@ -262,10 +267,24 @@ fn instantiation(ctx: &Ctx) -> Result<Value> {
         },
     );
     let empty_call = Summary::of(&walls[walls.len() - runs..]);
-    // The signature alone, to show what of a job is the receipt.
+    // The signature alone, to show what of a job is the receipt: with a
+    // precomputed nonce (in bursts the pool holds, refilled in between, as
+    // between jobs) and RFC 8032's inline nonce, side by side.
     let key = mote_runtime::NodeKey::generate();
     let mut receipt = empty.run(&ok).receipt;
-    let sign = time(runs, &pb, || receipt.sign(&key));
+    receipt.sign(&key); // starts the nonce thread
+    let mut samples = Vec::with_capacity(runs);
+    while samples.len() < runs {
+        std::thread::sleep(Duration::from_millis(3));
+        for _ in 0..32 {
+            let t = Instant::now();
+            receipt.sign(&key);
+            samples.push(t.elapsed());
+        }
+    }
+    pb.inc(runs as u64);
+    let sign = Summary::of(&samples);
+    let sign_rfc8032 = time(runs, &ProgressBar::hidden(), || receipt.sign_rfc8032(&key));
     pb.finish_and_clear();
 
     // Compile: cold, then from wasmtime's compiled-module cache (on disk).
@@ -285,6 +304,7 @@ fn instantiation(ctx: &Ctx) -> Result<Value> {
         "empty_job": empty_job,
         "empty_call": empty_call,
         "receipt_sign": sign,
+        "receipt_sign_rfc8032": sign_rfc8032,
         "compile_cold_ms": cold.as_secs_f64() * 1e3,
         "compile_cached_ms": cached.as_secs_f64() * 1e3,
         "guest_bytes": guest.len(),
@@ -343,14 +363,30 @@ fn main() -> Result<()> {
 
     let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
     let rt = runtime(true)?;
-    let mut overheads = Vec::new();
-    if want("overhead") {
-        for model in ["mlp", "cnn", "transformer"] {
-            overheads.push(overhead(&ctx, &rt, model)?);
+    let rounds = if ctx.quick { 1 } else { args.rounds.max(1) };
+    let mut per_round = Vec::new();
+    for round in 0..rounds {
+        if rounds > 1 {
+            eprintln!("round {} of {rounds}", round + 1);
         }
+        let mut overheads = Vec::new();
+        if want("overhead") {
+            for model in ["mlp", "cnn", "transformer"] {
+                overheads.push(overhead(&ctx, &rt, model)?);
+            }
+        }
+        let inst = if want("instantiation") { instantiation(&ctx)? } else { Value::Null };
+        let endpoint = if want("endpoint") { endpoint::run(&ctx)? } else { Value::Null };
+        per_round.push(json!({"overhead": overheads, "instantiation": inst, "endpoint": endpoint}));
     }
-    let inst = if want("instantiation") { instantiation(&ctx)? } else { Value::Null };
-    let endpoint = if want("endpoint") { endpoint::run(&ctx)? } else { Value::Null };
+    // Each section's tables show its median round.
+    let overheads: Vec<Value> = (0..3)
+        .filter_map(|i| stats::median_by(&per_round, |r| r["overhead"][i]["ratio_p50"].as_f64()).map(|r| r["overhead"][i].clone()))
+        .collect();
+    let inst = stats::median_by(&per_round, |r| r["instantiation"]["empty_job"]["p50_us"].as_f64())
+        .map_or(Value::Null, |r| r["instantiation"].clone());
+    let endpoint = stats::median_by(&per_round, |r| report::endpoint_overhead(&r["endpoint"], "https-json"))
+        .map_or(Value::Null, |r| r["endpoint"].clone());
     let metering = if want("metering") { metering(&ctx)? } else { Value::Null };
     let market = if want("market") { market::run(&ctx)? } else { Value::Null };
     let llm = if want("llm") { llm::run(&ctx)? } else { Value::Null };
@@ -371,6 +407,7 @@ fn main() -> Result<()> {
         "metering": metering,
         "market": market,
         "llm": llm,
+        "rounds": per_round,
         "elapsed_s": started.elapsed().as_secs_f64(),
     });
     report::write(&args.out, &results)?;

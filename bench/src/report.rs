@@ -28,6 +28,102 @@ pub(crate) fn write(out: &Path, r: &Value) -> Result<()> {
     Ok(())
 }
 
+/// p50 of `transport` minus in-process, tiny MLP, 1 client.
+pub(crate) fn endpoint_overhead(endpoint: &Value, transport: &str) -> Option<f64> {
+    let p50 = |t: &str| {
+        endpoint.as_array()?.iter().find(|x| x["model"] == "mlp" && x["concurrency"] == 1 && x["transport"] == t)?
+            ["latency"]["p50_us"]
+            .as_f64()
+    };
+    Some(p50(transport)? - p50("in-process")?)
+}
+
+/// CNN over HTTPS at 1 client: JSON p50 / binary p50.
+fn cnn_json_ratio(endpoint: &Value) -> Option<f64> {
+    let p50 = |t: &str| {
+        endpoint.as_array()?.iter().find(|x| x["model"] == "cnn" && x["concurrency"] == 1 && x["transport"] == t)?
+            ["latency"]["p50_us"]
+            .as_f64()
+    };
+    Some(p50("https-json")? / p50("https-binary")?)
+}
+
+/// Each target's figure over the rounds: median, min, max (the verdict by
+/// the median), so a noisy machine shows as spread.
+fn rounds_table(md: &mut String, r: &Value) {
+    let rounds: Vec<&Value> = r["rounds"].as_array().into_iter().flatten().collect();
+    if rounds.len() < 2 {
+        return;
+    }
+    let _ = writeln!(md, "## Rounds: median and spread
+");
+    let _ = writeln!(
+        md,
+        "The overhead, instantiation and endpoint sections ran {} times in this run; the tables above show each \
+         section's median round. Per figure: median, min–max, every round, and the target judged by the median.\n",
+        rounds.len()
+    );
+    let _ = writeln!(md, "| figure | median | min – max | rounds | target | |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    type Pick = Box<dyn Fn(&Value) -> Option<f64>>;
+    let mut figures: Vec<(String, Pick, Option<f64>)> = Vec::new();
+    for (i, model) in ["mlp", "cnn", "transformer"].into_iter().enumerate() {
+        let target = match model {
+            "mlp" => Some(1.10),
+            "cnn" => Some(1.03),
+            _ => None,
+        };
+        figures.push((
+            format!("{model}: in guest / native p50"),
+            Box::new(move |x| x["overhead"][i]["ratio_p50"].as_f64()),
+            target,
+        ));
+        let job_target = match model {
+            "mlp" => Some(4.0),
+            "cnn" => Some(1.15),
+            _ => None,
+        };
+        figures.push((
+            format!("{model}: whole job / native p50"),
+            Box::new(move |x| x["overhead"][i]["job_ratio_p50"].as_f64()),
+            job_target,
+        ));
+    }
+    figures.push((
+        "warm instantiate + empty handler p50 µs".into(),
+        Box::new(|x| x["instantiation"]["empty_call"]["p50_us"].as_f64()),
+        Some(10.0),
+    ));
+    figures.push((
+        "whole job, empty handler, receipt included, p50 µs".into(),
+        Box::new(|x| x["instantiation"]["empty_job"]["p50_us"].as_f64()),
+        Some(20.0),
+    ));
+    for (t, target) in [("https-json", 100.0), ("https-binary", 100.0), ("quic", 60.0), ("grpc", 100.0)] {
+        figures.push((
+            format!("{t} overhead p50 µs (mlp, 1 client)"),
+            Box::new(move |x| endpoint_overhead(&x["endpoint"], t)),
+            (t != "grpc").then_some(target),
+        ));
+    }
+    figures.push(("cnn https JSON / binary p50".into(), Box::new(|x| cnn_json_ratio(&x["endpoint"])), Some(2.0)));
+    for (name, pick, target) in figures {
+        let values: Vec<f64> = rounds.iter().filter_map(|x| pick(x)).collect();
+        let Some(s) = crate::stats::Spread::of(&values) else { continue };
+        let each = values.iter().map(|v| format!("{v:.2}")).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(
+            md,
+            "| {name} | {:.2} | {:.2} – {:.2} | {each} | {} | {} |",
+            s.median,
+            s.min,
+            s.max,
+            target.map_or("—".into(), |t| format!("≤ {t}")),
+            target.map_or("", |t| verdict(s.median <= t)),
+        );
+    }
+    let _ = writeln!(md);
+}
+
 fn markdown(r: &Value) -> String {
     let mut md = String::new();
     let m = &r["machine"];
@@ -91,9 +187,10 @@ fn markdown(r: &Value) -> String {
     let _ = writeln!(md, "|---|---|---|---|---|---|");
     for (name, key, target) in [
         ("instantiate (pooled, pre-instantiated)", "instantiate", None),
-        ("warm instantiate + empty handler (store, instance, call: the receipt's wall time)", "empty_call", Some(20.0)),
-        ("whole job with an empty handler (the above + hashes + signed receipt)", "empty_job", None),
-        ("receipt signature (ed25519), part of the job", "receipt_sign", None),
+        ("warm instantiate + empty handler (store, instance, call: the receipt's wall time)", "empty_call", Some(10.0)),
+        ("whole job with an empty handler (the above + hashes + signed receipt)", "empty_job", Some(20.0)),
+        ("receipt signature, precomputed nonce (what a job pays)", "receipt_sign", None),
+        ("receipt signature, RFC 8032 nonce (the inline fallback)", "receipt_sign_rfc8032", None),
     ] {
         let p50 = f(&i[key]["p50_us"]);
         let _ = writeln!(
@@ -144,12 +241,7 @@ fn markdown(r: &Value) -> String {
             },
         );
     }
-    let overhead = |t: &str| {
-        rows.iter()
-            .find(|x| x["model"] == "mlp" && x["concurrency"] == 1 && x["transport"] == t)
-            .map(|x| f(&x["latency"]["p50_us"]) - base("mlp", &1.into()))
-            .unwrap_or(f64::NAN)
-    };
+    let overhead = |t: &str| endpoint_overhead(&r["endpoint"], t).unwrap_or(f64::NAN);
     let (https, quic) = (overhead("https-json"), overhead("quic"));
     let tput = |t: &str, c: u64| {
         rows.iter()
@@ -176,6 +268,12 @@ fn markdown(r: &Value) -> String {
     let _ =
         writeln!(md, "- QUIC p50 overhead over in-process: {quic:.1} µs (target ≤ 60 µs): {}", verdict(quic <= 60.0));
     let _ = writeln!(md, "- gRPC (KServe v2, TLS) p50 overhead over in-process: {:.1} µs", overhead("grpc"));
+    let json_ratio = cnn_json_ratio(&r["endpoint"]).unwrap_or(f64::NAN);
+    let _ = writeln!(
+        md,
+        "- CNN over HTTPS, JSON / binary p50 (1 client): ×{json_ratio:.2} (target ≤ ×2): {}",
+        verdict(json_ratio <= 2.0)
+    );
     let _ = writeln!(
         md,
         "\nThroughput with 64 clients vs 1 (target: both of the {} cores busy, ≥ ×1.6):\n",
@@ -186,6 +284,7 @@ fn markdown(r: &Value) -> String {
         let _ = writeln!(md, "- {t}: ×{scale:.2}: {}", verdict(scale >= 1.6));
     }
     let _ = writeln!(md, "\n![latency vs concurrency](latency.svg)\n");
+    rounds_table(&mut md, r);
 
     let _ = writeln!(md, "## Backends: each model called directly on each backend, ORT CPU as baseline\n");
     let _ = writeln!(md, "| model | backend | device | first call ms | p50 µs | p99 µs | p50 vs ORT CPU |");

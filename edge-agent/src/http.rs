@@ -9,7 +9,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use mote_runtime::{kserve, JobReport, Outcome};
+use mote_runtime::{kserve, kserve_json, JobReport, Outcome};
 use serde_json::{json, Value};
 use base64::Engine as _;
 use std::sync::Arc;
@@ -144,8 +144,9 @@ async fn metrics(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response 
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], node.metrics_text()).into_response()
 }
 
-/// Splits a body into its JSON header and binary tail.
-pub(crate) fn split_body<'a>(body: &'a [u8], header_len: Option<&str>) -> Result<(Value, &'a [u8]), String> {
+/// Splits a body into its JSON header and binary tail (Triton's
+/// `Inference-Header-Content-Length`; without it the whole body is JSON).
+fn split_body<'a>(body: &'a [u8], header_len: Option<&str>) -> Result<(&'a [u8], &'a [u8]), String> {
     let n = match header_len {
         Some(v) => v.parse::<usize>().map_err(|_| format!("{HEADER_LEN} '{v}' is not a number"))?,
         None => body.len(),
@@ -153,8 +154,7 @@ pub(crate) fn split_body<'a>(body: &'a [u8], header_len: Option<&str>) -> Result
     if n > body.len() {
         return Err(format!("{HEADER_LEN} {n} is larger than the body ({} bytes)", body.len()));
     }
-    let v = serde_json::from_slice(&body[..n]).map_err(|e| format!("request is not valid JSON: {e}"))?;
-    Ok((v, &body[n..]))
+    Ok(body.split_at(n))
 }
 
 /// A job's usage as response parameters, plus the signed receipt.
@@ -226,10 +226,10 @@ async fn infer(State(app): State<App>, Path(name): Path<String>, headers: Header
         Err(e) => return error(e.status(), e.to_string()),
     };
     let decode = move || {
-        let (json_header, binary) = split_body(&bytes, header_len.as_deref())?;
-        let request = kserve::parse_request_with_binary(&json_header, binary).map_err(|e| e.to_string())?;
-        let (want_binary, only) = kserve::output_preferences(&json_header);
-        Ok((request, (want_binary, only, json_header.get("id").cloned())))
+        let (json, binary) = split_body(&bytes, header_len.as_deref())?;
+        let body = kserve_json::parse_infer_body(json, binary).map_err(|e| e.to_string())?;
+        let (want_binary, only) = kserve::output_preferences(&body.header);
+        Ok((body.request, (want_binary, only, body.header.get("id").cloned())))
     };
     if accepts_event_stream(&headers) {
         return infer_events(node, admitted, decode, name, share);

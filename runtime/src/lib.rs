@@ -18,12 +18,13 @@ mod job;
 pub mod limits;
 pub mod model_screen;
 pub mod onnx_proto;
+mod presign;
 pub mod price;
 pub mod receipt;
 mod runtime;
 
 /// The data model and wire codecs (the `mote-protocol` crate).
-pub use mote_protocol::{kserve, mote1, tensor};
+pub use mote_protocol::{kserve, kserve_json, mote1, tensor};
 
 pub use host::{LogLevel, LogLine, StreamSink};
 pub use limits::{Limits, Outcome};

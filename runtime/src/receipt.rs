@@ -6,7 +6,7 @@
 //! form survives any JSON round trip.
 
 use crate::limits::Outcome;
-use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -210,10 +210,20 @@ impl Receipt {
         out
     }
 
-    /// Signs the receipt in place with `key` (also sets `node_id`).
+    /// Signs the receipt in place with `key` (also sets `node_id`), with a
+    /// precomputed random nonce where one is ready (see `presign.rs`).
     pub fn sign(&mut self, key: &NodeKey) {
         self.node_id.clone_from(&key.node_id);
         self.signature = hex::encode(key.signing.sign(&self.canonical_bytes()).to_bytes());
+    }
+
+    /// Signs as [`Receipt::sign`] does, always with RFC 8032's
+    /// deterministic nonce (what `sign` falls back to when no nonce is
+    /// ready): for side-by-side measurements.
+    pub fn sign_rfc8032(&mut self, key: &NodeKey) {
+        use ed25519_dalek::Signer;
+        self.node_id.clone_from(&key.node_id);
+        self.signature = hex::encode(key.signing.signing_key().sign(&self.canonical_bytes()).to_bytes());
     }
 
     /// Pretty JSON for files and responses.
@@ -271,7 +281,7 @@ pub fn verify_object(value: &serde_json::Value) -> Result<String, VerifyError> {
 
 /// The node's signing identity.
 pub struct NodeKey {
-    signing: SigningKey,
+    signing: crate::presign::Presigner,
     /// The public key, hex (computed once: every receipt carries it).
     node_id: String,
 }
@@ -290,7 +300,7 @@ impl NodeKey {
 
     fn from_signing(signing: SigningKey) -> Self {
         let node_id = hex::encode(signing.verifying_key().to_bytes());
-        Self { signing, node_id }
+        Self { signing: crate::presign::Presigner::new(signing), node_id }
     }
 
     /// Loads `dir/node.key`, creating it (mode 0600) on first use. A key
@@ -328,7 +338,7 @@ impl NodeKey {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 std::fs::create_dir_all(dir)?;
                 let key = Self::generate();
-                write_private(&path, hex::encode(key.signing.to_bytes()).as_bytes())?;
+                write_private(&path, hex::encode(key.signing.signing_key().to_bytes()).as_bytes())?;
                 Ok(key)
             }
             Err(e) => Err(e),

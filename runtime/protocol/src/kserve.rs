@@ -137,7 +137,7 @@ pub fn output_preferences(v: &Value) -> (BinaryChoice, Option<Vec<String>>) {
     (binary, names)
 }
 
-fn parse_tensor_header(v: &Value) -> Result<(String, Datatype, Vec<u64>), String> {
+pub(crate) fn parse_tensor_header(v: &Value) -> Result<(String, Datatype, Vec<u64>), String> {
     let name = v.get("name").and_then(Value::as_str).ok_or("tensor needs a string \"name\"")?.to_string();
     let dt =
         v.get("datatype").and_then(Value::as_str).ok_or_else(|| format!("tensor '{name}' needs a \"datatype\""))?;
@@ -182,14 +182,14 @@ pub fn parse_tensor(v: &Value) -> Result<IoTensor, KserveError> {
     Ok(t)
 }
 
-fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+pub(crate) fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
     match v {
         Value::Array(items) => items.iter().for_each(|i| flatten(i, out)),
         other => out.push(other),
     }
 }
 
-fn encode_elements(dt: Datatype, values: &[&Value]) -> Result<Vec<u8>, String> {
+pub(crate) fn encode_elements(dt: Datatype, values: &[&Value]) -> Result<Vec<u8>, String> {
     if dt == Datatype::Bytes {
         let elems = values
             .iter()

@@ -6,9 +6,11 @@
 //!   through) and named tensors;
 //! - [`message`]: requests, responses and their canonical digest;
 //! - [`kserve`]: KServe v2 JSON and Triton's binary tensor extension;
+//! - [`kserve_json`]: KServe infer requests parsed in one pass into tensor bytes;
 //! - [`mote1`]: the `mote/1` QUIC frames.
 
 pub mod kserve;
+pub mod kserve_json;
 pub mod message;
 pub mod mote1;
 pub mod tensor;

@@ -8,7 +8,6 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "mote:edge/job",
     imports: {
-        "mote:edge/usage.current": store,
         default: trappable,
     },
     with: {

@@ -96,7 +96,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<(
     nn::add_to_linker(linker, JobState::nn_view)?;
     usage_log::add_to_linker(linker, |s| &mut s.log)?;
     stream::add_to_linker(linker, |s| &mut s.stream)?;
-    bindings::mote::edge::usage::add_to_linker::<_, HasSelf<JobState>>(linker, |s| s)?;
+    usage_log::add_usage_to_linker(linker)?;
     bindings::mote::edge::types::add_to_linker::<_, HasSelf<JobState>>(linker, |s| s)?;
     Ok(())
 }

@@ -4,8 +4,8 @@
 use super::bindings::mote::edge::{log, usage};
 use super::JobState;
 use serde::Serialize;
-use wasmtime::component::{Access, HasData, HasSelf, Linker};
-use wasmtime::AsContext;
+use wasmtime::component::{HasData, Linker};
+use wasmtime::StoreContextMut;
 
 /// Severity of a job log line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -93,22 +93,17 @@ impl log::Host for JobLog {
     }
 }
 
-impl usage::Host for JobState {
-    fn tokens(&mut self) -> wasmtime::Result<usage::TokenUsage> {
-        let m = &self.nn.meter;
-        Ok(usage::TokenUsage { prompt: m.prompt_tokens, completion: m.completion_tokens })
-    }
-}
-
-impl super::bindings::mote::edge::types::Host for JobState {}
-
-impl usage::HostWithStore<JobState> for HasSelf<JobState> {
-    fn current(mut host: Access<'_, JobState, Self>) -> usage::Usage {
+/// Links `mote:edge/usage` by hand: `current` reads the store's fuel, and
+/// bindgen's store-aware imports (`Access`) need wasmtime's
+/// `component-model-async`, whose bookkeeping every guest call would pay.
+pub(crate) fn add_usage_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
+    let mut usage_api = linker.instance("mote:edge/usage@0.1.0")?;
+    usage_api.func_wrap("current", |cx: StoreContextMut<'_, JobState>, (): ()| {
         // `Err` when fuel metering is off: then no fuel was counted.
-        let fuel_left = host.as_context().get_fuel().ok();
-        let s = host.get();
+        let fuel_left = cx.get_fuel().ok();
+        let s = cx.data();
         let u = s.usage(fuel_left, s.started.elapsed().as_nanos() as u64);
-        usage::Usage {
+        Ok((usage::Usage {
             fuel: u.fuel,
             wall_ns: u.wall_ns,
             backend_ns: u.backend_ns,
@@ -116,9 +111,16 @@ impl usage::HostWithStore<JobState> for HasSelf<JobState> {
             bytes_out: u.bytes_out,
             peak_memory_bytes: u.peak_memory_bytes,
             graphs_loaded: u.graphs_loaded,
-        }
-    }
+        },))
+    })?;
+    usage_api.func_wrap("tokens", |cx: StoreContextMut<'_, JobState>, (): ()| {
+        let m = &cx.data().nn.meter;
+        Ok((usage::TokenUsage { prompt: m.prompt_tokens, completion: m.completion_tokens },))
+    })?;
+    Ok(())
 }
+
+impl super::bindings::mote::edge::types::Host for JobState {}
 
 #[cfg(test)]
 mod tests {

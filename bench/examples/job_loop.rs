@@ -1,0 +1,61 @@
+//! Runs one kind of job in a loop for `perf record` (profiling aid for the
+//! fixed cost of a job): `job_loop empty|mlp|cnn [seconds]`, from the
+//! repository root. Prints the p50 of the loop's jobs. `job_loop
+//! in-guest-mlp N` runs N inferences inside one `inference-loop` job
+//! instead (the per-inference path between guest and backend).
+use mote_runtime::{kserve, DeploymentSpec, Limits, Request, Runtime, RuntimeConfig};
+use std::time::{Duration, Instant};
+
+/// The allocator the `mote` binary uses.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    let build = std::path::Path::new("build");
+    let what = std::env::args().nth(1).unwrap_or_else(|| "empty".into());
+    let secs: f64 = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(5.0);
+    let rt = Runtime::new(RuntimeConfig { data_dir: None, ..RuntimeConfig::default() }).unwrap();
+    let (guest, model) = match what.as_str() {
+        "empty" => ("misbehave", None),
+        m if m.starts_with("in-guest-") => ("inference-loop", Some(&m["in-guest-".len()..])),
+        m => ("passthrough", Some(m)),
+    };
+    let d = rt
+        .deploy(DeploymentSpec {
+            name: "p".into(),
+            guest: std::fs::read(build.join(format!("guests/{guest}.wasm"))).unwrap(),
+            models: model
+                .map(|m| vec![("model".into(), std::fs::read(build.join(format!("models/{m}.onnx"))).unwrap())])
+                .unwrap_or_default(),
+            limits: Limits::default(),
+            ..DeploymentSpec::default()
+        })
+        .unwrap();
+    let req = match model {
+        None => Request { inputs: vec![], parameters: vec![("mode".into(), "ok".into())] },
+        Some(m) => {
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(build.join(format!("models/{m}.request.json"))).unwrap())
+                    .unwrap();
+            kserve::parse_request(&v).unwrap()
+        }
+    };
+    if guest == "inference-loop" {
+        let mut req = req;
+        req.parameters.push(("runs".into(), format!("{}", secs as u64)));
+        let t = Instant::now();
+        d.run_owned(req).result.unwrap();
+        println!("{what}: {secs} inferences, {:.1} µs each", t.elapsed().as_secs_f64() * 1e6 / secs);
+        return;
+    }
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let mut samples = Vec::new();
+    while Instant::now() < end {
+        let r = req.clone();
+        let t = Instant::now();
+        d.run_owned(r).result.unwrap();
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    println!("{what}: {} jobs, p50 {:.1} µs", samples.len(), samples[samples.len() / 2].as_secs_f64() * 1e6);
+}

@@ -1,0 +1,220 @@
+//! Ed25519 signing with nonces computed ahead of time.
+//!
+//! An ed25519 signature is `(R, s)` with `R = r·B` and
+//! `s = r + H(R ‖ A ‖ M)·a`. RFC 8032 derives the nonce `r` from the key
+//! and the message, so the fixed-base multiplication `r·B` — about two
+//! thirds of a signature's cost — sits on every job's path. A verifier
+//! cannot tell how `r` was chosen, only that the equation holds; Schnorr's
+//! original scheme takes `r` at random. So the node draws `r` from the OS's
+//! CSPRNG (mixed with the key's secret hash prefix, so a broken RNG alone
+//! does not reveal `r`), computes `R` on a background thread while the node
+//! is idle, and a job's signature costs one SHA-512 and a scalar
+//! multiply-add. Each precomputed nonce is moved out of the pool exactly
+//! once: a nonce signs one message, never two (two signatures with one `r`
+//! would reveal the key).
+//!
+//! The signatures are ordinary ed25519 signatures: `verify_strict` accepts
+//! them, receipts keep their format, and `mote verify` is unchanged. When
+//! the pool is empty (jobs finish faster than the thread refills it: a node
+//! saturated on every core), a job signs the RFC 8032 way inline: the work
+//! then is what it was, never more.
+
+use curve25519_dalek::constants::ED25519_BASEPOINT_TABLE;
+use curve25519_dalek::scalar::Scalar;
+use ed25519_dalek::hazmat::ExpandedSecretKey;
+use ed25519_dalek::{Signature, Signer, SigningKey};
+use rand::RngCore;
+use sha2::{Digest, Sha512};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+
+/// Nonces the pool keeps ready: a burst of this many jobs signs without a
+/// fixed-base multiplication each (≈ 1 ms of one core to refill).
+const POOL_SIZE: usize = 64;
+
+/// One nonce: the secret `r` and its commitment `R = r·B`, compressed.
+struct Nonce {
+    r: Scalar,
+    big_r: [u8; 32],
+}
+
+impl Drop for Nonce {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.r.zeroize();
+    }
+}
+
+/// What the signer and its refill thread share.
+struct Pool {
+    nonces: Mutex<PoolState>,
+    /// Signalled when a nonce is taken or the signer goes away.
+    changed: Condvar,
+}
+
+struct PoolState {
+    ready: Vec<Nonce>,
+    closed: bool,
+}
+
+/// An ed25519 signer with a pool of precomputed nonces (see the module
+/// docs). The refill thread starts on the first signature and stops when
+/// the signer is dropped.
+pub(crate) struct Presigner {
+    signing: SigningKey,
+    expanded: Arc<ExpandedSecretKey>,
+    public: [u8; 32],
+    pool: Arc<Pool>,
+    thread: OnceLock<()>,
+}
+
+impl Presigner {
+    pub(crate) fn new(signing: SigningKey) -> Self {
+        let expanded = Arc::new(ExpandedSecretKey::from(&signing.to_bytes()));
+        let public = signing.verifying_key().to_bytes();
+        let pool = Arc::new(Pool {
+            nonces: Mutex::new(PoolState { ready: Vec::with_capacity(POOL_SIZE), closed: false }),
+            changed: Condvar::new(),
+        });
+        Self { signing, expanded, public, pool, thread: OnceLock::new() }
+    }
+
+    pub(crate) fn signing_key(&self) -> &SigningKey {
+        &self.signing
+    }
+
+    /// Signs `message`: with a precomputed nonce when one is ready, else
+    /// the RFC 8032 way.
+    pub(crate) fn sign(&self, message: &[u8]) -> Signature {
+        let nonce = {
+            let mut state = self.pool.nonces.lock().unwrap_or_else(|p| p.into_inner());
+            let n = state.ready.pop();
+            self.pool.changed.notify_one();
+            n
+        };
+        self.thread.get_or_init(|| self.start_refill());
+        match nonce {
+            Some(n) => sign_with(&self.expanded.scalar, &self.public, &n, message),
+            None => self.signing.sign(message),
+        }
+    }
+
+    /// Nonces ready now (tests, metrics).
+    #[cfg(test)]
+    fn ready(&self) -> usize {
+        self.pool.nonces.lock().unwrap_or_else(|p| p.into_inner()).ready.len()
+    }
+
+    fn start_refill(&self) {
+        let pool = self.pool.clone();
+        let expanded = self.expanded.clone();
+        // Without the thread, every signature takes the inline path.
+        let started = std::thread::Builder::new().name("mote-presign".into()).spawn(move || loop {
+            {
+                let mut state = pool.nonces.lock().unwrap_or_else(|p| p.into_inner());
+                while state.ready.len() >= POOL_SIZE && !state.closed {
+                    state = pool.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+                }
+                if state.closed {
+                    return;
+                }
+            }
+            let nonce = fresh_nonce(&expanded.hash_prefix);
+            pool.nonces.lock().unwrap_or_else(|p| p.into_inner()).ready.push(nonce);
+        });
+        if let Err(e) = started {
+            tracing::warn!("receipt nonce thread did not start ({e}); signing inline");
+        }
+    }
+}
+
+impl Drop for Presigner {
+    fn drop(&mut self) {
+        self.pool.nonces.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+        self.pool.changed.notify_all();
+    }
+}
+
+/// A nonce from 32 bytes of the OS's CSPRNG, hashed with the key's secret
+/// prefix: `r = SHA-512(prefix ‖ random) mod ℓ`, `R = r·B`.
+fn fresh_nonce(hash_prefix: &[u8; 32]) -> Nonce {
+    let mut random = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut random);
+    let mut h = Sha512::new();
+    h.update(hash_prefix);
+    h.update(random);
+    let r = Scalar::from_hash(h);
+    let big_r = (&r * ED25519_BASEPOINT_TABLE).compress().to_bytes();
+    Nonce { r, big_r }
+}
+
+/// `(R, s = r + SHA-512(R ‖ A ‖ M)·a)`: the second half of RFC 8032's
+/// signing, with `r` given.
+fn sign_with(a: &Scalar, public: &[u8; 32], nonce: &Nonce, message: &[u8]) -> Signature {
+    let mut h = Sha512::new();
+    h.update(nonce.big_r);
+    h.update(public);
+    h.update(message);
+    let k = Scalar::from_hash(h);
+    let s = k * a + nonce.r;
+    let mut bytes = [0u8; 64];
+    bytes[..32].copy_from_slice(&nonce.big_r);
+    bytes[32..].copy_from_slice(s.as_bytes());
+    Signature::from_bytes(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn wait_full(p: &Presigner) {
+        let end = Instant::now() + Duration::from_secs(20);
+        while p.ready() < POOL_SIZE {
+            assert!(Instant::now() < end, "the refill thread filled {} of {POOL_SIZE}", p.ready());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn presigned_signatures_verify_strictly_and_never_reuse_a_nonce() {
+        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let p = Presigner::new(key.clone());
+        let vk = key.verifying_key();
+        p.sign(b"start the thread");
+        wait_full(&p);
+        let mut seen = std::collections::HashSet::new();
+        // More than the pool: the rest are signed inline (deterministic).
+        for i in 0..(POOL_SIZE + 8) {
+            let msg = format!("receipt {i}");
+            let sig = p.sign(msg.as_bytes());
+            vk.verify_strict(msg.as_bytes(), &sig).expect("verifies");
+            assert!(vk.verify_strict(b"another message", &sig).is_err());
+            assert!(seen.insert(sig.r_bytes().to_vec()), "nonce R reused at {i}");
+        }
+    }
+
+    #[test]
+    fn a_presigned_signature_differs_from_rfc8032s_and_both_verify() {
+        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let p = Presigner::new(key.clone());
+        p.sign(b"start");
+        wait_full(&p);
+        let msg = b"same message";
+        let (a, b) = (p.sign(msg), p.sign(msg));
+        let rfc = key.sign(msg);
+        assert_ne!(a, b, "two nonces, two signatures");
+        assert_ne!(a, rfc);
+        for s in [a, b, rfc] {
+            key.verifying_key().verify_strict(msg, &s).expect("verifies");
+        }
+    }
+
+    #[test]
+    fn an_empty_pool_signs_the_rfc8032_way() {
+        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let p = Presigner::new(key.clone());
+        // The first signature starts the refill thread after taking from
+        // the (empty) pool.
+        assert_eq!(p.sign(b"first"), key.sign(b"first"));
+    }
+}
