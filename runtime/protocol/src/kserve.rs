@@ -480,6 +480,25 @@ mod tests {
             }
 
             #[test]
+            fn the_one_pass_parser_agrees_with_the_reference_on_any_json(v in json_value()) {
+                let text = serde_json::to_vec(&v).unwrap();
+                let fast = crate::kserve_json::parse_infer_body(&text, &[]).map(|b| b.request);
+                prop_assert_eq!(fast, parse_request(&v));
+            }
+
+            #[test]
+            fn the_one_pass_parser_agrees_with_the_reference_on_valid_requests(ts in prop::collection::vec(tensor(), 0..4)) {
+                let mut seen = std::collections::HashSet::new();
+                let inputs: Vec<Value> =
+                    ts.iter().filter(|t| seen.insert(t.name.clone())).map(|t| tensor_json(t).unwrap()).collect();
+                // (Random float bytes include NaN, which JSON writes as
+                // null: both parsers must refuse those alike.)
+                let v = json!({"inputs": inputs});
+                let body = crate::kserve_json::parse_infer_body(&serde_json::to_vec(&v).unwrap(), &[]);
+                prop_assert_eq!(body.map(|b| b.request), parse_request(&v));
+            }
+
+            #[test]
             fn binary_requests_round_trip(ts in prop::collection::vec(tensor(), 0..4)) {
                 let mut seen = std::collections::HashSet::new();
                 let ts: Vec<IoTensor> = ts.into_iter().filter(|t| seen.insert(t.name.clone())).collect();
