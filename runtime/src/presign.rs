@@ -31,6 +31,9 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 /// fixed-base multiplication each (≈ 1 ms of one core to refill).
 const POOL_SIZE: usize = 64;
 
+/// Below this many ready nonces the signer wakes the refill thread.
+const LOW_WATER: usize = POOL_SIZE / 2;
+
 /// One nonce: the secret `r` and its commitment `R = r·B`, compressed.
 struct Nonce {
     r: Scalar,
@@ -88,7 +91,11 @@ impl Presigner {
         let nonce = {
             let mut state = self.pool.nonces.lock().unwrap_or_else(|p| p.into_inner());
             let n = state.ready.pop();
-            self.pool.changed.notify_one();
+            // Wake the thread (a futex syscall) only at the low-water mark:
+            // it then refills the pool to the top.
+            if state.ready.len() < LOW_WATER {
+                self.pool.changed.notify_one();
+            }
             n
         };
         self.thread.get_or_init(|| self.start_refill());
@@ -111,8 +118,11 @@ impl Presigner {
         let started = std::thread::Builder::new().name("mote-presign".into()).spawn(move || loop {
             {
                 let mut state = pool.nonces.lock().unwrap_or_else(|p| p.into_inner());
-                while state.ready.len() >= POOL_SIZE && !state.closed {
-                    state = pool.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+                if state.ready.len() >= POOL_SIZE {
+                    // Full: sleep until the signer reaches the low-water mark.
+                    while state.ready.len() >= LOW_WATER && !state.closed {
+                        state = pool.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+                    }
                 }
                 if state.closed {
                     return;
@@ -207,6 +217,17 @@ mod tests {
         for s in [a, b, rfc] {
             key.verifying_key().verify_strict(msg, &s).expect("verifies");
         }
+    }
+
+    #[test]
+    fn the_pool_refills_after_the_low_water_mark() {
+        let p = Presigner::new(SigningKey::generate(&mut rand::rngs::OsRng));
+        p.sign(b"start");
+        wait_full(&p);
+        for _ in 0..(POOL_SIZE - LOW_WATER + 1) {
+            p.sign(b"drain");
+        }
+        wait_full(&p);
     }
 
     #[test]
