@@ -293,13 +293,16 @@ fn scan(raw: &str, datatype: Datatype) -> Option<Vec<u8>> {
                 }
                 let tok = &raw[start..i];
                 // Integers too large for 64 bits are floats, as serde_json
-                // reads them.
+                // reads them; a float too large for f64 (`1e999`) is
+                // refused by serde_json ("number out of range"), so by the
+                // reference, never taken as infinity.
+                let as_float = || tok.parse::<f64>().ok().filter(|x| x.is_finite()).map(Num::F);
                 let n = if float {
-                    Num::F(tok.parse().ok()?)
+                    as_float()?
                 } else if tok.starts_with('-') {
-                    tok.parse().map_or_else(|_| tok.parse().ok().map(Num::F), |x| Some(Num::I(x)))?
+                    tok.parse().map_or_else(|_| as_float(), |x| Some(Num::I(x)))?
                 } else {
-                    tok.parse().map_or_else(|_| tok.parse().ok().map(Num::F), |x| Some(Num::U(x)))?
+                    tok.parse().map_or_else(|_| as_float(), |x| Some(Num::U(x)))?
                 };
                 encode(datatype, n, &mut out).ok()?;
             }
@@ -420,6 +423,14 @@ mod tests {
             let text = format!(r#"{{"inputs": [{{"name": "x", "shape": [1], "datatype": "{dt}", "data": [99999999999999999999]}}]}}"#);
             let v: Value = serde_json::from_str(&text).unwrap();
             assert_eq!(parse_infer_body(text.as_bytes(), &[]).map(|b| b.request), reference(&v), "{dt}");
+        }
+        // Found by the fuzz target: an exponent past f64's range is invalid
+        // JSON to serde_json, not infinity.
+        for big in ["-0.5e8104476929", "1e400", &"9".repeat(400)] {
+            let text = format!(r#"{{"inputs": [{{"name": "x", "shape": [1], "datatype": "FP32", "data": [{big}]}}]}}"#);
+            assert!(fast(text.as_bytes(), &[]).is_none(), "{big}");
+            let err = parse_infer_body(text.as_bytes(), &[]).unwrap_err().to_string();
+            assert!(err.starts_with("request is not valid JSON"), "{big}: {err}");
         }
         let err = parse_infer_body(b"{\"inputs\": [", &[]).unwrap_err().to_string();
         assert!(err.starts_with("request is not valid JSON"), "{err}");
