@@ -15,7 +15,7 @@
 use crate::kserve::{self, KserveError};
 use crate::message::{Request, MAX_INPUTS};
 use crate::tensor::{Datatype, IoTensor};
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde::Deserializer;
 use serde_json::{Map, Value};
@@ -46,7 +46,12 @@ pub fn parse_infer_body(json: &[u8], binary: &[u8]) -> Result<InferBody, KserveE
 
 /// The one-pass parse, or `None` where the reference must decide.
 fn fast(json: &[u8], binary: &[u8]) -> Option<InferBody> {
-    let wire: WireRequest = serde_json::from_slice(json).ok()?;
+    // serde_json's skipping (raw values) checks less than its `Value`
+    // parser: not UTF-8 inside strings, not number ranges, not depth. So:
+    // the text must be UTF-8, unknown keys are parsed as values, and
+    // `scan` refuses what a value would (see there).
+    let text = std::str::from_utf8(json).ok()?;
+    let wire: WireRequest = serde_json::from_str(text).ok()?;
     let inputs = wire.inputs?;
     let mut names = std::collections::HashSet::with_capacity(inputs.len());
     let mut tensors = Vec::with_capacity(inputs.len());
@@ -139,7 +144,7 @@ impl<'de> de::Deserialize<'de> for WireRequest<'de> {
                         "outputs" => r.outputs = Some(map.next_value()?),
                         "parameters" => r.parameters = Some(map.next_value()?),
                         _ => {
-                            map.next_value::<IgnoredAny>()?;
+                            map.next_value::<Value>()?;
                         }
                     }
                 }
@@ -195,7 +200,7 @@ impl<'de> de::Deserialize<'de> for WireTensor<'de> {
                         "parameters" => t.parameters = Some(map.next_value()?),
                         "data" => t.data = Some(map.next_value()?),
                         _ => {
-                            map.next_value::<IgnoredAny>()?;
+                            map.next_value::<Value>()?;
                         }
                     }
                 }
@@ -264,6 +269,10 @@ fn encode(datatype: Datatype, n: Num, out: &mut Vec<u8>) -> Result<(), ()> {
     Ok(())
 }
 
+/// Nesting of `data` the one pass takes; deeper goes to the reference
+/// (which refuses past serde_json's limit of 128 levels in all).
+const MAX_DATA_DEPTH: usize = 64;
+
 /// Encodes `data`'s raw JSON text as `datatype`: one scan over the text,
 /// numbers parsed by the standard library's (correctly rounded) parser as
 /// serde_json's `float_roundtrip` parses them, nesting flattened. `None`
@@ -273,9 +282,23 @@ fn scan(raw: &str, datatype: Datatype) -> Option<Vec<u8>> {
     let b = raw.as_bytes();
     let mut out = Vec::with_capacity(b.len() / 4);
     let mut i = 0;
+    let mut depth = 0usize;
     while i < b.len() {
         match b[i] {
-            b'[' | b']' | b',' | b' ' | b'\t' | b'\n' | b'\r' => i += 1,
+            b'[' => {
+                // Deeper than serde_json's recursion limit allows for a
+                // request's data (128 levels in all): the reference refuses.
+                depth += 1;
+                if depth > MAX_DATA_DEPTH {
+                    return None;
+                }
+                i += 1;
+            }
+            b']' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            b',' | b' ' | b'\t' | b'\n' | b'\r' => i += 1,
             b't' => {
                 encode(datatype, Num::B(true), &mut out).ok()?;
                 i += 4;
@@ -424,8 +447,28 @@ mod tests {
             let v: Value = serde_json::from_str(&text).unwrap();
             assert_eq!(parse_infer_body(text.as_bytes(), &[]).map(|b| b.request), reference(&v), "{dt}");
         }
-        // Found by the fuzz target: an exponent past f64's range is invalid
-        // JSON to serde_json, not infinity.
+        // Found by the fuzz target: what serde_json's skipping lets through
+        // but its value parser refuses — invalid UTF-8 in a string of an
+        // unknown key, a number out of range there, nesting past the limit.
+        let cases: [&[u8]; 3] = [
+            b"{\"inputs\": [{\"name\": \"x\", \"type\": \"\xffF\", \"shape\": [1], \"datatype\": \"BOOL\", \"data\": [true]}]}",
+            br#"{"inputs": [{"name": "x", "shape": [1], "datatype": "BOOL", "data": [true]}], "other": 1e999}"#,
+            br#"{"inputs": [{"name": "x", "shape": [1], "datatype": "BOOL", "data": [true], "other": [1e999]}]}"#,
+        ];
+        for text in cases {
+            assert!(fast(text, &[]).is_none(), "{}", String::from_utf8_lossy(text));
+            assert!(parse_infer_body(text, &[]).is_err());
+        }
+        let deep = format!(
+            r#"{{"inputs": [{{"name": "x", "shape": [1], "datatype": "BOOL", "data": {}true{}}}]}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert!(fast(deep.as_bytes(), &[]).is_none());
+        let err = parse_infer_body(deep.as_bytes(), &[]).unwrap_err().to_string();
+        assert!(err.contains("recursion limit"), "{err}");
+        // An exponent past f64's range is invalid JSON to serde_json, not
+        // infinity.
         for big in ["-0.5e8104476929", "1e400", &"9".repeat(400)] {
             let text = format!(r#"{{"inputs": [{{"name": "x", "shape": [1], "datatype": "FP32", "data": [{big}]}}]}}"#);
             assert!(fast(text.as_bytes(), &[]).is_none(), "{big}");
