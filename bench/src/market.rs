@@ -65,10 +65,18 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
     anyhow::ensure!(nats_bin.exists(), "{} missing: run scripts/setup.sh", nats_bin.display());
     let dir = tempfile::tempdir()?;
     let port = free_port()?;
+    // An explicit max_file_store: the server's default (75 % of the free
+    // disk) can be smaller than the 1 GiB the job queue reserves.
+    let conf = dir.path().join("server.conf");
+    std::fs::write(
+        &conf,
+        format!("jetstream {{ store_dir: \"{}\", max_file_store: 8G }}\n", dir.path().join("js").display()),
+    )?;
     let _server = Proc(
         Command::new(&nats_bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.path().join("js"))
+            .arg("-c")
+            .arg(&conf)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

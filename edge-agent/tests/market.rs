@@ -32,6 +32,13 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Storage a test server may use (files are sparse; tests write a few MB).
+const TEST_FILE_STORE: &str = "8G";
+
+fn jetstream_conf(store_dir: &Path, max_file_store: &str) -> String {
+    format!("jetstream {{ store_dir: \"{}\", max_file_store: {max_file_store} }}\n", store_dir.display())
+}
+
 /// A `nats-server` with JetStream; killed on drop.
 struct NatsServer {
     child: Option<Child>,
@@ -45,16 +52,24 @@ impl NatsServer {
     }
 
     fn start_with(extra: &[String]) -> Self {
+        Self::start_storing(TEST_FILE_STORE, extra)
+    }
+
+    /// `max_file_store` is set, not left to the server's default (75 % of
+    /// the free disk when it starts), so a test does not depend on how full
+    /// this machine's disk is: the job queue alone reserves 1 GiB.
+    fn start_storing(max_file_store: &str, extra: &[String]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        let conf = dir.path().join("server.conf");
+        std::fs::write(&conf, jetstream_conf(&dir.path().join("js"), max_file_store)).unwrap();
         let mut args = vec![
-            "-a".to_string(),
+            "-c".to_string(),
+            conf.to_string_lossy().into_owned(),
+            "-a".into(),
             "127.0.0.1".into(),
             "-p".into(),
             port.to_string(),
-            "-js".into(),
-            "-sd".into(),
-            dir.path().to_string_lossy().into_owned(),
         ];
         args.extend(extra.iter().cloned());
         let child = Command::new(nats_server_bin())
@@ -359,6 +374,20 @@ fn a_killed_node_loses_no_job_and_a_terminated_one_finishes_its_work() {
     for r in &results {
         assert!(r.error.is_none(), "job {} failed: {:?}", r.job_id, r.error);
     }
+}
+
+#[test]
+fn a_server_without_room_for_the_queue_is_named_as_the_cause() {
+    // The job queue is bounded at 1 GiB and JetStream reserves that up
+    // front: a server that cannot must give a message an operator can act on.
+    let server = NatsServer::start_storing("256M", &[]);
+    let err = rt().block_on(async {
+        let client = NatsOptions::from_urls(&server.url).connect().await.expect("connect");
+        Market::open(client, 1).await.err().expect("a 256 MiB store cannot hold the 1 GiB queue")
+    });
+    let msg = format!("{err:#}");
+    assert!(msg.contains("cannot reserve 1073741824 bytes for stream MOTE_JOBS"), "{msg}");
+    assert!(msg.contains("max_file_store"), "{msg}");
 }
 
 #[test]
@@ -679,9 +708,9 @@ fn nodes_authenticate_and_resume_after_the_server_restarts() {
     std::fs::write(
         &conf,
         format!(
-            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\n\
+            "listen: 127.0.0.1:{port}\n{}\
              authorization {{ users = [ {{user: node1, password: n0de-secret}}, {{user: client1, password: cl1ent-secret}} ] }}\n",
-            dir.path().join("js").display()
+            jetstream_conf(&dir.path().join("js"), TEST_FILE_STORE)
         ),
     )
     .unwrap();

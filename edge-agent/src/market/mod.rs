@@ -209,7 +209,26 @@ impl Market {
             let js = js.clone();
             async move {
                 let name = cfg.name.clone();
-                js.get_or_create_stream(cfg).await.with_context(|| format!("opening stream {name}"))
+                let reserved = cfg.max_bytes;
+                js.get_or_create_stream(cfg).await.map_err(|e| {
+                    let short_of_storage = matches!(
+                        e.kind(),
+                        jetstream::context::CreateStreamErrorKind::JetStream(j)
+                            if j.error_code() == jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED
+                    );
+                    let e = anyhow::Error::new(e).context(format!("opening stream {name}"));
+                    if short_of_storage && reserved > 0 {
+                        // JetStream reserves a bounded stream's max_bytes up
+                        // front, against the server's max_file_store (by
+                        // default 75 % of the free disk when it started).
+                        e.context(format!(
+                            "the NATS server cannot reserve {reserved} bytes for stream {name}: \
+                             give its `jetstream {{ max_file_store }}` at least that much, or free disk space"
+                        ))
+                    } else {
+                        e
+                    }
+                })
             }
         };
         // The queue is bounded: when it holds MAX_QUEUED_BYTES, new posts
