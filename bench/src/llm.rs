@@ -100,6 +100,7 @@ fn sandbox(ctx: &Ctx, model: Vec<u8>, prompt: usize, gen: usize) -> Result<(Dura
         models: vec![("model".into(), model)],
         limits: Limits { deadline_ms: 600_000, fuel: u64::MAX / 2, ..Limits::default() },
         backend: Default::default(),
+        batching: None,
     })?;
     dep.warm().map_err(anyhow::Error::msg)?;
     let body = json!({"prompt": prompt_text(prompt), "max_tokens": gen, "temperature": 0, "ignore_eos": true});

@@ -115,6 +115,7 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
         models: vec![("model".into(), model.clone())],
         limits: Limits::default(),
         backend: Default::default(),
+        batching: None,
     })?;
     let req = ctx.request("mlp")?;
     let runs = if ctx.quick { 200 } else { 2000 };

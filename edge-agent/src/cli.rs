@@ -334,7 +334,7 @@ fn run_job(args: RunArgs) -> Result<ExitCode> {
         runtime.backend_device(backend).map_err(anyhow::Error::msg)?;
     }
     let name = args.guest.file_stem().map_or_else(|| "guest".into(), |s| s.to_string_lossy().into_owned());
-    let deployment = runtime.deploy(DeploymentSpec { name: name.clone(), guest, models, limits, backend })?;
+    let deployment = runtime.deploy(DeploymentSpec { name: name.clone(), guest, models, limits, backend, batching: None })?;
     if deployment.is_command() {
         return run_program(&deployment, &args, &name);
     }

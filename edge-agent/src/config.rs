@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use mote_runtime::backend::BackendChoice;
+use mote_runtime::batching::BatchConfig;
 use mote_runtime::{Limits, PriceTable};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
@@ -122,6 +123,12 @@ pub(crate) struct DeploymentConfig {
     /// Requests waiting beyond those; more get 503 at once.
     #[serde(default = "default_queue")]
     pub(crate) max_queue: usize,
+    /// Dynamic batching: most rows of concurrent jobs merged into one
+    /// backend run (absent: no batching).
+    pub(crate) max_batch: Option<u32>,
+    /// How long the first job of a batch waits for others, in µs.
+    #[serde(default = "default_batch_window_us")]
+    pub(crate) batch_window_us: u64,
 }
 
 fn default_backend() -> String {
@@ -133,8 +140,15 @@ fn default_concurrency() -> usize {
 fn default_queue() -> usize {
     16
 }
+fn default_batch_window_us() -> u64 {
+    1000
+}
 
 impl DeploymentConfig {
+    pub(crate) fn batching(&self) -> Option<BatchConfig> {
+        self.max_batch.map(|max_batch| BatchConfig { max_batch, window_us: self.batch_window_us })
+    }
+
     pub(crate) fn backend_choice(&self) -> Result<BackendChoice> {
         BackendChoice::parse(&self.backend).map_err(|e| anyhow::anyhow!("deployment '{}': {e}", self.name))
     }
@@ -184,6 +198,18 @@ impl Config {
             }
             if d.max_concurrency == 0 {
                 bail!("deployment '{}': max_concurrency must be at least 1", d.name);
+            }
+            if let Some(b) = d.batching() {
+                if let Err(e) = b.validate() {
+                    bail!("deployment '{}': {e}", d.name);
+                }
+                if d.max_concurrency < 2 {
+                    bail!(
+                        "deployment '{}': max_batch needs max_concurrency of at least 2 (jobs that run at once \
+                         are what a batch merges)",
+                        d.name
+                    );
+                }
             }
             if let Some(t) = &d.tenant {
                 if !self.tenants.iter().any(|x| &x.name == t) {
@@ -257,6 +283,16 @@ mod tests {
         assert_eq!(cfg.deployments[0].limits.fuel, Limits::default().fuel);
         assert_eq!(cfg.price.per_backend_second, 5);
         assert_eq!(cfg.server.quic.unwrap().port(), 9001);
+        assert_eq!(cfg.deployments[0].batching(), None, "batching is off by default");
+    }
+
+    #[test]
+    fn batching_settings_parse_and_are_bounded() {
+        let cfg = parse("[[deployment]]\nname='a'\nguest='g'\nmax_concurrency=8\nmax_batch=8\nbatch_window_us=500")
+            .unwrap();
+        assert_eq!(cfg.deployments[0].batching(), Some(BatchConfig { max_batch: 8, window_us: 500 }));
+        let cfg = parse("[[deployment]]\nname='a'\nguest='g'\nmax_batch=4").unwrap();
+        assert_eq!(cfg.deployments[0].batching(), Some(BatchConfig { max_batch: 4, window_us: 1000 }));
     }
 
     #[test]
@@ -268,6 +304,9 @@ mod tests {
             ("[[tenant]]\nname='t'\ntokens=['short']", "at least 8"),
             ("[server]\nlisten='nope'", "invalid socket address"),
             ("[[deployment]]\nname='a'\nguest='g'\nlimts={}", "unknown field"),
+            ("[[deployment]]\nname='a'\nguest='g'\nmax_batch=1", "outside 2..=1024"),
+            ("[[deployment]]\nname='a'\nguest='g'\nmax_batch=4\nbatch_window_us=200000", "above 100000"),
+            ("[[deployment]]\nname='a'\nguest='g'\nmax_batch=4\nmax_concurrency=1", "max_concurrency of at least 2"),
         ] {
             let err = format!("{:#}", parse(text).unwrap_err());
             assert!(err.contains(want), "{text}: {err}");

@@ -162,6 +162,7 @@ impl Node {
             models,
             limits: d.limits.clone(),
             backend: d.backend_choice()?,
+            batching: d.batching(),
         })?;
         let models = deployment.warm().map_err(anyhow::Error::msg)?;
         Ok(Served {

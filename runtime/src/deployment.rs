@@ -2,6 +2,7 @@
 //! choice, ready to run jobs.
 
 use crate::backend::{BackendChoice, BackendError};
+use crate::batching::{BatchConfig, BatchStats, Batcher};
 use crate::graph_cache::Residency;
 use crate::host::bindings;
 use crate::host::nn::{NamedModel, NamedModels, NnCtx};
@@ -46,6 +47,14 @@ pub enum DeployError {
     /// Two models with one name.
     #[error("model '{0}' is declared twice")]
     DuplicateModel(String),
+    /// Batching settings out of bounds.
+    #[error("deployment '{deployment}': {message}")]
+    Batching {
+        /// The deployment.
+        deployment: String,
+        /// What is out of bounds.
+        message: String,
+    },
     /// A model the screen refused (not ONNX, external data, ...).
     #[error("model '{name}': {source}")]
     Model {
@@ -88,6 +97,8 @@ pub struct DeploymentSpec {
     pub limits: Limits,
     /// Backend choice.
     pub backend: BackendChoice,
+    /// Dynamic batching of concurrent jobs' computes (off: `None`).
+    pub batching: Option<BatchConfig>,
 }
 
 /// A compiled guest with its models, ready to run jobs.
@@ -101,6 +112,7 @@ pub struct Deployment {
     models: Arc<NamedModels>,
     pub(crate) limits: Limits,
     backend: BackendChoice,
+    batcher: Option<Arc<Batcher>>,
     pub(crate) runtime: Runtime,
 }
 
@@ -137,6 +149,9 @@ impl Runtime {
                 max: self.max_memory_bytes,
             });
         }
+        if let Some(b) = &spec.batching {
+            b.validate().map_err(|message| DeployError::Batching { deployment: spec.name.clone(), message })?;
+        }
         let component =
             Component::new(&self.engine, &spec.guest).map_err(|e| DeployError::InvalidGuest(one_line(&e)))?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| DeployError::WorldMismatch(one_line(&e)))?;
@@ -172,6 +187,7 @@ impl Runtime {
             models: Arc::new(models),
             limits: spec.limits,
             backend: spec.backend,
+            batcher: spec.batching.map(|b| Arc::new(Batcher::new(b))),
             runtime: self.clone(),
         })
     }
@@ -191,6 +207,11 @@ impl Deployment {
     /// The deployment's limits.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The batcher's counters, if this deployment batches.
+    pub fn batch_stats(&self) -> Option<BatchStats> {
+        self.batcher.as_ref().map(|b| b.stats())
     }
 
     /// Gets the deployment ready to serve: loads every named model into the
@@ -248,6 +269,7 @@ impl Deployment {
             self.backend,
             &self.limits,
             started,
+            self.batcher.clone(),
         );
         let state = JobState::new(nn, &self.limits, wasi, started, sink);
         let mut store = Store::new(&rt.engine, state);

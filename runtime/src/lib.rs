@@ -10,6 +10,7 @@ pub mod attack_models;
 pub mod backend;
 pub mod command;
 mod backends;
+pub mod batching;
 mod deployment;
 pub mod graph_builder;
 pub mod graph_cache;

@@ -50,6 +50,7 @@ fn hostile_models_stay_within_the_backend_budget_and_the_deadline() {
             models: vec![],
             limits,
             backend: BackendChoice::Auto,
+            batching: None,
         })
         .unwrap()
     };
@@ -109,6 +110,7 @@ fn hostile_models_stay_within_the_backend_budget_and_the_deadline() {
             models: vec![("model".into(), model("mlp"))],
             limits: Limits::default(),
             backend: BackendChoice::Auto,
+            batching: None,
         })
         .unwrap();
     warm.warm().unwrap();

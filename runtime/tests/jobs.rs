@@ -310,3 +310,75 @@ fn a_long_backend_compute_is_stopped_at_the_deadline() {
     assert!(elapsed < std::time::Duration::from_millis(2500), "stopped after {elapsed:?}, deadline 500 ms");
     still_serves(&rt);
 }
+
+/// Dynamic batching on the real guest and ONNX Runtime: concurrent jobs of
+/// a batching deployment are merged into shared runs, and every job gets
+/// the outputs an unbatched deployment gives for its own input — its rows,
+/// never another job's.
+#[test]
+fn batched_jobs_get_exactly_their_own_rows() {
+    use mote_runtime::batching::BatchConfig;
+    let rt = runtime();
+    let spec = |batching| DeploymentSpec {
+        name: "batched".into(),
+        guest: guest("passthrough"),
+        models: vec![("model".into(), model("mlp"))],
+        limits: Limits::default(),
+        backend: BackendChoice::Auto,
+        batching,
+    };
+    let plain = rt.deploy(spec(None)).unwrap();
+    let batched = rt.deploy(spec(Some(BatchConfig { max_batch: 64, window_us: 50_000 }))).unwrap();
+    batched.warm().unwrap();
+    assert!(plain.batch_stats().is_none());
+    // Job i: the MLP's 4×16 request with every element shifted by i.
+    let base = request("mlp");
+    let input = |i: usize| {
+        let mut r = base.clone();
+        let t = &mut r.inputs[0];
+        t.data = t
+            .data
+            .chunks_exact(4)
+            .flat_map(|b| (f32::from_le_bytes(b.try_into().unwrap()) + i as f32 * 0.25).to_le_bytes())
+            .collect();
+        r
+    };
+    let floats = |r: &mote_runtime::Response, name: &str| -> Vec<f32> {
+        let t = r.outputs.iter().find(|t| t.name == name).expect("output");
+        t.data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+    };
+    const JOBS: usize = 12;
+    let want: Vec<_> = (0..JOBS).map(|i| plain.run(&input(i)).result.expect("unbatched job")).collect();
+    for round in 0..3 {
+        let barrier = std::sync::Barrier::new(JOBS);
+        let reports: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..JOBS)
+                .map(|i| {
+                    let (batched, barrier, req) = (&batched, &barrier, input(i));
+                    s.spawn(move || {
+                        barrier.wait();
+                        batched.run_owned(req)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (i, report) in reports.iter().enumerate() {
+            let got = report.result.as_ref().unwrap_or_else(|e| panic!("round {round} job {i}: {e:?}"));
+            for out in ["probs", "logits"] {
+                let (g, w) = (floats(got, out), floats(&want[i], out));
+                assert_eq!(g.len(), w.len(), "job {i} {out}: shape");
+                let worst = g.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(worst <= 1e-5, "round {round} job {i} {out}: differs from its unbatched result by {worst}");
+            }
+            assert_eq!(report.receipt.outcome, Outcome::Ok);
+            assert!(report.receipt.usage.backend_ns > 0, "job {i} was charged no backend time");
+        }
+    }
+    let stats = batched.batch_stats().unwrap();
+    eprintln!("batching: {stats:?}");
+    assert!(stats.batched_runs > 0, "no batch was formed in 3 rounds of {JOBS} jobs: {stats:?}");
+    assert_eq!(stats.fallbacks, 0, "{stats:?}");
+    assert_eq!(stats.batched_computes + stats.alone_computes, 3 * JOBS as u64, "{stats:?}");
+    assert!(stats.batched_rows <= stats.batched_runs * 64);
+}

@@ -99,6 +99,7 @@ fn deploy_on(
         models: models.iter().map(|(n, m)| (n.to_string(), model(m))).collect(),
         limits: Limits::default(),
         backend,
+        batching: None,
     })
     .expect("deploy")
 }

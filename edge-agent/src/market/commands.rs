@@ -382,7 +382,7 @@ pub async fn reexecute_locally(market: &Market, job: &super::spec::JobSpec) -> R
             BackendReq::Wgpu => mote_runtime::backend::BackendChoice::Fixed(mote_runtime::backend::BackendKind::Wgpu),
             _ => mote_runtime::backend::BackendChoice::Fixed(mote_runtime::backend::BackendKind::OrtCpu),
         };
-        let d = rt.deploy(mote_runtime::DeploymentSpec { name: "verify".into(), guest, models, limits, backend })?;
+        let d = rt.deploy(mote_runtime::DeploymentSpec { name: "verify".into(), guest, models, limits, backend, batching: None })?;
         let report = d.run_as(job.id.clone(), request);
         Ok(report.receipt.output_sha256)
     })

@@ -549,7 +549,7 @@ impl Node {
         let runtime = self.runtime.clone();
         let name = format!("job-{}", &job.guest[..12]);
         let d = tokio::task::spawn_blocking(move || {
-            runtime.deploy(DeploymentSpec { name, guest, models, limits, backend })
+            runtime.deploy(DeploymentSpec { name, guest, models, limits, backend, batching: None })
         })
         .await
         .map_err(|e| Refusal::NotHere(format!("deploy thread: {e}")))?

@@ -310,8 +310,9 @@ pub trait BackendExecutionContext: Send {
     /// Drops the kept values; the bindings stay.
     fn reset_state(&mut self) {}
 
-    /// Most backend memory one run of this context was charged for, in
-    /// bytes (0 where the backend cannot tell).
+    /// Backend memory the last run of this context was charged for, in
+    /// bytes (0 where the backend cannot tell). The caller keeps the
+    /// maximum; a batched run's memory is shared out by the batcher.
     fn backend_peak_bytes(&self) -> u64 {
         0
     }

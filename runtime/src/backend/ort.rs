@@ -551,7 +551,7 @@ struct OrtContext {
     run_options: Arc<RunOptions>,
     /// The deadline `run_options` is registered for.
     watched: Option<Instant>,
-    /// Most arena bytes one of this context's runs was charged for.
+    /// Arena bytes this context's last run was charged for.
     peak_bytes: u64,
     /// Outputs fed back as inputs (`mote:edge/state`).
     state: KeptState,
@@ -822,9 +822,7 @@ impl BackendExecutionContext for OrtContext {
             // A failed step leaves the sequence undefined: start over.
             self.state.values.clear();
         }
-        if let Some(w) = watch {
-            self.peak_bytes = self.peak_bytes.max(w.finish());
-        }
+        self.peak_bytes = watch.map_or(0, |w| w.finish());
         self.graph.checkin(session);
         result
     }

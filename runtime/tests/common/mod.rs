@@ -53,6 +53,7 @@ pub fn deploy(rt: &Runtime, guest_name: &str, models: &[(&str, &str)], limits: L
         models: models.iter().map(|(n, m)| (n.to_string(), model(m))).collect(),
         limits,
         backend: BackendChoice::Auto,
+        batching: None,
     })
     .expect("deploy")
 }

@@ -16,6 +16,7 @@ use crate::backend::{
     BackendChoice, BackendError, BackendErrorKind, BackendExecutionContext, BackendGraph, BackendKind,
 };
 use crate::backends::Backends;
+use crate::batching::{ActiveJob, Batcher, Seat};
 use crate::graph_cache::{GraphCache, Residency};
 use crate::limits::{JobAbort, Limits, Outcome};
 use crate::tensor::ElementType;
@@ -53,6 +54,9 @@ pub struct NnTensor {
 /// A wasi-nn graph held by a job.
 pub struct NnGraph {
     pub(crate) graph: Arc<dyn BackendGraph>,
+    /// The model's sha256 and backend: its batching lane.
+    pub(crate) sha256: String,
+    pub(crate) kind: BackendKind,
 }
 
 /// A wasi-nn execution context: owned by one job, so it needs no lock.
@@ -66,11 +70,14 @@ pub struct NnExecContext {
     /// Rows of the last compute with bound state (the tokens it sampled,
     /// which the next step feeds back).
     pub(crate) last_rows: u64,
+    /// Its seat on the model's batching lane, where the deployment batches
+    /// and the model can be batched.
+    pub(crate) seat: Option<Seat>,
 }
 
 impl NnExecContext {
-    pub(crate) fn new(ctx: Box<dyn BackendExecutionContext>) -> Self {
-        Self { ctx: Some(ctx), bound: Vec::new(), has_state: false, last_rows: 0 }
+    pub(crate) fn new(ctx: Box<dyn BackendExecutionContext>, seat: Option<Seat>) -> Self {
+        Self { ctx: Some(ctx), bound: Vec::new(), has_state: false, last_rows: 0, seat }
     }
 }
 
@@ -110,6 +117,10 @@ pub(crate) struct NnCtx {
     memory_bytes: u64,
     /// Backend work stops here (the job's deadline).
     deadline: Instant,
+    /// The deployment's dynamic batcher, if it batches.
+    batcher: Option<Arc<Batcher>>,
+    /// Counts this job as running in the batcher while it lives.
+    _running: Option<ActiveJob>,
     pub(crate) meter: NnMeter,
 }
 
@@ -121,6 +132,7 @@ impl NnCtx {
         backend: BackendChoice,
         limits: &Limits,
         started: Instant,
+        batcher: Option<Arc<Batcher>>,
     ) -> Self {
         Self {
             node,
@@ -132,6 +144,8 @@ impl NnCtx {
             max_tensor_bytes: limits.max_tensor_bytes,
             memory_bytes: limits.memory_bytes,
             deadline: started + limits.deadline(),
+            _running: batcher.as_ref().map(|b| b.job_started()),
+            batcher,
             meter: NnMeter::default(),
         }
     }
@@ -293,10 +307,10 @@ impl NnView<'_> {
         let m = &mut self.ctx.meter;
         m.graphs_loaded += 1;
         if !m.models.contains(&sha256) {
-            m.models.push(sha256);
+            m.models.push(sha256.clone());
         }
         m.backend_used = Some((kind, backend.device().name.clone()));
-        Ok(Ok(self.table.push(NnGraph { graph })?))
+        Ok(Ok(self.table.push(NnGraph { graph, sha256, kind })?))
     }
 }
 

@@ -3,6 +3,7 @@
 use super::bindings::wasi::nn::{errors, graph, inference, tensor};
 use super::{abort, NnError, NnExecContext, NnGraph, NnResult, NnTensor, NnView};
 use crate::backend::TensorView;
+use crate::batching::Computed;
 use crate::limits::Outcome;
 use crate::receipt::sha256_hex;
 use crate::tensor::ElementType;
@@ -73,12 +74,14 @@ impl errors::Host for NnView<'_> {}
 
 impl graph::HostGraph for NnView<'_> {
     fn init_execution_context(&mut self, g: Resource<NnGraph>) -> NnResult<Resource<NnExecContext>> {
-        let graph = self.table.get(&g)?.graph.clone();
+        let g = self.table.get(&g)?;
+        let graph = g.graph.clone();
+        let seat = self.ctx.batcher.as_ref().and_then(|b| b.seat(&g.sha256, g.kind, &*graph));
         let start = Instant::now();
         let ctx = graph.init_execution_context();
         self.ctx.meter.backend_ns += start.elapsed().as_nanos() as u64;
         match ctx {
-            Ok(ctx) => Ok(Ok(self.table.push(NnExecContext::new(ctx))?)),
+            Ok(ctx) => Ok(Ok(self.table.push(NnExecContext::new(ctx, seat))?)),
             Err(e) => self.backend_error(e),
         }
     }
@@ -152,6 +155,8 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         let continuing =
             stateful && entry.has_state && !entry.bound.iter().any(|(_, i)| inputs.iter().any(|(n, _)| n == i));
         let last_rows = entry.last_rows;
+        // A stateful step is one sequence's: never merged with others.
+        let lane = if stateful { None } else { entry.seat.as_ref().map(|s| s.lane().clone()) };
         let result: wasmtime::Result<_> = (|| {
             let mut views = Vec::with_capacity(inputs.len());
             let mut bytes_in = 0u64;
@@ -168,14 +173,24 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
                 bytes_in += t.data.len() as u64;
                 views.push((name.as_str(), TensorView { ty: t.ty, dims: &t.dims, data: &t.data }));
             }
-            let start = Instant::now();
-            let out = ctx.compute(&views, Some(self.ctx.deadline));
-            wasmtime::Result::Ok((out, start.elapsed().as_nanos() as u64, bytes_in, fed))
+            let run = match &lane {
+                Some(lane) => lane.compute(&mut *ctx, &views, self.ctx.deadline),
+                None => {
+                    let start = Instant::now();
+                    let outputs = ctx.compute(&views, Some(self.ctx.deadline));
+                    let backend_ns = start.elapsed().as_nanos() as u64;
+                    Computed { outputs, backend_ns, peak_bytes: ctx.backend_peak_bytes(), jobs: 1 }
+                }
+            };
+            wasmtime::Result::Ok((run, bytes_in, fed))
         })();
-        let backend_peak = ctx.backend_peak_bytes();
         let entry = self.table.get_mut(&c)?;
         entry.ctx = Some(ctx);
-        let (out, ns, bytes_in, (fed, rows)) = result?;
+        let (run, bytes_in, (fed, rows)) = result?;
+        if run.jobs > 1 {
+            tracing::trace!(jobs = run.jobs, "compute served by a batched run");
+        }
+        let (out, ns, backend_peak) = (run.outputs, run.backend_ns, run.peak_bytes);
         if stateful {
             entry.has_state = out.is_ok();
             if out.is_ok() {
