@@ -112,11 +112,11 @@ fn binary_body(req: &Request) -> (Vec<u8>, usize) {
 }
 
 /// One request of a transport, as a future.
-type Call = Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>> + Send + Sync>;
+pub(crate) type Call = Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>> + Send + Sync>;
 
 /// Runs `total` requests with `conc` concurrent clients; latency summary and
 /// requests per second.
-fn drive(
+pub(crate) fn drive(
     rt: &tokio::runtime::Runtime,
     conc: usize,
     total: usize,

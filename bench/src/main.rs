@@ -11,6 +11,7 @@
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod batching;
 mod endpoint;
 mod llm;
 mod market;
@@ -40,7 +41,7 @@ struct Args {
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
     /// Run only these sections (overhead, instantiation, endpoint,
-    /// backends, metering); the report then covers just them. For profiling.
+    /// backends, metering, market, batching, llm); the report then covers just them. For profiling.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The repository's build/ directory (guests and models).
@@ -389,6 +390,7 @@ fn main() -> Result<()> {
         .map_or(Value::Null, |r| r["endpoint"].clone());
     let metering = if want("metering") { metering(&ctx)? } else { Value::Null };
     let market = if want("market") { market::run(&ctx)? } else { Value::Null };
+    let batching = if want("batching") { batching::run(&ctx)? } else { Value::Null };
     let llm = if want("llm") { llm::run(&ctx)? } else { Value::Null };
     let mut backend_rows = Vec::new();
     if want("backends") {
@@ -406,6 +408,7 @@ fn main() -> Result<()> {
         "backends": backends,
         "metering": metering,
         "market": market,
+        "batching": batching,
         "llm": llm,
         "rounds": per_round,
         "elapsed_s": started.elapsed().as_secs_f64(),

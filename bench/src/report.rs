@@ -361,6 +361,59 @@ fn markdown(r: &Value) -> String {
         }
         let _ = writeln!(md, "\nTarget: ≥ 1,000 jobs/s with 3 nodes on this machine (nodes, server and client share its cores).");
     }
+    let b = &r["batching"];
+    if !b.is_null() {
+        let c = crate::batching::BATCH;
+        let _ = writeln!(
+            md,
+            "\n## Dynamic batching: CNN in-process, jobs as the node runs them\n\nBatched: `max_batch = {}`, \
+             `batch_window_us = {}`; slots = jobs admitted at once (`max_concurrency`).\n",
+            c.max_batch, c.window_us
+        );
+        let _ = writeln!(md, "| config | slots | clients | p50 | p99 | req/s | CPU µs/request | batched runs | jobs per run |");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+        for x in b["runs"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.1} | {:.1} | {:.0} | {:.0} | {} | {:.1} |",
+                x["config"].as_str().unwrap_or("?"),
+                x["slots"],
+                x["clients"],
+                f(&x["latency"]["p50_us"]),
+                f(&x["latency"]["p99_us"]),
+                f(&x["throughput_rps"]),
+                f(&x["cpu_us_per_request"]),
+                x["batched_runs"],
+                f(&x["mean_jobs_per_run"]),
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\nThe backend's compute alone (CNN, no guest), time per row at batch 1 and batched — the most a merged \
+             run can gain before any job overhead:\n\n| backend | device | batch | µs/row at 1 | µs/row batched | gain |\n|---|---|---|---|---|---|"
+        );
+        for x in b["per_row_cost"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.1} | {:.1} | ×{:.2} |",
+                x["backend"].as_str().unwrap_or("?"),
+                x["device"].as_str().unwrap_or("?"),
+                x["rows"],
+                f(&x["per_row_us_batch_1"]),
+                f(&x["per_row_us_batched"]),
+                f(&x["gain"])
+            );
+        }
+        if let Some((throughput, latency)) = crate::batching::ratios(b) {
+            let _ = writeln!(
+                md,
+                "\nThroughput at 64 clients, batched / best unbatched: **{throughput:.2}** (target ≥ 1.5: {}). \
+                 p50 at 1 client, batched / unbatched: **{latency:.3}** (target ≤ 1.05: {}).",
+                verdict(throughput >= 1.5),
+                verdict(latency <= 1.05)
+            );
+        }
+    }
     let l = &r["llm"];
     if !l.is_null() {
         let _ = writeln!(

@@ -39,6 +39,9 @@ pub(crate) struct Metrics {
     pub(crate) cache_entries: Gauge,
     pub(crate) cache_bytes: Gauge,
     pub(crate) cache_evictions: Gauge,
+    pub(crate) batched_runs: Family<Dep, Gauge>,
+    pub(crate) batched_computes: Family<Dep, Gauge>,
+    pub(crate) batch_fallbacks: Family<Dep, Gauge>,
 }
 
 impl Metrics {
@@ -65,6 +68,15 @@ impl Metrics {
         let (cache_bytes, cache_evictions) = (Gauge::default(), Gauge::default());
         registry.register("graph_cache_bytes", "Bytes charged for the graphs the cache holds", cache_bytes.clone());
         registry.register("graph_cache_evictions", "Graphs evicted from the cache", cache_evictions.clone());
+        let (batched_runs, batched_computes, batch_fallbacks) =
+            (Family::<Dep, Gauge>::default(), Family::<Dep, Gauge>::default(), Family::<Dep, Gauge>::default());
+        registry.register("batched_runs", "Backend runs that merged two or more jobs (dynamic batching)", batched_runs.clone());
+        registry.register("batched_computes", "Jobs' computes served by merged runs", batched_computes.clone());
+        registry.register(
+            "batch_fallbacks",
+            "Merged runs that failed or were not per-row, whose jobs then ran alone",
+            batch_fallbacks.clone(),
+        );
         Self {
             registry,
             requests,
@@ -79,6 +91,9 @@ impl Metrics {
             cache_entries,
             cache_bytes,
             cache_evictions,
+            batched_runs,
+            batched_computes,
+            batch_fallbacks,
         }
     }
 

@@ -383,6 +383,14 @@ impl Node {
         self.metrics.cache_entries.set(c.entries as i64);
         self.metrics.cache_bytes.set(c.bytes as i64);
         self.metrics.cache_evictions.set(c.evictions as i64);
+        for (name, served) in &self.deployments {
+            if let Some(b) = served.deployment.batch_stats() {
+                let dep = crate::metrics::Dep { deployment: name.clone() };
+                self.metrics.batched_runs.get_or_create(&dep).set(b.batched_runs as i64);
+                self.metrics.batched_computes.get_or_create(&dep).set(b.batched_computes as i64);
+                self.metrics.batch_fallbacks.get_or_create(&dep).set(b.fallbacks as i64);
+            }
+        }
         self.metrics.encode()
     }
 }

@@ -897,3 +897,71 @@ deadline_ms = 3000
     let limit = rss_before + (budget >> 10) + 400 * 1024;
     assert!(peak < limit, "node RSS peaked at {peak} KiB (before {rss_before} KiB, limit {limit} KiB)");
 }
+
+/// Dynamic batching through the real server: concurrent HTTPS requests to
+/// a deployment with `max_batch` are merged into shared runs (the metrics
+/// say so), and each answer equals the unbatched deployment's answer for
+/// that request's own input.
+#[test]
+fn batched_requests_each_get_their_own_answer() {
+    let s = start(
+        &format!(
+            "[[deployment]]\nname = \"mlp-batched\"\nguest = \"{}\"\nmodels = {{ model = \"{}\" }}\ntenant = \"a\"\n\
+             max_concurrency = 8\nmax_queue = 64\nmax_batch = 32\nbatch_window_us = 20000\n",
+            artifact("guests/passthrough.wasm"),
+            artifact("models/mlp.onnx")
+        ),
+        &[],
+    );
+    let rt = rt();
+    let http = s.https_client();
+    let base: Value = serde_json::from_slice(&std::fs::read(artifact("models/mlp.request.json")).unwrap()).unwrap();
+    // Request i: every element shifted by i.
+    let body = |i: usize| {
+        let mut r = base.clone();
+        for v in r["inputs"][0]["data"].as_array_mut().unwrap() {
+            *v = serde_json::json!(v.as_f64().unwrap() + i as f64 * 0.5);
+        }
+        serde_json::to_vec(&r).unwrap()
+    };
+    const N: usize = 24;
+    let want: Vec<Value> = (0..N).map(|i| infer_json(&rt, &http, &s, "mlp", &body(i))["outputs"].clone()).collect();
+    for round in 0..3 {
+        let got: Vec<Value> = rt.block_on(async {
+            let calls = (0..N).map(|i| {
+                let (http, url, body) = (http.clone(), url(&s, "/v2/models/mlp-batched/infer"), body(i));
+                tokio::spawn(async move {
+                    let r = http.post(url).bearer_auth(TOKEN_A).body(body).send().await.unwrap();
+                    assert_eq!(r.status(), 200);
+                    r.json::<Value>().await.unwrap()
+                })
+            });
+            futures_util::future::join_all(calls).await.into_iter().map(|r| r.unwrap()).collect()
+        });
+        for (i, answer) in got.iter().enumerate() {
+            let (g, w) = (answer["outputs"].as_array().unwrap(), want[i].as_array().unwrap());
+            assert_eq!(g.len(), w.len());
+            for (go, wo) in g.iter().zip(w) {
+                assert_eq!((&go["name"], &go["shape"]), (&wo["name"], &wo["shape"]));
+                let close = go["data"].as_array().unwrap().iter().zip(wo["data"].as_array().unwrap()).all(|(a, b)| {
+                    (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() <= 1e-5
+                });
+                assert!(close, "round {round}, request {i}: not its own unbatched answer\n{go}\n{wo}");
+            }
+            mote_runtime::Receipt::verify_json(answer["parameters"]["mote_receipt"].as_str().unwrap()).unwrap();
+        }
+    }
+    let metrics = rt.block_on(async {
+        http.get(url(&s, "/metrics")).bearer_auth(METRICS_TOKEN).send().await.unwrap().text().await.unwrap()
+    });
+    let gauge = |name: &str| -> u64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("mote_{name}{{deployment=\"mlp-batched\"}}")))
+            .unwrap_or_else(|| panic!("no {name} for mlp-batched in /metrics"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(gauge("batched_runs") > 0, "no request was batched:\n{metrics}");
+    assert!(gauge("batched_computes") >= 2 * gauge("batched_runs"));
+    assert_eq!(gauge("batch_fallbacks"), 0);
+}
