@@ -104,11 +104,8 @@ pub fn parse_request_with_binary(v: &Value, binary: &[u8]) -> Result<Request, Ks
 
 /// A JSON number as a float of at most `max` magnitude: a value the type
 /// cannot hold is an error, not a silent infinity.
-fn in_range(x: f64, max: f64) -> Result<f64, String> {
-    if x.is_finite() && x.abs() > max {
-        return Err(format!("{x} is out of range for the tensor's type (largest magnitude {max})"));
-    }
-    Ok(x)
+fn out_of_range(x: f64, max: f64) -> String {
+    format!("{x} is out of range for the tensor's type (largest magnitude {max})")
 }
 
 /// Decides per output name whether it goes back as binary data.
@@ -200,40 +197,91 @@ pub(crate) fn encode_elements(dt: Datatype, values: &[&Value]) -> Result<Vec<u8>
     let mut out = Vec::with_capacity(values.len() * dt.size().unwrap_or(1));
     for (i, v) in values.iter().enumerate() {
         let bad = || format!("element {i} ({v}) is not a valid {dt}");
-        macro_rules! int {
-            ($t:ty, $get:ident) => {{
-                let x = v.$get().ok_or_else(bad)?;
-                out.extend(<$t>::try_from(x).map_err(|_| bad())?.to_le_bytes());
-            }};
-        }
-        match dt {
-            Datatype::Bool => {
-                let b = match v {
-                    Value::Bool(b) => *b,
-                    Value::Number(n) if n.as_u64() == Some(0) => false,
-                    Value::Number(n) if n.as_u64() == Some(1) => true,
-                    _ => return Err(bad()),
-                };
-                out.push(u8::from(b));
-            }
-            Datatype::Uint8 => int!(u8, as_u64),
-            Datatype::Uint16 => int!(u16, as_u64),
-            Datatype::Uint32 => int!(u32, as_u64),
-            Datatype::Uint64 => int!(u64, as_u64),
-            Datatype::Int8 => int!(i8, as_i64),
-            Datatype::Int16 => int!(i16, as_i64),
-            Datatype::Int32 => int!(i32, as_i64),
-            Datatype::Int64 => int!(i64, as_i64),
-            Datatype::Fp16 => out.extend(half::f16::from_f64(in_range(v.as_f64().ok_or_else(bad)?, 65504.0)?).to_le_bytes()),
-            Datatype::Bf16 => {
-                out.extend(half::bf16::from_f64(in_range(v.as_f64().ok_or_else(bad)?, f64::from(f32::MAX))?).to_le_bytes())
-            }
-            Datatype::Fp32 => out.extend((in_range(v.as_f64().ok_or_else(bad)?, f64::from(f32::MAX))? as f32).to_le_bytes()),
-            Datatype::Fp64 => out.extend(v.as_f64().ok_or_else(bad)?.to_le_bytes()),
-            Datatype::Bytes => unreachable!("handled above"),
-        }
+        let n = match v {
+            Value::Bool(b) => Num::B(*b),
+            Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+                (Some(u), _, _) => Num::U(u),
+                (_, Some(i), _) => Num::I(i),
+                (_, _, Some(f)) => Num::F(f),
+                _ => return Err(bad()),
+            },
+            _ => return Err(bad()),
+        };
+        encode_num(dt, n, &mut out).map_err(|r| match r {
+            Refusal::NotValid => bad(),
+            Refusal::OutOfRange { x, max } => out_of_range(x, max),
+        })?;
     }
     Ok(out)
+}
+
+/// One JSON number or boolean of tensor data, as a parser gave it.
+#[derive(Clone, Copy)]
+pub(crate) enum Num {
+    U(u64),
+    I(i64),
+    F(f64),
+    B(bool),
+}
+
+/// Why an element does not fit its datatype.
+pub(crate) enum Refusal {
+    /// Wrong kind of value (a float for an integer type, a negative for an
+    /// unsigned one, out of an integer type's range, a bool elsewhere).
+    NotValid,
+    /// A float larger in magnitude than the type holds.
+    OutOfRange { x: f64, max: f64 },
+}
+
+/// Appends `n` as `datatype`, little-endian: integers must be integers in
+/// range, floats may be integers, BOOL takes `true`/`false`/`0`/`1`, a
+/// float the type cannot hold is refused. The one place these rules live:
+/// the reference decoder and the one-pass parser (`kserve_json`) both call
+/// it.
+pub(crate) fn encode_num(datatype: Datatype, n: Num, out: &mut Vec<u8>) -> Result<(), Refusal> {
+    // A non-negative i64 is what a u64 would have been.
+    let n = match n {
+        Num::I(x) if x >= 0 => Num::U(x as u64),
+        n => n,
+    };
+    let float = |x: f64, out: &mut Vec<u8>| {
+        let range = |max: f64| if x.is_finite() && x.abs() > max { Err(Refusal::OutOfRange { x, max }) } else { Ok(x) };
+        match datatype {
+            Datatype::Fp32 => out.extend_from_slice(&(range(f64::from(f32::MAX))? as f32).to_le_bytes()),
+            Datatype::Fp64 => out.extend_from_slice(&x.to_le_bytes()),
+            Datatype::Fp16 => out.extend_from_slice(&half::f16::from_f64(range(65504.0)?).to_le_bytes()),
+            Datatype::Bf16 => out.extend_from_slice(&half::bf16::from_f64(range(f64::from(f32::MAX))?).to_le_bytes()),
+            _ => return Err(Refusal::NotValid),
+        }
+        Ok(())
+    };
+    let int = |x: i64, out: &mut Vec<u8>| {
+        match datatype {
+            Datatype::Int8 => out.extend_from_slice(&i8::try_from(x).map_err(|_| Refusal::NotValid)?.to_le_bytes()),
+            Datatype::Int16 => out.extend_from_slice(&i16::try_from(x).map_err(|_| Refusal::NotValid)?.to_le_bytes()),
+            Datatype::Int32 => out.extend_from_slice(&i32::try_from(x).map_err(|_| Refusal::NotValid)?.to_le_bytes()),
+            Datatype::Int64 => out.extend_from_slice(&x.to_le_bytes()),
+            _ => return Err(Refusal::NotValid),
+        }
+        Ok(())
+    };
+    match (n, datatype) {
+        (Num::B(b), Datatype::Bool) => out.push(u8::from(b)),
+        (Num::B(_), _) => return Err(Refusal::NotValid),
+        (Num::U(x), Datatype::Bool) if x <= 1 => out.push(x as u8),
+        (Num::U(x), Datatype::Uint8) => out.push(u8::try_from(x).map_err(|_| Refusal::NotValid)?),
+        (Num::U(x), Datatype::Uint16) => out.extend_from_slice(&u16::try_from(x).map_err(|_| Refusal::NotValid)?.to_le_bytes()),
+        (Num::U(x), Datatype::Uint32) => out.extend_from_slice(&u32::try_from(x).map_err(|_| Refusal::NotValid)?.to_le_bytes()),
+        (Num::U(x), Datatype::Uint64) => out.extend_from_slice(&x.to_le_bytes()),
+        (Num::U(x), Datatype::Int8 | Datatype::Int16 | Datatype::Int32 | Datatype::Int64) => {
+            int(i64::try_from(x).map_err(|_| Refusal::NotValid)?, out)?;
+        }
+        (Num::I(x), Datatype::Int8 | Datatype::Int16 | Datatype::Int32 | Datatype::Int64) => int(x, out)?,
+        (Num::U(x), _) => float(x as f64, out)?,
+        (Num::I(x), _) => float(x as f64, out)?,
+        (Num::F(x), _) => float(x, out)?,
+    }
+    Ok(())
 }
 
 /// Decodes a tensor's bytes into flat JSON values.

@@ -12,7 +12,7 @@
 //! path either produces exactly its result or defers to it, so errors and
 //! their messages are the reference's.
 
-use crate::kserve::{self, KserveError};
+use crate::kserve::{self, encode_num, KserveError, Num};
 use crate::message::{Request, MAX_INPUTS};
 use crate::tensor::{Datatype, IoTensor};
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
@@ -211,64 +211,6 @@ impl<'de> de::Deserialize<'de> for WireTensor<'de> {
     }
 }
 
-/// One JSON number or boolean of tensor data, as the parser gave it.
-#[derive(Clone, Copy)]
-enum Num {
-    U(u64),
-    I(i64),
-    F(f64),
-    B(bool),
-}
-
-/// Appends `n` as `datatype`, little-endian, by the reference's rules:
-/// integers must be integers in range, floats may be integers, BOOL takes
-/// `true`/`false`/`0`/`1`, a float the type cannot hold is refused.
-fn encode(datatype: Datatype, n: Num, out: &mut Vec<u8>) -> Result<(), ()> {
-    // A non-negative i64 is what a u64 would have been.
-    let n = match n {
-        Num::I(x) if x >= 0 => Num::U(x as u64),
-        n => n,
-    };
-    let float = |x: f64, out: &mut Vec<u8>| {
-        let range = |max: f64| if x.is_finite() && x.abs() > max { Err(()) } else { Ok(x) };
-        match datatype {
-            Datatype::Fp32 => out.extend_from_slice(&(range(f64::from(f32::MAX))? as f32).to_le_bytes()),
-            Datatype::Fp64 => out.extend_from_slice(&x.to_le_bytes()),
-            Datatype::Fp16 => out.extend_from_slice(&half::f16::from_f64(range(65504.0)?).to_le_bytes()),
-            Datatype::Bf16 => out.extend_from_slice(&half::bf16::from_f64(range(f64::from(f32::MAX))?).to_le_bytes()),
-            _ => return Err(()),
-        }
-        Ok(())
-    };
-    let int = |x: i64, out: &mut Vec<u8>| {
-        match datatype {
-            Datatype::Int8 => out.extend_from_slice(&i8::try_from(x).map_err(drop)?.to_le_bytes()),
-            Datatype::Int16 => out.extend_from_slice(&i16::try_from(x).map_err(drop)?.to_le_bytes()),
-            Datatype::Int32 => out.extend_from_slice(&i32::try_from(x).map_err(drop)?.to_le_bytes()),
-            Datatype::Int64 => out.extend_from_slice(&x.to_le_bytes()),
-            _ => return Err(()),
-        }
-        Ok(())
-    };
-    match (n, datatype) {
-        (Num::B(b), Datatype::Bool) => out.push(u8::from(b)),
-        (Num::B(_), _) => return Err(()),
-        (Num::U(x), Datatype::Bool) if x <= 1 => out.push(x as u8),
-        (Num::U(x), Datatype::Uint8) => out.push(u8::try_from(x).map_err(drop)?),
-        (Num::U(x), Datatype::Uint16) => out.extend_from_slice(&u16::try_from(x).map_err(drop)?.to_le_bytes()),
-        (Num::U(x), Datatype::Uint32) => out.extend_from_slice(&u32::try_from(x).map_err(drop)?.to_le_bytes()),
-        (Num::U(x), Datatype::Uint64) => out.extend_from_slice(&x.to_le_bytes()),
-        (Num::U(x), Datatype::Int8 | Datatype::Int16 | Datatype::Int32 | Datatype::Int64) => {
-            int(i64::try_from(x).map_err(drop)?, out)?;
-        }
-        (Num::I(x), Datatype::Int8 | Datatype::Int16 | Datatype::Int32 | Datatype::Int64) => int(x, out)?,
-        (Num::U(x), _) => float(x as f64, out)?,
-        (Num::I(x), _) => float(x as f64, out)?,
-        (Num::F(x), _) => float(x, out)?,
-    }
-    Ok(())
-}
-
 /// Nesting of `data` the one pass takes; deeper goes to the reference
 /// (which refuses past serde_json's limit of 128 levels in all).
 const MAX_DATA_DEPTH: usize = 64;
@@ -300,11 +242,11 @@ fn scan(raw: &str, datatype: Datatype) -> Option<Vec<u8>> {
             }
             b',' | b' ' | b'\t' | b'\n' | b'\r' => i += 1,
             b't' => {
-                encode(datatype, Num::B(true), &mut out).ok()?;
+                encode_num(datatype, Num::B(true), &mut out).ok()?;
                 i += 4;
             }
             b'f' => {
-                encode(datatype, Num::B(false), &mut out).ok()?;
+                encode_num(datatype, Num::B(false), &mut out).ok()?;
                 i += 5;
             }
             b'-' | b'0'..=b'9' => {
@@ -327,7 +269,7 @@ fn scan(raw: &str, datatype: Datatype) -> Option<Vec<u8>> {
                 } else {
                     tok.parse().map_or_else(|_| as_float(), |x| Some(Num::U(x)))?
                 };
-                encode(datatype, n, &mut out).ok()?;
+                encode_num(datatype, n, &mut out).ok()?;
             }
             // Strings, objects, null: the reference's errors.
             _ => return None,
