@@ -27,9 +27,14 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
         .map_err(anyhow::Error::msg)?;
     let req = Arc::new(ctx.request("cnn")?);
     let mut rows = Vec::new();
-    let configs: [(&str, usize, Option<BatchConfig>); 3] =
+    let configs: [(&'static str, usize, Option<BatchConfig>); 3] =
         [("unbatched", 2, None), ("unbatched", SLOTS, None), ("batched", SLOTS, Some(BATCH))];
-    let totals = if ctx.quick { [(1, 16), (64, 64)] } else { [(1, 128), (64, 512)] };
+    let totals = if ctx.quick { [(1, 16), (64, 64)] } else { [(1, 128), (64, 384)] };
+    // Repetitions, interleaved across the configurations so that a slow
+    // spell of the VM hits them alike; each configuration's median (by
+    // p50 at 1 client, by throughput at 64) is reported.
+    let reps = if ctx.quick { 1 } else { 3 };
+    let mut served = Vec::new();
     for (name, slots, batching) in configs {
         let d = Arc::new(local.deploy(DeploymentSpec {
             name: format!("cnn-{name}-{slots}"),
@@ -40,36 +45,47 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
             ..DeploymentSpec::default()
         })?);
         d.warm().map_err(anyhow::Error::msg)?;
-        let permits = Arc::new(tokio::sync::Semaphore::new(slots));
-        let jobs = JobThreads::new(slots)?;
-        for (clients, total) in totals {
-            let (d2, req, permits, jobs) = (d.clone(), req.clone(), permits.clone(), jobs.clone());
-            let call: Call = Arc::new(move || {
-                let (d, req, permits, jobs) = (d2.clone(), req.clone(), permits.clone(), jobs.clone());
-                Box::pin(async move {
-                    let _permit = permits.acquire().await?;
-                    let r = jobs.run(move || d.run_owned((*req).clone())).await?;
-                    r.result.map(|_| ()).map_err(anyhow::Error::new)
-                })
-            });
-            drive(&rt, clients.min(16), clients.min(16) * 2, &indicatif::ProgressBar::hidden(), call.clone())?;
-            let before = d.batch_stats().unwrap_or_default();
-            let pb = bar(total, &format!("batching cnn {name}/{slots} x{clients}"));
-            let cpu0 = process_cpu_s();
-            let (lat, rps) = drive(&rt, clients, total, &pb, call)?;
-            let cpu_us_per_request = (process_cpu_s() - cpu0) * 1e6 / total as f64;
-            pb.finish_and_clear();
-            let after = d.batch_stats().unwrap_or_default();
-            let runs = after.batched_runs - before.batched_runs;
-            let computes = after.batched_computes - before.batched_computes;
-            let alone = after.alone_computes - before.alone_computes;
-            rows.push(json!({
-                "config": name, "slots": slots, "clients": clients, "latency": lat, "throughput_rps": rps,
-                "batched_runs": runs,
-                "mean_jobs_per_run": if runs > 0 { computes as f64 / runs as f64 } else { 0.0 },
-                "alone_computes": alone,
-                "cpu_us_per_request": cpu_us_per_request,
-            }));
+        served.push((name, slots, d, Arc::new(tokio::sync::Semaphore::new(slots)), JobThreads::new(slots)?));
+    }
+    for (clients, total) in totals {
+        let mut measured: Vec<Vec<Value>> = vec![Vec::new(); served.len()];
+        for rep in 0..reps {
+            for (i, (name, slots, d, permits, jobs)) in served.iter().enumerate() {
+                let (d2, req, permits, jobs) = (d.clone(), req.clone(), permits.clone(), jobs.clone());
+                let call: Call = Arc::new(move || {
+                    let (d, req, permits, jobs) = (d2.clone(), req.clone(), permits.clone(), jobs.clone());
+                    Box::pin(async move {
+                        let _permit = permits.acquire().await?;
+                        let r = jobs.run(move || d.run_owned((*req).clone())).await?;
+                        r.result.map(|_| ()).map_err(anyhow::Error::new)
+                    })
+                });
+                drive(&rt, clients.min(16), clients.min(16) * 2, &indicatif::ProgressBar::hidden(), call.clone())?;
+                let before = d.batch_stats().unwrap_or_default();
+                let pb = bar(total, &format!("batching {name}/{slots} x{clients} {}/{reps}", rep + 1));
+                let cpu0 = process_cpu_s();
+                let (lat, rps) = drive(&rt, clients, total, &pb, call)?;
+                let cpu_us_per_request = (process_cpu_s() - cpu0) * 1e6 / total as f64;
+                pb.finish_and_clear();
+                let after = d.batch_stats().unwrap_or_default();
+                let runs = after.batched_runs - before.batched_runs;
+                let computes = after.batched_computes - before.batched_computes;
+                measured[i].push(json!({
+                    "config": name, "slots": slots, "clients": clients, "latency": lat, "throughput_rps": rps,
+                    "batched_runs": runs,
+                    "mean_jobs_per_run": if runs > 0 { computes as f64 / runs as f64 } else { 0.0 },
+                    "alone_computes": after.alone_computes - before.alone_computes,
+                    "cpu_us_per_request": cpu_us_per_request,
+                }));
+            }
+        }
+        for runs in measured {
+            let key = |x: &Value| if clients == 1 { x["latency"]["p50_us"].as_f64() } else { x["throughput_rps"].as_f64() };
+            if let Some(m) = crate::stats::median_by(&runs, key) {
+                let mut m = m.clone();
+                m["repetitions"] = json!(runs.iter().filter_map(key).collect::<Vec<f64>>());
+                rows.push(m);
+            }
         }
     }
     Ok(json!({"runs": rows, "per_row_cost": per_row_cost(ctx)?}))

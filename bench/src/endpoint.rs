@@ -292,9 +292,20 @@ fn floors(
             Ok(())
         })
     });
-    let pb = bar(total * 2, "endpoint floors x1");
+    // The node's hand-off without a job: an async task gives a no-op to a
+    // job thread and awaits its answer (two thread wake-ups), as every
+    // served request does around its job.
+    let jobs = JobThreads::new(2)?;
+    let handoff: Call = Arc::new(move || {
+        let done = jobs.run(|| ());
+        Box::pin(async move {
+            done.await?;
+            Ok(())
+        })
+    });
+    let pb = bar(total * 3, "endpoint floors x1");
     let mut rows = Vec::new();
-    for (transport, call) in [("https-no-job", https), ("quic-no-job", quic)] {
+    for (transport, call) in [("https-no-job", https), ("quic-no-job", quic), ("job-thread-handoff", handoff)] {
         drive(rt, 1, 16, &indicatif::ProgressBar::hidden(), call.clone())?;
         let (lat, rps) = drive(rt, 1, total, &pb, call)?;
         rows.push(json!({"model": "none", "transport": transport, "concurrency": 1, "latency": lat, "throughput_rps": rps}));

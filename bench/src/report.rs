@@ -255,9 +255,12 @@ fn markdown(r: &Value) -> String {
     let _ = writeln!(
         md,
         "\nThe transports without a job (1 client, p50): HTTPS `GET /v2/health/live` {:.1} µs, QUIC request for a \
-         missing deployment {:.1} µs. Client and server share the machine's cores.",
+         missing deployment {:.1} µs. Client and server share the machine's cores. The node's hand-off of a no-op \
+         to a job thread and back (async task → job thread → task, as around every served job, and the in-process \
+         rows above): {:.1} µs.",
         floor("https-no-job"),
-        floor("quic-no-job")
+        floor("quic-no-job"),
+        floor("job-thread-handoff")
     );
     let _ = writeln!(md, "\nTargets (tiny MLP, 1 client):\n");
     let _ = writeln!(
@@ -370,12 +373,15 @@ fn markdown(r: &Value) -> String {
              `batch_window_us = {}`; slots = jobs admitted at once (`max_concurrency`).\n",
             c.max_batch, c.window_us
         );
-        let _ = writeln!(md, "| config | slots | clients | p50 | p99 | req/s | CPU µs/request | batched runs | jobs per run |");
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            md,
+            "| config | slots | clients | p50 | p99 | req/s | CPU µs/request | batched runs | jobs per run | repetitions (p50 at 1 client, req/s at 64) |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
         for x in b["runs"].as_array().into_iter().flatten() {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {:.1} | {:.1} | {:.0} | {:.0} | {} | {:.1} |",
+                "| {} | {} | {} | {:.1} | {:.1} | {:.0} | {:.0} | {} | {:.1} | {} |",
                 x["config"].as_str().unwrap_or("?"),
                 x["slots"],
                 x["clients"],
@@ -385,6 +391,7 @@ fn markdown(r: &Value) -> String {
                 f(&x["cpu_us_per_request"]),
                 x["batched_runs"],
                 f(&x["mean_jobs_per_run"]),
+                x["repetitions"].as_array().into_iter().flatten().map(|v| format!("{:.0}", f(v))).collect::<Vec<_>>().join(", "),
             );
         }
         let _ = writeln!(
