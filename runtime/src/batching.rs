@@ -99,6 +99,9 @@ type LaneKey = (String, BackendKind);
 /// One deployment's lanes.
 pub(crate) struct Batcher {
     config: BatchConfig,
+    /// Most input bytes one merged run holds, all inputs together: the
+    /// deployment's `max_tensor_bytes`, the bound a single job's tensor has.
+    max_bytes: u64,
     lanes: Mutex<HashMap<LaneKey, Arc<Lane>>>,
     counters: Arc<Counters>,
     /// The deployment's jobs running now: the most computes that could
@@ -107,8 +110,8 @@ pub(crate) struct Batcher {
 }
 
 impl Batcher {
-    pub(crate) fn new(config: BatchConfig) -> Self {
-        Self { config, lanes: Mutex::default(), counters: Arc::default(), active: Arc::default() }
+    pub(crate) fn new(config: BatchConfig, max_bytes: u64) -> Self {
+        Self { config, max_bytes, lanes: Mutex::default(), counters: Arc::default(), active: Arc::default() }
     }
 
     /// Counts a job of the deployment as running until the guard drops.
@@ -129,7 +132,9 @@ impl Batcher {
         let mut lanes = lock(&self.lanes);
         let lane = lanes
             .entry(key.clone())
-            .or_insert_with(|| Arc::new(Lane::new(self.config, self.counters.clone(), self.active.clone())))
+            .or_insert_with(|| {
+                Arc::new(Lane::new(self.config, self.max_bytes, self.counters.clone(), self.active.clone()))
+            })
             .clone();
         lane.lock().seats += 1;
         Some(Seat { batcher: self.clone(), key, lane })
@@ -195,6 +200,7 @@ impl Drop for Seat {
 /// The batches of one model.
 pub(crate) struct Lane {
     config: BatchConfig,
+    max_bytes: u64,
     counters: Arc<Counters>,
     active: Arc<AtomicUsize>,
     state: Mutex<LaneState>,
@@ -222,6 +228,8 @@ struct Gathering {
     signature: Signature,
     /// One buffer per input: the rows of every member, in joining order.
     data: Vec<Vec<u8>>,
+    /// Bytes in `data`, all inputs together.
+    bytes: u64,
     rows: u32,
     /// (ticket, rows) of the followers, in joining order (the leader's
     /// rows come first).
@@ -246,9 +254,10 @@ pub(crate) struct Computed {
 }
 
 impl Lane {
-    fn new(config: BatchConfig, counters: Arc<Counters>, active: Arc<AtomicUsize>) -> Self {
+    fn new(config: BatchConfig, max_bytes: u64, counters: Arc<Counters>, active: Arc<AtomicUsize>) -> Self {
         Self {
             config,
+            max_bytes,
             counters,
             active,
             state: Mutex::default(),
@@ -269,7 +278,12 @@ impl Lane {
         deadline: Instant,
     ) -> Computed {
         let config = self.config;
-        let Some((rows, signature)) = batch_shape(inputs).filter(|(r, _)| *r <= config.max_batch) else {
+        let bytes: u64 = inputs.iter().map(|(_, t)| t.data.len() as u64).sum();
+        // Inputs that could not share a run with even one more job of their
+        // size are not copied into a batch buffer at all.
+        let Some((rows, signature)) =
+            batch_shape(inputs).filter(|(r, _)| *r <= config.max_batch && bytes.saturating_mul(2) <= self.max_bytes)
+        else {
             return self.alone(ctx, inputs, deadline);
         };
         let mut st = self.lock();
@@ -281,12 +295,14 @@ impl Lane {
         st.next_ticket += 1;
 
         // Join a batch being gathered, if one fits.
-        if let Some(g) =
-            st.open.iter_mut().find(|g| g.signature == signature && g.rows + rows <= config.max_batch)
-        {
+        let max_bytes = self.max_bytes;
+        if let Some(g) = st.open.iter_mut().find(|g| {
+            g.signature == signature && g.rows + rows <= config.max_batch && g.bytes + bytes <= max_bytes
+        }) {
             for (buf, (_, t)) in g.data.iter_mut().zip(inputs) {
                 buf.extend_from_slice(t.data);
             }
+            g.bytes += bytes;
             g.rows += rows;
             g.followers.push((ticket, rows));
             self.cv.notify_all();
@@ -320,6 +336,7 @@ impl Lane {
             leader: ticket,
             signature,
             data: inputs.iter().map(|(_, t)| t.data.to_vec()).collect(),
+            bytes,
             rows,
             followers: Vec::new(),
         });
@@ -582,12 +599,13 @@ mod tests {
     /// `data(i)`), each with its own seat and context, started together.
     fn run_jobs(
         config: BatchConfig,
+        max_bytes: u64,
         model: RowModel,
         jobs: usize,
         rows: impl Fn(usize) -> u32 + Sync,
         data: impl Fn(usize) -> Vec<f32> + Sync,
     ) -> Vec<(Vec<f32>, Computed)> {
-        let batcher = Arc::new(Batcher::new(config));
+        let batcher = Arc::new(Batcher::new(config, max_bytes));
         let running: Vec<ActiveJob> = (0..jobs).map(|_| batcher.job_started()).collect();
         let seats: Vec<Seat> = (0..jobs).map(|_| batcher.seat("m", BackendKind::OrtCpu, &model).unwrap()).collect();
         let barrier = Barrier::new(jobs);
@@ -626,7 +644,7 @@ mod tests {
         let runs = Arc::new(Mutex::new(Vec::new()));
         let model = RowModel { runs: runs.clone(), squash: false, delay: Duration::from_millis(2) };
         let config = BatchConfig { max_batch: 16, window_us: 200_000 };
-        let results = run_jobs(config, model, 8, |i| 1 + (i % 3) as u32, |i| rows_of(i, 1 + (i % 3) as u32));
+        let results = run_jobs(config, 1 << 30, model, 8, |i| 1 + (i % 3) as u32, |i| rows_of(i, 1 + (i % 3) as u32));
         for (x, c) in &results {
             let out = c.outputs.as_ref().expect("computed");
             assert_eq!(out.len(), 1);
@@ -651,7 +669,7 @@ mod tests {
         let runs = Arc::new(Mutex::new(Vec::new()));
         let model = RowModel { runs: runs.clone(), squash: false, delay: Duration::from_millis(2) };
         let config = BatchConfig { max_batch: 4, window_us: 50_000 };
-        let results = run_jobs(config, model, 12, |_| 1, |i| rows_of(i, 1));
+        let results = run_jobs(config, 1 << 30, model, 12, |_| 1, |i| rows_of(i, 1));
         for (x, c) in &results {
             assert_eq!(floats(&c.outputs.as_ref().unwrap()[0].1.data), expected(x));
         }
@@ -672,7 +690,7 @@ mod tests {
             }
             x
         };
-        let results = run_jobs(config, model, 6, |_| 2, data);
+        let results = run_jobs(config, 1 << 30, model, 6, |_| 2, data);
         for (i, (x, c)) in results.iter().enumerate() {
             if i == 3 {
                 assert_eq!(c.outputs.as_ref().unwrap_err().kind, BackendErrorKind::Runtime);
@@ -687,7 +705,7 @@ mod tests {
         let runs = Arc::new(Mutex::new(Vec::new()));
         let model = RowModel { runs: runs.clone(), squash: true, delay: Duration::from_millis(1) };
         let config = BatchConfig { max_batch: 16, window_us: 200_000 };
-        let results = run_jobs(config, model, 4, |_| 1, |i| rows_of(i, 1));
+        let results = run_jobs(config, 1 << 30, model, 4, |_| 1, |i| rows_of(i, 1));
         for (x, c) in &results {
             let out = &c.outputs.as_ref().unwrap()[0].1;
             assert_eq!(out.dims, vec![3], "the job's own, unbatched, output");
@@ -697,11 +715,32 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_never_holds_more_input_bytes_than_one_tensor_may() {
+        // 12 jobs of 2 rows (24 bytes each): a 100-byte bound lets at most
+        // 4 jobs (8 rows) share a run, whatever max_batch says.
+        let runs = Arc::new(Mutex::new(Vec::new()));
+        let model = RowModel { runs: runs.clone(), squash: false, delay: Duration::from_millis(2) };
+        let config = BatchConfig { max_batch: 64, window_us: 50_000 };
+        let results = run_jobs(config, 100, model, 12, |_| 2, |i| rows_of(i, 2));
+        for (x, c) in &results {
+            assert_eq!(floats(&c.outputs.as_ref().unwrap()[0].1.data), expected(x));
+        }
+        let runs = lock(&runs).clone();
+        assert!(runs.iter().all(|&r| r <= 8), "{runs:?}");
+        assert!(runs.iter().any(|&r| r > 2), "nothing merged: {runs:?}");
+        // Inputs over half the bound run alone, uncopied.
+        let runs = Arc::new(Mutex::new(Vec::new()));
+        let model = RowModel { runs: runs.clone(), squash: false, delay: Duration::from_millis(2) };
+        run_jobs(config, 40, model, 4, |_| 2, |i| rows_of(i, 2));
+        assert_eq!(lock(&runs).clone(), vec![2, 2, 2, 2]);
+    }
+
+    #[test]
     fn a_lone_seat_never_waits_for_the_window() {
         let model = RowModel { runs: Arc::default(), squash: false, delay: Duration::ZERO };
         let config = BatchConfig { max_batch: 8, window_us: MAX_WINDOW_US };
         let start = Instant::now();
-        let results = run_jobs(config, model, 1, |_| 1, |i| rows_of(i, 1));
+        let results = run_jobs(config, 1 << 30, model, 1, |_| 1, |i| rows_of(i, 1));
         assert!(results[0].1.outputs.is_ok());
         assert!(start.elapsed() < Duration::from_millis(90), "waited {:?}", start.elapsed());
     }

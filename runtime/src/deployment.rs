@@ -179,6 +179,8 @@ impl Runtime {
                 return Err(DeployError::DuplicateModel(name));
             }
         }
+        // A merged run's inputs are bounded like one job's tensor.
+        let batcher = spec.batching.map(|b| Arc::new(Batcher::new(b, spec.limits.max_tensor_bytes)));
         Ok(Deployment {
             cache_owner: spec.name.as_str().into(),
             name: spec.name,
@@ -187,7 +189,7 @@ impl Runtime {
             models: Arc::new(models),
             limits: spec.limits,
             backend: spec.backend,
-            batcher: spec.batching.map(|b| Arc::new(Batcher::new(b))),
+            batcher,
             runtime: self.clone(),
         })
     }
