@@ -38,6 +38,69 @@ pub(crate) fn service(node: Arc<Node>, max_body: usize) -> GrpcInferenceServiceS
         .max_encoding_message_size(usize::MAX)
 }
 
+/// The service behind the node's intake, as an axum router: a unary
+/// `ModelInfer` call is authenticated from its metadata, then its body is
+/// read like a REST body — at most `max_body` (plus gRPC's 5-byte message
+/// prefix), covered by the node's body budget, within `body_timeout` — and
+/// its share of the budget is held until the call is answered (its job has
+/// ended). A stranger without a valid token is refused before a byte of
+/// body is read. Other calls go to tonic as they are (their messages are
+/// small, or streamed: `ModelStreamInfer`'s requests are bounded one by
+/// one by `max_body`).
+pub(crate) fn router(node: Arc<Node>, max_body: usize, body_timeout: std::time::Duration) -> axum::Router {
+    let intake = Intake { node: node.clone(), max_body, body_timeout };
+    tonic::service::Routes::new(service(node, max_body))
+        .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(intake, unary_intake))
+}
+
+#[derive(Clone)]
+struct Intake {
+    node: Arc<Node>,
+    max_body: usize,
+    body_timeout: std::time::Duration,
+}
+
+const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+/// gRPC's length prefix before each message (compressed flag + u32 length).
+const MESSAGE_PREFIX: usize = 5;
+
+async fn unary_intake(
+    axum::extract::State(intake): axum::extract::State<Intake>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if req.uri().path() != MODEL_INFER {
+        return next.run(req).await;
+    }
+    let token = req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if let Err(e) = intake.node.authorize(token) {
+        return Status::from(e).into_http();
+    }
+    let (parts, mut body) = req.into_parts();
+    let node = &intake.node;
+    let mut share = node.body_budget.share();
+    let max = intake.max_body + MESSAGE_PREFIX;
+    let bytes = match crate::intake::read_body(&mut body, Vec::new(), max, &node.body_budget, &mut share, intake.body_timeout)
+        .await
+    {
+        Ok(b) => b,
+        Err(e) => {
+            let msg = e.to_string();
+            return match e {
+                crate::intake::IntakeError::TooLarge(_) => Status::resource_exhausted(msg),
+                crate::intake::IntakeError::Busy => Status::unavailable(msg),
+                crate::intake::IntakeError::Timeout(_) => Status::deadline_exceeded(msg),
+                crate::intake::IntakeError::Broken(_) => Status::cancelled(msg),
+            }
+            .into_http();
+        }
+    };
+    let response = next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await;
+    drop(share);
+    response
+}
+
 pub(crate) struct Service {
     node: Arc<Node>,
 }

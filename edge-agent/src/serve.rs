@@ -87,7 +87,7 @@ pub(crate) async fn serve(cfg: Config, insecure_http: bool) -> Result<()> {
     say(format!("listening {scheme}://{bound}"));
     let grpc = match grpc_addr {
         Some(addr) => {
-            let routes = tonic::service::Routes::new(crate::grpc::service(node.clone(), max_body)).into_axum_router();
+            let routes = crate::grpc::router(node.clone(), max_body, body_timeout);
             let (h, task, bound) = listen_on(addr, routes, tls, &[b"h2"], &tuning).await?;
             say(format!("listening grpc://{bound}{}", if insecure_http { " (plaintext)" } else { "" }));
             Some((h, task))

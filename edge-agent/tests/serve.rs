@@ -965,3 +965,50 @@ fn batched_requests_each_get_their_own_answer() {
     assert!(gauge("batched_computes") >= 2 * gauge("batched_runs"));
     assert_eq!(gauge("batch_fallbacks"), 0);
 }
+
+/// A gRPC `ModelInfer` body is taken in like a REST body: a stranger is
+/// refused before any of it is read, and a caller that starts a message and
+/// stalls is cut at `body_timeout_ms` (DEADLINE_EXCEEDED), not held until
+/// the connection idles out. Raw HTTP/2, since no well-behaved client
+/// sends half a message.
+#[test]
+fn grpc_bodies_are_authenticated_first_and_cut_at_the_body_timeout() {
+    let s = start_with(&config_with("grpc = \"127.0.0.1:0\"\nbody_timeout_ms = 1000", ""), &["--insecure-http"]);
+    let addr = s.grpc.expect("grpc listener");
+    let rt = rt();
+    // (grpc-status, seconds until the answer) for a call that sends the
+    // 5-byte prefix of a 1000-byte message and then nothing.
+    let stalled = |token: Option<&str>| {
+        rt.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+            tokio::spawn(conn);
+            let mut req = http::Request::post(format!("http://{addr}/inference.GRPCInferenceService/ModelInfer"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers");
+            if let Some(t) = token {
+                req = req.header("authorization", format!("Bearer {t}"));
+            }
+            let started = Instant::now();
+            let (answer, mut send) = client.send_request(req.body(()).unwrap(), false).unwrap();
+            send.send_data(bytes::Bytes::from_static(&[0, 0, 0, 3, 232]), false).unwrap();
+            let resp = tokio::time::timeout(Duration::from_secs(20), answer).await.expect("an answer").unwrap();
+            let (parts, mut body) = resp.into_parts();
+            let status = match parts.headers.get("grpc-status") {
+                Some(v) => v.to_str().unwrap().to_string(),
+                None => {
+                    while body.data().await.is_some() {}
+                    let trailers = body.trailers().await.unwrap().expect("trailers");
+                    trailers["grpc-status"].to_str().unwrap().to_string()
+                }
+            };
+            (status, started.elapsed())
+        })
+    };
+    let (status, took) = stalled(None);
+    assert_eq!(status, "16", "no token: UNAUTHENTICATED");
+    assert!(took < Duration::from_millis(900), "a stranger was answered only after {took:?}");
+    let (status, took) = stalled(Some(TOKEN_A));
+    assert_eq!(status, "4", "a stalled body: DEADLINE_EXCEEDED");
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "cut after {took:?}");
+}
