@@ -366,9 +366,7 @@ impl Lane {
         deadline: Instant,
     ) -> Computed {
         self.counters.alone_computes.fetch_add(1, Ordering::Relaxed);
-        let start = Instant::now();
-        let outputs = ctx.compute(inputs, Some(deadline));
-        Computed { outputs, backend_ns: start.elapsed().as_nanos() as u64, peak_bytes: ctx.backend_peak_bytes(), jobs: 1 }
+        compute_alone(ctx, inputs, deadline)
     }
 
     /// The leader's part: one run for the whole batch, each follower handed
@@ -435,6 +433,18 @@ impl Lane {
         self.cv.notify_all();
         computed(own, leader_rows)
     }
+}
+
+/// One job's compute on its own context, timed and charged whole: what a
+/// compute is without batching.
+pub(crate) fn compute_alone(
+    ctx: &mut dyn BackendExecutionContext,
+    inputs: &[(&str, TensorView<'_>)],
+    deadline: Instant,
+) -> Computed {
+    let start = Instant::now();
+    let outputs = ctx.compute(inputs, Some(deadline));
+    Computed { outputs, backend_ns: start.elapsed().as_nanos() as u64, peak_bytes: ctx.backend_peak_bytes(), jobs: 1 }
 }
 
 /// Followers not yet handed rows: told to run alone when dropped.

@@ -3,7 +3,7 @@
 use super::bindings::wasi::nn::{errors, graph, inference, tensor};
 use super::{abort, NnError, NnExecContext, NnGraph, NnResult, NnTensor, NnView};
 use crate::backend::TensorView;
-use crate::batching::Computed;
+use crate::batching::compute_alone;
 use crate::limits::Outcome;
 use crate::receipt::sha256_hex;
 use crate::tensor::ElementType;
@@ -175,12 +175,7 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             }
             let run = match &lane {
                 Some(lane) => lane.compute(&mut *ctx, &views, self.ctx.deadline),
-                None => {
-                    let start = Instant::now();
-                    let outputs = ctx.compute(&views, Some(self.ctx.deadline));
-                    let backend_ns = start.elapsed().as_nanos() as u64;
-                    Computed { outputs, backend_ns, peak_bytes: ctx.backend_peak_bytes(), jobs: 1 }
-                }
+                None => compute_alone(&mut *ctx, &views, self.ctx.deadline),
             };
             wasmtime::Result::Ok((run, bytes_in, fed))
         })();
