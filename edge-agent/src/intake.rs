@@ -114,7 +114,8 @@ impl Chunks for quinn::RecvStream {
 
 /// Reads `body` to its end: at most `max` bytes, each chunk covered by
 /// `budget` before it is kept, the whole body within `timeout`. `prefix`
-/// (bytes already read, e.g. a frame's header) counts towards all three.
+/// (bytes already read, e.g. a frame's header) counts towards all three;
+/// its spare capacity is room the body is read into.
 pub(crate) async fn read_body(
     body: &mut impl Chunks,
     prefix: Vec<u8>,

@@ -77,7 +77,9 @@ fn fast(json: &[u8], binary: &[u8]) -> Option<InferBody> {
                 kserve::encode_elements(datatype, &flat).ok()?
             }
             (None, Some(raw)) => scan(raw.get(), datatype)?,
-            (Some(size), _) => {
+            // Binary data and `data` both: `data` would go unscanned.
+            (Some(_), Some(_)) => return None,
+            (Some(size), None) => {
                 let size = usize::try_from(size.as_u64()?).ok()?;
                 if size > rest.len() {
                     return None;
@@ -140,6 +142,9 @@ impl<'de> de::Deserialize<'de> for WireRequest<'de> {
                 while let Some(key) = map.next_key::<String>()? {
                     match key.as_str() {
                         "id" => r.id = Some(map.next_value()?),
+                        // A second `inputs` would leave the first one's
+                        // raw `data` unchecked: the reference decides.
+                        "inputs" if r.inputs.is_some() => return Err(de::Error::custom("duplicate inputs")),
                         "inputs" => r.inputs = Some(map.next_value_seed(Inputs)?),
                         "outputs" => r.outputs = Some(map.next_value()?),
                         "parameters" => r.parameters = Some(map.next_value()?),
@@ -198,6 +203,9 @@ impl<'de> de::Deserialize<'de> for WireTensor<'de> {
                         "datatype" => t.datatype = Some(map.next_value()?),
                         "shape" => t.shape = Some(map.next_value()?),
                         "parameters" => t.parameters = Some(map.next_value()?),
+                        // Raw `data` is only checked as JSON when scanned:
+                        // a replaced one never is, so the reference decides.
+                        "data" if t.data.is_some() => return Err(de::Error::custom("duplicate data")),
                         "data" => t.data = Some(map.next_value()?),
                         _ => {
                             map.next_value::<Value>()?;
@@ -216,12 +224,22 @@ impl<'de> de::Deserialize<'de> for WireTensor<'de> {
 const MAX_DATA_DEPTH: usize = 64;
 
 /// Encodes `data`'s raw JSON text as `datatype`: one scan over the text,
-/// numbers parsed by the standard library's (correctly rounded) parser as
-/// serde_json's `float_roundtrip` parses them, nesting flattened. `None`
-/// for anything but numbers and booleans that fit the datatype (the
-/// reference then decides). The text is valid JSON: serde_json checked it.
+/// nesting flattened, each number read once where it stands. `None` for
+/// anything but numbers and booleans that fit the datatype (the reference
+/// then decides). The text is valid JSON: serde_json checked it, so a
+/// token that starts with `-` or a digit is a JSON number.
+///
+/// Numbers are what serde_json (`float_roundtrip`) makes of them:
+/// - for a float datatype every number is read as the correctly rounded
+///   f64 (Lemire's algorithm, `fast_float2`). serde_json reads an integer
+///   token as u64 or i64 and the reference converts it with `as f64`,
+///   which rounds the same exact value the same way; `-0` is -0.0 to both;
+/// - for the other datatypes tokens are told apart as serde_json does:
+///   an integer that fits u64 (i64 when negative), `-0` and larger
+///   integers as floats, anything with `.`/`e` as a float.
 fn scan(raw: &str, datatype: Datatype) -> Option<Vec<u8>> {
     let b = raw.as_bytes();
+    let float_type = matches!(datatype, Datatype::Fp16 | Datatype::Bf16 | Datatype::Fp32 | Datatype::Fp64);
     let mut out = Vec::with_capacity(b.len() / 4);
     let mut i = 0;
     let mut depth = 0usize;
@@ -249,6 +267,17 @@ fn scan(raw: &str, datatype: Datatype) -> Option<Vec<u8>> {
                 encode_num(datatype, Num::B(false), &mut out).ok()?;
                 i += 5;
             }
+            b'-' | b'0'..=b'9' if float_type => {
+                let (x, len) = fast_float2::parse_partial::<f64, _>(&b[i..]).ok()?;
+                i += len;
+                // A number too large for f64 (`1e999`) is refused by
+                // serde_json ("number out of range"), so by the reference,
+                // never taken as infinity.
+                if !x.is_finite() {
+                    return None;
+                }
+                encode_num(datatype, Num::F(x), &mut out).ok()?;
+            }
             b'-' | b'0'..=b'9' => {
                 let start = i;
                 let mut float = false;
@@ -257,15 +286,17 @@ fn scan(raw: &str, datatype: Datatype) -> Option<Vec<u8>> {
                     i += 1;
                 }
                 let tok = &raw[start..i];
-                // Integers too large for 64 bits are floats, as serde_json
-                // reads them; a float too large for f64 (`1e999`) is
-                // refused by serde_json ("number out of range"), so by the
-                // reference, never taken as infinity.
                 let as_float = || tok.parse::<f64>().ok().filter(|x| x.is_finite()).map(Num::F);
                 let n = if float {
                     as_float()?
                 } else if tok.starts_with('-') {
-                    tok.parse().map_or_else(|_| as_float(), |x| Some(Num::I(x)))?
+                    match tok.parse::<i64>() {
+                        // `-0` is a float to serde_json (-0.0).
+                        Ok(0) => Num::F(-0.0),
+                        Ok(x) => Num::I(x),
+                        // Integers past 64 bits are floats to serde_json.
+                        Err(_) => as_float()?,
+                    }
                 } else {
                     tok.parse().map_or_else(|_| as_float(), |x| Some(Num::U(x)))?
                 };
@@ -308,6 +339,8 @@ mod tests {
             ("BF16", json!([1.5, -3.0e38, 0, -2])),
             ("FP32", json!([1.4549378156661987, -0.6989426016807556, 3.4e38, -7])),
             ("FP64", json!([1.4549378156661987, -1e300, 5e-324, 12])),
+            ("FP32", json!([-0.0, 0, 1e-46, 16777217])),
+            ("FP64", json!([9007199254740993u64, -9223372036854775808i64, 18446744073709551615u64, -0.0])),
         ];
         for (dt, data) in cases {
             let v = json!({"inputs": [{"name": "x", "shape": [2, 2], "datatype": dt, "data": data}],
@@ -389,6 +422,19 @@ mod tests {
             let v: Value = serde_json::from_str(&text).unwrap();
             assert_eq!(parse_infer_body(text.as_bytes(), &[]).map(|b| b.request), reference(&v), "{dt}");
         }
+        // Number tokens as written (not as serde_json writes them): `-0`
+        // is -0.0 to serde_json, so refused for integer types and negative
+        // zero for floats; integers at and past 64 bits.
+        let tokens = "[-0, 0, -9223372036854775808, -9223372036854775809, 18446744073709551615, \
+                      18446744073709551616, 123456789012345678901234567890, 1E2, -1.5e-3]";
+        for dt in ["FP16", "BF16", "FP32", "FP64", "INT8", "INT32", "INT64", "UINT64", "BOOL"] {
+            for data in [tokens, "[-0]", "[-0, 1]", "[0, -0]"] {
+                let n = data.split(',').count();
+                let text = format!(r#"{{"inputs": [{{"name": "x", "shape": [{n}], "datatype": "{dt}", "data": {data}}}]}}"#);
+                let v: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(parse_infer_body(text.as_bytes(), &[]).map(|b| b.request), reference(&v), "{dt} {data}");
+            }
+        }
         // Found by the fuzz target: what serde_json's skipping lets through
         // but its value parser refuses — invalid UTF-8 in a string of an
         // unknown key, a number out of range there, nesting past the limit.
@@ -401,6 +447,24 @@ mod tests {
             assert!(fast(text, &[]).is_none(), "{}", String::from_utf8_lossy(text));
             assert!(parse_infer_body(text, &[]).is_err());
         }
+        // Found by the fuzz target: raw `data` the one pass never scans —
+        // replaced by a later `data` or `inputs`, or next to binary data —
+        // still has to be JSON a value parser accepts (here: out of range).
+        let unscanned = [
+            r#"{"inputs": [{"name": "x", "shape": [1], "datatype": "BOOL", "data": [1e999], "data": [true]}]}"#,
+            r#"{"inputs": [{"name": "x", "shape": [1], "datatype": "BOOL", "data": [1e999]}], "inputs": []}"#,
+            r#"{"inputs": [{"name": "x", "shape": [1], "datatype": "INT8", "data": [1e999], "parameters": {"binary_data_size": 1}}]}"#,
+        ];
+        for text in unscanned {
+            assert!(fast(text.as_bytes(), &[7]).is_none(), "{text}");
+            let err = parse_infer_body(text.as_bytes(), &[7]).unwrap_err().to_string();
+            assert!(err.starts_with("request is not valid JSON"), "{text}: {err}");
+        }
+        // Duplicates without such numbers: the reference's answer (the
+        // last key wins, as in a JSON value).
+        let dup = r#"{"inputs": [{"name": "x", "shape": [1], "datatype": "INT8", "data": [1], "data": [2]}]}"#;
+        let v: Value = serde_json::from_str(dup).unwrap();
+        assert_eq!(parse_infer_body(dup.as_bytes(), &[]).map(|b| b.request), reference(&v));
         let deep = format!(
             r#"{{"inputs": [{{"name": "x", "shape": [1], "datatype": "BOOL", "data": {}true{}}}]}}"#,
             "[".repeat(200),
