@@ -63,6 +63,29 @@ fn unbounded_memory_growth_hits_the_memory_limit() {
 }
 
 #[test]
+fn tensors_a_guest_keeps_on_the_host_count_against_its_memory_limit() {
+    // 1 MiB tensors, never dropped: without the host's count they would
+    // grow the node's memory by 100 GiB while the guest's stays small.
+    let rt = runtime();
+    let d = misbehave(&rt, Limits { memory_bytes: 64 << 20, ..Limits::default() });
+    let r = d.run(&mode("hoard-tensors"));
+    let err = r.result.expect_err("hoarding must fail");
+    assert_eq!(err.outcome, Outcome::MemoryLimit, "{err}");
+    assert!(err.message.contains("tensors held by the host"), "{err}");
+    still_serves(&rt);
+}
+
+#[test]
+fn a_guest_running_inference_in_a_loop_does_not_pile_its_inputs_on_the_host() {
+    // compute takes its input tensors: 300 runs of the CNN pass 180 MB of
+    // inputs, which must not add up under a 128 MiB limit.
+    let rt = runtime();
+    let d = deploy(&rt, "inference-loop", &[("model", "cnn")], Limits { memory_bytes: 128 << 20, ..Limits::default() });
+    let r = d.run(&with_params(request("cnn"), &[("runs", "300")]));
+    assert!(r.result.is_ok(), "{:?}", r.result.err());
+}
+
+#[test]
 fn a_huge_tensor_claim_is_invalid_input() {
     let rt = runtime();
     let r = misbehave(&rt, Limits::default()).run(&mode("huge-tensor"));

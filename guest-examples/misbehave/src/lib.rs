@@ -31,6 +31,17 @@ impl Handler for Misbehave {
                 let t = Tensor::new(TensorType::Fp32, &[65536, 65536, 4], &[0u8; 16]);
                 Ok(Response { outputs: vec![t.to_io("never")], parameters: vec![] })
             }
+            "hoard-tensors" => {
+                // Creates 1 MiB tensors and keeps every one: each lives on
+                // the host (in the job's resource table), not in guest
+                // memory, so only the host's count can stop it.
+                let data = vec![0u8; 1 << 20];
+                let mut kept = Vec::new();
+                for _ in 0..100_000 {
+                    kept.push(Tensor::new(TensorType::U8, &[1 << 20], &data));
+                }
+                Ok(Response { outputs: vec![IoTensor::from_f32("kept", &[1], &[kept.len() as f32])], parameters: vec![] })
+            }
             "bad-onnx" => match Graph::load_onnx(b"this is not an onnx model", Target::Cpu) {
                 Ok(_) => Err(HandlerError::BackendError("garbage loaded as a model".into())),
                 Err(e) => Ok(Response {

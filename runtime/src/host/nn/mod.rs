@@ -7,11 +7,13 @@
 //! store's data only has to hand out the view.
 
 mod graph_builder;
+mod spare;
 mod state;
 mod wasi_nn;
 
 use super::bindings;
 use super::usage_log::{JobLog, LogLevel};
+use spare::SpareBuffers;
 use crate::backend::{
     BackendChoice, BackendError, BackendErrorKind, BackendExecutionContext, BackendGraph, BackendKind,
 };
@@ -24,7 +26,11 @@ use bindings::wasi::nn::errors::ErrorCode;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
-use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable, WasmList};
+use wasmtime::StoreContextMut;
+
+/// The WIT interface of wasi-nn's tensors, as guests import it.
+const TENSOR_INTERFACE: &str = "wasi:nn/tensor@0.2.0-rc-2024-10-28";
 
 /// What every job's inference capability shares: the node's backends and
 /// graph cache.
@@ -122,6 +128,11 @@ pub(crate) struct NnCtx {
     /// Counts this job as running in the batcher while it lives.
     _running: Option<ActiveJob>,
     pub(crate) meter: NnMeter,
+    /// Data buffers of dropped tensors, for the next tensors' bytes.
+    pub(crate) spare: SpareBuffers,
+    /// Bytes of the tensors the job's resource table holds on the host
+    /// (see [`NnView::hold_tensor_bytes`]).
+    tensor_bytes: u64,
 }
 
 impl NnCtx {
@@ -147,6 +158,8 @@ impl NnCtx {
             _running: batcher.as_ref().map(|b| b.job_started()),
             batcher,
             meter: NnMeter::default(),
+            spare: SpareBuffers::default(),
+            tensor_bytes: 0,
         }
     }
 }
@@ -170,6 +183,28 @@ pub(crate) fn add_to_linker<T: 'static>(
     use bindings::{mote::edge::graph_builder, wasi::nn};
     nn::errors::add_to_linker::<T, Nn>(linker, view)?;
     nn::tensor::add_to_linker::<T, Nn>(linker, view)?;
+    // The tensor constructor again, linked by hand over bindgen's: bindgen
+    // lifts `data` into a fresh `Vec`; this copies it straight from guest
+    // memory into a recycled buffer (`spare::SpareBuffers`).
+    linker.allow_shadowing(true);
+    let defined = linker.instance(TENSOR_INTERFACE)?.func_wrap(
+        "[constructor]tensor",
+        move |mut store: StoreContextMut<'_, T>,
+              (dims, ty, data): (Vec<u32>, nn::tensor::TensorType, WasmList<u8>)| {
+            let ty = ElementType::from(ty);
+            let mut buf = {
+                let mut v = view(store.data_mut());
+                v.check_new_tensor(&dims, ty, data.len())?;
+                v.hold_tensor_bytes(data.len() as u64)?;
+                v.ctx.spare.take(data.len())
+            };
+            buf.extend_from_slice(data.as_le_slice(&store));
+            let t = view(store.data_mut()).table.push(NnTensor { dims, ty, data: buf })?;
+            Ok((t,))
+        },
+    );
+    linker.allow_shadowing(false);
+    defined?;
     nn::graph::add_to_linker::<T, Nn>(linker, view)?;
     nn::inference::add_to_linker::<T, Nn>(linker, view)?;
     graph_builder::add_to_linker::<T, Nn>(linker, view)?;
@@ -232,6 +267,37 @@ impl NnView<'_> {
             ));
         }
         Ok(())
+    }
+
+    /// Counts `bytes` more of tensor data held on the host for the job (a
+    /// tensor entering its resource table). Ends the job when its guest
+    /// memory, backend memory and the tensors the host holds for it would
+    /// together pass its memory limit: a guest that keeps creating tensors
+    /// (each within the tensor limit) cannot grow the node's memory
+    /// without bound.
+    pub(crate) fn hold_tensor_bytes(&mut self, bytes: u64) -> wasmtime::Result<()> {
+        let held = self.ctx.tensor_bytes.saturating_add(bytes);
+        let total = self.guest_peak_bytes.saturating_add(self.ctx.meter.backend_peak_bytes).saturating_add(held);
+        if total > self.ctx.memory_bytes {
+            return Err(abort(
+                Outcome::MemoryLimit,
+                format!(
+                    "guest memory ({} bytes), backend memory ({} bytes) and tensors held by the host ({held} bytes) \
+                     exceed the job's memory limit of {} bytes",
+                    self.guest_peak_bytes, self.ctx.meter.backend_peak_bytes, self.ctx.memory_bytes
+                ),
+            ));
+        }
+        self.ctx.tensor_bytes = held;
+        Ok(())
+    }
+
+    /// A tensor taken out of the job's resource table (dropped by the
+    /// guest, or consumed by `compute`): its bytes no longer count, its
+    /// buffer is kept for the next tensor.
+    pub(crate) fn release_tensor(&mut self, t: NnTensor) {
+        self.ctx.tensor_bytes = self.ctx.tensor_bytes.saturating_sub(t.data.len() as u64);
+        self.ctx.spare.give(t.data);
     }
 
     /// Ends the job if a tensor of `bytes` would pass the tensor limit.

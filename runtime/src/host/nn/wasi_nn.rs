@@ -19,19 +19,11 @@ impl tensor::HostTensor for NnView<'_> {
         ty: tensor::TensorType,
         data: Vec<u8>,
     ) -> wasmtime::Result<Resource<NnTensor>> {
+        // Linked by hand (`add_to_linker`, reusing buffers); bindgen's
+        // path, kept for the trait, runs the same checks.
         let ty = ElementType::from(ty);
-        let claimed =
-            dimensions.iter().try_fold(ty.size() as u64, |acc, &d| acc.checked_mul(u64::from(d))).unwrap_or(u64::MAX);
-        self.check_tensor_bytes(&format!("tensor {dimensions:?}"), claimed)?;
-        if claimed != data.len() as u64 {
-            return Err(abort(
-                Outcome::InvalidInput,
-                format!(
-                    "tensor of shape {dimensions:?} and type {ty:?} needs {claimed} bytes but {} were given",
-                    data.len()
-                ),
-            ));
-        }
+        self.check_new_tensor(&dimensions, ty, data.len())?;
+        self.hold_tensor_bytes(data.len() as u64)?;
         Ok(self.table.push(NnTensor { dims: dimensions, ty, data })?)
     }
 
@@ -48,12 +40,29 @@ impl tensor::HostTensor for NnView<'_> {
     }
 
     fn drop(&mut self, t: Resource<NnTensor>) -> wasmtime::Result<()> {
-        self.table.delete(t)?;
+        let t = self.table.delete(t)?;
+        self.release_tensor(t);
         Ok(())
     }
 }
 
 impl tensor::Host for NnView<'_> {}
+
+impl NnView<'_> {
+    /// Ends the job if a tensor of shape `dims` and type `ty` would pass
+    /// the tensor limit or `given` bytes are not its size.
+    pub(crate) fn check_new_tensor(&self, dims: &[u32], ty: ElementType, given: usize) -> wasmtime::Result<()> {
+        let claimed = dims.iter().try_fold(ty.size() as u64, |acc, &d| acc.checked_mul(u64::from(d))).unwrap_or(u64::MAX);
+        self.check_tensor_bytes(&format!("tensor {dims:?}"), claimed)?;
+        if claimed != given as u64 {
+            return Err(abort(
+                Outcome::InvalidInput,
+                format!("tensor of shape {dims:?} and type {ty:?} needs {claimed} bytes but {given} were given"),
+            ));
+        }
+        Ok(())
+    }
+}
 
 impl errors::HostError for NnView<'_> {
     fn code(&mut self, e: Resource<NnError>) -> wasmtime::Result<ErrorCode> {
@@ -179,14 +188,21 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             };
             wasmtime::Result::Ok((run, bytes_in, fed))
         })();
-        let entry = self.table.get_mut(&c)?;
-        entry.ctx = Some(ctx);
+        self.table.get_mut(&c)?.ctx = Some(ctx);
+        // `compute` takes its inputs (own handles): they end here, whatever
+        // the outcome. (Left in the table, a guest running inference in a
+        // loop would pile every input it ever passed onto the host.)
+        for (_, t) in inputs {
+            let t = self.table.delete(t)?;
+            self.release_tensor(t);
+        }
         let (run, bytes_in, (fed, rows)) = result?;
         if run.jobs > 1 {
             tracing::trace!(jobs = run.jobs, "compute served by a batched run");
         }
         let (out, ns, backend_peak) = (run.outputs, run.backend_ns, run.peak_bytes);
         if stateful {
+            let entry = self.table.get_mut(&c)?;
             entry.has_state = out.is_ok();
             if out.is_ok() {
                 let step = super::state::step_tokens(fed, rows, continuing, last_rows);
@@ -206,6 +222,7 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         for (name, t) in outputs {
             self.check_tensor_bytes(&format!("output '{name}'"), t.data.len() as u64)?;
             self.ctx.meter.bytes_out += t.data.len() as u64;
+            self.hold_tensor_bytes(t.data.len() as u64)?;
             result.push((name, self.table.push(NnTensor { dims: t.dims, ty: t.ty, data: t.data })?));
         }
         Ok(Ok(result))
