@@ -278,6 +278,10 @@ impl NnView<'_> {
     pub(crate) fn hold_tensor_bytes(&mut self, bytes: u64) -> wasmtime::Result<()> {
         let held = self.ctx.tensor_bytes.saturating_add(bytes);
         let total = self.guest_peak_bytes.saturating_add(self.ctx.meter.backend_peak_bytes).saturating_add(held);
+        // Spare buffers count too; they are the first to go.
+        if total.saturating_add(self.ctx.spare.kept_bytes()) > self.ctx.memory_bytes {
+            self.ctx.spare.clear();
+        }
         if total > self.ctx.memory_bytes {
             return Err(abort(
                 Outcome::MemoryLimit,
@@ -293,11 +297,20 @@ impl NnView<'_> {
     }
 
     /// A tensor taken out of the job's resource table (dropped by the
-    /// guest, or consumed by `compute`): its bytes no longer count, its
-    /// buffer is kept for the next tensor.
+    /// guest, or consumed by `compute`): its bytes no longer count as
+    /// held; its buffer is kept for the next tensor if guest memory,
+    /// backend memory, held tensors and spare buffers still fit the job's
+    /// memory limit with it, else freed.
     pub(crate) fn release_tensor(&mut self, t: NnTensor) {
         self.ctx.tensor_bytes = self.ctx.tensor_bytes.saturating_sub(t.data.len() as u64);
-        self.ctx.spare.give(t.data);
+        let used = self
+            .guest_peak_bytes
+            .saturating_add(self.ctx.meter.backend_peak_bytes)
+            .saturating_add(self.ctx.tensor_bytes)
+            .saturating_add(self.ctx.spare.kept_bytes());
+        if used.saturating_add(t.data.capacity() as u64) <= self.ctx.memory_bytes {
+            self.ctx.spare.give(t.data);
+        }
     }
 
     /// Ends the job if a tensor of `bytes` would pass the tensor limit.

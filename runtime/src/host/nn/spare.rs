@@ -14,8 +14,8 @@ const MAX_KEPT: usize = 4;
 const MIN_KEPT_BYTES: usize = 64 * 1024;
 
 /// A job's spare tensor buffers: at most [`MAX_KEPT`], the largest given
-/// back, each one a tensor's worth (tensors are within the job's tensor
-/// limit), so a job holds at most that many tensors of spare memory.
+/// back. The caller counts them against the job's memory (see
+/// `NnView::release_tensor`).
 #[derive(Default)]
 pub(crate) struct SpareBuffers {
     kept: Vec<Vec<u8>>,
@@ -31,6 +31,16 @@ impl SpareBuffers {
             Some(i) => kept.swap_remove(i),
             None => Vec::with_capacity(len),
         }
+    }
+
+    /// Bytes the kept buffers hold (their capacity).
+    pub(crate) fn kept_bytes(&self) -> u64 {
+        self.kept.iter().map(|b| b.capacity() as u64).sum()
+    }
+
+    /// Gives every kept buffer back to the allocator.
+    pub(crate) fn clear(&mut self) {
+        self.kept = Vec::new();
     }
 
     /// Keeps `buf` (emptied: a buffer is only ever handed out empty) if it
@@ -96,5 +106,8 @@ mod tests {
         let mut caps: Vec<usize> = spare.kept.iter().map(Vec::capacity).collect();
         caps.sort_unstable();
         assert_eq!(caps, (7..=10).map(|i| i * MIN_KEPT_BYTES).collect::<Vec<_>>());
+        assert_eq!(spare.kept_bytes(), (34 * MIN_KEPT_BYTES) as u64);
+        spare.clear();
+        assert_eq!(spare.kept_bytes(), 0);
     }
 }
