@@ -194,8 +194,7 @@ pub(crate) fn add_to_linker<T: 'static>(
             let ty = ElementType::from(ty);
             let mut buf = {
                 let mut v = view(store.data_mut());
-                v.check_new_tensor(&dims, ty, data.len())?;
-                v.hold_tensor_bytes(data.len() as u64)?;
+                v.admit_tensor(&dims, ty, data.len())?;
                 v.ctx.spare.take(data.len())
             };
             buf.extend_from_slice(data.as_le_slice(&store));

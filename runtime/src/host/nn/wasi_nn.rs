@@ -22,8 +22,7 @@ impl tensor::HostTensor for NnView<'_> {
         // Linked by hand (`add_to_linker`, reusing buffers); bindgen's
         // path, kept for the trait, runs the same checks.
         let ty = ElementType::from(ty);
-        self.check_new_tensor(&dimensions, ty, data.len())?;
-        self.hold_tensor_bytes(data.len() as u64)?;
+        self.admit_tensor(&dimensions, ty, data.len())?;
         Ok(self.table.push(NnTensor { dims: dimensions, ty, data })?)
     }
 
@@ -49,9 +48,11 @@ impl tensor::HostTensor for NnView<'_> {
 impl tensor::Host for NnView<'_> {}
 
 impl NnView<'_> {
-    /// Ends the job if a tensor of shape `dims` and type `ty` would pass
-    /// the tensor limit or `given` bytes are not its size.
-    pub(crate) fn check_new_tensor(&self, dims: &[u32], ty: ElementType, given: usize) -> wasmtime::Result<()> {
+    /// Admits a new tensor of shape `dims` and type `ty` with `given`
+    /// bytes into the job's table: ends the job if it would pass the
+    /// tensor limit or `given` is not its size, else counts its bytes as
+    /// held (which may end the job at its memory limit).
+    pub(crate) fn admit_tensor(&mut self, dims: &[u32], ty: ElementType, given: usize) -> wasmtime::Result<()> {
         let claimed = dims.iter().try_fold(ty.size() as u64, |acc, &d| acc.checked_mul(u64::from(d))).unwrap_or(u64::MAX);
         self.check_tensor_bytes(&format!("tensor {dims:?}"), claimed)?;
         if claimed != given as u64 {
@@ -60,7 +61,7 @@ impl NnView<'_> {
                 format!("tensor of shape {dims:?} and type {ty:?} needs {claimed} bytes but {given} were given"),
             ));
         }
-        Ok(())
+        self.hold_tensor_bytes(claimed)
     }
 }
 
