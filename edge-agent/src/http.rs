@@ -224,8 +224,12 @@ async fn infer(State(app): State<App>, Path(name): Path<String>, headers: Header
     // Room for the declared length (at most max_body, checked above) up
     // front: a large body is then copied once, not regrown a dozen times
     // into fresh, zeroed pages. Address space only: pages are touched, and
-    // the body budget charged, as bytes arrive.
-    let room = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    // the body budget charged, as bytes arrive. Asked for, not demanded: a
+    // host that refuses the reservation (strict overcommit) must not abort
+    // the node over a client's declared length; the body then grows as it
+    // arrives.
+    let mut room = Vec::new();
+    let _ = room.try_reserve_exact(declared.map_or(0, |n| n as usize));
     let bytes = match read_body(&mut body, room, max, &node.body_budget, &mut share, app.limits.body_timeout).await {
         Ok(b) => b,
         Err(e) => return error(e.status(), e.to_string()),
