@@ -22,7 +22,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use mote_runtime::backend::{standalone, BackendKind, DirectInputs};
-use mote_runtime::{kserve, Deployment, DeploymentSpec, Limits, Request, Runtime, RuntimeConfig};
+use mote_runtime::{kserve, DigestAlg, Deployment, DeploymentSpec, Limits, Request, Runtime, RuntimeConfig};
 use serde_json::{json, Value};
 use stats::Summary;
 use std::path::{Path, PathBuf};
@@ -170,8 +170,9 @@ fn in_guest(d: &Deployment, req: &Request, runs: usize) -> Result<Summary> {
 ///   compute, outputs back into the guest), timed inside the sandbox;
 /// - whole job: the passthrough guest as the node runs every request
 ///   (instantiate, `load-by-name` through the cache, inference, receipt);
-/// - the receipt's request hash alone (sha256 over the input tensors), the
-///   part of a whole job that grows with the input.
+/// - the receipt's request digest alone (BLAKE3 over the input tensors),
+///   the part of a whole job that grows with the input, and beside it the
+///   sha256 that receipts carried before (what the change saves).
 fn overhead(ctx: &Ctx, rt: &Runtime, model: &str) -> Result<Value> {
     let d = deploy(ctx, rt, "passthrough", Some(model))?;
     let looped = deploy(ctx, rt, "inference-loop", Some(model))?;
@@ -199,8 +200,11 @@ fn overhead(ctx: &Ctx, rt: &Runtime, model: &str) -> Result<Value> {
     let hash = time(runs.min(200), &ProgressBar::hidden(), || {
         std::hint::black_box(mote_runtime::digest(&req.inputs, &req.parameters));
     });
+    let hash_sha256 = time(runs.min(200), &ProgressBar::hidden(), || {
+        std::hint::black_box(mote_runtime::digest_with(DigestAlg::Sha256, &req.inputs, &req.parameters));
+    });
     pb.finish_and_clear();
-    Ok(json!({"model": model, "native": native, "in_guest": guest, "job": job, "input_hash": hash,
+    Ok(json!({"model": model, "native": native, "in_guest": guest, "job": job, "input_hash": hash, "input_hash_sha256": hash_sha256,
               "input_bytes": req.inputs.iter().map(|t| t.data.len()).sum::<usize>(),
               "ratio_p50": guest.p50_us / native.p50_us, "ratio_mean": guest.mean_us / native.mean_us,
               "job_ratio_p50": job.p50_us / native.p50_us}))

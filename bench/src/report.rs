@@ -147,14 +147,15 @@ fn markdown(r: &Value) -> String {
         "*in guest*: each inference of a running guest (`inference-loop`: tensors into the host, compute, outputs \
          back into the guest), timed inside the sandbox; the targets apply to it. *whole job*: the `passthrough` \
          guest as the node runs every request: a fresh instance, model lookup, inference, request and response \
-         hashes and the signed receipt. *input hash*: the receipt's sha256 over the request alone.\n"
+         hashes and the signed receipt. *input hash*: the receipt's digest of the request alone (BLAKE3), and \
+         beside it the sha256 that receipts carried before.\n"
     );
     let _ = writeln!(
         md,
         "| model | input KiB | native p50 | native p99 | in guest p50 | in guest p99 | ratio p50 | target | | whole job p50 | \
-         whole job p99 | ratio p50 | input hash p50 |"
+         whole job p99 | ratio p50 | input hash p50 | sha256 p50 (older receipts) |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for o in r["overhead"].as_array().into_iter().flatten() {
         let target = match o["model"].as_str() {
             Some("cnn") => Some(1.03),
@@ -164,7 +165,7 @@ fn markdown(r: &Value) -> String {
         let ratio = f(&o["ratio_p50"]);
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {} | {} | {:.1} | {:.1} | {:.2} | {:.1} |",
+            "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {} | {} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} |",
             o["model"].as_str().unwrap_or("?"),
             f(&o["input_bytes"]) / 1024.0,
             f(&o["native"]["p50_us"]),
@@ -178,6 +179,7 @@ fn markdown(r: &Value) -> String {
             f(&o["job"]["p99_us"]),
             f(&o["job_ratio_p50"]),
             f(&o["input_hash"]["p50_us"]),
+            f(&o["input_hash_sha256"]["p50_us"]),
         );
     }
 

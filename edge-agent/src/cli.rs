@@ -467,9 +467,11 @@ fn verify(
     }
     if let Some(i) = input {
         let req = parse_request_file(&i)?;
-        let sha = mote_runtime::digest(&req.inputs, &req.parameters);
-        if sha != r.input_sha256 {
-            problems.push(format!("request {} hashes to {sha}, the receipt has {}", i.display(), r.input_sha256));
+        // In the receipt's own hash: BLAKE3, or sha256 for older receipts.
+        let (alg, want) = r.input_digest().expect("a verified receipt has one input digest");
+        let got = mote_runtime::digest_with(alg, &req.inputs, &req.parameters);
+        if got != want {
+            problems.push(format!("request {} hashes to {got} ({alg:?}), the receipt has {want}", i.display()));
         }
     }
     if !problems.is_empty() {

@@ -102,10 +102,37 @@ fn run_prints_a_kserve_response_and_writes_a_verifiable_receipt() {
     assert!(!bad.status.success());
     assert!(stderr(&bad).contains("signature does not match"), "{}", stderr(&bad));
 
+    // ... and one for another request by its BLAKE3 request digest.
+    let wrong = mote(&["verify", receipt.to_str().unwrap(), "--input", &path("models/cnn.request.json")]);
+    assert!(!wrong.status.success());
+    assert!(
+        stderr(&wrong).contains("signature valid, but request") && stderr(&wrong).contains("Blake3"),
+        "{}",
+        stderr(&wrong)
+    );
+
     // A receipt for another guest is caught by the hash check.
     let wrong = mote(&["verify", receipt.to_str().unwrap(), "--guest", &path("guests/classifier.wasm")]);
     assert!(!wrong.status.success());
     assert!(stderr(&wrong).contains("signature valid, but guest"), "{}", stderr(&wrong));
+}
+
+/// `mote verify` of a receipt signed before request digests moved to
+/// BLAKE3 (`input_sha256`): still valid, still checked against its request.
+#[test]
+fn verify_reads_receipts_with_sha256_digests() {
+    let data = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../runtime/tests/data"));
+    let (receipt, request) = (data.join("receipt-sha256.json"), data.join("receipt-sha256.request.json"));
+    let ok = mote(&["verify", receipt.to_str().unwrap(), "--input", request.to_str().unwrap()]);
+    assert!(ok.status.success(), "verify failed: {}", stderr(&ok));
+    // Another request (the CNN's) is not the one it binds.
+    let other = mote(&["verify", receipt.to_str().unwrap(), "--input", &path("models/cnn.request.json")]);
+    assert!(!other.status.success());
+    assert!(
+        stderr(&other).contains("signature valid, but request") && stderr(&other).contains("Sha256"),
+        "{}",
+        stderr(&other)
+    );
 }
 
 #[test]

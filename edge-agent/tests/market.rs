@@ -401,7 +401,11 @@ fn poison_tampered_unpriced_and_invalid_jobs_end_without_blocking_the_others() {
     let m = rt.block_on(open(&server.url));
     rt.block_on(async {
         // An infinite loop: a failed result with its receipt, once.
-        let poison = m.submit(misbehave_submission("m3", serde_json::json!({"mode": "spin"}), 2)).await.unwrap();
+        // Fuel enough that the 2 s timeout, not the fuel, ends the spin
+        // (a fast core burns the default 20 G in under 2 s).
+        let mut poison = misbehave_submission("m3", serde_json::json!({"mode": "spin"}), 2);
+        poison.limits.fuel = Some(150_000_000_000);
+        let poison = m.submit(poison).await.unwrap();
         // A guest whose stored bytes are not the ones its hash names.
         let mut tampered = m.submit(misbehave_submission("m3", serde_json::json!({}), 5)).await.unwrap();
         let fake_sha = mote_runtime::receipt::sha256_hex(b"the guest the client meant");
@@ -532,7 +536,7 @@ fn settlement_rejects_forged_results_and_reexecution_catches_altered_output() {
             let mut resp = r.response.clone().unwrap();
             resp["outputs"][0]["data"][0] = serde_json::json!(42.0);
             let parsed = client::response_of(&resp).unwrap();
-            r.receipt.output_sha256 = mote_runtime::digest(&parsed.outputs, &parsed.parameters);
+            r.receipt.output_blake3 = Some(mote_runtime::digest(&parsed.outputs, &parsed.parameters));
             r.response = Some(resp);
             r.receipt.sign(&node_key);
         })
@@ -676,7 +680,7 @@ fn other_nodes_reexecute_the_verify_share_and_record_mismatches() {
         let mut resp = r.response.clone().unwrap();
         resp["outputs"][0]["data"][0] = serde_json::json!(42.0);
         let parsed = client::response_of(&resp).unwrap();
-        r.receipt.output_sha256 = mote_runtime::digest(&parsed.outputs, &parsed.parameters);
+        r.receipt.output_blake3 = Some(mote_runtime::digest(&parsed.outputs, &parsed.parameters));
         r.response = Some(resp);
         r.receipt.sign(&liar);
         assert!(client::check_result(&m, &r, &HashMap::new()).await.is_empty(), "the forgery passes every hash check");

@@ -89,13 +89,16 @@ fn a_wasi_nn_command_program_runs_unmodified_with_read_only_mounts_and_a_receipt
     assert_eq!(r["outcome"], "ok");
     assert_eq!(r["exit_code"], 0);
     assert_eq!(r["guest_sha256"], sha(&std::fs::read(&program).unwrap()));
-    assert_eq!(r["output_sha256"], sha(&out.stdout), "the receipt binds what the program printed");
+    // Request and response digests are BLAKE3 (files in the manifest,
+    // guest and models: sha256).
+    let b3 = |b: &[u8]| mote_runtime::DigestAlg::Blake3.hex(b);
+    assert_eq!(r["output_blake3"], b3(&out.stdout), "the receipt binds what the program printed");
     let model = std::fs::read(fx.join("model.onnx")).unwrap();
     assert_eq!(r["model_sha256"], json!([sha(&model)]));
     // The invocation: arguments and every mounted file's hash.
     let manifest = json!({"args": ["wasi-nn-classify.wasm"], "mounts": [{"guest": "fixture", "files": [
         ["model.onnx", sha(&model)], ["tensor.bin", sha(&std::fs::read(fx.join("tensor.bin")).unwrap())]]}]});
-    assert_eq!(r["input_sha256"], sha(&serde_json::to_vec(&manifest).unwrap()));
+    assert_eq!(r["input_blake3"], b3(&serde_json::to_vec(&manifest).unwrap()));
     assert!(r["fuel"].as_u64().unwrap() > 0 && r["backend"] == "ort-cpu", "{r}");
 
     // The same model as a host graph, `graph.load-by-name` (--nn-graph).

@@ -10,6 +10,7 @@
 use crate::deployment::{Deployment, Entry};
 use crate::job::{classify, Ending, JobError, JobReport};
 use crate::limits::Outcome;
+use mote_protocol::DigestAlg;
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -71,7 +72,7 @@ pub enum CommandError {
 /// Most files the mounts may hold: each is hashed into the receipt.
 pub const MAX_MOUNTED_FILES: usize = 100_000;
 
-/// The invocation's canonical form, which `input_sha256` hashes: the
+/// The invocation's canonical form, which `input_blake3` hashes: the
 /// arguments, then per mount (in the order given) its guest path and every
 /// regular file under it (relative path, sha256), sorted by path. Symlinks
 /// are not followed (WASI does not follow them out of a preopen either).
@@ -122,25 +123,25 @@ struct Tee(Arc<Mutex<TeeInner>>);
 
 struct TeeInner {
     out: Box<dyn Write + Send>,
-    hasher: Sha256,
+    hasher: blake3::Hasher,
     bytes: u64,
     max: u64,
 }
 
 impl Tee {
     fn new(out: Box<dyn Write + Send>, max: u64) -> Self {
-        Self(Arc::new(Mutex::new(TeeInner { out, hasher: Sha256::new(), bytes: 0, max })))
+        Self(Arc::new(Mutex::new(TeeInner { out, hasher: blake3::Hasher::new(), bytes: 0, max })))
     }
 
     fn inner(&self) -> std::sync::MutexGuard<'_, TeeInner> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The hash of everything written, and its length.
+    /// The BLAKE3 of everything written, and its length.
     fn finish(&self) -> (String, u64) {
         let mut t = self.inner();
         let _ = t.out.flush();
-        (hex::encode(t.hasher.clone().finalize()), t.bytes)
+        (t.hasher.finalize().to_hex().to_string(), t.bytes)
     }
 
     fn put(&self, buf: &[u8]) -> Result<(), String> {
@@ -224,7 +225,7 @@ impl Deployment {
         let started_at = SystemTime::now();
         let start = Instant::now();
         let manifest = invocation_manifest(&run.args, &run.mounts)?;
-        let input_sha256 = hex::encode(Sha256::digest(serde_json::to_vec(&manifest).expect("JSON serialises")));
+        let input_digest = DigestAlg::Blake3.hex(&serde_json::to_vec(&manifest).expect("JSON serialises"));
         let max = self.limits.max_tensor_bytes;
         let (stdout, stderr) = (Tee::new(run.stdout, max), Tee::new(run.stderr, max));
         let mut wasi = WasiCtxBuilder::new();
@@ -256,7 +257,7 @@ impl Deployment {
         let wall_ns = start.elapsed().as_nanos() as u64;
         let mut state = store.into_data();
         let usage = state.usage(fuel_left, wall_ns);
-        let (out_sha256, _) = stdout.finish();
+        let (output_digest, _) = stdout.finish();
         let _ = stderr.finish();
         let (outcome, exit_code, result) = match result {
             Ok(0) => (Outcome::Ok, Some(0), Ok(mote_protocol::Response::default())),
@@ -267,15 +268,7 @@ impl Deployment {
             ),
             Err(e) => (e.outcome, None, Err(e)),
         };
-        let ends = Ending {
-            job_id,
-            started_at,
-            input_sha256,
-            output_sha256: out_sha256,
-            stream_sha256: None,
-            exit_code,
-            outcome,
-        };
+        let ends = Ending { job_id, started_at, input_digest, output_digest, stream_sha256: None, exit_code, outcome };
         let (receipt, log) = self.seal(&mut state, usage, ends);
         Ok(JobReport { result, receipt, log })
     }

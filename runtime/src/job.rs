@@ -27,8 +27,9 @@ pub struct JobError {
 pub(crate) struct Ending {
     pub(crate) job_id: String,
     pub(crate) started_at: SystemTime,
-    pub(crate) input_sha256: String,
-    pub(crate) output_sha256: String,
+    /// BLAKE3 of the request's and the response's canonical forms.
+    pub(crate) input_digest: String,
+    pub(crate) output_digest: String,
     pub(crate) stream_sha256: Option<String>,
     pub(crate) exit_code: Option<i32>,
     pub(crate) outcome: Outcome,
@@ -43,6 +44,24 @@ pub struct JobReport {
     pub receipt: Receipt,
     /// Captured log lines (guest log, stdout, stderr).
     pub log: Vec<LogLine>,
+}
+
+impl JobReport {
+    /// Whether `receipt` (another run of the same job, e.g. another
+    /// node's) names this run's response: its output digest, in its own
+    /// hash, is that of this response (of an empty one if this run failed).
+    pub fn same_output_as(&self, receipt: &Receipt) -> bool {
+        receipt.output_digest().is_some_and(|(alg, hex)| self.output_digest(alg) == hex)
+    }
+
+    /// This run's response digest in hash `alg` (of an empty response if
+    /// the run failed), as a receipt carries it.
+    pub fn output_digest(&self, alg: mote_protocol::DigestAlg) -> String {
+        match &self.result {
+            Ok(r) => mote_protocol::digest_with(alg, &r.outputs, &r.parameters),
+            Err(_) => mote_protocol::digest_with(alg, &[], &[]),
+        }
+    }
 }
 
 impl Deployment {
@@ -82,7 +101,7 @@ impl Deployment {
             .allow_ip_name_lookup(false)
             .build();
         let (mut store, armed) = self.new_store(wasi, sink);
-        let input_sha256 = digest(&request.inputs, &request.parameters);
+        let input_digest = digest(&request.inputs, &request.parameters);
         let result = self.call(&mut store, request);
         // Fuel left, where metering is on.
         let fuel_left = if armed { store.get_fuel().ok() } else { None };
@@ -102,12 +121,12 @@ impl Deployment {
             Ok(_) => Outcome::Ok,
             Err(e) => e.outcome,
         };
-        let output_sha256 = match &result {
+        let output_digest = match &result {
             Ok(r) => digest(&r.outputs, &r.parameters),
             Err(_) => digest(&[], &[]),
         };
         let stream_sha256 = state.stream.sha256();
-        let ends = Ending { job_id, started_at, input_sha256, output_sha256, stream_sha256, exit_code: None, outcome };
+        let ends = Ending { job_id, started_at, input_digest, output_digest, stream_sha256, exit_code: None, outcome };
         let (receipt, log) = self.seal(&mut state, usage, ends);
         if let Err(e) = &result {
             tracing::info!(deployment = %self.name, outcome = %e.outcome, "job failed: {}", e.message);
@@ -136,8 +155,10 @@ impl Deployment {
             node_id: String::new(),
             guest_sha256: self.guest_sha256.clone(),
             model_sha256: m.models.clone(),
-            input_sha256: ends.input_sha256,
-            output_sha256: ends.output_sha256,
+            input_blake3: None,
+            input_sha256: None,
+            output_blake3: None,
+            output_sha256: None,
             started_at: humantime::format_rfc3339_millis(ends.started_at).to_string(),
             price_units: rt.signer.price.price_usage(&usage),
             stream_sha256: ends.stream_sha256,
@@ -148,6 +169,7 @@ impl Deployment {
             device,
             signature: String::new(),
         };
+        receipt.set_digests(ends.input_digest, ends.output_digest);
         receipt.sign(&rt.signer.key);
         (receipt, log)
     }

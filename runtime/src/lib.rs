@@ -33,5 +33,5 @@ pub use price::PriceTable;
 pub use receipt::{NodeKey, Receipt, Usage};
 pub use deployment::{DeployError, Deployment, DeploymentSpec, ModelInfo, WarmError};
 pub use job::{JobError, JobReport};
-pub use mote_protocol::{digest, Request, Response};
+pub use mote_protocol::{digest, digest_with, DigestAlg, Request, Response};
 pub use runtime::{Runtime, RuntimeConfig, RuntimeError};

@@ -7,6 +7,7 @@
 
 use crate::limits::Outcome;
 use ed25519_dalek::{SigningKey, VerifyingKey};
+use mote_protocol::{digest_with, DigestAlg, IoTensor};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -54,11 +55,22 @@ pub struct Receipt {
     /// sha256 of every model the job loaded (ONNX bytes; lowered ONNX for
     /// builder graphs), hex, in load order without repeats.
     pub model_sha256: Vec<String>,
-    /// sha256 of the request in canonical binary form (docs/receipts.md).
-    pub input_sha256: String,
-    /// sha256 of the response in canonical binary form; empty-input hash
-    /// when the job produced none.
-    pub output_sha256: String,
+    /// BLAKE3 of the request in canonical binary form (docs/receipts.md),
+    /// hex. Receipts written before BLAKE3 carry `input_sha256` instead:
+    /// a receipt has exactly one of the two ([`Receipt::input_digest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_blake3: Option<String>,
+    /// sha256 of the request: receipts written before BLAKE3 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_sha256: Option<String>,
+    /// BLAKE3 of the response in canonical binary form (of an empty
+    /// response when the job produced none), hex. Older receipts:
+    /// `output_sha256` ([`Receipt::output_digest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_blake3: Option<String>,
+    /// sha256 of the response: receipts written before BLAKE3 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_sha256: Option<String>,
     /// Start time, RFC 3339 UTC.
     pub started_at: String,
     /// What was consumed.
@@ -161,12 +173,18 @@ struct CanonicalFields<'a> {
     fuel: u64,
     graphs_loaded: u32,
     guest_sha256: &'a str,
-    input_sha256: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input_blake3: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input_sha256: Option<&'a str>,
     job_id: &'a str,
     model_sha256: &'a [String],
     node_id: &'a str,
     outcome: Outcome,
-    output_sha256: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_blake3: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_sha256: Option<&'a str>,
     peak_memory_bytes: u64,
     price_units: u64,
     #[serde(skip_serializing_if = "is_zero")]
@@ -192,12 +210,14 @@ impl Receipt {
             fuel: u.fuel,
             graphs_loaded: u.graphs_loaded,
             guest_sha256: &self.guest_sha256,
-            input_sha256: &self.input_sha256,
+            input_blake3: self.input_blake3.as_deref(),
+            input_sha256: self.input_sha256.as_deref(),
             job_id: &self.job_id,
             model_sha256: &self.model_sha256,
             node_id: &self.node_id,
             outcome: self.outcome,
-            output_sha256: &self.output_sha256,
+            output_blake3: self.output_blake3.as_deref(),
+            output_sha256: self.output_sha256.as_deref(),
             peak_memory_bytes: u.peak_memory_bytes,
             price_units: self.price_units,
             prompt_tokens: u.prompt_tokens,
@@ -226,6 +246,37 @@ impl Receipt {
         self.signature = hex::encode(key.signing.signing_key().sign(&self.canonical_bytes()).to_bytes());
     }
 
+    /// The request digest and its hash: `input_blake3`, or `input_sha256`
+    /// in receipts written before BLAKE3; `None` if the receipt has
+    /// neither or both (no signed receipt does: [`Receipt::verify_json`]
+    /// refuses them).
+    pub fn input_digest(&self) -> Option<(DigestAlg, &str)> {
+        one_digest(self.input_blake3.as_deref(), self.input_sha256.as_deref())
+    }
+
+    /// The response digest and its hash, as [`Receipt::input_digest`].
+    pub fn output_digest(&self) -> Option<(DigestAlg, &str)> {
+        one_digest(self.output_blake3.as_deref(), self.output_sha256.as_deref())
+    }
+
+    /// Whether the receipt's request digest is that of `tensors` and
+    /// `parameters` (in the receipt's own hash).
+    pub fn binds_input(&self, tensors: &[IoTensor], parameters: &[(String, String)]) -> bool {
+        self.input_digest().is_some_and(|(alg, hex)| digest_with(alg, tensors, parameters) == hex)
+    }
+
+    /// Whether the receipt's response digest is that of `tensors` and
+    /// `parameters` (in the receipt's own hash).
+    pub fn binds_output(&self, tensors: &[IoTensor], parameters: &[(String, String)]) -> bool {
+        self.output_digest().is_some_and(|(alg, hex)| digest_with(alg, tensors, parameters) == hex)
+    }
+
+    /// Sets the request and response digests (BLAKE3) of a new receipt.
+    pub(crate) fn set_digests(&mut self, input: String, output: String) {
+        (self.input_blake3, self.input_sha256) = (Some(input), None);
+        (self.output_blake3, self.output_sha256) = (Some(output), None);
+    }
+
     /// Pretty JSON for files and responses.
     pub fn to_json_pretty(&self) -> String {
         serde_json::to_string_pretty(self).expect("receipt serialises")
@@ -235,6 +286,15 @@ impl Receipt {
     pub fn verify_json(text: &str) -> Result<Receipt, VerifyError> {
         let value: serde_json::Value = serde_json::from_str(text).map_err(|e| VerifyError::Malformed(e.to_string()))?;
         let receipt = Receipt::deserialize(&value).map_err(|e| VerifyError::Malformed(e.to_string()))?;
+        // One digest of each side, in one hash: a receipt with both (or
+        // neither) would let a checker pick the one that suits it.
+        for (side, digest) in [("input", receipt.input_digest()), ("output", receipt.output_digest())] {
+            if digest.is_none() {
+                return Err(VerifyError::Malformed(format!(
+                    "a receipt carries exactly one {side} digest: {side}_blake3 or (older receipts) {side}_sha256"
+                )));
+            }
+        }
         verify_signature(&receipt.node_id, &receipt.signature, &signed_bytes(value))?;
         Ok(receipt)
     }
@@ -417,6 +477,15 @@ pub fn read_receipt_file(path: &Path) -> std::io::Result<String> {
     Ok(text)
 }
 
+/// The one digest of a pair, with its hash.
+fn one_digest<'a>(blake3: Option<&'a str>, sha256: Option<&'a str>) -> Option<(DigestAlg, &'a str)> {
+    match (blake3, sha256) {
+        (Some(d), None) => Some((DigestAlg::Blake3, d)),
+        (None, Some(d)) => Some((DigestAlg::Sha256, d)),
+        _ => None,
+    }
+}
+
 /// Hex sha256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -432,8 +501,10 @@ mod tests {
             node_id: String::new(),
             guest_sha256: sha256_hex(b"guest"),
             model_sha256: vec![sha256_hex(b"model")],
-            input_sha256: sha256_hex(b"in"),
-            output_sha256: sha256_hex(b"out"),
+            input_blake3: Some(DigestAlg::Blake3.hex(b"in")),
+            input_sha256: None,
+            output_blake3: Some(DigestAlg::Blake3.hex(b"out")),
+            output_sha256: None,
             started_at: "2026-11-25T00:00:00Z".into(),
             usage: Usage { fuel: 12345, wall_ns: 99, backend_ns: 50, ..Usage::default() },
             outcome: Outcome::Ok,

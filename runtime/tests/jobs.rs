@@ -277,8 +277,12 @@ fn receipts_are_signed_and_describe_the_job() {
     assert_eq!(v.node_id, rt.node_id());
     assert_eq!(v.guest_sha256, mote_runtime::receipt::sha256_hex(&guest("passthrough")));
     assert_eq!(v.model_sha256, vec![mote_runtime::receipt::sha256_hex(&model("mlp"))]);
-    assert_eq!(v.input_sha256, mote_runtime::digest(&req.inputs, &req.parameters));
-    assert_eq!(v.output_sha256, mote_runtime::digest(&resp.outputs, &resp.parameters));
+    // Request and response digests: BLAKE3 of their canonical forms.
+    assert_eq!(v.input_blake3.as_deref(), Some(&*mote_runtime::digest(&req.inputs, &req.parameters)));
+    assert_eq!(v.output_blake3.as_deref(), Some(&*mote_runtime::digest(&resp.outputs, &resp.parameters)));
+    assert_eq!((&v.input_sha256, &v.output_sha256), (&None, &None), "new receipts carry no sha256 digests");
+    assert!(v.binds_input(&req.inputs, &req.parameters) && v.binds_output(&resp.outputs, &resp.parameters));
+    assert!(!v.binds_input(&resp.outputs, &resp.parameters), "another request does not match");
     assert_eq!(v.backend, "ort-cpu");
     assert!(v.usage.fuel > 0 && v.usage.wall_ns >= v.usage.backend_ns && v.usage.backend_ns > 0);
     assert_eq!(v.usage.bytes_in, 4 * 16 * 4);
@@ -286,6 +290,41 @@ fn receipts_are_signed_and_describe_the_job() {
     assert!(v.price_units > 0);
     let tampered = text.replace(&format!("\"bytes_in\": {}", v.usage.bytes_in), "\"bytes_in\": 1");
     assert!(Receipt::verify_json(&tampered).is_err(), "tampered receipt must fail");
+}
+
+/// A receipt signed before request/response digests moved to BLAKE3
+/// (written by that `mote run`, kept as it came): it still verifies and
+/// still binds its request, in sha256.
+#[test]
+fn receipts_with_sha256_digests_still_verify() {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let text = std::fs::read_to_string(data.join("receipt-sha256.json")).unwrap();
+    let v = Receipt::verify_json(&text).expect("an older receipt verifies");
+    assert_eq!(v.input_digest().map(|(alg, _)| alg), Some(mote_runtime::DigestAlg::Sha256));
+    assert!(v.input_blake3.is_none() && v.output_digest().is_some());
+    let body: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("receipt-sha256.request.json")).unwrap()).unwrap();
+    let req = mote_runtime::kserve::parse_request(&body).unwrap();
+    assert!(v.binds_input(&req.inputs, &req.parameters), "binds its request in sha256");
+    let mut other = req.clone();
+    other.inputs[0].data[0] ^= 1;
+    assert!(!v.binds_input(&other.inputs, &other.parameters));
+    // Re-signed the same way, the receipt is byte for byte what that node
+    // signed (the canonical form of the old field set is unchanged).
+    assert_eq!(serde_json::to_value(&v).unwrap(), serde_json::from_str::<serde_json::Value>(&text).unwrap());
+
+    // Both digests of a side, or neither: refused, whatever the signature.
+    let key = mote_runtime::receipt::NodeKey::generate();
+    let mut both = v.clone();
+    both.input_blake3 = Some(mote_runtime::digest(&req.inputs, &req.parameters));
+    both.sign(&key);
+    let err = Receipt::verify_json(&both.to_json_pretty()).unwrap_err();
+    assert!(err.to_string().contains("exactly one input digest"), "{err}");
+    let mut neither = v.clone();
+    neither.output_sha256 = None;
+    neither.sign(&key);
+    let err = Receipt::verify_json(&neither.to_json_pretty()).unwrap_err();
+    assert!(err.to_string().contains("exactly one output digest"), "{err}");
 }
 
 #[test]

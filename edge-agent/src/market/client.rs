@@ -226,25 +226,25 @@ pub async fn check_result(market: &Market, r: &JobResult, known_nodes: &HashMap<
     }
     if let RequestRef::Inline(v) = &r.job.request {
         match kserve::parse_request(v) {
-            Ok(req) if mote_runtime::digest(&req.inputs, &req.parameters) != r.receipt.input_sha256 => {
-                problems.push("receipt's input_sha256 is not the job's request".into())
+            Ok(req) if !r.receipt.binds_input(&req.inputs, &req.parameters) => {
+                problems.push("receipt's input digest is not the job's request".into())
             }
             Err(e) => problems.push(format!("job request: {e}")),
             _ => {}
         }
     }
-    let output = match &r.response {
+    let bound = match &r.response {
         Some(v) => match response_of(v) {
-            Ok(resp) => mote_runtime::digest(&resp.outputs, &resp.parameters),
+            Ok(resp) => r.receipt.binds_output(&resp.outputs, &resp.parameters),
             Err(e) => {
                 problems.push(format!("response: {e}"));
-                String::new()
+                true
             }
         },
-        None => mote_runtime::digest(&[], &[]),
+        None => r.receipt.binds_output(&[], &[]),
     };
-    if output != r.receipt.output_sha256 {
-        problems.push("receipt's output_sha256 is not the response's (output altered?)".into());
+    if !bound {
+        problems.push("receipt's output digest is not the response's (output altered?)".into());
     }
     problems
 }

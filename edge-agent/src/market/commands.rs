@@ -327,14 +327,15 @@ pub fn job(cmd: JobCommand) -> Result<ExitCode> {
                 eprintln!("receipt of job {id} verifies (node {})", r.node_id);
                 if reexecute {
                     let ours = reexecute_locally(&market, &r.job).await?;
-                    if ours != r.receipt.output_sha256 {
+                    let (alg, theirs) = r.receipt.output_digest().context("the receipt has no output digest")?;
+                    if !ours.same_output_as(&r.receipt) {
                         bail!(
-                            "job {id}: re-executed output hashes to {ours}, node {} reported {}: mismatch",
+                            "job {id}: re-executed output hashes to {} ({alg:?}), node {} reported {theirs}: mismatch",
+                            ours.output_digest(alg),
                             r.node_id,
-                            r.receipt.output_sha256
                         );
                     }
-                    eprintln!("re-executed here: output hash {ours} matches");
+                    eprintln!("re-executed here: output hash {theirs} matches");
                 }
                 println!("ok");
                 Ok(ExitCode::SUCCESS)
@@ -361,9 +362,8 @@ async fn result_of(market: &Market, id: &str) -> Result<super::spec::JobResult> 
     }
 }
 
-/// Runs a job here (ORT CPU or the job's backend) and returns the output
-/// digest the receipt would carry.
-pub async fn reexecute_locally(market: &Market, job: &super::spec::JobSpec) -> Result<String> {
+/// Runs a job here (ORT CPU or the job's backend) and returns its report.
+pub async fn reexecute_locally(market: &Market, job: &super::spec::JobSpec) -> Result<mote_runtime::JobReport> {
     let guest = market.download(&job.guest, 512 << 20).await?;
     let mut models = Vec::new();
     for (name, sha) in &job.models {
@@ -371,7 +371,7 @@ pub async fn reexecute_locally(market: &Market, job: &super::spec::JobSpec) -> R
     }
     let request = super::request_of(job, |sha| async move { market.download(&sha, 64 << 20).await }).await?;
     let job = job.clone();
-    tokio::task::spawn_blocking(move || -> Result<String> {
+    tokio::task::spawn_blocking(move || -> Result<mote_runtime::JobReport> {
         let rt = mote_runtime::Runtime::new(mote_runtime::RuntimeConfig {
             data_dir: None,
             pool_instances: 2,
@@ -383,8 +383,7 @@ pub async fn reexecute_locally(market: &Market, job: &super::spec::JobSpec) -> R
             _ => mote_runtime::backend::BackendChoice::Fixed(mote_runtime::backend::BackendKind::OrtCpu),
         };
         let d = rt.deploy(mote_runtime::DeploymentSpec { name: "verify".into(), guest, models, limits, backend, batching: None })?;
-        let report = d.run_as(job.id.clone(), request);
-        Ok(report.receipt.output_sha256)
+        Ok(d.run_as(job.id.clone(), request))
     })
     .await?
 }

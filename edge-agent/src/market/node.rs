@@ -711,7 +711,7 @@ impl Node {
         if report.receipt.backend != r.receipt.backend {
             return Ok(None);
         }
-        Ok(Some(report.receipt.output_sha256 == r.receipt.output_sha256))
+        Ok(Some(report.same_output_as(&r.receipt)))
     }
 
     /// Adds one check (and a mismatch) to the checked node's record.

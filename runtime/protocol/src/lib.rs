@@ -15,5 +15,5 @@ pub mod message;
 pub mod mote1;
 pub mod tensor;
 
-pub use message::{digest, Request, Response, MAX_INPUTS};
+pub use message::{digest, digest_with, DigestAlg, Request, Response, MAX_INPUTS};
 pub use tensor::{Datatype, ElementType, IoTensor};

@@ -26,33 +26,75 @@ pub struct Response {
 /// guest's store, whose table is bounded).
 pub const MAX_INPUTS: usize = 1024;
 
-/// sha256 of tensors and parameters in the canonical binary form of
-/// docs/receipts.md: every length is little-endian, tensors in order,
-/// parameters sorted.
-pub fn digest(tensors: &[IoTensor], parameters: &[(String, String)]) -> String {
-    let mut h = Sha256::new();
-    let put = |h: &mut Sha256, b: &[u8]| {
-        h.update((b.len() as u64).to_le_bytes());
-        h.update(b);
-    };
-    h.update((tensors.len() as u64).to_le_bytes());
-    for t in tensors {
-        put(&mut h, t.name.as_bytes());
-        put(&mut h, t.datatype.as_str().as_bytes());
-        h.update((t.shape.len() as u64).to_le_bytes());
-        for d in &t.shape {
-            h.update(d.to_le_bytes());
+/// Which hash a receipt's request and response digests use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DigestAlg {
+    /// BLAKE3-256: what nodes write (`input_blake3`, `output_blake3`).
+    Blake3,
+    /// sha256: receipts written before BLAKE3 (`input_sha256`,
+    /// `output_sha256`), still verified.
+    Sha256,
+}
+
+impl DigestAlg {
+    /// Hex digest of `bytes`.
+    pub fn hex(self, bytes: &[u8]) -> String {
+        match self {
+            Self::Blake3 => blake3::hash(bytes).to_hex().to_string(),
+            Self::Sha256 => hex::encode(Sha256::digest(bytes)),
         }
-        put(&mut h, &t.data);
+    }
+}
+
+/// The receipt's digest of tensors and parameters: BLAKE3 of their
+/// canonical binary form (docs/receipts.md).
+pub fn digest(tensors: &[IoTensor], parameters: &[(String, String)]) -> String {
+    digest_with(DigestAlg::Blake3, tensors, parameters)
+}
+
+/// [`digest`] with the hash `alg` (sha256 for receipts written before
+/// BLAKE3).
+pub fn digest_with(alg: DigestAlg, tensors: &[IoTensor], parameters: &[(String, String)]) -> String {
+    match alg {
+        DigestAlg::Blake3 => {
+            let mut h = blake3::Hasher::new();
+            canonical_form(tensors, parameters, |b| {
+                h.update(b);
+            });
+            h.finalize().to_hex().to_string()
+        }
+        DigestAlg::Sha256 => {
+            let mut h = Sha256::new();
+            canonical_form(tensors, parameters, |b| h.update(b));
+            hex::encode(h.finalize())
+        }
+    }
+}
+
+/// Feeds the canonical binary form of docs/receipts.md to `put`: every
+/// length little-endian u64, tensors in order, parameters sorted.
+fn canonical_form(tensors: &[IoTensor], parameters: &[(String, String)], mut put: impl FnMut(&[u8])) {
+    let sized = |put: &mut dyn FnMut(&[u8]), b: &[u8]| {
+        put(&(b.len() as u64).to_le_bytes());
+        put(b);
+    };
+    put(&(tensors.len() as u64).to_le_bytes());
+    for t in tensors {
+        sized(&mut put, t.name.as_bytes());
+        sized(&mut put, t.datatype.as_str().as_bytes());
+        put(&(t.shape.len() as u64).to_le_bytes());
+        for d in &t.shape {
+            put(&d.to_le_bytes());
+        }
+        sized(&mut put, &t.data);
     }
     let mut params: Vec<&(String, String)> = parameters.iter().collect();
     params.sort();
-    h.update((params.len() as u64).to_le_bytes());
+    put(&(params.len() as u64).to_le_bytes());
     for (k, v) in params {
-        put(&mut h, k.as_bytes());
-        put(&mut h, v.as_bytes());
+        sized(&mut put, k.as_bytes());
+        sized(&mut put, v.as_bytes());
     }
-    hex::encode(h.finalize())
 }
 
 #[cfg(test)]
@@ -73,6 +115,41 @@ mod tests {
         let mut u = t.clone();
         u.datatype = Datatype::Int32;
         assert_ne!(d, digest(&[u], &p("a", "b")));
-        assert_ne!(d, digest(&[t], &[]));
+        assert_ne!(d, digest(&[t.clone()], &[]));
+        // The sha256 form hashes the same bytes.
+        assert_ne!(
+            digest_with(DigestAlg::Sha256, std::slice::from_ref(&t), &[]),
+            digest(std::slice::from_ref(&t), &[])
+        );
+    }
+
+    #[test]
+    fn both_hashes_cover_the_same_canonical_bytes() {
+        let t =
+            IoTensor { name: "x".into(), datatype: Datatype::Fp32, shape: vec![2], data: vec![1, 2, 3, 4, 5, 6, 7, 8] };
+        let params = vec![("k".to_string(), "v".to_string())];
+        // The canonical form written out by hand (docs/receipts.md).
+        let mut bytes = Vec::new();
+        let sized = |b: &[u8], out: &mut Vec<u8>| {
+            out.extend((b.len() as u64).to_le_bytes());
+            out.extend(b);
+        };
+        bytes.extend(1u64.to_le_bytes());
+        sized(b"x", &mut bytes);
+        sized(b"FP32", &mut bytes);
+        bytes.extend(1u64.to_le_bytes());
+        bytes.extend(2u64.to_le_bytes());
+        sized(&t.data, &mut bytes);
+        bytes.extend(1u64.to_le_bytes());
+        sized(b"k", &mut bytes);
+        sized(b"v", &mut bytes);
+        for alg in [DigestAlg::Blake3, DigestAlg::Sha256] {
+            assert_eq!(digest_with(alg, std::slice::from_ref(&t), &params), alg.hex(&bytes), "{alg:?}");
+        }
+        // Known answers: BLAKE3 and sha256 of the empty request.
+        let empty = 0u64.to_le_bytes().repeat(2);
+        assert_eq!(digest(&[], &[]), blake3::hash(&empty).to_hex().to_string());
+        assert_eq!(DigestAlg::Sha256.hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(DigestAlg::Blake3.hex(b"abc"), "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85");
     }
 }
