@@ -116,7 +116,8 @@ mod tests {
         u.datatype = Datatype::Int32;
         assert_ne!(d, digest(&[u], &p("a", "b")));
         assert_ne!(d, digest(&[t.clone()], &[]));
-        // The sha256 form hashes the same bytes.
+        // The same request in the other hash is another digest: a digest
+        // is read in the hash its field names.
         assert_ne!(
             digest_with(DigestAlg::Sha256, std::slice::from_ref(&t), &[]),
             digest(std::slice::from_ref(&t), &[])
