@@ -7,7 +7,7 @@ use crate::host::bindings::{exports::mote::edge::handler, mote::edge::types as w
 use crate::host::{JobState, LogLevel, LogLine};
 use crate::limits::{JobAbort, Outcome};
 use crate::receipt::Receipt;
-use mote_protocol::{digest, IoTensor, Request, Response, MAX_INPUTS};
+use mote_protocol::{digest, digest_with, DigestAlg, IoTensor, Request, Response, MAX_INPUTS};
 use std::time::{Instant, SystemTime};
 use wasmtime::Store;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -56,11 +56,17 @@ impl JobReport {
 
     /// This run's response digest in hash `alg` (of an empty response if
     /// the run failed), as a receipt carries it.
-    pub fn output_digest(&self, alg: mote_protocol::DigestAlg) -> String {
-        match &self.result {
-            Ok(r) => mote_protocol::digest_with(alg, &r.outputs, &r.parameters),
-            Err(_) => mote_protocol::digest_with(alg, &[], &[]),
-        }
+    pub fn output_digest(&self, alg: DigestAlg) -> String {
+        response_digest(alg, &self.result)
+    }
+}
+
+/// The digest of a job's response in hash `alg`: of an empty response when
+/// the job produced none.
+fn response_digest(alg: DigestAlg, result: &Result<Response, JobError>) -> String {
+    match result {
+        Ok(r) => digest_with(alg, &r.outputs, &r.parameters),
+        Err(_) => digest_with(alg, &[], &[]),
     }
 }
 
@@ -121,10 +127,7 @@ impl Deployment {
             Ok(_) => Outcome::Ok,
             Err(e) => e.outcome,
         };
-        let output_digest = match &result {
-            Ok(r) => digest(&r.outputs, &r.parameters),
-            Err(_) => digest(&[], &[]),
-        };
+        let output_digest = response_digest(DigestAlg::Blake3, &result);
         let stream_sha256 = state.stream.sha256();
         let ends = Ending { job_id, started_at, input_digest, output_digest, stream_sha256, exit_code: None, outcome };
         let (receipt, log) = self.seal(&mut state, usage, ends);
@@ -155,9 +158,9 @@ impl Deployment {
             node_id: String::new(),
             guest_sha256: self.guest_sha256.clone(),
             model_sha256: m.models.clone(),
-            input_blake3: None,
+            input_blake3: Some(ends.input_digest),
             input_sha256: None,
-            output_blake3: None,
+            output_blake3: Some(ends.output_digest),
             output_sha256: None,
             started_at: humantime::format_rfc3339_millis(ends.started_at).to_string(),
             price_units: rt.signer.price.price_usage(&usage),
@@ -169,7 +172,6 @@ impl Deployment {
             device,
             signature: String::new(),
         };
-        receipt.set_digests(ends.input_digest, ends.output_digest);
         receipt.sign(&rt.signer.key);
         (receipt, log)
     }

@@ -9,7 +9,6 @@ use crate::limits::Outcome;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use mote_protocol::{digest_with, DigestAlg, IoTensor};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// Resources one job consumed **(contract)**.
@@ -271,12 +270,6 @@ impl Receipt {
         self.output_digest().is_some_and(|(alg, hex)| digest_with(alg, tensors, parameters) == hex)
     }
 
-    /// Sets the request and response digests (BLAKE3) of a new receipt.
-    pub(crate) fn set_digests(&mut self, input: String, output: String) {
-        (self.input_blake3, self.input_sha256) = (Some(input), None);
-        (self.output_blake3, self.output_sha256) = (Some(output), None);
-    }
-
     /// Pretty JSON for files and responses.
     pub fn to_json_pretty(&self) -> String {
         serde_json::to_string_pretty(self).expect("receipt serialises")
@@ -488,7 +481,7 @@ fn one_digest<'a>(blake3: Option<&'a str>, sha256: Option<&'a str>) -> Option<(D
 
 /// Hex sha256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    DigestAlg::Sha256.hex(bytes)
 }
 
 #[cfg(test)]
