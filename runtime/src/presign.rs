@@ -88,8 +88,7 @@ impl Presigner {
     /// Signs `message`: with a precomputed nonce when one is ready, else
     /// the RFC 8032 way.
     pub(crate) fn sign(&self, message: &[u8]) -> Signature {
-        let nonce = {
-            let mut state = self.pool.nonces.lock().unwrap_or_else(|p| p.into_inner());
+        let nonce = self.lock_pool().and_then(|mut state| {
             let n = state.ready.pop();
             // Wake the thread (a futex syscall) only at the low-water mark:
             // it then refills the pool to the top.
@@ -97,12 +96,29 @@ impl Presigner {
                 self.pool.changed.notify_one();
             }
             n
-        };
+        });
         self.thread.get_or_init(|| self.start_refill());
         match nonce {
             Some(n) => sign_with(&self.expanded.scalar, &self.public, &n, message),
             None => self.signing.sign(message),
         }
+    }
+
+    /// The pool, if its lock comes free within a few hundred tries. The
+    /// refill thread runs at idle priority and takes the lock too: were it
+    /// preempted while holding it (any job thread outranks it), a job
+    /// waiting on the lock would wait until that core falls idle. So a job
+    /// never waits: another job holds the lock for a few instructions, and
+    /// past that the job signs inline.
+    fn lock_pool(&self) -> Option<std::sync::MutexGuard<'_, PoolState>> {
+        for _ in 0..256 {
+            match self.pool.nonces.try_lock() {
+                Ok(state) => return Some(state),
+                Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => std::hint::spin_loop(),
+            }
+        }
+        None
     }
 
     /// Nonces ready now (tests, metrics).
@@ -270,6 +286,34 @@ mod tests {
             seen += 1;
         }
         assert!(seen >= 1, "no mote-presign thread found");
+    }
+
+    /// A job never waits for the refill thread's lock (which an idle-class
+    /// thread may hold while preempted): with the lock held elsewhere,
+    /// `sign` signs inline at once, and the signature is valid.
+    #[test]
+    fn a_held_pool_lock_does_not_stall_a_signature() {
+        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let p = Presigner::new(key.clone());
+        p.sign(b"start");
+        wait_full(&p);
+        let held = p.pool.nonces.lock().unwrap();
+        std::thread::scope(|s| {
+            let signer = s.spawn(|| {
+                let t = Instant::now();
+                (p.sign(b"while held"), t.elapsed())
+            });
+            // Held for 2 s: a signer waiting on the lock would take that long.
+            let end = Instant::now() + Duration::from_secs(2);
+            while !signer.is_finished() && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            drop(held);
+            let (sig, took) = signer.join().unwrap();
+            assert!(took < Duration::from_secs(1), "sign waited {took:?} for the pool lock");
+            key.verifying_key().verify_strict(b"while held", &sig).expect("inline signature verifies");
+            assert_eq!(sig, key.sign(b"while held"), "signed the RFC 8032 way");
+        });
     }
 
     #[test]
