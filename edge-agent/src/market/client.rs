@@ -238,7 +238,7 @@ pub async fn check_result(market: &Market, r: &JobResult, known_nodes: &HashMap<
             Ok(resp) => r.receipt.binds_output(&resp.outputs, &resp.parameters),
             Err(e) => {
                 problems.push(format!("response: {e}"));
-                true
+                false
             }
         },
         None => r.receipt.binds_output(&[], &[]),

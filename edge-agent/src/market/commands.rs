@@ -327,11 +327,12 @@ pub fn job(cmd: JobCommand) -> Result<ExitCode> {
                 eprintln!("receipt of job {id} verifies (node {})", r.node_id);
                 if reexecute {
                     let ours = reexecute_locally(&market, &r.job).await?;
+                    // In the receipt's own hash (sha256 in older receipts).
                     let (alg, theirs) = r.receipt.output_digest().context("the receipt has no output digest")?;
-                    if !ours.same_output_as(&r.receipt) {
+                    let got = ours.output_digest(alg);
+                    if got != theirs {
                         bail!(
-                            "job {id}: re-executed output hashes to {} ({alg:?}), node {} reported {theirs}: mismatch",
-                            ours.output_digest(alg),
+                            "job {id}: re-executed output hashes to {got} ({alg:?}), node {} reported {theirs}: mismatch",
                             r.node_id,
                         );
                     }
