@@ -219,6 +219,7 @@ fn backends(ctx: &Ctx, model: &str) -> Result<Value> {
     let runs = if ctx.quick { 20 } else { ctx.runs(model).min(300) };
     let mut rows = serde_json::Map::new();
     let mut base = None;
+    let mut cpu_outputs: Option<Vec<f32>> = None;
     for kind in [BackendKind::OrtCpu, BackendKind::Wgpu, BackendKind::OrtCuda] {
         let backend = match standalone(kind) {
             Ok(b) => b,
@@ -231,8 +232,24 @@ fn backends(ctx: &Ctx, model: &str) -> Result<Value> {
         let mut exec = graph.init_execution_context()?;
         // The first call compiles kernels (wgpu) or plans (ORT): time it apart.
         let t0 = Instant::now();
-        exec.compute(&direct.views(), None)?;
+        let outputs = exec.compute(&direct.views(), None)?;
         let first_ms = t0.elapsed().as_secs_f64() * 1e3;
+        // What it computes, against ORT CPU's outputs for the same inputs.
+        let floats: Vec<f32> = outputs
+            .iter()
+            .filter(|(_, t)| t.ty == mote_runtime::tensor::ElementType::F32)
+            .flat_map(|(_, t)| t.data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))))
+            .collect();
+        let max_abs_diff = match &cpu_outputs {
+            None => {
+                cpu_outputs = Some(floats);
+                None
+            }
+            Some(cpu) if cpu.len() == floats.len() => {
+                Some(cpu.iter().zip(&floats).map(|(a, b)| f64::from((a - b).abs())).fold(0.0, f64::max))
+            }
+            Some(_) => anyhow::bail!("{} gave outputs of another size than ORT CPU", kind.as_str()),
+        };
         let pb = bar(runs, &format!("backend {} {model}", kind.as_str()));
         let summary = time(runs, &pb, || {
             exec.compute(&direct.views(), None).expect("backend run");
@@ -245,7 +262,8 @@ fn backends(ctx: &Ctx, model: &str) -> Result<Value> {
         rows.insert(
             kind.as_str().into(),
             json!({"available": true, "device": backend.device().name, "first_call_ms": first_ms,
-                   "latency": summary, "ratio_p50_vs_ort_cpu": ratio}),
+                   "latency": summary, "ratio_p50_vs_ort_cpu": ratio,
+                   "max_abs_diff_vs_ort_cpu": max_abs_diff}),
         );
     }
     Ok(json!({"model": model, "backends": rows}))

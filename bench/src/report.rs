@@ -292,27 +292,28 @@ fn markdown(r: &Value) -> String {
     rounds_table(&mut md, r);
 
     let _ = writeln!(md, "## Backends: each model called directly on each backend, ORT CPU as baseline\n");
-    let _ = writeln!(md, "| model | backend | device | first call ms | p50 µs | p99 µs | p50 vs ORT CPU |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "| model | backend | device | first call ms | p50 µs | p99 µs | p50 vs ORT CPU | max abs diff vs ORT CPU |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     for m in r["backends"].as_array().into_iter().flatten() {
         for (k, v) in m["backends"].as_object().into_iter().flatten() {
             if v["available"] == true {
                 let _ = writeln!(
                     md,
-                    "| {} | {k} | {} | {:.1} | {:.0} | {:.0} | {} |",
+                    "| {} | {k} | {} | {:.1} | {:.0} | {:.0} | {} | {} |",
                     m["model"].as_str().unwrap_or("?"),
                     v["device"].as_str().unwrap_or("?"),
                     f(&v["first_call_ms"]),
                     f(&v["latency"]["p50_us"]),
                     f(&v["latency"]["p99_us"]),
                     v["ratio_p50_vs_ort_cpu"].as_f64().map_or("baseline".to_string(), |x| format!("×{x:.2}")),
+                    v["max_abs_diff_vs_ort_cpu"].as_f64().map_or("—".to_string(), |x| format!("{x:.1e}")),
                 );
             } else {
                 let _ = writeln!(
                     md,
-                    "| {} | {k} | not available: {} | | | | |",
+                    "| {} | {k} | not available: {} | | | | | |",
                     m["model"].as_str().unwrap_or("?"),
-                    v["reason"].as_str().unwrap_or("?").replace('|', "/")
+                    v["reason"].as_str().unwrap_or("?").trim().replace('|', "/").replace('\n', " ")
                 );
             }
         }

@@ -115,6 +115,23 @@ pub fn default_memory_budget() -> u64 {
         .map_or(4 << 30, |kib| kib * 1024 / 2)
 }
 
+/// The model of the machine's NVIDIA GPU (device 0 where all are the same
+/// model), from the kernel driver's `/proc/driver/nvidia/gpus/*/information`:
+/// receipts and `mote specs` name the GPU a CUDA job ran on, as they name a
+/// wgpu adapter. `None` where the driver does not say or the GPUs differ
+/// (CUDA's device order need not be the bus order).
+pub fn nvidia_gpu_model() -> Option<String> {
+    let mut models: Vec<String> = std::fs::read_dir("/proc/driver/nvidia/gpus")
+        .ok()?
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("information")).ok())
+        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("Model:")).map(|m| m.trim().to_string()))
+        .filter(|m| !m.is_empty())
+        .collect();
+    models.sort();
+    models.dedup();
+    (models.len() == 1).then(|| models.remove(0))
+}
+
 /// The process-wide environment. Every session runs on the environment's
 /// one intra-op thread pool (`threads` threads, 0: one per core, set by the
 /// first caller), without spinning: many sessions share the cores with wasm
@@ -221,9 +238,13 @@ impl OrtBackend {
                 ),
             ));
         }
+        let name = match nvidia_gpu_model() {
+            Some(model) => format!("cuda:0 ({model})"),
+            None => "cuda:0".into(),
+        };
         let backend = Self {
             kind: BackendKind::OrtCuda,
-            device: DeviceInfo { backend: BackendKind::OrtCuda, name: "cuda:0".into() },
+            device: DeviceInfo { backend: BackendKind::OrtCuda, name },
             sessions_built: Arc::default(),
         };
         // A device answers only if a real session can be placed on it.
@@ -308,7 +329,11 @@ impl OrtBackend {
             .map_err(fail)?;
         if self.kind == BackendKind::OrtCuda {
             builder = builder
-                .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
+                // float32 models compute in float32: TF32 tensor cores
+                // (ORT's default) keep 10 mantissa bits, so a job's outputs
+                // would depend on the GPU generation it lands on and drift
+                // ~1e-3 from every other backend a market re-executes on.
+                .with_execution_providers([ort::ep::CUDA::default().with_tf32(false).build().error_on_failure()])
                 .map_err(fail)?;
         }
         // Kept alive while the build runs: the watchdog holds it weakly.

@@ -14,6 +14,20 @@ pub fn build_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../build")))
 }
 
+/// Says that `test` skipped its checks and why: on stderr, and as a line of
+/// `build/test-skips.log`, which `scripts/test.sh` empties before the run
+/// and prints after its summary, so a skip is never a silent pass (cargo
+/// shows a passing test's stderr to no one).
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let line = format!("SKIPPED {test}: {why}");
+    eprintln!("{line}");
+    let log = build_dir().join("test-skips.log");
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&log) {
+        let _ = writeln!(f, "{}", line.replace('\n', " "));
+    }
+}
+
 /// Reads a built artifact; a missing one is a setup problem, said plainly.
 pub fn artifact(rel: &str) -> Vec<u8> {
     let path = build_dir().join(rel);
