@@ -237,7 +237,41 @@ fn batched_cuda_jobs_get_exactly_their_own_rows() {
         }
     }
     let stats = batched.batch_stats().unwrap();
-    eprintln!("CUDA batching: {stats:?}; largest |batched − unbatched| {worst:e}");
+    eprintln!(
+        "CUDA batching: {stats:?}; largest |batched − unbatched| {worst:e}; session builds retried: {}",
+        mote_runtime::backend::ort::cuda_capture_retries()
+    );
     assert!(stats.batched_runs > 0, "no batch was formed in 3 rounds of {JOBS} jobs: {stats:?}");
     assert_eq!(stats.fallbacks, 0, "{stats:?}");
+}
+
+/// Sessions built while others run (what a node does as new deployments
+/// arrive): every build and run succeeds. On an H200, ORT's session set-up
+/// met another thread's stream capture (CUDA error 900) and the job failed
+/// as a bad model; builds are now tried again (`cuda_capture_retries`).
+#[test]
+fn cuda_sessions_built_beside_running_ones_all_succeed() {
+    if !cuda_or_skip("cuda_sessions_built_beside_running_ones_all_succeed") {
+        return;
+    }
+    let backend = standalone(BackendKind::OrtCuda).expect("CUDA");
+    let req = request("cnn");
+    let direct = DirectInputs::new(&req).unwrap();
+    let models = ["cnn", "transformer", "mlp", "mlp_builder.reference"];
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let (backend, direct) = (&backend, &direct);
+            s.spawn(move || {
+                for round in 0..3 {
+                    // A fresh session of another model, then a CNN run.
+                    let name = models[(t + round) % models.len()];
+                    backend.load(model(name).into()).unwrap_or_else(|e| panic!("thread {t} round {round}: load {name}: {e}"));
+                    let graph = backend.load(model("cnn").into()).expect("load cnn");
+                    let mut ctx = graph.init_execution_context().unwrap();
+                    ctx.compute(&direct.views(), None).unwrap_or_else(|e| panic!("thread {t} round {round}: run: {e}"));
+                }
+            });
+        }
+    });
+    eprintln!("CUDA session builds retried for a stream capture elsewhere: {}", mote_runtime::backend::ort::cuda_capture_retries());
 }

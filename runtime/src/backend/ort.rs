@@ -333,7 +333,18 @@ impl OrtBackend {
                 // (ORT's default) keep 10 mantissa bits, so a job's outputs
                 // would depend on the GPU generation it lands on and drift
                 // ~1e-3 from every other backend a market re-executes on.
-                .with_execution_providers([ort::ep::CUDA::default().with_tf32(false).build().error_on_failure()])
+                //
+                // cuDNN's algorithms by heuristic, not by ORT's default
+                // exhaustive benchmark of every algorithm at each new input
+                // shape: that search runs inside the job that first brings a
+                // shape (unpredictable charges; batched runs bring a new
+                // shape per batch size, per session) and, measured on an
+                // H200, collapsed batched throughput (docs/gpu.md).
+                .with_execution_providers([ort::ep::CUDA::default()
+                    .with_tf32(false)
+                    .with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic)
+                    .build()
+                    .error_on_failure()])
                 .map_err(fail)?;
         }
         // Kept alive while the build runs: the watchdog holds it weakly.
@@ -349,7 +360,23 @@ impl OrtBackend {
             None => None,
         };
         let started = Instant::now();
-        let built = builder.commit_from_memory(model);
+        let mut built = builder.commit_from_memory(model);
+        // ORT's CUDA session set-up synchronises the whole device, which
+        // CUDA refuses while another thread's stream is being captured
+        // (error 900; seen on an H200 with sessions created beside running
+        // ones, onnxruntime#18806): that is no fault of the model, so the
+        // build is tried again, briefly, within the deadline.
+        let mut tries = 0u64;
+        while let Err(e) = &built {
+            let out_of_time = deadline.is_some_and(|at| Instant::now() >= at);
+            if self.kind != BackendKind::OrtCuda || tries >= 50 || out_of_time || !is_capture_conflict(&e.to_string()) {
+                break;
+            }
+            tries += 1;
+            CUDA_CAPTURE_RETRIES.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(std::time::Duration::from_millis(tries.min(10)));
+            built = builder.commit_from_memory(model);
+        }
         drop(cancel);
         let session = built.map_err(|e| {
             if deadline.is_some_and(|at| Instant::now() >= at) {
@@ -407,14 +434,39 @@ impl LoadSlots {
 }
 
 /// Classifies a session-creation failure by ORT's error code.
+/// Session builds retried because another thread was capturing a CUDA
+/// stream (see `OrtBackend::commit`), since the process started.
+static CUDA_CAPTURE_RETRIES: AtomicU64 = AtomicU64::new(0);
+
+/// How many CUDA session builds were tried again for a stream capture
+/// elsewhere in the process (for tests and the device check).
+pub fn cuda_capture_retries() -> u64 {
+    CUDA_CAPTURE_RETRIES.load(Ordering::Relaxed)
+}
+
+/// `cudaErrorStreamCaptureUnsupported`, as ORT words it.
+fn is_capture_conflict(msg: &str) -> bool {
+    msg.contains("CUDA failure 900") || msg.contains("when stream is capturing")
+}
+
+/// A failure of the GPU's libraries (CUDA, cuDNN, cuBLAS), not of the model.
+fn is_device_failure(msg: &str) -> bool {
+    ["CUDA failure", "CUDNN failure", "CUBLAS failure", "CUDA error", "cudaError"].iter().any(|m| msg.contains(m))
+}
+
 fn classify_load_error(e: &ort::Error) -> BackendError {
     use ort::ErrorCode as C;
     let kind = match e.code() {
+        _ if is_device_failure(&e.to_string()) => BackendErrorKind::Runtime,
         C::NotImplemented => BackendErrorKind::Unsupported,
         C::RuntimeException | C::EngineError | C::ExecutionProviderFailure => BackendErrorKind::Runtime,
         _ => BackendErrorKind::InvalidEncoding,
     };
-    BackendError::new(kind, format!("ONNX Runtime rejected the model: {}", without_source_paths(&e.to_string())))
+    let msg = without_source_paths(&e.to_string());
+    if is_device_failure(&msg) {
+        return BackendError::new(kind, format!("the GPU failed while ONNX Runtime loaded the model: {msg}"));
+    }
+    BackendError::new(kind, format!("ONNX Runtime rejected the model: {msg}"))
 }
 
 /// ORT messages start with the C++ source location that raised them
@@ -957,4 +1009,29 @@ fn identity_model() -> Vec<u8> {
     let mut d = crate::graph_builder::GraphDraft::default();
     let x = d.input("x", ElementType::F32, &[1]).expect("valid input");
     d.lower(&[("y".into(), x)]).expect("valid graph")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As ORT 1.31's CUDA provider reported it on an H200 (a session built
+    /// while another thread's stream was capturing).
+    const CAPTURE: &str = "/onnxruntime_src/onnxruntime/core/providers/cuda/cuda_call.cc:129 std::conditional_t<THRW, void, \
+        onnxruntime::common::Status> onnxruntime::CudaCall(ERRTYPE, const char*, const char*, SUCCTYPE, const char*, \
+        const char*, int) [with ERRTYPE = cudaError; bool THRW = true] CUDA failure 900: operation not permitted when \
+        stream is capturing ; GPU=0 ; hostname=vm ; ; line=358 ; expr=cudaDeviceSynchronize();";
+
+    #[test]
+    fn a_stream_capture_elsewhere_is_a_device_failure_to_retry_not_a_bad_model() {
+        assert!(is_capture_conflict(CAPTURE));
+        assert!(is_device_failure(CAPTURE));
+        assert!(!is_capture_conflict("CUDA failure 2: out of memory ; GPU=0"));
+        assert!(is_device_failure("CUDNN failure 5000: CUDNN_STATUS_EXECUTION_FAILED"));
+        // Plain model errors stay model errors.
+        for msg in ["Protobuf parsing failed.", "This is an invalid model. Error: two nodes with same node name (n)."] {
+            assert!(!is_device_failure(msg) && !is_capture_conflict(msg), "{msg}");
+        }
+        assert!(!without_source_paths(CAPTURE).contains("onnxruntime_src"));
+    }
 }
