@@ -75,6 +75,11 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
                     "batched_runs": runs,
                     "mean_jobs_per_run": if runs > 0 { computes as f64 / runs as f64 } else { 0.0 },
                     "alone_computes": after.alone_computes - before.alone_computes,
+                    // The merged runs' own backend time: against the
+                    // per-row cost below, what batching loses around them.
+                    "mean_batched_run_us": if runs > 0 {
+                        (after.batched_run_ns - before.batched_run_ns) as f64 / runs as f64 / 1e3
+                    } else { 0.0 },
                     "cpu_us_per_request": cpu_us_per_request,
                 }));
             }

@@ -12,6 +12,17 @@ fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
 
+/// Whether a section ran (`--only` leaves the others out of the JSON, or
+/// empty).
+fn has(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+        _ => true,
+    }
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok {
         "met"
@@ -141,212 +152,222 @@ fn markdown(r: &Value) -> String {
         m["onnxruntime"].as_str().unwrap_or("?"),
     );
 
-    let _ = writeln!(md, "## Sandbox overhead vs a native ORT session\n");
-    let _ = writeln!(
-        md,
-        "*in guest*: each inference of a running guest (`inference-loop`: tensors into the host, compute, outputs \
-         back into the guest), timed inside the sandbox; the targets apply to it. *whole job*: the `passthrough` \
-         guest as the node runs every request: a fresh instance, model lookup, inference, request and response \
-         hashes and the signed receipt. *input hash*: the receipt's digest of the request alone (BLAKE3), and \
-         beside it the sha256 that receipts carried before.\n"
-    );
-    let _ = writeln!(
-        md,
-        "| model | input KiB | native p50 | native p99 | in guest p50 | in guest p99 | ratio p50 | target | | whole job p50 | \
-         whole job p99 | ratio p50 | input hash p50 | sha256 p50 (older receipts) |"
-    );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for o in r["overhead"].as_array().into_iter().flatten() {
-        let target = match o["model"].as_str() {
-            Some("cnn") => Some(1.03),
-            Some("mlp") => Some(1.10),
-            _ => None,
-        };
-        let ratio = f(&o["ratio_p50"]);
+    if has(&r["overhead"]) {
+        let _ = writeln!(md, "## Sandbox overhead vs a native ORT session\n");
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {} | {} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} |",
-            o["model"].as_str().unwrap_or("?"),
-            f(&o["input_bytes"]) / 1024.0,
-            f(&o["native"]["p50_us"]),
-            f(&o["native"]["p99_us"]),
-            f(&o["in_guest"]["p50_us"]),
-            f(&o["in_guest"]["p99_us"]),
-            ratio,
-            target.map_or("—".into(), |t| format!("≤ {t}")),
-            target.map_or("", |t| verdict(ratio <= t)),
-            f(&o["job"]["p50_us"]),
-            f(&o["job"]["p99_us"]),
-            f(&o["job_ratio_p50"]),
-            f(&o["input_hash"]["p50_us"]),
-            f(&o["input_hash_sha256"]["p50_us"]),
+            "*in guest*: each inference of a running guest (`inference-loop`: tensors into the host, compute, outputs \
+             back into the guest), timed inside the sandbox; the targets apply to it. *whole job*: the `passthrough` \
+             guest as the node runs every request: a fresh instance, model lookup, inference, request and response \
+             hashes and the signed receipt. *input hash*: the receipt's digest of the request alone (BLAKE3), and \
+             beside it the sha256 that receipts carried before.\n"
         );
-    }
-
-    let i = &r["instantiation"];
-    let _ = writeln!(md, "\n## Instantiation and compilation\n");
-    let _ = writeln!(md, "| what | p50 | p99 | mean | target | |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|");
-    for (name, key, target) in [
-        ("instantiate (pooled, pre-instantiated)", "instantiate", None),
-        ("warm instantiate + empty handler (store, instance, call: the receipt's wall time)", "empty_call", Some(10.0)),
-        ("whole job with an empty handler (the above + hashes + signed receipt)", "empty_job", Some(20.0)),
-        ("receipt signature, precomputed nonce (what a job pays)", "receipt_sign", None),
-        ("receipt signature, RFC 8032 nonce (the inline fallback)", "receipt_sign_rfc8032", None),
-    ] {
-        let p50 = f(&i[key]["p50_us"]);
         let _ = writeln!(
             md,
-            "| {name} | {:.1} | {:.1} | {:.1} | {} | {} |",
-            p50,
-            f(&i[key]["p99_us"]),
-            f(&i[key]["mean_us"]),
-            target.map_or("—".into(), |t| format!("≤ {t}")),
-            target.map_or("", |t| verdict(p50 <= t))
+            "| model | input KiB | native p50 | native p99 | in guest p50 | in guest p99 | ratio p50 | target | | whole job p50 | \
+             whole job p99 | ratio p50 | input hash p50 | sha256 p50 (older receipts) |"
         );
-    }
-    let (cold, cached) = (f(&i["compile_cold_ms"]), f(&i["compile_cached_ms"]));
-    let _ = writeln!(
-        md,
-        "\nCompiling the classifier guest ({} KiB): cold {cold:.1} ms, from wasmtime's compiled-module cache {cached:.1} ms \
-         (ratio {:.3}).\n",
-        i["guest_bytes"].as_u64().unwrap_or(0) / 1024,
-        cached / cold
-    );
-
-    let _ = writeln!(md, "## Endpoint: latency and throughput by transport and concurrency\n");
-    let _ = writeln!(md, "| model | clients | transport | p50 | p99 | mean | req/s | p50 overhead vs in-process |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
-    let rows: Vec<&Value> = r["endpoint"].as_array().into_iter().flatten().collect();
-    let base = |model: &str, conc: &Value| {
-        rows.iter()
-            .find(|x| x["model"] == model && x["concurrency"] == *conc && x["transport"] == "in-process")
-            .map(|x| f(&x["latency"]["p50_us"]))
-            .unwrap_or(f64::NAN)
-    };
-    for x in rows.iter().filter(|x| x["model"] != "none") {
-        let model = x["model"].as_str().unwrap_or("?");
-        let p50 = f(&x["latency"]["p50_us"]);
-        let _ = writeln!(
-            md,
-            "| {model} | {} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {} |",
-            x["concurrency"],
-            x["transport"].as_str().unwrap_or("?"),
-            p50,
-            f(&x["latency"]["p99_us"]),
-            f(&x["latency"]["mean_us"]),
-            f(&x["throughput_rps"]),
-            if x["transport"] == "in-process" {
-                "baseline".to_string()
-            } else {
-                format!("{:+.1}", p50 - base(model, &x["concurrency"]))
-            },
-        );
-    }
-    let overhead = |t: &str| endpoint_overhead(&r["endpoint"], t).unwrap_or(f64::NAN);
-    let (https, quic) = (overhead("https-json"), overhead("quic"));
-    let tput = |t: &str, c: u64| {
-        rows.iter()
-            .find(|x| x["model"] == "mlp" && x["concurrency"] == c && x["transport"] == t)
-            .map(|x| f(&x["throughput_rps"]))
-            .unwrap_or(f64::NAN)
-    };
-    let floor = |t: &str| {
-        rows.iter().find(|x| x["transport"] == t).map(|x| f(&x["latency"]["p50_us"])).unwrap_or(f64::NAN)
-    };
-    let _ = writeln!(
-        md,
-        "\nThe transports without a job (1 client, p50): HTTPS `GET /v2/health/live` {:.1} µs, QUIC request for a \
-         missing deployment {:.1} µs. Client and server share the machine's cores. The node's hand-off of a no-op \
-         to a job thread and back (async task → job thread → task, as around every served job, and the in-process \
-         rows above): {:.1} µs.",
-        floor("https-no-job"),
-        floor("quic-no-job"),
-        floor("job-thread-handoff")
-    );
-    let _ = writeln!(md, "\nTargets (tiny MLP, 1 client):\n");
-    let _ = writeln!(
-        md,
-        "- HTTPS p50 overhead over in-process: {https:.1} µs (target ≤ 100 µs): {}",
-        verdict(https <= 100.0)
-    );
-    let _ =
-        writeln!(md, "- QUIC p50 overhead over in-process: {quic:.1} µs (target ≤ 60 µs): {}", verdict(quic <= 60.0));
-    let _ = writeln!(md, "- gRPC (KServe v2, TLS) p50 overhead over in-process: {:.1} µs", overhead("grpc"));
-    let json_ratio = cnn_json_ratio(&r["endpoint"]).unwrap_or(f64::NAN);
-    let _ = writeln!(
-        md,
-        "- CNN over HTTPS, JSON / binary p50 (1 client): ×{json_ratio:.2} (target ≤ ×2): {}",
-        verdict(json_ratio <= 2.0)
-    );
-    let _ = writeln!(
-        md,
-        "\nThroughput with 64 clients vs 1 (target: both of the {} cores busy, ≥ ×1.6):\n",
-        r["machine"]["cores"]
-    );
-    for t in ["in-process", "https-json", "https-binary", "quic", "grpc"] {
-        let scale = tput(t, 64) / tput(t, 1);
-        let _ = writeln!(md, "- {t}: ×{scale:.2}: {}", verdict(scale >= 1.6));
-    }
-    let _ = writeln!(md, "\n![latency vs concurrency](latency.svg)\n");
-    rounds_table(&mut md, r);
-
-    let _ = writeln!(md, "## Backends: each model called directly on each backend, ORT CPU as baseline\n");
-    let _ = writeln!(md, "| model | backend | device | first call ms | p50 µs | p99 µs | p50 vs ORT CPU | max abs diff vs ORT CPU |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
-    for m in r["backends"].as_array().into_iter().flatten() {
-        for (k, v) in m["backends"].as_object().into_iter().flatten() {
-            if v["available"] == true {
-                let _ = writeln!(
-                    md,
-                    "| {} | {k} | {} | {:.1} | {:.0} | {:.0} | {} | {} |",
-                    m["model"].as_str().unwrap_or("?"),
-                    v["device"].as_str().unwrap_or("?"),
-                    f(&v["first_call_ms"]),
-                    f(&v["latency"]["p50_us"]),
-                    f(&v["latency"]["p99_us"]),
-                    v["ratio_p50_vs_ort_cpu"].as_f64().map_or("baseline".to_string(), |x| format!("×{x:.2}")),
-                    v["max_abs_diff_vs_ort_cpu"].as_f64().map_or("—".to_string(), |x| format!("{x:.1e}")),
-                );
-            } else {
-                let _ = writeln!(
-                    md,
-                    "| {} | {k} | not available: {} | | | | | |",
-                    m["model"].as_str().unwrap_or("?"),
-                    v["reason"].as_str().unwrap_or("?").trim().replace('|', "/").replace('\n', " ")
-                );
-            }
-        }
-    }
-    for m in r["backends"].as_array().into_iter().flatten() {
-        let b = &m["backends"];
-        if b["wgpu"]["available"] == true && b["ort-cuda"]["available"] == true {
-            let ratio = f(&b["wgpu"]["latency"]["p50_us"]) / f(&b["ort-cuda"]["latency"]["p50_us"]);
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for o in r["overhead"].as_array().into_iter().flatten() {
+            let target = match o["model"].as_str() {
+                Some("cnn") => Some(1.03),
+                Some("mlp") => Some(1.10),
+                _ => None,
+            };
+            let ratio = f(&o["ratio_p50"]);
             let _ = writeln!(
                 md,
-                "\n{}: wgpu / ORT CUDA p50 = ×{ratio:.2}{}",
-                m["model"].as_str().unwrap_or("?"),
-                if m["model"] == "cnn" { format!(": {}", verdict(ratio <= 1.5)) } else { String::new() }
+                "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {} | {} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} |",
+                o["model"].as_str().unwrap_or("?"),
+                f(&o["input_bytes"]) / 1024.0,
+                f(&o["native"]["p50_us"]),
+                f(&o["native"]["p99_us"]),
+                f(&o["in_guest"]["p50_us"]),
+                f(&o["in_guest"]["p99_us"]),
+                ratio,
+                target.map_or("—".into(), |t| format!("≤ {t}")),
+                target.map_or("", |t| verdict(ratio <= t)),
+                f(&o["job"]["p50_us"]),
+                f(&o["job"]["p99_us"]),
+                f(&o["job_ratio_p50"]),
+                f(&o["input_hash"]["p50_us"]),
+                f(&o["input_hash_sha256"]["p50_us"]),
             );
         }
     }
-    let _ = writeln!(
-        md,
-        "\nTarget (real GPU only): wgpu within 1.5× of ORT CUDA on the CNN at batch 1. \
-         A software adapter (llvmpipe) emulates a GPU on the CPU cores: its figures are reported without a target."
-    );
-    let _ = writeln!(md, "\n## Fuel metering: same guest, metering on vs off\n");
-    let _ = writeln!(md, "| guest | off p50 | on p50 | ratio p50 |");
-    let _ = writeln!(md, "|---|---|---|---|");
-    for x in r["metering"].as_array().into_iter().flatten() {
+
+    if has(&r["instantiation"]) {
+        let i = &r["instantiation"];
+        let _ = writeln!(md, "\n## Instantiation and compilation\n");
+        let _ = writeln!(md, "| what | p50 | p99 | mean | target | |");
+        let _ = writeln!(md, "|---|---|---|---|---|---|");
+        for (name, key, target) in [
+            ("instantiate (pooled, pre-instantiated)", "instantiate", None),
+            ("warm instantiate + empty handler (store, instance, call: the receipt's wall time)", "empty_call", Some(10.0)),
+            ("whole job with an empty handler (the above + hashes + signed receipt)", "empty_job", Some(20.0)),
+            ("receipt signature, precomputed nonce (what a job pays)", "receipt_sign", None),
+            ("receipt signature, RFC 8032 nonce (the inline fallback)", "receipt_sign_rfc8032", None),
+        ] {
+            let p50 = f(&i[key]["p50_us"]);
+            let _ = writeln!(
+                md,
+                "| {name} | {:.1} | {:.1} | {:.1} | {} | {} |",
+                p50,
+                f(&i[key]["p99_us"]),
+                f(&i[key]["mean_us"]),
+                target.map_or("—".into(), |t| format!("≤ {t}")),
+                target.map_or("", |t| verdict(p50 <= t))
+            );
+        }
+        let (cold, cached) = (f(&i["compile_cold_ms"]), f(&i["compile_cached_ms"]));
         let _ = writeln!(
             md,
-            "| {} | {:.1} | {:.1} | {:.3} |",
-            x["guest"].as_str().unwrap_or("?"),
-            f(&x["fuel_off"]["p50_us"]),
-            f(&x["fuel_on"]["p50_us"]),
-            f(&x["ratio_p50"])
+            "\nCompiling the classifier guest ({} KiB): cold {cold:.1} ms, from wasmtime's compiled-module cache {cached:.1} ms \
+             (ratio {:.3}).\n",
+            i["guest_bytes"].as_u64().unwrap_or(0) / 1024,
+            cached / cold
         );
+    }
+
+    if has(&r["endpoint"]) {
+        let _ = writeln!(md, "## Endpoint: latency and throughput by transport and concurrency\n");
+        let _ = writeln!(md, "| model | clients | transport | p50 | p99 | mean | req/s | p50 overhead vs in-process |");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+        let rows: Vec<&Value> = r["endpoint"].as_array().into_iter().flatten().collect();
+        let base = |model: &str, conc: &Value| {
+            rows.iter()
+                .find(|x| x["model"] == model && x["concurrency"] == *conc && x["transport"] == "in-process")
+                .map(|x| f(&x["latency"]["p50_us"]))
+                .unwrap_or(f64::NAN)
+        };
+        for x in rows.iter().filter(|x| x["model"] != "none") {
+            let model = x["model"].as_str().unwrap_or("?");
+            let p50 = f(&x["latency"]["p50_us"]);
+            let _ = writeln!(
+                md,
+                "| {model} | {} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {} |",
+                x["concurrency"],
+                x["transport"].as_str().unwrap_or("?"),
+                p50,
+                f(&x["latency"]["p99_us"]),
+                f(&x["latency"]["mean_us"]),
+                f(&x["throughput_rps"]),
+                if x["transport"] == "in-process" {
+                    "baseline".to_string()
+                } else {
+                    format!("{:+.1}", p50 - base(model, &x["concurrency"]))
+                },
+            );
+        }
+        let overhead = |t: &str| endpoint_overhead(&r["endpoint"], t).unwrap_or(f64::NAN);
+        let (https, quic) = (overhead("https-json"), overhead("quic"));
+        let tput = |t: &str, c: u64| {
+            rows.iter()
+                .find(|x| x["model"] == "mlp" && x["concurrency"] == c && x["transport"] == t)
+                .map(|x| f(&x["throughput_rps"]))
+                .unwrap_or(f64::NAN)
+        };
+        let floor = |t: &str| {
+            rows.iter().find(|x| x["transport"] == t).map(|x| f(&x["latency"]["p50_us"])).unwrap_or(f64::NAN)
+        };
+        let _ = writeln!(
+            md,
+            "\nThe transports without a job (1 client, p50): HTTPS `GET /v2/health/live` {:.1} µs, QUIC request for a \
+             missing deployment {:.1} µs. Client and server share the machine's cores. The node's hand-off of a no-op \
+             to a job thread and back (async task → job thread → task, as around every served job, and the in-process \
+             rows above): {:.1} µs.",
+            floor("https-no-job"),
+            floor("quic-no-job"),
+            floor("job-thread-handoff")
+        );
+        let _ = writeln!(md, "\nTargets (tiny MLP, 1 client):\n");
+        let _ = writeln!(
+            md,
+            "- HTTPS p50 overhead over in-process: {https:.1} µs (target ≤ 100 µs): {}",
+            verdict(https <= 100.0)
+        );
+        let _ =
+            writeln!(md, "- QUIC p50 overhead over in-process: {quic:.1} µs (target ≤ 60 µs): {}", verdict(quic <= 60.0));
+        let _ = writeln!(md, "- gRPC (KServe v2, TLS) p50 overhead over in-process: {:.1} µs", overhead("grpc"));
+        let json_ratio = cnn_json_ratio(&r["endpoint"]).unwrap_or(f64::NAN);
+        let _ = writeln!(
+            md,
+            "- CNN over HTTPS, JSON / binary p50 (1 client): ×{json_ratio:.2} (target ≤ ×2): {}",
+            verdict(json_ratio <= 2.0)
+        );
+        let _ = writeln!(
+            md,
+            "\nThroughput with 64 clients vs 1 (target: both of the {} cores busy, ≥ ×1.6):\n",
+            r["machine"]["cores"]
+        );
+        for t in ["in-process", "https-json", "https-binary", "quic", "grpc"] {
+            let scale = tput(t, 64) / tput(t, 1);
+            let _ = writeln!(md, "- {t}: ×{scale:.2}: {}", verdict(scale >= 1.6));
+        }
+        let _ = writeln!(md, "\n![latency vs concurrency](latency.svg)\n");
+    }
+    rounds_table(&mut md, r);
+
+    if has(&r["backends"]) {
+        let _ = writeln!(md, "## Backends: each model called directly on each backend, ORT CPU as baseline\n");
+        let _ = writeln!(md, "| model | backend | device | first call ms | p50 µs | p99 µs | p50 vs ORT CPU | max abs diff vs ORT CPU |");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+        for m in r["backends"].as_array().into_iter().flatten() {
+            for (k, v) in m["backends"].as_object().into_iter().flatten() {
+                if v["available"] == true {
+                    let _ = writeln!(
+                        md,
+                        "| {} | {k} | {} | {:.1} | {:.0} | {:.0} | {} | {} |",
+                        m["model"].as_str().unwrap_or("?"),
+                        v["device"].as_str().unwrap_or("?"),
+                        f(&v["first_call_ms"]),
+                        f(&v["latency"]["p50_us"]),
+                        f(&v["latency"]["p99_us"]),
+                        v["ratio_p50_vs_ort_cpu"].as_f64().map_or("baseline".to_string(), |x| format!("×{x:.2}")),
+                        v["max_abs_diff_vs_ort_cpu"].as_f64().map_or("—".to_string(), |x| format!("{x:.1e}")),
+                    );
+                } else {
+                    let _ = writeln!(
+                        md,
+                        "| {} | {k} | not available: {} | | | | | |",
+                        m["model"].as_str().unwrap_or("?"),
+                        v["reason"].as_str().unwrap_or("?").trim().replace('|', "/").replace('\n', " ")
+                    );
+                }
+            }
+        }
+        for m in r["backends"].as_array().into_iter().flatten() {
+            let b = &m["backends"];
+            if b["wgpu"]["available"] == true && b["ort-cuda"]["available"] == true {
+                let ratio = f(&b["wgpu"]["latency"]["p50_us"]) / f(&b["ort-cuda"]["latency"]["p50_us"]);
+                let _ = writeln!(
+                    md,
+                    "\n{}: wgpu / ORT CUDA p50 = ×{ratio:.2}{}",
+                    m["model"].as_str().unwrap_or("?"),
+                    if m["model"] == "cnn" { format!(": {}", verdict(ratio <= 1.5)) } else { String::new() }
+                );
+            }
+        }
+        let _ = writeln!(
+            md,
+            "\nTarget (real GPU only): wgpu within 1.5× of ORT CUDA on the CNN at batch 1. \
+             A software adapter (llvmpipe) emulates a GPU on the CPU cores: its figures are reported without a target."
+        );
+    }
+    if has(&r["metering"]) {
+        let _ = writeln!(md, "\n## Fuel metering: same guest, metering on vs off\n");
+        let _ = writeln!(md, "| guest | off p50 | on p50 | ratio p50 |");
+        let _ = writeln!(md, "|---|---|---|---|");
+        for x in r["metering"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                md,
+                "| {} | {:.1} | {:.1} | {:.3} |",
+                x["guest"].as_str().unwrap_or("?"),
+                f(&x["fuel_off"]["p50_us"]),
+                f(&x["fuel_on"]["p50_us"]),
+                f(&x["ratio_p50"])
+            );
+        }
     }
     let mk = &r["market"];
     if !mk.is_null() {
@@ -378,13 +399,13 @@ fn markdown(r: &Value) -> String {
         );
         let _ = writeln!(
             md,
-            "| config | slots | clients | p50 | p99 | req/s | CPU µs/request | batched runs | jobs per run | repetitions (p50 at 1 client, req/s at 64) |"
+            "| config | slots | clients | p50 | p99 | req/s | CPU µs/request | batched runs | jobs per run | µs per batched run | repetitions (p50 at 1 client, req/s at 64) |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
         for x in b["runs"].as_array().into_iter().flatten() {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {:.1} | {:.1} | {:.0} | {:.0} | {} | {:.1} | {} |",
+                "| {} | {} | {} | {:.1} | {:.1} | {:.0} | {:.0} | {} | {:.1} | {:.0} | {} |",
                 x["config"].as_str().unwrap_or("?"),
                 x["slots"],
                 x["clients"],
@@ -394,6 +415,7 @@ fn markdown(r: &Value) -> String {
                 f(&x["cpu_us_per_request"]),
                 x["batched_runs"],
                 f(&x["mean_jobs_per_run"]),
+                f(&x["mean_batched_run_us"]),
                 x["repetitions"].as_array().into_iter().flatten().map(|v| format!("{:.0}", f(v))).collect::<Vec<_>>().join(", "),
             );
         }

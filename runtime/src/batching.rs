@@ -83,6 +83,8 @@ pub struct BatchStats {
     /// Batched runs that failed or gave outputs without per-row shape, so
     /// their jobs ran alone.
     pub fallbacks: u64,
+    /// Backend time of the batched runs, all together (ns).
+    pub batched_run_ns: u64,
 }
 
 #[derive(Default)]
@@ -92,6 +94,7 @@ struct Counters {
     batched_rows: AtomicU64,
     alone_computes: AtomicU64,
     fallbacks: AtomicU64,
+    batched_run_ns: AtomicU64,
 }
 
 type LaneKey = (String, BackendKind);
@@ -149,6 +152,7 @@ impl Batcher {
             batched_rows: c.batched_rows.load(Ordering::Relaxed),
             alone_computes: c.alone_computes.load(Ordering::Relaxed),
             fallbacks: c.fallbacks.load(Ordering::Relaxed),
+            batched_run_ns: c.batched_run_ns.load(Ordering::Relaxed),
         }
     }
 }
@@ -416,6 +420,7 @@ impl Lane {
         counters.batched_runs.fetch_add(1, Ordering::Relaxed);
         counters.batched_computes.fetch_add(parts.len() as u64, Ordering::Relaxed);
         counters.batched_rows.fetch_add(u64::from(batch.rows), Ordering::Relaxed);
+        counters.batched_run_ns.fetch_add(ns, Ordering::Relaxed);
         let jobs = parts.len() as u32;
         let share = |total: u64, rows: u32| (u128::from(total) * u128::from(rows)).div_ceil(u128::from(batch.rows)) as u64;
         let computed =

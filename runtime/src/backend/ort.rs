@@ -433,7 +433,6 @@ impl LoadSlots {
     }
 }
 
-/// Classifies a session-creation failure by ORT's error code.
 /// Session builds retried because another thread was capturing a CUDA
 /// stream (see `OrtBackend::commit`), since the process started.
 static CUDA_CAPTURE_RETRIES: AtomicU64 = AtomicU64::new(0);
@@ -444,26 +443,40 @@ pub fn cuda_capture_retries() -> u64 {
     CUDA_CAPTURE_RETRIES.load(Ordering::Relaxed)
 }
 
-/// `cudaErrorStreamCaptureUnsupported`, as ORT words it.
-fn is_capture_conflict(msg: &str) -> bool {
-    msg.contains("CUDA failure 900") || msg.contains("when stream is capturing")
+/// Whether ORT's message (as ORT gives it, source location first) was
+/// raised in its CUDA provider. Only the first word counts: the rest can
+/// quote a hostile model's node names, which must not make a model's error
+/// pass for a device failure (nor buy it retried builds).
+fn from_cuda_provider(raw: &str) -> bool {
+    // Session initialisation wraps what its steps throw in this prefix.
+    let raw = raw.trim_start();
+    let raw = raw.strip_prefix("Exception during initialization:").unwrap_or(raw);
+    raw.split_whitespace().next().is_some_and(|w| w.contains("/providers/cuda/"))
+}
+
+/// `cudaErrorStreamCaptureUnsupported`, as ORT's CUDA provider words it.
+fn is_capture_conflict(raw: &str) -> bool {
+    from_cuda_provider(raw) && raw.contains("CUDA failure 900:")
 }
 
 /// A failure of the GPU's libraries (CUDA, cuDNN, cuBLAS), not of the model.
-fn is_device_failure(msg: &str) -> bool {
-    ["CUDA failure", "CUDNN failure", "CUBLAS failure", "CUDA error", "cudaError"].iter().any(|m| msg.contains(m))
+fn is_device_failure(raw: &str) -> bool {
+    from_cuda_provider(raw) && ["CUDA failure", "CUDNN failure", "CUBLAS failure"].iter().any(|m| raw.contains(m))
 }
 
+/// Classifies a session-creation failure by ORT's error code.
 fn classify_load_error(e: &ort::Error) -> BackendError {
     use ort::ErrorCode as C;
+    let raw = e.to_string();
+    let device_failure = is_device_failure(&raw);
     let kind = match e.code() {
-        _ if is_device_failure(&e.to_string()) => BackendErrorKind::Runtime,
+        _ if device_failure => BackendErrorKind::Runtime,
         C::NotImplemented => BackendErrorKind::Unsupported,
         C::RuntimeException | C::EngineError | C::ExecutionProviderFailure => BackendErrorKind::Runtime,
         _ => BackendErrorKind::InvalidEncoding,
     };
-    let msg = without_source_paths(&e.to_string());
-    if is_device_failure(&msg) {
+    let msg = without_source_paths(&raw);
+    if device_failure {
         return BackendError::new(kind, format!("the GPU failed while ONNX Runtime loaded the model: {msg}"));
     }
     BackendError::new(kind, format!("ONNX Runtime rejected the model: {msg}"))
@@ -1026,8 +1039,14 @@ mod tests {
     fn a_stream_capture_elsewhere_is_a_device_failure_to_retry_not_a_bad_model() {
         assert!(is_capture_conflict(CAPTURE));
         assert!(is_device_failure(CAPTURE));
-        assert!(!is_capture_conflict("CUDA failure 2: out of memory ; GPU=0"));
-        assert!(is_device_failure("CUDNN failure 5000: CUDNN_STATUS_EXECUTION_FAILED"));
+        let cuda = "/onnxruntime_src/onnxruntime/core/providers/cuda/cuda_call.cc:129 CudaCall";
+        assert!(!is_capture_conflict(&format!("{cuda} CUDA failure 2: out of memory ; GPU=0")));
+        assert!(is_device_failure(&format!("{cuda} CUDNN failure 5000: CUDNN_STATUS_EXECUTION_FAILED")));
+        // A model's own words (a node named so) are not a device failure.
+        let hostile = "/onnxruntime_src/onnxruntime/core/graph/graph.cc:1234 Node (CUDA failure 900: operation not \
+            permitted when stream is capturing) has input size 0";
+        assert!(!is_capture_conflict(hostile) && !is_device_failure(hostile));
+        assert!(is_device_failure(&format!("Exception during initialization: {cuda} CUDNN failure 4: INTERNAL_ERROR")));
         // Plain model errors stay model errors.
         for msg in ["Protobuf parsing failed.", "This is an invalid model. Error: two nodes with same node name (n)."] {
             assert!(!is_device_failure(msg) && !is_capture_conflict(msg), "{msg}");
