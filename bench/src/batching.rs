@@ -122,8 +122,33 @@ pub(crate) fn per_row_cost(ctx: &Ctx) -> Result<Value> {
             });
             per_row.push(s.p50_us / f64::from(n));
         }
+        // Merged runs differ in size from one run to the next: the same
+        // rows' cost with the batch size cycling 2..=rows on this context
+        // (every size run once before), against the fixed size above.
+        let sizes: Vec<u32> = (2..=rows).collect();
+        let batches: Vec<(Vec<u8>, Vec<u32>)> = sizes
+            .iter()
+            .map(|&n| (x.data.repeat(n as usize), std::iter::once(n).chain(x.shape[1..].iter().map(|&d| d as u32)).collect()))
+            .collect();
+        let run = |exec: &mut Box<dyn mote_runtime::backend::BackendExecutionContext>, (data, dims): &(Vec<u8>, Vec<u32>)| {
+            let view = [(x.name.as_str(), TensorView { ty, dims, data })];
+            exec.compute(&view, None).expect("backend run");
+        };
+        for b in &batches {
+            run(&mut exec, b);
+        }
+        let cycles = runs.div_ceil(batches.len()).max(1);
+        let start = std::time::Instant::now();
+        for _ in 0..cycles {
+            for b in &batches {
+                run(&mut exec, b);
+            }
+        }
+        let cycled_rows = cycles as f64 * sizes.iter().map(|&n| f64::from(n)).sum::<f64>();
+        let per_row_cycling = start.elapsed().as_secs_f64() * 1e6 / cycled_rows;
         out.push(json!({"backend": kind.as_str(), "device": backend.device().name, "rows": rows,
-            "per_row_us_batch_1": per_row[0], "per_row_us_batched": per_row[1], "gain": per_row[0] / per_row[1]}));
+            "per_row_us_batch_1": per_row[0], "per_row_us_batched": per_row[1], "gain": per_row[0] / per_row[1],
+            "per_row_us_cycling_sizes": per_row_cycling}));
     }
     Ok(Value::Array(out))
 }

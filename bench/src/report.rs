@@ -422,18 +422,19 @@ fn markdown(r: &Value) -> String {
         let _ = writeln!(
             md,
             "\nThe backend's compute alone (CNN, no guest), time per row at batch 1 and batched — the most a merged \
-             run can gain before any job overhead:\n\n| backend | device | batch | µs/row at 1 | µs/row batched | gain |\n|---|---|---|---|---|---|"
+             run can gain before any job overhead:\n\n| backend | device | batch | µs/row at 1 | µs/row batched | gain | µs/row, sizes 2..batch in turn (mean) |\n|---|---|---|---|---|---|---|"
         );
         for x in b["per_row_cost"].as_array().into_iter().flatten() {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {:.1} | {:.1} | ×{:.2} |",
+                "| {} | {} | {} | {:.1} | {:.1} | ×{:.2} | {:.1} |",
                 x["backend"].as_str().unwrap_or("?"),
                 x["device"].as_str().unwrap_or("?"),
                 x["rows"],
                 f(&x["per_row_us_batch_1"]),
                 f(&x["per_row_us_batched"]),
-                f(&x["gain"])
+                f(&x["gain"]),
+                f(&x["per_row_us_cycling_sizes"])
             );
         }
         if let Some((throughput, latency)) = crate::batching::ratios(b) {
