@@ -653,20 +653,9 @@ mod tests {
         b.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
     }
 
-    /// Runs `jobs` concurrent computes (job i has `rows(i)` rows, data
+    /// Runs `jobs` concurrent computes on a lane of `kind` (job i has `rows(i)` rows, data
     /// `data(i)`), each with its own seat and context, started together.
     fn run_jobs(
-        config: BatchConfig,
-        max_bytes: u64,
-        model: RowModel,
-        jobs: usize,
-        rows: impl Fn(usize) -> u32 + Sync,
-        data: impl Fn(usize) -> Vec<f32> + Sync,
-    ) -> Vec<(Vec<f32>, Computed)> {
-        run_jobs_on(BackendKind::OrtCpu, config, max_bytes, model, jobs, rows, data)
-    }
-
-    fn run_jobs_on(
         kind: BackendKind,
         config: BatchConfig,
         max_bytes: u64,
@@ -714,7 +703,7 @@ mod tests {
         let runs = Arc::new(Mutex::new(Vec::new()));
         let model = RowModel { runs: runs.clone(), squash: false, delay: Duration::from_millis(2) };
         let config = BatchConfig { max_batch: 16, window_us: 200_000 };
-        let results = run_jobs(config, 1 << 30, model, 8, |i| 1 + (i % 3) as u32, |i| rows_of(i, 1 + (i % 3) as u32));
+        let results = run_jobs(BackendKind::OrtCpu, config, 1 << 30, model, 8, |i| 1 + (i % 3) as u32, |i| rows_of(i, 1 + (i % 3) as u32));
         for (x, c) in &results {
             let out = c.outputs.as_ref().expect("computed");
             assert_eq!(out.len(), 1);
@@ -739,7 +728,7 @@ mod tests {
         let runs = Arc::new(Mutex::new(Vec::new()));
         let model = RowModel { runs: runs.clone(), squash: false, delay: Duration::from_millis(2) };
         let config = BatchConfig { max_batch: 4, window_us: 50_000 };
-        let results = run_jobs(config, 1 << 30, model, 12, |_| 1, |i| rows_of(i, 1));
+        let results = run_jobs(BackendKind::OrtCpu, config, 1 << 30, model, 12, |_| 1, |i| rows_of(i, 1));
         for (x, c) in &results {
             assert_eq!(floats(&c.outputs.as_ref().unwrap()[0].1.data), expected(x));
         }
@@ -757,7 +746,7 @@ mod tests {
             let runs = Arc::new(Mutex::new(Vec::new()));
             let model = RowModel { runs: runs.clone(), squash: false, delay: Duration::from_millis(2) };
             let config = BatchConfig { max_batch: 8, window_us: 100_000 };
-            let results = run_jobs_on(kind, config, 1 << 30, model, 5, |i| 1 + (i % 2) as u32, |i| rows_of(i, 1 + (i % 2) as u32));
+            let results = run_jobs(kind, config, 1 << 30, model, 5, |i| 1 + (i % 2) as u32, |i| rows_of(i, 1 + (i % 2) as u32));
             for (i, (x, c)) in results.iter().enumerate() {
                 let out = &c.outputs.as_ref().unwrap()[0].1;
                 assert_eq!(out.dims, vec![1 + (i % 2) as u32, 3], "{kind}: job {i} got another job's or padding rows");
@@ -778,7 +767,7 @@ mod tests {
         let runs = Arc::new(Mutex::new(Vec::new()));
         let model = RowModel { runs: runs.clone(), squash: false, delay: Duration::from_millis(2) };
         let config = BatchConfig { max_batch: 8, window_us: 100_000 };
-        run_jobs_on(BackendKind::OrtCuda, config, 36, model, 3, |_| 1, |i| rows_of(i, 1));
+        run_jobs(BackendKind::OrtCuda, config, 36, model, 3, |_| 1, |i| rows_of(i, 1));
         assert_eq!(lock(&runs).iter().sum::<u32>(), 3, "{:?}", lock(&runs));
     }
 
@@ -794,7 +783,7 @@ mod tests {
             }
             x
         };
-        let results = run_jobs(config, 1 << 30, model, 6, |_| 2, data);
+        let results = run_jobs(BackendKind::OrtCpu, config, 1 << 30, model, 6, |_| 2, data);
         for (i, (x, c)) in results.iter().enumerate() {
             if i == 3 {
                 assert_eq!(c.outputs.as_ref().unwrap_err().kind, BackendErrorKind::Runtime);
@@ -809,7 +798,7 @@ mod tests {
         let runs = Arc::new(Mutex::new(Vec::new()));
         let model = RowModel { runs: runs.clone(), squash: true, delay: Duration::from_millis(1) };
         let config = BatchConfig { max_batch: 16, window_us: 200_000 };
-        let results = run_jobs(config, 1 << 30, model, 4, |_| 1, |i| rows_of(i, 1));
+        let results = run_jobs(BackendKind::OrtCpu, config, 1 << 30, model, 4, |_| 1, |i| rows_of(i, 1));
         for (x, c) in &results {
             let out = &c.outputs.as_ref().unwrap()[0].1;
             assert_eq!(out.dims, vec![3], "the job's own, unbatched, output");
@@ -825,7 +814,7 @@ mod tests {
         let runs = Arc::new(Mutex::new(Vec::new()));
         let model = RowModel { runs: runs.clone(), squash: false, delay: Duration::from_millis(2) };
         let config = BatchConfig { max_batch: 64, window_us: 50_000 };
-        let results = run_jobs(config, 100, model, 12, |_| 2, |i| rows_of(i, 2));
+        let results = run_jobs(BackendKind::OrtCpu, config, 100, model, 12, |_| 2, |i| rows_of(i, 2));
         for (x, c) in &results {
             assert_eq!(floats(&c.outputs.as_ref().unwrap()[0].1.data), expected(x));
         }
@@ -835,7 +824,7 @@ mod tests {
         // Inputs over half the bound run alone, uncopied.
         let runs = Arc::new(Mutex::new(Vec::new()));
         let model = RowModel { runs: runs.clone(), squash: false, delay: Duration::from_millis(2) };
-        run_jobs(config, 40, model, 4, |_| 2, |i| rows_of(i, 2));
+        run_jobs(BackendKind::OrtCpu, config, 40, model, 4, |_| 2, |i| rows_of(i, 2));
         assert_eq!(lock(&runs).clone(), vec![2, 2, 2, 2]);
     }
 
@@ -844,7 +833,7 @@ mod tests {
         let model = RowModel { runs: Arc::default(), squash: false, delay: Duration::ZERO };
         let config = BatchConfig { max_batch: 8, window_us: MAX_WINDOW_US };
         let start = Instant::now();
-        let results = run_jobs(config, 1 << 30, model, 1, |_| 1, |i| rows_of(i, 1));
+        let results = run_jobs(BackendKind::OrtCpu, config, 1 << 30, model, 1, |_| 1, |i| rows_of(i, 1));
         assert!(results[0].1.outputs.is_ok());
         assert!(start.elapsed() < Duration::from_millis(90), "waited {:?}", start.elapsed());
     }

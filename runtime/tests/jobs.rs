@@ -412,19 +412,7 @@ fn batched_jobs_get_exactly_their_own_rows() {
     const JOBS: usize = 12;
     let want: Vec<_> = (0..JOBS).map(|i| plain.run(&input(i)).result.expect("unbatched job")).collect();
     for round in 0..3 {
-        let barrier = std::sync::Barrier::new(JOBS);
-        let reports: Vec<_> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..JOBS)
-                .map(|i| {
-                    let (batched, barrier, req) = (&batched, &barrier, input(i));
-                    s.spawn(move || {
-                        barrier.wait();
-                        batched.run_owned(req)
-                    })
-                })
-                .collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        });
+        let reports = run_together(&batched, (0..JOBS).map(input).collect());
         for (i, report) in reports.iter().enumerate() {
             let got = report.result.as_ref().unwrap_or_else(|e| panic!("round {round} job {i}: {e:?}"));
             for out in ["probs", "logits"] {

@@ -36,32 +36,6 @@ fn cuda_or_skip(test: &str) -> bool {
     }
 }
 
-fn run_direct(kind: BackendKind, model_name: &str) -> serde_json::Value {
-    let backend = standalone(kind).unwrap_or_else(|e| panic!("{kind} backend: {e}"));
-    let graph = backend.load(model(model_name).into()).unwrap_or_else(|e| panic!("{kind} load {model_name}: {e}"));
-    let mut ctx = graph.init_execution_context().unwrap();
-    let req = request(model_name);
-    let direct = DirectInputs::new(&req).unwrap();
-    // Twice: the first run on CUDA picks cuDNN's algorithms.
-    for _ in 0..2 {
-        ctx.compute(&direct.views(), None).unwrap_or_else(|e| panic!("{kind} compute {model_name}: {e}"));
-    }
-    let outs = ctx.compute(&direct.views(), None).unwrap();
-    let response = Response {
-        outputs: outs
-            .into_iter()
-            .map(|(name, t)| IoTensor {
-                name,
-                datatype: t.ty.into(),
-                shape: t.dims.iter().map(|&d| u64::from(d)).collect(),
-                data: t.data,
-            })
-            .collect(),
-        ..Response::default()
-    };
-    kserve::response_json(&response, None).unwrap()
-}
-
 /// Largest absolute difference over all float outputs (for the log).
 fn worst_difference(got: &serde_json::Value, want: &serde_json::Value) -> f64 {
     let mut worst = 0f64;
@@ -80,8 +54,9 @@ fn model_matches(name: &str) {
     if !cuda_or_skip(&format!("{name}_on_cuda_equals_ort_cpu")) {
         return;
     }
-    let got = run_direct(BackendKind::OrtCuda, name);
-    let cpu = run_direct(BackendKind::OrtCpu, name);
+    // Three runs: the first on CUDA picks cuDNN's algorithms.
+    let got = run_direct(BackendKind::OrtCuda, name, 3);
+    let cpu = run_direct(BackendKind::OrtCpu, name, 1);
     eprintln!("{name}: CUDA vs ORT CPU, largest |difference| {:e}", worst_difference(&got, &cpu));
     // float32 throughout (TF32 is off): summation order is the only
     // difference, as between ORT CPU and the Python reference.
@@ -102,24 +77,6 @@ fn transformer_on_cuda_equals_ort_cpu() {
 #[test]
 fn mlp_on_cuda_equals_ort_cpu() {
     model_matches("mlp");
-}
-
-fn deploy_on(
-    rt: &mote_runtime::Runtime,
-    guest_name: &str,
-    models: &[(&str, &str)],
-    backend: BackendChoice,
-    batching: Option<mote_runtime::batching::BatchConfig>,
-) -> mote_runtime::Deployment {
-    rt.deploy(DeploymentSpec {
-        name: guest_name.into(),
-        guest: guest(guest_name),
-        models: models.iter().map(|(n, m)| (n.to_string(), model(m))).collect(),
-        limits: Limits::default(),
-        backend,
-        batching,
-    })
-    .expect("deploy")
 }
 
 #[test]
@@ -211,19 +168,7 @@ fn batched_cuda_jobs_get_exactly_their_own_rows() {
     let want: Vec<_> = (0..JOBS).map(|i| floats(&plain.run(&input(i)).result.expect("unbatched job"))).collect();
     let mut worst = 0f32;
     for round in 0..3 {
-        let barrier = std::sync::Barrier::new(JOBS);
-        let reports: Vec<_> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..JOBS)
-                .map(|i| {
-                    let (batched, barrier, req) = (&batched, &barrier, input(i));
-                    s.spawn(move || {
-                        barrier.wait();
-                        batched.run_owned(req)
-                    })
-                })
-                .collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        });
+        let reports = run_together(&batched, (0..JOBS).map(input).collect());
         for (i, report) in reports.iter().enumerate() {
             let got = floats(report.result.as_ref().unwrap_or_else(|e| panic!("round {round} job {i}: {e:?}")));
             assert_eq!(got.len(), want[i].len());

@@ -13,35 +13,12 @@ use mote_runtime::backend::{standalone, BackendChoice, BackendKind, DirectInputs
 use mote_runtime::tensor::IoTensor;
 use mote_runtime::{kserve, DeploymentSpec, Limits, Outcome, Request, Response};
 
-/// Runs a model's reference request directly on a backend.
-fn run_direct(kind: BackendKind, model_name: &str) -> serde_json::Value {
-    let backend = standalone(kind).unwrap_or_else(|e| panic!("{kind} backend: {e}"));
-    let graph = backend.load(model(model_name).into()).unwrap_or_else(|e| panic!("{kind} load {model_name}: {e}"));
-    let mut ctx = graph.init_execution_context().unwrap();
-    let req = request(model_name);
-    let direct = DirectInputs::new(&req).unwrap();
-    let outs = ctx.compute(&direct.views(), None).unwrap_or_else(|e| panic!("{kind} compute {model_name}: {e}"));
-    let response = Response {
-        outputs: outs
-            .into_iter()
-            .map(|(name, t)| IoTensor {
-                name,
-                datatype: t.ty.into(),
-                shape: t.dims.iter().map(|&d| u64::from(d)).collect(),
-                data: t.data,
-            })
-            .collect(),
-        ..Response::default()
-    };
-    kserve::response_json(&response, None).unwrap()
-}
-
 fn model_matches(name: &str) {
-    let got = run_direct(BackendKind::Wgpu, name);
+    let got = run_direct(BackendKind::Wgpu, name, 1);
     // Against the Python onnxruntime reference...
     assert_outputs_match(&got, &expected_json(name), 1e-4, 1e-5);
     // ...and against the Rust ORT backend on the same inputs.
-    let ort = run_direct(BackendKind::OrtCpu, name);
+    let ort = run_direct(BackendKind::OrtCpu, name, 1);
     assert_outputs_match(&got, &ort, 1e-4, 1e-5);
 }
 
@@ -87,23 +64,6 @@ fn weights_are_uploaded_once_per_graph() {
     assert_eq!(uploaded() - before, input_bytes);
 }
 
-fn deploy_on(
-    rt: &mote_runtime::Runtime,
-    guest_name: &str,
-    models: &[(&str, &str)],
-    backend: BackendChoice,
-) -> mote_runtime::Deployment {
-    rt.deploy(DeploymentSpec {
-        name: guest_name.into(),
-        guest: guest(guest_name),
-        models: models.iter().map(|(n, m)| (n.to_string(), model(m))).collect(),
-        limits: Limits::default(),
-        backend,
-        batching: None,
-    })
-    .expect("deploy")
-}
-
 #[test]
 fn jobs_pinned_to_wgpu_run_guests_and_name_the_adapter() {
     let rt = runtime();
@@ -111,7 +71,7 @@ fn jobs_pinned_to_wgpu_run_guests_and_name_the_adapter() {
     let wgpu = BackendChoice::Fixed(BackendKind::Wgpu);
 
     // wasi-nn load-by-name through the passthrough guest.
-    let d = deploy_on(&rt, "passthrough", &[("model", "cnn")], wgpu);
+    let d = deploy_on(&rt, "passthrough", &[("model", "cnn")], wgpu, None);
     let report = d.run(&request("cnn"));
     let response = report.result.unwrap_or_else(|e| panic!("cnn job on wgpu failed: {e}"));
     assert_eq!(report.receipt.outcome, Outcome::Ok);
@@ -126,14 +86,14 @@ fn jobs_pinned_to_wgpu_run_guests_and_name_the_adapter() {
     assert_outputs_match(&got, &expected_json("cnn"), 1e-4, 1e-5);
 
     // Graph builder: the MLP declared op by op, lowered, run on wgpu.
-    let d = deploy_on(&rt, "mlp-builder", &[], wgpu);
+    let d = deploy_on(&rt, "mlp-builder", &[], wgpu, None);
     let report = d.run(&request("mlp_builder"));
     let got = kserve::response_json(&report.result.expect("mlp-builder on wgpu"), None).unwrap();
     assert_outputs_match(&got, &expected_json("mlp_builder"), 1e-4, 1e-6);
     assert_eq!(report.receipt.backend, "wgpu");
 
     // wasi-nn load with target gpu (ONNX bytes embedded in the guest).
-    let d = deploy_on(&rt, "classifier", &[], wgpu);
+    let d = deploy_on(&rt, "classifier", &[], wgpu, None);
     let req: Request = with_params(request("classifier"), &[("target", "gpu")]);
     let report = d.run(&req);
     let got = kserve::response_json(&report.result.expect("classifier on wgpu"), None).unwrap();
@@ -154,7 +114,7 @@ fn auto_never_picks_a_software_adapter() {
     // A gpu-target load under auto without CUDA or a hardware adapter is an
     // error that says why, not a silent llvmpipe (or CPU) run.
     if !hardware && rt.backend_device(BackendChoice::Fixed(BackendKind::OrtCuda)).is_err() {
-        let d = deploy_on(&rt, "classifier", &[], BackendChoice::Auto);
+        let d = deploy_on(&rt, "classifier", &[], BackendChoice::Auto, None);
         let report = d.run(&with_params(request("classifier"), &[("target", "gpu")]));
         let err = report.result.expect_err("gpu target without a GPU");
         assert!(err.to_string().contains("no hardware wgpu adapter"), "{err}");
@@ -167,7 +127,7 @@ fn auto_never_picks_a_software_adapter() {
 fn supports_answers_for_the_jobs_backend() {
     let rt = runtime();
     let ask = |backend: BackendChoice, target: &str| -> Vec<i64> {
-        let d = deploy_on(&rt, "misbehave", &[], backend);
+        let d = deploy_on(&rt, "misbehave", &[], backend, None);
         let req = Request {
             inputs: vec![],
             parameters: vec![

@@ -60,6 +60,72 @@ pub fn runtime() -> Runtime {
     Runtime::new(RuntimeConfig { data_dir: None, pool_instances: 16, ..RuntimeConfig::default() }).expect("runtime")
 }
 
+/// A deployment of `guest_name` with `models`, pinned to `backend`.
+pub fn deploy_on(
+    rt: &Runtime,
+    guest_name: &str,
+    models: &[(&str, &str)],
+    backend: BackendChoice,
+    batching: Option<mote_runtime::batching::BatchConfig>,
+) -> Deployment {
+    rt.deploy(DeploymentSpec {
+        name: guest_name.into(),
+        guest: guest(guest_name),
+        models: models.iter().map(|(n, m)| (n.to_string(), model(m))).collect(),
+        limits: Limits::default(),
+        backend,
+        batching,
+    })
+    .expect("deploy")
+}
+
+/// Runs `requests` as concurrent jobs of `d`, started together (one
+/// thread each, behind a barrier); the reports in request order.
+pub fn run_together(d: &Deployment, requests: Vec<Request>) -> Vec<mote_runtime::JobReport> {
+    let barrier = std::sync::Barrier::new(requests.len());
+    std::thread::scope(|s| {
+        let hs: Vec<_> = requests
+            .into_iter()
+            .map(|req| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    barrier.wait();
+                    d.run_owned(req)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// Runs a model's reference request directly on a backend (no guest),
+/// `runs` times on one context; the last run's outputs as KServe JSON.
+pub fn run_direct(kind: mote_runtime::backend::BackendKind, model_name: &str, runs: usize) -> serde_json::Value {
+    use mote_runtime::backend::{standalone, DirectInputs};
+    let backend = standalone(kind).unwrap_or_else(|e| panic!("{kind} backend: {e}"));
+    let graph = backend.load(model(model_name).into()).unwrap_or_else(|e| panic!("{kind} load {model_name}: {e}"));
+    let mut ctx = graph.init_execution_context().unwrap();
+    let req = request(model_name);
+    let direct = DirectInputs::new(&req).unwrap();
+    let mut outs = Vec::new();
+    for _ in 0..runs.max(1) {
+        outs = ctx.compute(&direct.views(), None).unwrap_or_else(|e| panic!("{kind} compute {model_name}: {e}"));
+    }
+    let response = mote_runtime::Response {
+        outputs: outs
+            .into_iter()
+            .map(|(name, t)| mote_runtime::tensor::IoTensor {
+                name,
+                datatype: t.ty.into(),
+                shape: t.dims.iter().map(|&d| u64::from(d)).collect(),
+                data: t.data,
+            })
+            .collect(),
+        ..mote_runtime::Response::default()
+    };
+    kserve::response_json(&response, None).unwrap()
+}
+
 pub fn deploy(rt: &Runtime, guest_name: &str, models: &[(&str, &str)], limits: Limits) -> Deployment {
     rt.deploy(DeploymentSpec {
         name: guest_name.into(),
