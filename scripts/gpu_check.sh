@@ -15,10 +15,10 @@
 # Binaries: MOTE_BIN_DIR (default the release target directory) holds
 # mote and mote-bench; test binaries are built with cargo, or, when
 # MOTE_TEST_BIN_DIR is set, run from there as prebuilt files named after
-# their test (ort_cuda, wgpu_models, ...). Prebuilt test binaries find
-# build/ through MOTE_BUILD_DIR and the repository through the path they
-# were compiled in: MOTE_COMPILED_ROOT names it, and it is linked here if
-# missing.
+# their test (ort_cuda, wgpu_models, ...). Prebuilt test binaries find this
+# checkout through MOTE_BUILD_DIR (its build/); MOTE_COMPILED_ROOT, if set,
+# is linked to this checkout where missing, for anything else that reads
+# the path the binaries were compiled in.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -28,6 +28,9 @@ out=$(cd "$out" && pwd)
 bin=${MOTE_BIN_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/mote-target}/release}
 export MOTE_BUILD_DIR=${MOTE_BUILD_DIR:-$root/build}
 export MOTE_REQUIRE_CUDA=${MOTE_REQUIRE_CUDA:-1}
+# As in CI, a test whose dependency is missing (the onnx package for the
+# conformance cases) fails instead of skipping.
+export CI=${CI:-1}
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp/mote-xdg-$(id -u)}
 mkdir -p -m 700 "$XDG_RUNTIME_DIR"
 failed=0

@@ -18,7 +18,15 @@ use prost::Message;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod common;
+
+/// The checkout: the parent of `MOTE_BUILD_DIR` where that is set (a
+/// prebuilt test binary run in another checkout, as scripts/gpu_check.sh
+/// does), else the one this file was compiled in.
 fn repo_root() -> PathBuf {
+    if let Some(root) = std::env::var_os("MOTE_BUILD_DIR").and_then(|b| Path::new(&b).parent().map(Path::to_path_buf)) {
+        return root;
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     root.canonicalize().unwrap_or(root)
 }
@@ -297,7 +305,7 @@ fn onnx_node_conformance_cases() {
         if std::env::var_os("CI").is_some() {
             panic!("the onnx package's conformance cases are missing (deps/venv; run `make setup`)");
         }
-        eprintln!("skipping: the onnx package (deps/venv) is not installed");
+        common::skip("onnx_node_conformance_cases", "the onnx package (deps/venv) is not installed");
         return;
     };
     let backend = standalone(BackendKind::Wgpu)
