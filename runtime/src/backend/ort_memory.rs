@@ -162,14 +162,19 @@ pub(crate) static SHRINK_PENDING: AtomicBool = AtomicBool::new(false);
 /// anything but a registration: one thread for the process reads the
 /// arena's bytes in use every millisecond while runs are watched (every
 /// 10 ms otherwise, for the baseline), and a run's charge is the most bytes
-/// in use seen during it above the last figure before it began. A run
-/// that ends before the sampler sees it is charged nothing: such a run
-/// cannot have used much (writing 64 MiB takes longer), and the node's
-/// arena cap bounds it regardless. Runs of other jobs at the same time
-/// make a figure larger, never smaller.
+/// in use seen during it above the last figure before it began. The first
+/// run watched wakes the sampler from its idle sleep, so a run is sampled
+/// from its start (a 64 MiB intermediate took ~5 ms on a fast core: a
+/// sampler left in its 10 ms sleep missed it, and the job's memory limit
+/// with it). A run that ends before the sampler sees it is charged
+/// nothing: such a run cannot have used much, and the node's arena cap
+/// bounds it regardless. Runs of other jobs at the same time make a figure
+/// larger, never smaller.
 struct Sampler {
     runs: Mutex<Vec<Weak<RunPeak>>>,
     last_in_use: AtomicU64,
+    /// The sampler's thread, woken when a run is watched while none was.
+    thread: OnceLock<std::thread::Thread>,
 }
 
 struct RunPeak {
@@ -181,12 +186,16 @@ impl Sampler {
     fn get() -> &'static Sampler {
         static S: OnceLock<&'static Sampler> = OnceLock::new();
         S.get_or_init(|| {
-            let s: &'static Sampler =
-                Box::leak(Box::new(Sampler { runs: Mutex::default(), last_in_use: AtomicU64::new(0) }));
-            std::thread::Builder::new()
+            let s: &'static Sampler = Box::leak(Box::new(Sampler {
+                runs: Mutex::default(),
+                last_in_use: AtomicU64::new(0),
+                thread: OnceLock::new(),
+            }));
+            let sampler = std::thread::Builder::new()
                 .name("mote-ort-memory".into())
                 .spawn(move || s.run())
                 .expect("spawn the ORT memory sampler");
+            let _ = s.thread.set(sampler.thread().clone());
             s
         })
     }
@@ -213,7 +222,12 @@ impl Sampler {
                     SHRINK_PENDING.store(true, Ordering::Relaxed);
                 }
             }
-            std::thread::sleep(if watching { SAMPLE_EVERY } else { SAMPLE_IDLE });
+            if watching {
+                std::thread::sleep(SAMPLE_EVERY);
+            } else {
+                // Woken early by the next run watched (RunWatch::start).
+                std::thread::park_timeout(SAMPLE_IDLE);
+            }
         }
     }
 }
@@ -228,7 +242,17 @@ impl RunWatch {
         let s = Sampler::get();
         let baseline = s.last_in_use.load(Ordering::Relaxed);
         let run = Arc::new(RunPeak { baseline, peak: AtomicU64::new(baseline) });
-        s.runs.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::downgrade(&run));
+        let first = {
+            let mut runs = s.runs.lock().unwrap_or_else(|p| p.into_inner());
+            let first = runs.iter().all(|r| r.strong_count() == 0);
+            runs.push(Arc::downgrade(&run));
+            first
+        };
+        if first {
+            if let Some(t) = s.thread.get() {
+                t.unpark();
+            }
+        }
         Some(Self(run))
     }
 
