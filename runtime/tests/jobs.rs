@@ -395,16 +395,7 @@ fn batched_jobs_get_exactly_their_own_rows() {
     assert!(plain.batch_stats().is_none());
     // Job i: the MLP's 4×16 request with every element shifted by i.
     let base = request("mlp");
-    let input = |i: usize| {
-        let mut r = base.clone();
-        let t = &mut r.inputs[0];
-        t.data = t
-            .data
-            .chunks_exact(4)
-            .flat_map(|b| (f32::from_le_bytes(b.try_into().unwrap()) + i as f32 * 0.25).to_le_bytes())
-            .collect();
-        r
-    };
+    let input = |i: usize| shifted(&base, i as f32 * 0.25);
     let floats = |r: &mote_runtime::Response, name: &str| -> Vec<f32> {
         let t = r.outputs.iter().find(|t| t.name == name).expect("output");
         t.data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()

@@ -14,8 +14,7 @@ mod common;
 
 use common::*;
 use mote_runtime::backend::{standalone, BackendChoice, BackendKind, DirectInputs};
-use mote_runtime::tensor::IoTensor;
-use mote_runtime::{kserve, DeploymentSpec, Limits, Outcome, Request, Response};
+use mote_runtime::{kserve, DeploymentSpec, Limits, Outcome, Response};
 
 const CUDA: BackendChoice = BackendChoice::Fixed(BackendKind::OrtCuda);
 
@@ -151,16 +150,7 @@ fn batched_cuda_jobs_get_exactly_their_own_rows() {
         deploy_on(&rt, "passthrough", &[("model", "cnn")], CUDA, Some(BatchConfig { max_batch: 16, window_us: 50_000 }));
     batched.warm().unwrap();
     let base = request("cnn");
-    let input = |i: usize| -> Request {
-        let mut r = base.clone();
-        let t = &mut r.inputs[0];
-        t.data = t
-            .data
-            .chunks_exact(4)
-            .flat_map(|b| (f32::from_le_bytes(b.try_into().unwrap()) + i as f32 * 0.05).to_le_bytes())
-            .collect();
-        r
-    };
+    let input = |i: usize| shifted(&base, i as f32 * 0.05);
     let floats = |r: &Response| -> Vec<f32> {
         r.outputs.iter().flat_map(|t| t.data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()))).collect()
     };

@@ -10,8 +10,7 @@ mod common;
 
 use common::*;
 use mote_runtime::backend::{standalone, BackendChoice, BackendKind, DirectInputs};
-use mote_runtime::tensor::IoTensor;
-use mote_runtime::{kserve, DeploymentSpec, Limits, Outcome, Request, Response};
+use mote_runtime::{kserve, Outcome, Request};
 
 fn model_matches(name: &str) {
     let got = run_direct(BackendKind::Wgpu, name, 1);

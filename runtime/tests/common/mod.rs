@@ -79,6 +79,15 @@ pub fn deploy_on(
     .expect("deploy")
 }
 
+/// `r` with every float32 element of its first input shifted by `by`
+/// (distinct jobs' inputs, for telling their rows apart).
+pub fn shifted(r: &Request, by: f32) -> Request {
+    let mut r = r.clone();
+    let t = &mut r.inputs[0];
+    t.data = t.data.chunks_exact(4).flat_map(|b| (f32::from_le_bytes(b.try_into().unwrap()) + by).to_le_bytes()).collect();
+    r
+}
+
 /// Runs `requests` as concurrent jobs of `d`, started together (one
 /// thread each, behind a barrier); the reports in request order.
 pub fn run_together(d: &Deployment, requests: Vec<Request>) -> Vec<mote_runtime::JobReport> {
