@@ -16,9 +16,8 @@
 # mote and mote-bench; test binaries are built with cargo, or, when
 # MOTE_TEST_BIN_DIR is set, run from there as prebuilt files named after
 # their test (ort_cuda, wgpu_models, ...). Prebuilt test binaries find this
-# checkout through MOTE_BUILD_DIR (its build/); MOTE_COMPILED_ROOT, if set,
-# is linked to this checkout where missing, for anything else that reads
-# the path the binaries were compiled in.
+# checkout through MOTE_BUILD_DIR (its build/), not the path they were
+# compiled in.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -62,9 +61,6 @@ if [ -z "${VK_DRIVER_FILES:-}" ] && ! ls /usr/share/vulkan/icd.d/nvidia* /etc/vu
   for f in /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json /usr/local/nvidia/vulkan/icd.d/nvidia_icd.json; do
     [ -f "$f" ] && export VK_DRIVER_FILES=$f && break
   done
-fi
-if [ -n "${MOTE_COMPILED_ROOT:-}" ] && [ ! -e "$MOTE_COMPILED_ROOT" ]; then
-  mkdir -p "$(dirname "$MOTE_COMPILED_ROOT")" && ln -s "$root" "$MOTE_COMPILED_ROOT"
 fi
 # The conformance test reads the onnx package through deps/venv's python
 # (a wrapper, not a link: a linked venv python would not find its venv).

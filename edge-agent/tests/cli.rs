@@ -98,23 +98,23 @@ fn run_prints_a_kserve_response_and_writes_a_verifiable_receipt() {
     v["price_units"] = serde_json::json!(0);
     let tampered = tmp().join("tampered.json");
     std::fs::write(&tampered, v.to_string()).unwrap();
-    let bad = mote(&["verify", tampered.to_str().unwrap()]);
-    assert!(!bad.status.success());
-    assert!(stderr(&bad).contains("signature does not match"), "{}", stderr(&bad));
+    verify_refuses(&[tampered.to_str().unwrap()], &["signature does not match"]);
 
     // ... and one for another request by its BLAKE3 request digest.
-    let wrong = mote(&["verify", receipt.to_str().unwrap(), "--input", &path("models/cnn.request.json")]);
-    assert!(!wrong.status.success());
-    assert!(
-        stderr(&wrong).contains("signature valid, but request") && stderr(&wrong).contains("Blake3"),
-        "{}",
-        stderr(&wrong)
-    );
+    let cnn_request = path("models/cnn.request.json");
+    verify_refuses(&[receipt.to_str().unwrap(), "--input", &cnn_request], &["signature valid, but request", "Blake3"]);
 
     // A receipt for another guest is caught by the hash check.
-    let wrong = mote(&["verify", receipt.to_str().unwrap(), "--guest", &path("guests/classifier.wasm")]);
-    assert!(!wrong.status.success());
-    assert!(stderr(&wrong).contains("signature valid, but guest"), "{}", stderr(&wrong));
+    let classifier = path("guests/classifier.wasm");
+    verify_refuses(&[receipt.to_str().unwrap(), "--guest", &classifier], &["signature valid, but guest"]);
+}
+
+/// `mote verify ARGS` fails, and its error says each of `says`.
+fn verify_refuses(args: &[&str], says: &[&str]) {
+    let out = mote(&[&["verify"][..], args].concat());
+    assert!(!out.status.success(), "verify {args:?} passed");
+    let err = stderr(&out);
+    assert!(says.iter().all(|s| err.contains(s)), "verify {args:?}: expected {says:?} in: {err}");
 }
 
 /// `mote verify` of a receipt signed before request digests moved to
@@ -126,13 +126,8 @@ fn verify_reads_receipts_with_sha256_digests() {
     let ok = mote(&["verify", receipt.to_str().unwrap(), "--input", request.to_str().unwrap()]);
     assert!(ok.status.success(), "verify failed: {}", stderr(&ok));
     // Another request (the CNN's) is not the one it binds.
-    let other = mote(&["verify", receipt.to_str().unwrap(), "--input", &path("models/cnn.request.json")]);
-    assert!(!other.status.success());
-    assert!(
-        stderr(&other).contains("signature valid, but request") && stderr(&other).contains("Sha256"),
-        "{}",
-        stderr(&other)
-    );
+    let cnn_request = path("models/cnn.request.json");
+    verify_refuses(&[receipt.to_str().unwrap(), "--input", &cnn_request], &["signature valid, but request", "Sha256"]);
 }
 
 #[test]

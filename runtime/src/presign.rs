@@ -213,6 +213,14 @@ mod tests {
     use super::*;
     use std::time::{Duration, Instant};
 
+    /// A presigner for `key` whose refill thread has filled the pool.
+    fn full(key: &SigningKey) -> Presigner {
+        let p = Presigner::new(key.clone());
+        p.sign(b"start the thread");
+        wait_full(&p);
+        p
+    }
+
     fn wait_full(p: &Presigner) {
         let end = Instant::now() + Duration::from_secs(20);
         while p.ready() < POOL_SIZE {
@@ -224,10 +232,8 @@ mod tests {
     #[test]
     fn presigned_signatures_verify_strictly_and_never_reuse_a_nonce() {
         let key = SigningKey::generate(&mut rand::rngs::OsRng);
-        let p = Presigner::new(key.clone());
+        let p = full(&key);
         let vk = key.verifying_key();
-        p.sign(b"start the thread");
-        wait_full(&p);
         let mut seen = std::collections::HashSet::new();
         // More than the pool: the rest are signed inline (deterministic).
         for i in 0..(POOL_SIZE + 8) {
@@ -242,9 +248,7 @@ mod tests {
     #[test]
     fn a_presigned_signature_differs_from_rfc8032s_and_both_verify() {
         let key = SigningKey::generate(&mut rand::rngs::OsRng);
-        let p = Presigner::new(key.clone());
-        p.sign(b"start");
-        wait_full(&p);
+        let p = full(&key);
         let msg = b"same message";
         let (a, b) = (p.sign(msg), p.sign(msg));
         let rfc = key.sign(msg);
@@ -257,9 +261,7 @@ mod tests {
 
     #[test]
     fn the_pool_refills_after_the_low_water_mark() {
-        let p = Presigner::new(SigningKey::generate(&mut rand::rngs::OsRng));
-        p.sign(b"start");
-        wait_full(&p);
+        let p = full(&SigningKey::generate(&mut rand::rngs::OsRng));
         for _ in 0..(POOL_SIZE - LOW_WATER + 1) {
             p.sign(b"drain");
         }
@@ -271,9 +273,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn the_refill_thread_runs_at_idle_priority() {
-        let p = Presigner::new(SigningKey::generate(&mut rand::rngs::OsRng));
-        p.sign(b"start");
-        wait_full(&p);
+        let _pool = full(&SigningKey::generate(&mut rand::rngs::OsRng));
         let mut seen = 0;
         for task in std::fs::read_dir("/proc/self/task").unwrap() {
             let task = task.unwrap().path();
@@ -294,9 +294,7 @@ mod tests {
     #[test]
     fn a_held_pool_lock_does_not_stall_a_signature() {
         let key = SigningKey::generate(&mut rand::rngs::OsRng);
-        let p = Presigner::new(key.clone());
-        p.sign(b"start");
-        wait_full(&p);
+        let p = full(&key);
         let held = p.pool.nonces.lock().unwrap();
         std::thread::scope(|s| {
             let signer = s.spawn(|| {
