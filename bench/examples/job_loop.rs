@@ -1,7 +1,7 @@
 //! Runs one kind of job in a loop for `perf record` (profiling aid for the
 //! fixed cost of a job): `job_loop empty|mlp|cnn [seconds]`, from the
 //! repository root. Prints the p50 of the loop's jobs. `job_loop
-//! in-guest-mlp N` runs N inferences inside one `inference-loop` job
+//! in-guest-mlp N [values|wasi-nn]` runs N inferences inside `inference-loop` jobs
 //! instead (the per-inference path between guest and backend).
 use mote_runtime::{kserve, DeploymentSpec, Limits, Request, Runtime, RuntimeConfig};
 use std::time::{Duration, Instant};
@@ -41,11 +41,21 @@ fn main() {
         }
     };
     if guest == "inference-loop" {
-        let mut req = req;
-        req.parameters.push(("runs".into(), format!("{}", secs as u64)));
+        // Jobs of at most 100000 inferences (the guest's bound) until N;
+        // a third argument picks the guest's `abi` (values, wasi-nn).
+        let abi = std::env::args().nth(3).unwrap_or_else(|| "values".into());
+        let total = secs as u64;
         let t = Instant::now();
-        d.run_owned(req).result.unwrap();
-        println!("{what}: {secs} inferences, {:.1} µs each", t.elapsed().as_secs_f64() * 1e6 / secs);
+        let mut done = 0;
+        while done < total {
+            let runs = (total - done).min(100_000);
+            let mut r = req.clone();
+            r.parameters.push(("runs".into(), runs.to_string()));
+            r.parameters.push(("abi".into(), abi.clone()));
+            d.run_owned(r).result.unwrap();
+            done += runs;
+        }
+        println!("{what} ({abi}): {total} inferences, {:.1} µs each", t.elapsed().as_secs_f64() * 1e6 / secs);
         return;
     }
     let end = Instant::now() + Duration::from_secs_f64(secs);

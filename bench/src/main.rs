@@ -149,10 +149,12 @@ pub(crate) fn time_owned<T>(
 
 /// Per-inference latencies a guest measured inside the sandbox: the
 /// `inference-loop` guest runs the model `runs` times in one job and returns
-/// each run's time as `latency_ns`.
-fn in_guest(d: &Deployment, req: &Request, runs: usize) -> Result<Summary> {
+/// each run's time as `latency_ns`. `abi`: `values` (one
+/// `mote:edge/inference-io` call per run) or `wasi-nn` (tensor resources).
+fn in_guest(d: &Deployment, req: &Request, runs: usize, abi: &str) -> Result<Summary> {
     let mut req = req.clone();
     req.parameters.push(("runs".into(), runs.to_string()));
+    req.parameters.push(("abi".into(), abi.into()));
     let resp = d.run_owned(req).result?;
     let t = resp
         .outputs
@@ -167,7 +169,9 @@ fn in_guest(d: &Deployment, req: &Request, runs: usize) -> Result<Summary> {
 /// Sandbox overhead on one model, three ways against native ORT (the same
 /// backend object, same threads, no sandbox):
 /// - in-guest: each inference of a running guest (tensors into the host,
-///   compute, outputs back into the guest), timed inside the sandbox;
+///   compute, outputs back into the guest), timed inside the sandbox, by
+///   value (`mote:edge/inference-io`, what the SDK uses) and, beside it,
+///   through wasi-nn's tensor resources;
 /// - whole job: the passthrough guest as the node runs every request
 ///   (instantiate, `load-by-name` through the cache, inference, receipt);
 /// - the receipt's request digest alone (BLAKE3 over the input tensors),
@@ -182,12 +186,14 @@ fn overhead(ctx: &Ctx, rt: &Runtime, model: &str) -> Result<Value> {
     let mut exec = graph.init_execution_context()?;
     let direct = DirectInputs::new(&req).map_err(anyhow::Error::msg)?;
     let runs = ctx.runs(model);
-    let pb = bar(runs * 3, &format!("overhead {model}"));
+    let pb = bar(runs * 4, &format!("overhead {model}"));
     let native = time(runs, &pb, || {
         exec.compute(&direct.views(), None).expect("native run");
     });
-    in_guest(&looped, &req, (runs / 10).max(3))?; // warm-up
-    let guest = in_guest(&looped, &req, runs)?;
+    in_guest(&looped, &req, (runs / 10).max(3), "values")?; // warm-up
+    let guest = in_guest(&looped, &req, runs, "values")?;
+    pb.inc(runs as u64);
+    let guest_wasi_nn = in_guest(&looped, &req, runs, "wasi-nn")?;
     pb.inc(runs as u64);
     let job = time_owned(
         runs,
@@ -204,9 +210,10 @@ fn overhead(ctx: &Ctx, rt: &Runtime, model: &str) -> Result<Value> {
         std::hint::black_box(mote_runtime::digest_with(DigestAlg::Sha256, &req.inputs, &req.parameters));
     });
     pb.finish_and_clear();
-    Ok(json!({"model": model, "native": native, "in_guest": guest, "job": job, "input_hash": hash, "input_hash_sha256": hash_sha256,
+    Ok(json!({"model": model, "native": native, "in_guest": guest, "in_guest_wasi_nn": guest_wasi_nn, "job": job, "input_hash": hash, "input_hash_sha256": hash_sha256,
               "input_bytes": req.inputs.iter().map(|t| t.data.len()).sum::<usize>(),
               "ratio_p50": guest.p50_us / native.p50_us, "ratio_mean": guest.mean_us / native.mean_us,
+              "wasi_nn_ratio_p50": guest_wasi_nn.p50_us / native.p50_us,
               "job_ratio_p50": job.p50_us / native.p50_us}))
 }
 

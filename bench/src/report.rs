@@ -89,6 +89,11 @@ fn rounds_table(md: &mut String, r: &Value) {
             Box::new(move |x| x["overhead"][i]["ratio_p50"].as_f64()),
             target,
         ));
+        figures.push((
+            format!("{model}: in guest via wasi-nn resources / native p50"),
+            Box::new(move |x| x["overhead"][i]["wasi_nn_ratio_p50"].as_f64()),
+            None,
+        ));
         let job_target = match model {
             "mlp" => Some(4.0),
             "cnn" => Some(1.15),
@@ -157,17 +162,19 @@ fn markdown(r: &Value) -> String {
         let _ = writeln!(
             md,
             "*in guest*: each inference of a running guest (`inference-loop`: tensors into the host, compute, outputs \
-             back into the guest), timed inside the sandbox; the targets apply to it. *whole job*: the `passthrough` \
+             back into the guest), timed inside the sandbox, tensors passed by value in one host call \
+             (`mote:edge/inference-io`, the SDK's `run_io`); the targets apply to it. *via wasi-nn*: the same loop \
+             through wasi-nn's tensor resources (a host call per input, `compute`, four per output). *whole job*: the `passthrough` \
              guest as the node runs every request: a fresh instance, model lookup, inference, request and response \
              hashes and the signed receipt. *input hash*: the receipt's digest of the request alone (BLAKE3), and \
              beside it the sha256 that receipts carried before.\n"
         );
         let _ = writeln!(
             md,
-            "| model | input KiB | native p50 | native p99 | in guest p50 | in guest p99 | ratio p50 | target | | whole job p50 | \
-             whole job p99 | ratio p50 | input hash p50 | sha256 p50 (older receipts) |"
+            "| model | input KiB | native p50 | native p99 | in guest p50 | in guest p99 | ratio p50 | target | | \
+             via wasi-nn p50 | ratio p50 | whole job p50 | whole job p99 | ratio p50 | input hash p50 | sha256 p50 (older receipts) |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for o in r["overhead"].as_array().into_iter().flatten() {
             let target = match o["model"].as_str() {
                 Some("cnn") => Some(1.03),
@@ -177,7 +184,7 @@ fn markdown(r: &Value) -> String {
             let ratio = f(&o["ratio_p50"]);
             let _ = writeln!(
                 md,
-                "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {} | {} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} |",
+                "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {} | {} | {:.1} | {:.3} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} |",
                 o["model"].as_str().unwrap_or("?"),
                 f(&o["input_bytes"]) / 1024.0,
                 f(&o["native"]["p50_us"]),
@@ -187,6 +194,8 @@ fn markdown(r: &Value) -> String {
                 ratio,
                 target.map_or("—".into(), |t| format!("≤ {t}")),
                 target.map_or("", |t| verdict(ratio <= t)),
+                f(&o["in_guest_wasi_nn"]["p50_us"]),
+                f(&o["wasi_nn_ratio_p50"]),
                 f(&o["job"]["p50_us"]),
                 f(&o["job"]["p99_us"]),
                 f(&o["job_ratio_p50"]),

@@ -81,8 +81,68 @@ fn a_guest_running_inference_in_a_loop_does_not_pile_its_inputs_on_the_host() {
     // inputs, which must not add up under a 128 MiB limit.
     let rt = runtime();
     let d = deploy(&rt, "inference-loop", &[("model", "cnn")], Limits { memory_bytes: 128 << 20, ..Limits::default() });
-    let r = d.run(&with_params(request("cnn"), &[("runs", "300")]));
-    assert!(r.result.is_ok(), "{:?}", r.result.err());
+    for abi in ["values", "wasi-nn"] {
+        let r = d.run(&with_params(request("cnn"), &[("runs", "300"), ("abi", abi)]));
+        assert!(r.result.is_ok(), "{abi}: {:?}", r.result.err());
+    }
+}
+
+#[test]
+fn inference_by_value_equals_wasi_nn_resources_and_is_metered_the_same() {
+    // inference-loop runs the model through mote:edge/inference-io (one
+    // call, tensors by value) or through wasi-nn's tensor resources.
+    let rt = runtime();
+    for model in ["mlp", "cnn", "transformer"] {
+        let d = deploy(&rt, "inference-loop", &[("model", model)], Limits::default());
+        let run = |abi: &str| {
+            let r = d.run(&with_params(request(model), &[("runs", "3"), ("abi", abi)]));
+            let resp = r.result.unwrap_or_else(|e| panic!("{model} {abi}: {e}"));
+            let mut outs: Vec<_> = resp.outputs.into_iter().filter(|t| t.name != "latency_ns").collect();
+            outs.sort_by(|a, b| a.name.cmp(&b.name));
+            (outs, r.receipt.usage)
+        };
+        let (by_value, used_by_value) = run("values");
+        let (by_resource, used_by_resource) = run("wasi-nn");
+        assert!(!by_value.is_empty(), "{model}: no outputs");
+        assert_eq!(by_value, by_resource, "{model}: outputs differ between the two ABIs");
+        // Same request, same runs: the same bytes in and out of the backend.
+        assert_eq!(used_by_value.bytes_in, used_by_resource.bytes_in, "{model}");
+        assert_eq!(used_by_value.bytes_out, used_by_resource.bytes_out, "{model}");
+        let input: u64 = request(model).inputs.iter().map(|t| t.data.len() as u64).sum();
+        assert_eq!(used_by_value.bytes_in, 3 * input, "{model}: bytes in counts each run's inputs");
+        assert!(used_by_value.backend_ns > 0);
+        // And the model's reference outputs (the Python reference).
+        let resp = mote_runtime::Response { outputs: by_value, parameters: vec![] };
+        assert_outputs_match(&mote_runtime::kserve::response_json(&resp, None).unwrap(), &expected_json(model), 1e-4, 1e-5);
+    }
+}
+
+#[test]
+fn a_tensor_passed_by_value_that_lies_about_its_size_ends_the_job() {
+    let rt = runtime();
+    let d = misbehave(&rt, Limits::default());
+    let r = d.run(&with_params(mode("io-lie"), &[("claim", "huge")]));
+    let err = r.result.expect_err("a 64 GiB claim");
+    assert_eq!(err.outcome, Outcome::InvalidInput, "{err}");
+    assert!(err.message.contains("exceeds the job's tensor limit"), "{err}");
+    let r = d.run(&with_params(mode("io-lie"), &[("claim", "short")]));
+    let err = r.result.expect_err("8 bytes for 4 floats");
+    assert_eq!(err.outcome, Outcome::InvalidInput, "{err}");
+    assert!(err.message.contains("needs 16 bytes but 8 were given"), "{err}");
+    still_serves(&rt);
+}
+
+#[test]
+fn state_kept_on_the_host_serves_computes_by_value_and_through_wasi_nn_alike() {
+    // A running sum bound output → input: fed 1, 2, 3 by value, then 4
+    // through wasi-nn, on one execution context.
+    let rt = runtime();
+    let r = misbehave(&rt, Limits::default()).run(&mode("io-state"));
+    let resp = r.result.expect("io-state");
+    let y: Vec<f32> = resp.outputs[0].data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    assert_eq!(y, [1.0, 3.0, 6.0, 10.0]);
+    // The bound output stays on the host: only `y` came back, each time.
+    assert_eq!(resp.parameters, [("names".to_string(), "y,y,y,y".to_string())]);
 }
 
 #[test]
@@ -361,10 +421,11 @@ fn a_long_backend_compute_is_stopped_at_the_deadline() {
     let short = d.run(&with_params(Request::default(), &[("mode", "heavy"), ("layers", "4")]));
     let out = short.result.expect("a short chain completes");
     assert_eq!(out.outputs[0].data, 1.0f32.to_le_bytes(), "the chain keeps the values at 1.0");
-    // 400 matmuls take seconds; the deadline stops ORT between two of them.
+    // 400 matmuls of 1024×1024 take seconds (512×512 ones took 0.3 s on a
+    // fast 2-core VM); the deadline stops ORT between two of them.
     let d = misbehave(&rt, Limits { deadline_ms: 500, ..Limits::default() });
     let start = std::time::Instant::now();
-    let r = d.run(&with_params(Request::default(), &[("mode", "heavy"), ("layers", "400")]));
+    let r = d.run(&with_params(Request::default(), &[("mode", "heavy"), ("layers", "400"), ("size", "1024")]));
     let elapsed = start.elapsed();
     let err = r.result.expect_err("must not finish in time");
     assert_eq!(err.outcome, Outcome::Deadline, "{err}");
@@ -383,7 +444,7 @@ fn batched_jobs_get_exactly_their_own_rows() {
     let rt = runtime();
     let spec = |batching| DeploymentSpec {
         name: "batched".into(),
-        guest: guest("passthrough"),
+        guest: guest("inference-loop"),
         models: vec![("model".into(), model("mlp"))],
         limits: Limits::default(),
         backend: BackendChoice::Auto,
@@ -402,8 +463,11 @@ fn batched_jobs_get_exactly_their_own_rows() {
     };
     const JOBS: usize = 12;
     let want: Vec<_> = (0..JOBS).map(|i| plain.run(&input(i)).result.expect("unbatched job")).collect();
+    // Rounds alternate the guest's ABI: tensors by value (inference-io)
+    // and wasi-nn resources; jobs of both kinds merge in round 2.
+    let abi = |round: usize, i: usize| ["values", "wasi-nn"][(round + i * (round / 2)) % 2];
     for round in 0..3 {
-        let reports = run_together(&batched, (0..JOBS).map(input).collect());
+        let reports = run_together(&batched, (0..JOBS).map(|i| with_params(input(i), &[("abi", abi(round, i))])).collect());
         for (i, report) in reports.iter().enumerate() {
             let got = report.result.as_ref().unwrap_or_else(|e| panic!("round {round} job {i}: {e:?}"));
             for out in ["probs", "logits"] {

@@ -1,6 +1,7 @@
 //! Typed wrappers over `wasi:nn` graphs and tensors.
 
 use crate::bindings::wasi::nn::{errors, graph, inference, tensor};
+use crate::io_bindings::mote::edge::inference_io::{self, TensorValueParam, TensorValueResult};
 use crate::{Datatype, HandlerError, IoTensor, Target};
 
 pub use tensor::TensorType;
@@ -94,47 +95,59 @@ impl Tensor {
     /// Converts a request tensor (its datatype must exist in wasi-nn:
     /// FP16, FP32, FP64, BF16, UINT8, BOOL, INT32, INT64).
     pub fn from_io(t: &IoTensor) -> Result<Self, HandlerError> {
-        let ty = match t.datatype {
-            Datatype::Fp16 => TensorType::Fp16,
-            Datatype::Fp32 => TensorType::Fp32,
-            Datatype::Fp64 => TensorType::Fp64,
-            Datatype::Bf16 => TensorType::Bf16,
-            Datatype::Uint8 | Datatype::Bool => TensorType::U8,
-            Datatype::Int32 => TensorType::I32,
-            Datatype::Int64 => TensorType::I64,
-            other => {
-                return Err(HandlerError::InvalidInput(format!(
-                    "input '{}' has datatype {other:?}, which wasi-nn cannot carry",
-                    t.name
-                )))
-            }
-        };
-        let dims = t
-            .shape
-            .iter()
-            .map(|&d| u32::try_from(d))
-            .collect::<Result<Vec<u32>, _>>()
-            .map_err(|_| HandlerError::InvalidInput(format!("input '{}': dimension too large", t.name)))?;
-        Ok(Self::new(ty, &dims, &t.data))
+        Ok(Self::new(tensor_type(t)?, &dims_u32(t)?, &t.data))
     }
 
     /// Converts to a response tensor named `name`.
     pub fn to_io(&self, name: &str) -> IoTensor {
-        let datatype = match self.ty() {
-            TensorType::Fp16 => Datatype::Fp16,
-            TensorType::Fp32 => Datatype::Fp32,
-            TensorType::Fp64 => Datatype::Fp64,
-            TensorType::Bf16 => Datatype::Bf16,
-            TensorType::U8 => Datatype::Uint8,
-            TensorType::I32 => Datatype::Int32,
-            TensorType::I64 => Datatype::Int64,
-        };
         IoTensor {
             name: name.to_string(),
-            datatype,
+            datatype: datatype(self.ty()),
             shape: self.dims().into_iter().map(u64::from).collect(),
             data: self.bytes(),
         }
+    }
+}
+
+/// The wasi-nn element type of a request tensor (its datatype must exist
+/// in wasi-nn: FP16, FP32, FP64, BF16, UINT8, BOOL, INT32, INT64).
+fn tensor_type(t: &IoTensor) -> Result<TensorType, HandlerError> {
+    Ok(match t.datatype {
+        Datatype::Fp16 => TensorType::Fp16,
+        Datatype::Fp32 => TensorType::Fp32,
+        Datatype::Fp64 => TensorType::Fp64,
+        Datatype::Bf16 => TensorType::Bf16,
+        Datatype::Uint8 | Datatype::Bool => TensorType::U8,
+        Datatype::Int32 => TensorType::I32,
+        Datatype::Int64 => TensorType::I64,
+        other => {
+            return Err(HandlerError::InvalidInput(format!(
+                "input '{}' has datatype {other:?}, which wasi-nn cannot carry",
+                t.name
+            )))
+        }
+    })
+}
+
+/// A request tensor's shape as wasi-nn dimensions.
+fn dims_u32(t: &IoTensor) -> Result<Vec<u32>, HandlerError> {
+    t.shape
+        .iter()
+        .map(|&d| u32::try_from(d))
+        .collect::<Result<Vec<u32>, _>>()
+        .map_err(|_| HandlerError::InvalidInput(format!("input '{}': dimension too large", t.name)))
+}
+
+/// The response datatype of a wasi-nn element type.
+fn datatype(ty: TensorType) -> Datatype {
+    match ty {
+        TensorType::Fp16 => Datatype::Fp16,
+        TensorType::Fp32 => Datatype::Fp32,
+        TensorType::Fp64 => Datatype::Fp64,
+        TensorType::Bf16 => Datatype::Bf16,
+        TensorType::U8 => Datatype::Uint8,
+        TensorType::I32 => Datatype::Int32,
+        TensorType::I64 => Datatype::Int64,
     }
 }
 
@@ -182,9 +195,42 @@ impl Graph {
         crate::bindings::mote::edge::state::reset(&self.ctx);
     }
 
+    /// Runs the model on tensors passed by value and returns every output
+    /// not bound by [`Graph::bind_state`] (`mote:edge/inference-io`): one
+    /// host call per inference, the inputs read by the host where they
+    /// lie, where [`Graph::run`] takes a host call per tensor and four per
+    /// output.
+    pub fn compute(&self, inputs: &[TensorValueParam<'_>]) -> Result<Vec<TensorValueResult>, NnError> {
+        Ok(inference_io::compute(&self.ctx, inputs)?)
+    }
+
     /// Runs the model on request tensors (by name) and returns response
-    /// tensors: the whole request/response path of a serving guest.
+    /// tensors: the whole request/response path of a serving guest, in
+    /// one host call ([`Graph::compute`]).
     pub fn run_io(&self, inputs: &[IoTensor]) -> Result<Vec<IoTensor>, HandlerError> {
+        let dims = inputs.iter().map(dims_u32).collect::<Result<Vec<_>, _>>()?;
+        let values = inputs
+            .iter()
+            .zip(&dims)
+            .map(|(t, dims)| {
+                Ok(TensorValueParam { name: &t.name, dimensions: dims, ty: tensor_type(t)?, data: &t.data })
+            })
+            .collect::<Result<Vec<_>, HandlerError>>()?;
+        Ok(self
+            .compute(&values)?
+            .into_iter()
+            .map(|t| IoTensor {
+                name: t.name,
+                datatype: datatype(t.ty),
+                shape: t.dimensions.into_iter().map(u64::from).collect(),
+                data: t.data,
+            })
+            .collect())
+    }
+
+    /// [`Graph::run_io`] through wasi-nn's tensor resources ([`Graph::run`]):
+    /// the same result, with a host call per tensor and four per output.
+    pub fn run_io_wasi_nn(&self, inputs: &[IoTensor]) -> Result<Vec<IoTensor>, HandlerError> {
         let tensors = inputs
             .iter()
             .map(|t| Ok((t.name.clone(), Tensor::from_io(t)?)))

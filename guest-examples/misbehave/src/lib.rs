@@ -3,7 +3,7 @@
 
 use mote_sdk::{
     log, Graph, GraphBuilder, Handler, HandlerError, IoTensor, Request, RequestExt, Response, Target, Tensor,
-    TensorData, TensorType,
+    TensorData, TensorType, TensorValueParam,
 };
 
 struct Misbehave;
@@ -41,6 +41,57 @@ impl Handler for Misbehave {
                     kept.push(Tensor::new(TensorType::U8, &[1 << 20], &data));
                 }
                 Ok(Response { outputs: vec![IoTensor::from_f32("kept", &[1], &[kept.len() as f32])], parameters: vec![] })
+            }
+            "io-lie" => {
+                // Passes a tensor by value (mote:edge/inference-io) whose
+                // data does not match its shape: `claim=huge` claims 64 GiB
+                // with 16 bytes, `claim=short` 4 floats with 8 bytes.
+                let g = GraphBuilder::new();
+                let x = g.input("x", TensorType::Fp32, &[-1])?;
+                let y = g.node("Identity", &[x], &[])?;
+                let graph = g.build(&[("y", y)], Target::Cpu)?;
+                let dims: &[u32] = if req.param("claim") == Some("huge") { &[65536, 65536, 4] } else { &[4] };
+                let data: &[u8] = if req.param("claim") == Some("huge") { &[0; 16] } else { &[0; 8] };
+                let out = graph.compute(&[TensorValueParam { name: "x", dimensions: dims, ty: TensorType::Fp32, data }])?;
+                Ok(Response { outputs: vec![IoTensor::from_f32("outputs", &[1], &[out.len() as f32])], parameters: vec![] })
+            }
+            "io-state" => {
+                // A running sum kept on the host (`sum` bound to `acc`),
+                // stepped by value and through wasi-nn on one context:
+                // 1, then 2 and 3 fed by value, then 4 through wasi-nn.
+                let g = GraphBuilder::new();
+                let x = g.input("x", TensorType::Fp32, &[1])?;
+                let acc = g.input("acc", TensorType::Fp32, &[1])?;
+                let sum = g.add(x, acc)?;
+                let y = g.node("Identity", &[sum], &[])?;
+                let graph = g.build(&[("y", y), ("sum", sum)], Target::Cpu)?;
+                graph.bind_state(&[("sum".into(), "acc".into())])?;
+                fn value<'a>(name: &'a str, data: &'a [u8]) -> TensorValueParam<'a> {
+                    TensorValueParam { name, dimensions: &[1], ty: TensorType::Fp32, data }
+                }
+                let f = |v: f32| v.to_le_bytes();
+                let (one, zero, two, three) = (f(1.0), f(0.0), f(2.0), f(3.0));
+                let mut ys = Vec::new();
+                let mut names = Vec::new();
+                let steps: [&[TensorValueParam<'_>]; 3] = [
+                    &[value("x", &one), value("acc", &zero)],
+                    &[value("x", &two)],
+                    &[value("x", &three)],
+                ];
+                for step in steps {
+                    for t in graph.compute(step)? {
+                        names.push(t.name.clone());
+                        ys.push(f32::from_le_bytes(t.data[..4].try_into().unwrap_or_default()));
+                    }
+                }
+                for (n, t) in graph.run(vec![("x".into(), Tensor::from_f32(&[1], &[4.0]))])? {
+                    names.push(n);
+                    ys.extend(t.to_f32().unwrap_or_default());
+                }
+                Ok(Response {
+                    outputs: vec![IoTensor::from_f32("y", &[ys.len() as u64], &ys)],
+                    parameters: vec![("names".into(), names.join(","))],
+                })
             }
             "bad-onnx" => match Graph::load_onnx(b"this is not an onnx model", Target::Cpu) {
                 Ok(_) => Err(HandlerError::BackendError("garbage loaded as a model".into())),
@@ -89,14 +140,16 @@ impl Handler for Misbehave {
                 Ok(Response { outputs: vec![IoTensor::from_i64("spins", &[1], &[spins as i64])], parameters: vec![] })
             }
             "heavy" => {
-                // A long chain of 512x512 matmuls declared with the graph
-                // builder: seconds of backend work from a one-element input,
-                // in many kernels (ORT checks its terminate flag between them).
+                // A long chain of `size`×`size` matmuls (default 512)
+                // declared with the graph builder: seconds of backend work
+                // from a one-element input, in many kernels (ORT checks its
+                // terminate flag between them).
                 let layers: usize = req.param("layers").and_then(|v| v.parse().ok()).unwrap_or(400);
+                let size: i64 = req.param("size").and_then(|v| v.parse().ok()).filter(|&n| (1..=4096).contains(&n)).unwrap_or(512);
                 let g = GraphBuilder::new();
                 let x = g.input("x", TensorType::Fp32, &[1, 1])?;
-                let mut e = g.node("Expand", &[x, g.constant_i64(&[2], &[512, 512])?], &[])?;
-                let scale = g.constant_f32(&[], &[1.0 / 512.0])?;
+                let mut e = g.node("Expand", &[x, g.constant_i64(&[2], &[size, size])?], &[])?;
+                let scale = g.constant_f32(&[], &[1.0 / size as f32])?;
                 for _ in 0..layers {
                     e = g.mul(g.matmul(e, e)?, scale)?;
                 }

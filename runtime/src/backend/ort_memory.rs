@@ -25,7 +25,7 @@ use ort::AsPointer;
 use std::ffi::{c_char, CStr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Turns an `OrtStatusPtr` into a result, releasing the status.
 fn check(status: sys::OrtStatusPtr) -> Result<(), String> {
@@ -149,6 +149,9 @@ fn stats_of(a: *mut sys::OrtAllocator) -> Option<ArenaStats> {
 const SAMPLE_EVERY: Duration = Duration::from_millis(1);
 /// How often it reads it otherwise (the baseline new runs start from).
 const SAMPLE_IDLE: Duration = Duration::from_millis(10);
+/// How long the sampler keeps its 1 ms pace after the last watched run
+/// before it goes back to its idle sleep.
+const LINGER: Duration = Duration::from_millis(20);
 
 /// Free arena bytes worth giving back to the system.
 const SHRINK_THRESHOLD: u64 = 64 << 20;
@@ -162,19 +165,26 @@ pub(crate) static SHRINK_PENDING: AtomicBool = AtomicBool::new(false);
 /// anything but a registration: one thread for the process reads the
 /// arena's bytes in use every millisecond while runs are watched (every
 /// 10 ms otherwise, for the baseline), and a run's charge is the most bytes
-/// in use seen during it above the last figure before it began. The first
-/// run watched wakes the sampler from its idle sleep, so a run is sampled
+/// in use seen during it above the last figure before it began. A run
+/// watched while the sampler sleeps idle wakes it, so a run is sampled
 /// from its start (a 64 MiB intermediate took ~5 ms on a fast core: a
 /// sampler left in its 10 ms sleep missed it, and the job's memory limit
-/// with it). A run that ends before the sampler sees it is charged
+/// with it); once woken, the sampler keeps its 1 ms pace until no run has
+/// been watched for [`LINGER`], so back-to-back runs do not each pay a
+/// wake-up (a futex call per run, and a thread woken 200,000 times a
+/// second by a 3 µs model in a loop). A run that ends before the sampler sees it is charged
 /// nothing: such a run cannot have used much, and the node's arena cap
 /// bounds it regardless. Runs of other jobs at the same time make a figure
 /// larger, never smaller.
 struct Sampler {
     runs: Mutex<Vec<Weak<RunPeak>>>,
     last_in_use: AtomicU64,
-    /// The sampler's thread, woken when a run is watched while none was.
+    /// The sampler's thread, woken when a run is watched while it sleeps
+    /// idle.
     thread: OnceLock<std::thread::Thread>,
+    /// Whether the sampler keeps its 1 ms pace (no wake-up needed). Set by
+    /// whoever wakes it, cleared by the sampler just before its idle sleep.
+    awake: AtomicBool,
 }
 
 struct RunPeak {
@@ -190,6 +200,7 @@ impl Sampler {
                 runs: Mutex::default(),
                 last_in_use: AtomicU64::new(0),
                 thread: OnceLock::new(),
+                awake: AtomicBool::new(false),
             }));
             let sampler = std::thread::Builder::new()
                 .name("mote-ort-memory".into())
@@ -201,34 +212,55 @@ impl Sampler {
     }
 
     fn run(&self) {
+        let mut last_watched = Instant::now();
         loop {
-            let stats = HANDLE.get().and_then(Option::as_ref).and_then(|h| stats_of(h.0));
-            let watching = {
-                let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
-                runs.retain(|r| r.strong_count() > 0);
-                if let Some(st) = stats {
-                    for r in runs.iter().filter_map(Weak::upgrade) {
-                        r.peak.fetch_max(st.in_use, Ordering::Relaxed);
-                    }
-                }
-                !runs.is_empty()
-            };
-            if TRIM_PENDING.swap(false, Ordering::Relaxed) {
-                trim_heap();
-            }
-            if let Some(st) = stats {
-                self.last_in_use.store(st.in_use, Ordering::Relaxed);
-                if st.reserved.saturating_sub(st.in_use) > SHRINK_THRESHOLD {
-                    SHRINK_PENDING.store(true, Ordering::Relaxed);
-                }
-            }
+            let watching = self.sample();
+            let now = Instant::now();
             if watching {
+                last_watched = now;
+            }
+            if watching || now.duration_since(last_watched) < LINGER {
                 std::thread::sleep(SAMPLE_EVERY);
-            } else {
-                // Woken early by the next run watched (RunWatch::start).
-                std::thread::park_timeout(SAMPLE_IDLE);
+                continue;
+            }
+            self.awake.store(false, Ordering::SeqCst);
+            // A run registered before `awake` was cleared saw it set and did
+            // not wake us: look once more before sleeping.
+            if self.runs.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|r| r.strong_count() > 0) {
+                self.awake.store(true, Ordering::SeqCst);
+                continue;
+            }
+            // Woken early by the next run watched (RunWatch::start).
+            std::thread::park_timeout(SAMPLE_IDLE);
+            self.awake.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Reads the arena once: raises the peak of every watched run, records
+    /// the figure new runs start from, flags a shrink or a heap trim.
+    /// Returns whether any run is watched.
+    fn sample(&self) -> bool {
+        let stats = HANDLE.get().and_then(Option::as_ref).and_then(|h| stats_of(h.0));
+        let watching = {
+            let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+            runs.retain(|r| r.strong_count() > 0);
+            if let Some(st) = stats {
+                for r in runs.iter().filter_map(Weak::upgrade) {
+                    r.peak.fetch_max(st.in_use, Ordering::Relaxed);
+                }
+            }
+            !runs.is_empty()
+        };
+        if TRIM_PENDING.swap(false, Ordering::Relaxed) {
+            trim_heap();
+        }
+        if let Some(st) = stats {
+            self.last_in_use.store(st.in_use, Ordering::Relaxed);
+            if st.reserved.saturating_sub(st.in_use) > SHRINK_THRESHOLD {
+                SHRINK_PENDING.store(true, Ordering::Relaxed);
             }
         }
+        watching
     }
 }
 
@@ -242,13 +274,10 @@ impl RunWatch {
         let s = Sampler::get();
         let baseline = s.last_in_use.load(Ordering::Relaxed);
         let run = Arc::new(RunPeak { baseline, peak: AtomicU64::new(baseline) });
-        let first = {
-            let mut runs = s.runs.lock().unwrap_or_else(|p| p.into_inner());
-            let first = runs.iter().all(|r| r.strong_count() == 0);
-            runs.push(Arc::downgrade(&run));
-            first
-        };
-        if first {
+        s.runs.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::downgrade(&run));
+        // Registered before this reads `awake`: a sampler about to sleep
+        // clears `awake`, then looks at the runs again (Sampler::run).
+        if !s.awake.swap(true, Ordering::SeqCst) {
             if let Some(t) = s.thread.get() {
                 t.unpark();
             }

@@ -52,7 +52,7 @@ impl gb::HostBuilder for NnView<'_> {
         let t = self.table.get(&value)?;
         let (ty, dims, data) = (t.ty, t.dims.clone(), t.data.clone());
         let total = self.table.get(&b)?.constant_bytes() + data.len() as u64;
-        self.check_tensor_bytes("graph constants", total)?;
+        self.check_tensor_bytes(|| "graph constants".into(), total)?;
         let r = self.table.get_mut(&b)?.constant(ty, &dims, data);
         match r {
             Ok(op) => Ok(Ok(op)),

@@ -1,4 +1,5 @@
-//! The inference capability: `wasi:nn` and `mote:edge/graph-builder`.
+//! The inference capability: `wasi:nn`, `mote:edge/graph-builder` and
+//! `mote:edge/inference-io`.
 //!
 //! Like wasmtime-wasi-nn's `WasiNnCtx`/`WasiNnView`, the capability keeps its
 //! own state ([`NnCtx`]: what the job may load, where, within which limits,
@@ -6,7 +7,9 @@
 //! borrows that state, the store's resource table and the job log. The
 //! store's data only has to hand out the view.
 
+mod compute;
 mod graph_builder;
+mod inference_io;
 mod spare;
 mod state;
 mod wasi_nn;
@@ -208,6 +211,7 @@ pub(crate) fn add_to_linker<T: 'static>(
     nn::inference::add_to_linker::<T, Nn>(linker, view)?;
     graph_builder::add_to_linker::<T, Nn>(linker, view)?;
     bindings::mote::edge::state::add_to_linker::<T, Nn>(linker, view)?;
+    inference_io::add_to_linker(linker, view)?;
     Ok(())
 }
 
@@ -312,15 +316,14 @@ impl NnView<'_> {
         }
     }
 
-    /// Ends the job if a tensor of `bytes` would pass the tensor limit.
-    fn check_tensor_bytes(&self, what: &str, bytes: u64) -> wasmtime::Result<()> {
+    /// Ends the job if a tensor of `bytes` would pass the tensor limit;
+    /// `what` names it in the message (formatted only then: this runs on
+    /// every tensor of every compute).
+    fn check_tensor_bytes(&self, what: impl FnOnce() -> String, bytes: u64) -> wasmtime::Result<()> {
         if bytes > self.ctx.max_tensor_bytes {
             return Err(abort(
                 Outcome::InvalidInput,
-                format!(
-                    "{what} of {bytes} bytes exceeds the job's tensor limit of {} bytes",
-                    self.ctx.max_tensor_bytes
-                ),
+                format!("{} of {bytes} bytes exceeds the job's tensor limit of {} bytes", what(), self.ctx.max_tensor_bytes),
             ));
         }
         Ok(())

@@ -3,7 +3,6 @@
 use super::bindings::wasi::nn::{errors, graph, inference, tensor};
 use super::{abort, NnError, NnExecContext, NnGraph, NnResult, NnTensor, NnView};
 use crate::backend::TensorView;
-use crate::batching::compute_alone;
 use crate::limits::Outcome;
 use crate::receipt::sha256_hex;
 use crate::tensor::ElementType;
@@ -53,15 +52,23 @@ impl NnView<'_> {
     /// tensor limit or `given` is not its size, else counts its bytes as
     /// held (which may end the job at its memory limit).
     pub(crate) fn admit_tensor(&mut self, dims: &[u32], ty: ElementType, given: usize) -> wasmtime::Result<()> {
+        let bytes = self.check_tensor(dims, ty, given)?;
+        self.hold_tensor_bytes(bytes)
+    }
+
+    /// Ends the job if a tensor of shape `dims` and type `ty` would pass
+    /// the tensor limit or `given` bytes are not its size; else returns
+    /// its size.
+    pub(crate) fn check_tensor(&self, dims: &[u32], ty: ElementType, given: usize) -> wasmtime::Result<u64> {
         let claimed = dims.iter().try_fold(ty.size() as u64, |acc, &d| acc.checked_mul(u64::from(d))).unwrap_or(u64::MAX);
-        self.check_tensor_bytes(&format!("tensor {dims:?}"), claimed)?;
+        self.check_tensor_bytes(|| format!("tensor {dims:?}"), claimed)?;
         if claimed != given as u64 {
             return Err(abort(
                 Outcome::InvalidInput,
                 format!("tensor of shape {dims:?} and type {ty:?} needs {claimed} bytes but {given} were given"),
             ));
         }
-        self.hold_tensor_bytes(claimed)
+        Ok(claimed)
     }
 }
 
@@ -156,40 +163,15 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         c: Resource<NnExecContext>,
         inputs: Vec<(String, Resource<NnTensor>)>,
     ) -> NnResult<Vec<(String, Resource<NnTensor>)>> {
-        let entry = self.table.get_mut(&c)?;
-        let Some(mut ctx) = entry.ctx.take() else {
-            return Err(wasmtime::Error::msg("execution context re-entered"));
-        };
-        // With bound state, the step is metered in tokens (mote:edge/state).
-        let stateful = !entry.bound.is_empty();
-        let continuing =
-            stateful && entry.has_state && !entry.bound.iter().any(|(_, i)| inputs.iter().any(|(n, _)| n == i));
-        let last_rows = entry.last_rows;
-        // A stateful step is one sequence's: never merged with others.
-        let lane = if stateful { None } else { entry.seat.as_ref().map(|s| s.lane().clone()) };
-        let result: wasmtime::Result<_> = (|| {
+        let mut running = self.begin_compute(&c, |name| inputs.iter().any(|(n, _)| n == name))?;
+        let run = (|| {
             let mut views = Vec::with_capacity(inputs.len());
-            let mut bytes_in = 0u64;
-            let mut fed = (0u64, 1u64);
-            if stateful {
-                let ids = inputs.iter().find(|(n, _)| n == "input_ids").or(inputs.first());
-                if let Some((_, t)) = ids {
-                    let dims = &self.table.get(t)?.dims;
-                    fed = (dims.iter().map(|&d| u64::from(d)).product(), dims.first().map_or(1, |&d| u64::from(d)));
-                }
-            }
             for (name, t) in &inputs {
                 let t = self.table.get(t)?;
-                bytes_in += t.data.len() as u64;
                 views.push((name.as_str(), TensorView { ty: t.ty, dims: &t.dims, data: &t.data }));
             }
-            let run = match &lane {
-                Some(lane) => lane.compute(&mut *ctx, &views, self.ctx.deadline),
-                None => compute_alone(&mut *ctx, &views, self.ctx.deadline),
-            };
-            wasmtime::Result::Ok((run, bytes_in, fed))
+            wasmtime::Result::Ok(running.run(&views))
         })();
-        self.table.get_mut(&c)?.ctx = Some(ctx);
         // `compute` takes its inputs (own handles): they end here, whatever
         // the outcome. (Left in the table, a guest running inference in a
         // loop would pile every input it ever passed onto the host.)
@@ -197,32 +179,12 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             let t = self.table.delete(t)?;
             self.release_tensor(t);
         }
-        let (run, bytes_in, (fed, rows)) = result?;
-        if run.jobs > 1 {
-            tracing::trace!(jobs = run.jobs, "compute served by a batched run");
-        }
-        let (out, ns, backend_peak) = (run.outputs, run.backend_ns, run.peak_bytes);
-        if stateful {
-            let entry = self.table.get_mut(&c)?;
-            entry.has_state = out.is_ok();
-            if out.is_ok() {
-                let step = super::state::step_tokens(fed, rows, continuing, last_rows);
-                entry.last_rows = rows;
-                self.ctx.meter.prompt_tokens += step.prompt;
-                self.ctx.meter.completion_tokens += step.completion;
-            }
-        }
-        self.ctx.meter.backend_ns += ns;
-        self.ctx.meter.bytes_in += bytes_in;
-        self.charge_backend_memory(backend_peak)?;
-        let outputs = match out {
+        let outputs = match self.end_compute(&c, running, run)? {
             Ok(o) => o,
-            Err(e) => return self.backend_error(e),
+            Err(e) => return Ok(Err(e)),
         };
         let mut result = Vec::with_capacity(outputs.len());
         for (name, t) in outputs {
-            self.check_tensor_bytes(&format!("output '{name}'"), t.data.len() as u64)?;
-            self.ctx.meter.bytes_out += t.data.len() as u64;
             self.hold_tensor_bytes(t.data.len() as u64)?;
             result.push((name, self.table.push(NnTensor { dims: t.dims, ty: t.ty, data: t.data })?));
         }
