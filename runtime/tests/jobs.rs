@@ -129,6 +129,11 @@ fn a_tensor_passed_by_value_that_lies_about_its_size_ends_the_job() {
     let err = r.result.expect_err("8 bytes for 4 floats");
     assert_eq!(err.outcome, Outcome::InvalidInput, "{err}");
     assert!(err.message.contains("needs 16 bytes but 8 were given"), "{err}");
+    // A datatype wasi-nn cannot carry is the guest's error to handle.
+    let r = d.run(&with_params(mode("io-lie"), &[("claim", "bytes")]));
+    let err = r.result.expect_err("a BYTES input");
+    assert_eq!(err.outcome, Outcome::InvalidInput, "{err}");
+    assert!(err.message.contains("invalid-argument: input 'x' has datatype BYTES, which wasi-nn cannot carry"), "{err}");
     still_serves(&rt);
 }
 

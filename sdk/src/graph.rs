@@ -1,7 +1,7 @@
 //! Typed wrappers over `wasi:nn` graphs and tensors.
 
 use crate::bindings::wasi::nn::{errors, graph, inference, tensor};
-use crate::io_bindings::mote::edge::inference_io::{self, TensorValueParam, TensorValueResult};
+use crate::io_bindings::mote::edge::inference_io;
 use crate::{Datatype, HandlerError, IoTensor, Target};
 
 pub use tensor::TensorType;
@@ -195,37 +195,21 @@ impl Graph {
         crate::bindings::mote::edge::state::reset(&self.ctx);
     }
 
-    /// Runs the model on tensors passed by value and returns every output
-    /// not bound by [`Graph::bind_state`] (`mote:edge/inference-io`): one
-    /// host call per inference, the inputs read by the host where they
-    /// lie, where [`Graph::run`] takes a host call per tensor and four per
-    /// output.
-    pub fn compute(&self, inputs: &[TensorValueParam<'_>]) -> Result<Vec<TensorValueResult>, NnError> {
+    /// Runs the model on request tensors (by name) and returns response
+    /// tensors, every output not bound by [`Graph::bind_state`]
+    /// (`mote:edge/inference-io`): one host call per inference, the inputs
+    /// read by the host where they lie, the outputs ready for a
+    /// [`Response`](crate::Response) — where [`Graph::run`] takes a host
+    /// call per tensor and four per output. Datatypes are those wasi-nn
+    /// carries (see [`Tensor::from_io`]).
+    pub fn compute(&self, inputs: &[IoTensor]) -> Result<Vec<IoTensor>, NnError> {
         Ok(inference_io::compute(&self.ctx, inputs)?)
     }
 
-    /// Runs the model on request tensors (by name) and returns response
-    /// tensors: the whole request/response path of a serving guest, in
-    /// one host call ([`Graph::compute`]).
+    /// [`Graph::compute`] with its errors as a handler's: the whole
+    /// request/response path of a serving guest.
     pub fn run_io(&self, inputs: &[IoTensor]) -> Result<Vec<IoTensor>, HandlerError> {
-        let dims = inputs.iter().map(dims_u32).collect::<Result<Vec<_>, _>>()?;
-        let values = inputs
-            .iter()
-            .zip(&dims)
-            .map(|(t, dims)| {
-                Ok(TensorValueParam { name: &t.name, dimensions: dims, ty: tensor_type(t)?, data: &t.data })
-            })
-            .collect::<Result<Vec<_>, HandlerError>>()?;
-        Ok(self
-            .compute(&values)?
-            .into_iter()
-            .map(|t| IoTensor {
-                name: t.name,
-                datatype: datatype(t.ty),
-                shape: t.dimensions.into_iter().map(u64::from).collect(),
-                data: t.data,
-            })
-            .collect())
+        Ok(self.compute(inputs)?)
     }
 
     /// [`Graph::run_io`] through wasi-nn's tensor resources ([`Graph::run`]):

@@ -36,17 +36,17 @@ pub mod bindings {
     });
 }
 
-/// Bindings of `mote:edge/inference-io` with borrowed parameters, so a
-/// request's tensors are passed to the host without a copy in the guest.
-/// The wasi-nn types are those of [`bindings`].
+/// Bindings of `mote:edge/inference-io`, over the types of [`bindings`]
+/// (kept apart so that its interface is imported only by guests that
+/// call it).
 pub mod io_bindings {
     #![allow(missing_docs)]
     wit_bindgen::generate!({
         inline: "package mote:sdk; world inference-io { import mote:edge/inference-io@0.1.0; }",
         path: "../wit",
         world: "mote:sdk/inference-io",
-        ownership: Borrowing { duplicate_if_necessary: true },
         with: {
+            "mote:edge/types@0.1.0": crate::bindings::mote::edge::types,
             "wasi:nn/tensor@0.2.0-rc-2024-10-28": crate::bindings::wasi::nn::tensor,
             "wasi:nn/inference@0.2.0-rc-2024-10-28": crate::bindings::wasi::nn::inference,
             "wasi:nn/errors@0.2.0-rc-2024-10-28": crate::bindings::wasi::nn::errors,
@@ -65,7 +65,6 @@ pub use bindings::wasi::nn::graph::ExecutionTarget as Target;
 pub use builder::{GraphBuilder, Operand};
 pub use graph::{Graph, NnError, Tensor, TensorType};
 pub use io::{RequestExt, TensorData};
-pub use io_bindings::mote::edge::inference_io::{TensorValueParam, TensorValueResult};
 
 /// Exports a [`Handler`] implementation as the guest's `handle` function.
 #[macro_export]

@@ -2,8 +2,8 @@
 //! request parameter `mode` picks the misbehaviour.
 
 use mote_sdk::{
-    log, Graph, GraphBuilder, Handler, HandlerError, IoTensor, Request, RequestExt, Response, Target, Tensor,
-    TensorData, TensorType, TensorValueParam,
+    log, Datatype, Graph, GraphBuilder, Handler, HandlerError, IoTensor, Request, RequestExt, Response, Target, Tensor,
+    TensorData, TensorType,
 };
 
 struct Misbehave;
@@ -45,14 +45,19 @@ impl Handler for Misbehave {
             "io-lie" => {
                 // Passes a tensor by value (mote:edge/inference-io) whose
                 // data does not match its shape: `claim=huge` claims 64 GiB
-                // with 16 bytes, `claim=short` 4 floats with 8 bytes.
+                // with 16 bytes, `claim=short` 4 floats with 8 bytes,
+                // `claim=bytes` a BYTES tensor (not a wasi-nn type).
                 let g = GraphBuilder::new();
                 let x = g.input("x", TensorType::Fp32, &[-1])?;
                 let y = g.node("Identity", &[x], &[])?;
                 let graph = g.build(&[("y", y)], Target::Cpu)?;
-                let dims: &[u32] = if req.param("claim") == Some("huge") { &[65536, 65536, 4] } else { &[4] };
-                let data: &[u8] = if req.param("claim") == Some("huge") { &[0; 16] } else { &[0; 8] };
-                let out = graph.compute(&[TensorValueParam { name: "x", dimensions: dims, ty: TensorType::Fp32, data }])?;
+                let (datatype, shape, data): (_, &[u64], &[u8]) = match req.param("claim") {
+                    Some("huge") => (Datatype::Fp32, &[65536, 65536, 4], &[0; 16]),
+                    Some("bytes") => (Datatype::Bytes, &[1], &[1, 0, 0, 0, 42]),
+                    _ => (Datatype::Fp32, &[4], &[0; 8]),
+                };
+                let x = IoTensor { name: "x".into(), datatype, shape: shape.to_vec(), data: data.to_vec() };
+                let out = graph.compute(&[x])?;
                 Ok(Response { outputs: vec![IoTensor::from_f32("outputs", &[1], &[out.len() as f32])], parameters: vec![] })
             }
             "io-state" => {
@@ -66,22 +71,17 @@ impl Handler for Misbehave {
                 let y = g.node("Identity", &[sum], &[])?;
                 let graph = g.build(&[("y", y), ("sum", sum)], Target::Cpu)?;
                 graph.bind_state(&[("sum".into(), "acc".into())])?;
-                fn value<'a>(name: &'a str, data: &'a [u8]) -> TensorValueParam<'a> {
-                    TensorValueParam { name, dimensions: &[1], ty: TensorType::Fp32, data }
-                }
-                let f = |v: f32| v.to_le_bytes();
-                let (one, zero, two, three) = (f(1.0), f(0.0), f(2.0), f(3.0));
                 let mut ys = Vec::new();
                 let mut names = Vec::new();
-                let steps: [&[TensorValueParam<'_>]; 3] = [
-                    &[value("x", &one), value("acc", &zero)],
-                    &[value("x", &two)],
-                    &[value("x", &three)],
+                let steps = [
+                    vec![IoTensor::from_f32("x", &[1], &[1.0]), IoTensor::from_f32("acc", &[1], &[0.0])],
+                    vec![IoTensor::from_f32("x", &[1], &[2.0])],
+                    vec![IoTensor::from_f32("x", &[1], &[3.0])],
                 ];
-                for step in steps {
+                for step in &steps {
                     for t in graph.compute(step)? {
-                        names.push(t.name.clone());
-                        ys.push(f32::from_le_bytes(t.data[..4].try_into().unwrap_or_default()));
+                        ys.extend(t.f32s()?);
+                        names.push(t.name);
                     }
                 }
                 for (n, t) in graph.run(vec![("x".into(), Tensor::from_f32(&[1], &[4.0]))])? {

@@ -1,28 +1,35 @@
 //! `mote:edge/inference-io`: an inference in one host call, tensors by
-//! value. Linked by hand: bindgen would lift each input's bytes into a
-//! fresh `Vec`; here they stay where they lie in guest memory and the
-//! backend reads them there (the store is only read while the run goes).
-//! Outputs are moved into the result and lowered into guest memory once.
+//! value as the request's own `io-tensor`s. Linked by hand: bindgen would
+//! lift each input's bytes into a fresh `Vec`; here they stay where they
+//! lie in guest memory and the backend reads them there (the store is
+//! only read while the run goes). Outputs are moved into the result and
+//! lowered into guest memory once.
 
-use super::bindings::mote::edge::inference_io::TensorValue;
-use super::bindings::wasi::nn::tensor::TensorType;
+use super::bindings::mote::edge::types::{Datatype as WitDatatype, IoTensor};
+use super::bindings::wasi::nn::errors::ErrorCode;
 use super::{NnExecContext, NnView};
 use crate::backend::TensorView;
-use crate::tensor::ElementType;
+use crate::tensor::{Datatype, ElementType};
 use wasmtime::component::{ComponentType, Lift, Linker, Resource, WasmList};
 use wasmtime::StoreContextMut;
 
 /// The WIT interface, as guests import it.
 const INTERFACE: &str = "mote:edge/inference-io@0.1.0";
 
-/// An input `tensor-value` as lifted: its bytes left in guest memory.
+/// An input `io-tensor` as lifted: its bytes left in guest memory.
 #[derive(ComponentType, Lift)]
 #[component(record)]
-struct InputValue {
+struct InputTensor {
     name: String,
-    dimensions: Vec<u32>,
-    ty: TensorType,
+    datatype: WitDatatype,
+    shape: Vec<u64>,
     data: WasmList<u8>,
+}
+
+/// An input checked for a backend: element type and u32 dimensions.
+struct Checked {
+    ty: ElementType,
+    dims: Vec<u32>,
 }
 
 /// Links `compute`, reaching the capability through `view`.
@@ -32,21 +39,32 @@ pub(super) fn add_to_linker<T: 'static>(
 ) -> wasmtime::Result<()> {
     linker.instance(INTERFACE)?.func_wrap(
         "compute",
-        move |mut store: StoreContextMut<'_, T>, (c, inputs): (Resource<NnExecContext>, WasmList<InputValue>)| {
-            let inputs = inputs.iter(&mut store)?.collect::<wasmtime::Result<Vec<InputValue>>>()?;
+        move |mut store: StoreContextMut<'_, T>, (c, inputs): (Resource<NnExecContext>, WasmList<InputTensor>)| {
+            let inputs = inputs.iter(&mut store)?.collect::<wasmtime::Result<Vec<InputTensor>>>()?;
+            let mut checked = Vec::with_capacity(inputs.len());
+            for t in &inputs {
+                let datatype = Datatype::from(t.datatype);
+                let Some(ty) = datatype.element_type() else {
+                    let message = format!("input '{}' has datatype {datatype}, which wasi-nn cannot carry", t.name);
+                    return Ok((view(store.data_mut()).nn_error(ErrorCode::InvalidArgument, message)?,));
+                };
+                let Ok(dims) = t.shape.iter().map(|&d| u32::try_from(d)).collect::<Result<Vec<u32>, _>>() else {
+                    let message = format!("input '{}': a dimension of {:?} exceeds u32", t.name, t.shape);
+                    return Ok((view(store.data_mut()).nn_error(ErrorCode::InvalidArgument, message)?,));
+                };
+                checked.push(Checked { ty, dims });
+            }
             let mut running = {
                 let mut v = view(store.data_mut());
-                for t in &inputs {
-                    v.check_tensor(&t.dimensions, ElementType::from(t.ty), t.data.len())?;
+                for (t, c) in inputs.iter().zip(&checked) {
+                    v.check_tensor(&c.dims, c.ty, t.data.len())?;
                 }
                 v.begin_compute(&c, |name| inputs.iter().any(|t| t.name == name))?
             };
             let views: Vec<(&str, TensorView<'_>)> = inputs
                 .iter()
-                .map(|t| {
-                    let view = TensorView { ty: t.ty.into(), dims: &t.dimensions, data: t.data.as_le_slice(&store) };
-                    (t.name.as_str(), view)
-                })
+                .zip(&checked)
+                .map(|(t, c)| (t.name.as_str(), TensorView { ty: c.ty, dims: &c.dims, data: t.data.as_le_slice(&store) }))
                 .collect();
             let run = running.run(&views);
             drop(views);
@@ -56,7 +74,12 @@ pub(super) fn add_to_linker<T: 'static>(
             };
             let values = outputs
                 .into_iter()
-                .map(|(name, t)| TensorValue { name, dimensions: t.dims, ty: t.ty.into(), data: t.data })
+                .map(|(name, t)| IoTensor {
+                    name,
+                    datatype: Datatype::from(t.ty).into(),
+                    shape: t.dims.into_iter().map(u64::from).collect(),
+                    data: t.data,
+                })
                 .collect::<Vec<_>>();
             Ok((Ok(values),))
         },
