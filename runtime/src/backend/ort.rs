@@ -510,7 +510,7 @@ impl Backend for OrtBackend {
             inner: Arc::new(GraphInner {
                 backend: self.clone(),
                 model,
-                pool: Mutex::new(Pool { idle: vec![(session, 0)], total: 1 }),
+                pool: Mutex::new(Pool { idle: vec![(session, 0)], total: 1, waiting: 0 }),
                 freed: Condvar::new(),
                 max_sessions: std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
             }),
@@ -546,6 +546,10 @@ struct Pool {
     idle: Vec<(Session, u64)>,
     /// Sessions built, idle or running.
     total: usize,
+    /// Runs waiting in `checkout` for a session: `checkin` signals only
+    /// then (a condvar's notify is a futex call even with nobody waiting,
+    /// ≈ 5 % of a 3 µs model's run).
+    waiting: usize,
 }
 
 impl GraphInner {
@@ -568,11 +572,16 @@ impl GraphInner {
                 drop(pool);
                 let built = self.backend.build_session(&self.model, deadline);
                 if built.is_err() {
-                    self.pool.lock().unwrap_or_else(|p| p.into_inner()).total -= 1;
+                    let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+                    pool.total -= 1;
+                    // A waiter may build in its place.
+                    if pool.waiting > 0 {
+                        self.freed.notify_one();
+                    }
                 }
                 return built;
             }
-            pool = match deadline {
+            let left = match deadline {
                 Some(at) => {
                     let left = at.saturating_duration_since(Instant::now());
                     if left.is_zero() {
@@ -581,16 +590,25 @@ impl GraphInner {
                             "waited for a free session past the deadline",
                         ));
                     }
-                    self.freed.wait_timeout(pool, left).unwrap_or_else(|p| p.into_inner()).0
+                    Some(left)
                 }
+                None => None,
+            };
+            pool.waiting += 1;
+            pool = match left {
+                Some(left) => self.freed.wait_timeout(pool, left).unwrap_or_else(|p| p.into_inner()).0,
                 None => self.freed.wait(pool).unwrap_or_else(|p| p.into_inner()),
             };
+            pool.waiting -= 1;
         }
     }
 
     fn checkin(&self, s: Session, shape_key: u64) {
-        self.pool.lock().unwrap_or_else(|p| p.into_inner()).idle.push((s, shape_key));
-        self.freed.notify_one();
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        pool.idle.push((s, shape_key));
+        if pool.waiting > 0 {
+            self.freed.notify_one();
+        }
     }
 }
 
