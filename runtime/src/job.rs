@@ -7,7 +7,9 @@ use crate::host::bindings::{exports::mote::edge::handler, mote::edge::types as w
 use crate::host::{JobState, LogLevel, LogLine};
 use crate::limits::{JobAbort, Outcome};
 use crate::receipt::Receipt;
+use crate::request_digest::RequestDigest;
 use mote_protocol::{digest, digest_with, DigestAlg, IoTensor, Request, Response, MAX_INPUTS};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use wasmtime::Store;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -107,8 +109,7 @@ impl Deployment {
             .allow_ip_name_lookup(false)
             .build();
         let (mut store, armed) = self.new_store(wasi, sink);
-        let input_digest = digest(&request.inputs, &request.parameters);
-        let result = self.call(&mut store, request);
+        let (result, input_digest) = self.call(&mut store, request);
         // Fuel left, where metering is on.
         let fuel_left = if armed { store.get_fuel().ok() } else { None };
         let wall_ns = start.elapsed().as_nanos() as u64;
@@ -176,7 +177,27 @@ impl Deployment {
         (receipt, log)
     }
 
-    fn call(&self, store: &mut Store<JobState>, request: Request) -> Result<Response, JobError> {
+    /// Runs the handler on `request`; returns its result and the request's
+    /// digest (computed beside the guest for a large request, see
+    /// `request_digest`).
+    fn call(&self, store: &mut Store<JobState>, request: Request) -> (Result<Response, JobError>, String) {
+        let pre = match self.admit(&request) {
+            Ok(pre) => pre,
+            Err(e) => return (Err(e), digest(&request.inputs, &request.parameters)),
+        };
+        // Shared with the digest thread, not copied: lowering only reads it.
+        let wit_request = Arc::new(wit::Request {
+            inputs: request.inputs.into_iter().map(to_wit).collect(),
+            parameters: request.parameters,
+        });
+        let input_digest = RequestDigest::start(&wit_request);
+        let result = Self::call_handler(store, pre, &wit_request);
+        (result, input_digest.wait())
+    }
+
+    /// The request's checks before a guest sees it, and the deployment's
+    /// pre-instantiated handler.
+    fn admit(&self, request: &Request) -> Result<&crate::host::bindings::JobPre<JobState>, JobError> {
         // Checked before the guest runs: each input becomes a resource in
         // the store's bounded table, and names are how guests find them.
         let invalid = |message: String| JobError { outcome: Outcome::InvalidInput, message };
@@ -205,22 +226,25 @@ impl Deployment {
                 });
             }
         }
+        match &self.entry {
+            crate::deployment::Entry::Job(pre) => Ok(pre),
+            crate::deployment::Entry::Command(_) => Err(JobError {
+                outcome: Outcome::InvalidInput,
+                message: "this deployment is a command program (wasi:cli/command): it takes no requests; \
+                          run it with `mote run PROGRAM.wasm --dir HOST::GUEST`"
+                    .into(),
+            }),
+        }
+    }
 
-        let pre = match &self.entry {
-            crate::deployment::Entry::Job(pre) => pre,
-            crate::deployment::Entry::Command(_) => {
-                return Err(JobError {
-                    outcome: Outcome::InvalidInput,
-                    message: "this deployment is a command program (wasi:cli/command): it takes no requests; \
-                              run it with `mote run PROGRAM.wasm --dir HOST::GUEST`"
-                        .into(),
-                })
-            }
-        };
+    /// Instantiates the guest and calls its handler once.
+    fn call_handler(
+        store: &mut Store<JobState>,
+        pre: &crate::host::bindings::JobPre<JobState>,
+        request: &wit::Request,
+    ) -> Result<Response, JobError> {
         let job = pre.instantiate(&mut *store).map_err(|e| classify(&e))?;
-        let wit_request =
-            wit::Request { inputs: request.inputs.into_iter().map(to_wit).collect(), parameters: request.parameters };
-        match job.mote_edge_handler().call_handle(&mut *store, &wit_request) {
+        match job.mote_edge_handler().call_handle(&mut *store, request) {
             Ok(Ok(resp)) => {
                 let outputs: Vec<IoTensor> = resp.outputs.into_iter().map(from_wit).collect();
                 for t in &outputs {

@@ -20,6 +20,7 @@ pub mod limits;
 pub mod model_screen;
 pub mod onnx_proto;
 mod presign;
+mod request_digest;
 pub mod price;
 pub mod receipt;
 mod runtime;

@@ -55,6 +55,40 @@ pub fn digest(tensors: &[IoTensor], parameters: &[(String, String)]) -> String {
 /// [`digest`] with the hash `alg` (sha256 for receipts written before
 /// BLAKE3).
 pub fn digest_with(alg: DigestAlg, tensors: &[IoTensor], parameters: &[(String, String)]) -> String {
+    digest_of(alg, tensors, parameters)
+}
+
+/// What the canonical form reads of a tensor: lets tensors held in another
+/// type (a runtime's copy of the WIT record) be digested where they are.
+pub trait CanonicalTensor {
+    /// The tensor's name.
+    fn name(&self) -> &str;
+    /// Its KServe datatype name (`FP32`, …).
+    fn datatype(&self) -> &str;
+    /// Its shape.
+    fn shape(&self) -> &[u64];
+    /// Its element bytes.
+    fn data(&self) -> &[u8];
+}
+
+impl CanonicalTensor for IoTensor {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn datatype(&self) -> &str {
+        self.datatype.as_str()
+    }
+    fn shape(&self) -> &[u64] {
+        &self.shape
+    }
+    fn data(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+/// [`digest_with`] over any [`CanonicalTensor`]s: the same digest for the
+/// same tensors and parameters.
+pub fn digest_of<T: CanonicalTensor>(alg: DigestAlg, tensors: &[T], parameters: &[(String, String)]) -> String {
     match alg {
         DigestAlg::Blake3 => {
             let mut h = blake3::Hasher::new();
@@ -73,20 +107,20 @@ pub fn digest_with(alg: DigestAlg, tensors: &[IoTensor], parameters: &[(String, 
 
 /// Feeds the canonical binary form of docs/receipts.md to `put`: every
 /// length little-endian u64, tensors in order, parameters sorted.
-fn canonical_form(tensors: &[IoTensor], parameters: &[(String, String)], mut put: impl FnMut(&[u8])) {
+fn canonical_form<T: CanonicalTensor>(tensors: &[T], parameters: &[(String, String)], mut put: impl FnMut(&[u8])) {
     let sized = |put: &mut dyn FnMut(&[u8]), b: &[u8]| {
         put(&(b.len() as u64).to_le_bytes());
         put(b);
     };
     put(&(tensors.len() as u64).to_le_bytes());
     for t in tensors {
-        sized(&mut put, t.name.as_bytes());
-        sized(&mut put, t.datatype.as_str().as_bytes());
-        put(&(t.shape.len() as u64).to_le_bytes());
-        for d in &t.shape {
+        sized(&mut put, t.name().as_bytes());
+        sized(&mut put, t.datatype().as_bytes());
+        put(&(t.shape().len() as u64).to_le_bytes());
+        for d in t.shape() {
             put(&d.to_le_bytes());
         }
-        sized(&mut put, &t.data);
+        sized(&mut put, t.data());
     }
     let mut params: Vec<&(String, String)> = parameters.iter().collect();
     params.sort();
