@@ -339,8 +339,22 @@ fn micro_benchmark() -> f64 {
 enum Refusal {
     /// Another node may take it: hand it back.
     NotHere(String),
+    /// The market's store could not be read or written (e.g. while a
+    /// cluster elects a new leader after a server died): hand it back
+    /// later, each time later than the last ([`unavailable_delay`]).
+    Unavailable(String),
     /// No node can: dead-letter it.
     Never(String),
+}
+
+/// How long a job handed back on its `attempt`-th delivery for
+/// [`Refusal::Unavailable`] waits before its next: 1, 2, 4, 8 s …, at most
+/// 30. Every delivery counts towards the consumer's `max_deliver`; with
+/// the old fixed 1 s, five deliveries spanned about 5 s, and a JetStream
+/// cluster still electing a leader after a server died ran jobs out of
+/// deliveries (a CI run of the three-server test lost 8 of 200 that way).
+fn unavailable_delay(attempt: u64) -> Duration {
+    Duration::from_secs(1u64 << attempt.saturating_sub(1).min(5)).min(Duration::from_secs(30))
 }
 
 impl Node {
@@ -381,7 +395,7 @@ impl Node {
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(job = %job.id, "checking for a result: {e:#}");
-                    let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    let _ = msg.ack_with(AckKind::Nak(Some(unavailable_delay(attempt)))).await;
                     return;
                 }
             }
@@ -391,6 +405,10 @@ impl Node {
                 Refusal::NotHere(why) => {
                     tracing::info!(job = %job.id, "not taking the job: {why}");
                     let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                }
+                Refusal::Unavailable(why) => {
+                    let _ = msg.ack_with(AckKind::Nak(Some(unavailable_delay(attempt)))).await;
+                    tracing::warn!(job = %job.id, "job handed back: {why}");
                 }
                 Refusal::Never(why) => {
                     self.dead_letter(&job, &why, attempt).await;
@@ -439,6 +457,11 @@ impl Node {
             Err(Refusal::NotHere(why)) => {
                 tracing::warn!(job = %job.id, "job handed back: {why}");
                 let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            }
+            Err(Refusal::Unavailable(why)) => {
+                let delay = unavailable_delay(attempt);
+                tracing::warn!(job = %job.id, ?delay, "job handed back: {why}");
+                let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
             }
         }
     }
@@ -515,7 +538,7 @@ impl Node {
         }
         if let Err(e) = self.market.store_once(super::result_subject(&job.market, &job.id), &job.id, payload.into()).await
         {
-            return Err(Refusal::NotHere(format!("storing the result: {e:#}")));
+            return Err(Refusal::Unavailable(format!("storing the result: {e:#}")));
         }
         Ok(JobState::of(phase, job, job_sha, Some(&self.node_id), attempt, reason))
     }
@@ -703,7 +726,7 @@ impl Node {
         let request = super::request_of(job, |sha| async move { node.artifact(&sha).await }).await?;
         let deployment = match self.deployment(job).await {
             Ok(d) => d,
-            Err(Refusal::Never(why) | Refusal::NotHere(why)) => anyhow::bail!("{why}"),
+            Err(Refusal::Never(why) | Refusal::NotHere(why) | Refusal::Unavailable(why)) => anyhow::bail!("{why}"),
         };
         let id = job.id.clone();
         let _slot = self.run_slots.acquire().await?;
@@ -739,5 +762,19 @@ impl Node {
             }
         }
         tracing::warn!("could not record the check of {}", r.job_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_the_store_cannot_take_comes_back_later_each_time() {
+        let delays: Vec<u64> = (1..=8).map(|a| unavailable_delay(a).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30, 30]);
+        // The default five deliveries span 15 s of an unavailable store,
+        // not 4.
+        assert_eq!((1..5).map(|a| unavailable_delay(a).as_secs()).sum::<u64>(), 15);
     }
 }
