@@ -106,14 +106,8 @@ pub fn digest_of<T: CanonicalTensor>(alg: DigestAlg, tensors: &[T], parameters: 
 }
 
 /// Feeds the canonical binary form of docs/receipts.md to `put`: every
-/// length little-endian u64, tensors in order, parameters sorted. The
-/// small pieces (lengths, names, dimensions) reach `put` gathered in
-/// runs of up to [`Gather::CAPACITY`] bytes, large data as it lies: a
-/// hasher's update has a cost per call (a small request's digest took
-/// twice as long as its bytes in one call).
-fn canonical_form<T: CanonicalTensor>(tensors: &[T], parameters: &[(String, String)], put: impl FnMut(&[u8])) {
-    let mut out = Gather { buf: [0; Gather::CAPACITY], len: 0, put };
-    let mut put = |b: &[u8]| out.write(b);
+/// length little-endian u64, tensors in order, parameters sorted.
+fn canonical_form<T: CanonicalTensor>(tensors: &[T], parameters: &[(String, String)], mut put: impl FnMut(&[u8])) {
     let sized = |put: &mut dyn FnMut(&[u8]), b: &[u8]| {
         put(&(b.len() as u64).to_le_bytes());
         put(b);
@@ -134,38 +128,6 @@ fn canonical_form<T: CanonicalTensor>(tensors: &[T], parameters: &[(String, Stri
     for (k, v) in params {
         sized(&mut put, k.as_bytes());
         sized(&mut put, v.as_bytes());
-    }
-    drop(put);
-    out.flush();
-}
-
-/// Gathers small writes into runs for a consumer that pays per call.
-struct Gather<F: FnMut(&[u8])> {
-    buf: [u8; Self::CAPACITY],
-    len: usize,
-    put: F,
-}
-
-impl<F: FnMut(&[u8])> Gather<F> {
-    const CAPACITY: usize = 1024;
-
-    fn write(&mut self, b: &[u8]) {
-        if self.len + b.len() > Self::CAPACITY {
-            self.flush();
-            if b.len() > Self::CAPACITY {
-                (self.put)(b);
-                return;
-            }
-        }
-        self.buf[self.len..self.len + b.len()].copy_from_slice(b);
-        self.len += b.len();
-    }
-
-    fn flush(&mut self) {
-        if self.len > 0 {
-            (self.put)(&self.buf[..self.len]);
-            self.len = 0;
-        }
     }
 }
 
@@ -224,45 +186,5 @@ mod tests {
         assert_eq!(digest(&[], &[]), blake3::hash(&empty).to_hex().to_string());
         assert_eq!(DigestAlg::Sha256.hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_eq!(DigestAlg::Blake3.hex(b"abc"), "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85");
-    }
-
-    #[test]
-    fn gathering_small_pieces_never_changes_the_bytes_hashed() {
-        // Pieces that end exactly at, just before and just past the
-        // gathering buffer's edge, data larger than it, and empty data.
-        let sizes = [0, 1, 1000, 1007, 1008, 1009, 1024, 1025, 4096];
-        let tensors: Vec<IoTensor> = sizes
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| IoTensor {
-                name: "n".repeat(i * 97),
-                datatype: Datatype::Uint8,
-                shape: vec![n as u64],
-                data: (0..n).map(|b| (b * 31 + i) as u8).collect(),
-            })
-            .collect();
-        let params = vec![("p".repeat(1500), "v".to_string())];
-        let mut bytes = Vec::new();
-        let sized = |b: &[u8], out: &mut Vec<u8>| {
-            out.extend((b.len() as u64).to_le_bytes());
-            out.extend(b);
-        };
-        bytes.extend((tensors.len() as u64).to_le_bytes());
-        for t in &tensors {
-            sized(t.name.as_bytes(), &mut bytes);
-            sized(b"UINT8", &mut bytes);
-            bytes.extend(1u64.to_le_bytes());
-            bytes.extend(t.shape[0].to_le_bytes());
-            sized(&t.data, &mut bytes);
-        }
-        bytes.extend(1u64.to_le_bytes());
-        sized(params[0].0.as_bytes(), &mut bytes);
-        sized(b"v", &mut bytes);
-        let mut seen = Vec::new();
-        canonical_form(&tensors, &params, |b| seen.extend_from_slice(b));
-        assert_eq!(seen, bytes);
-        for alg in [DigestAlg::Blake3, DigestAlg::Sha256] {
-            assert_eq!(digest_with(alg, &tensors, &params), alg.hex(&bytes), "{alg:?}");
-        }
     }
 }
