@@ -21,6 +21,13 @@ fn still_serves(rt: &Runtime) {
     assert!(r.result.is_ok(), "normal job after a failure: {:?}", r.result.err());
 }
 
+/// Asserts that a job ended `invalid_input` with a message containing `says`.
+fn assert_invalid_input(r: &mote_runtime::JobReport, says: &str) {
+    let err = r.result.as_ref().expect_err(says);
+    assert_eq!(err.outcome, Outcome::InvalidInput, "{err}");
+    assert!(err.message.contains(says), "{err}");
+}
+
 fn output_string(r: &mote_runtime::Response, name: &str) -> String {
     let t = r.outputs.iter().find(|t| t.name == name).expect("output");
     let parts = mote_runtime::tensor::split_bytes_elements(&t.data).unwrap();
@@ -121,19 +128,12 @@ fn inference_by_value_equals_wasi_nn_resources_and_is_metered_the_same() {
 fn a_tensor_passed_by_value_that_lies_about_its_size_ends_the_job() {
     let rt = runtime();
     let d = misbehave(&rt, Limits::default());
-    let r = d.run(&with_params(mode("io-lie"), &[("claim", "huge")]));
-    let err = r.result.expect_err("a 64 GiB claim");
-    assert_eq!(err.outcome, Outcome::InvalidInput, "{err}");
-    assert!(err.message.contains("exceeds the job's tensor limit"), "{err}");
-    let r = d.run(&with_params(mode("io-lie"), &[("claim", "short")]));
-    let err = r.result.expect_err("8 bytes for 4 floats");
-    assert_eq!(err.outcome, Outcome::InvalidInput, "{err}");
-    assert!(err.message.contains("needs 16 bytes but 8 were given"), "{err}");
+    let claim = |c: &str| d.run(&with_params(mode("io-lie"), &[("claim", c)]));
+    // 64 GiB claimed with 16 bytes; 4 floats with 8 bytes.
+    assert_invalid_input(&claim("huge"), "exceeds the job's tensor limit");
+    assert_invalid_input(&claim("short"), "needs 16 bytes but 8 were given");
     // A datatype wasi-nn cannot carry is the guest's error to handle.
-    let r = d.run(&with_params(mode("io-lie"), &[("claim", "bytes")]));
-    let err = r.result.expect_err("a BYTES input");
-    assert_eq!(err.outcome, Outcome::InvalidInput, "{err}");
-    assert!(err.message.contains("invalid-argument: input 'x' has datatype BYTES, which wasi-nn cannot carry"), "{err}");
+    assert_invalid_input(&claim("bytes"), "invalid-argument: input 'x' has datatype BYTES, which wasi-nn cannot carry");
     still_serves(&rt);
 }
 
@@ -154,9 +154,7 @@ fn state_kept_on_the_host_serves_computes_by_value_and_through_wasi_nn_alike() {
 fn a_huge_tensor_claim_is_invalid_input() {
     let rt = runtime();
     let r = misbehave(&rt, Limits::default()).run(&mode("huge-tensor"));
-    let err = r.result.expect_err("huge tensor");
-    assert_eq!(err.outcome, Outcome::InvalidInput, "{err}");
-    assert!(err.message.contains("exceeds the job's tensor limit"), "{err}");
+    assert_invalid_input(&r, "exceeds the job's tensor limit");
     still_serves(&rt);
 }
 
