@@ -134,6 +134,7 @@ fn a_tensor_passed_by_value_that_lies_about_its_size_ends_the_job() {
     assert_invalid_input(&claim("short"), "needs 16 bytes but 8 were given");
     // A datatype wasi-nn cannot carry is the guest's error to handle.
     assert_invalid_input(&claim("bytes"), "invalid-argument: input 'x' has datatype BYTES, which wasi-nn cannot carry");
+    assert_invalid_input(&claim("many"), "invalid-argument: 100000 input tensors; a compute takes at most 1024");
     still_serves(&rt);
 }
 

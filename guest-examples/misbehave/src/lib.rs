@@ -46,7 +46,8 @@ impl Handler for Misbehave {
                 // Passes a tensor by value (mote:edge/inference-io) whose
                 // data does not match its shape: `claim=huge` claims 64 GiB
                 // with 16 bytes, `claim=short` 4 floats with 8 bytes,
-                // `claim=bytes` a BYTES tensor (not a wasi-nn type).
+                // `claim=bytes` a BYTES tensor (not a wasi-nn type),
+                // `claim=many` 100,000 tensors.
                 let g = GraphBuilder::new();
                 let x = g.input("x", TensorType::Fp32, &[-1])?;
                 let y = g.node("Identity", &[x], &[])?;
@@ -57,7 +58,9 @@ impl Handler for Misbehave {
                     _ => (Datatype::Fp32, &[4], &[0; 8]),
                 };
                 let x = IoTensor { name: "x".into(), datatype, shape: shape.to_vec(), data: data.to_vec() };
-                let out = graph.compute(&[x])?;
+                // `claim=many`: 100,000 tensors in one compute.
+                let inputs = if req.param("claim") == Some("many") { vec![x; 100_000] } else { vec![x] };
+                let out = graph.compute(&inputs)?;
                 Ok(Response { outputs: vec![IoTensor::from_f32("outputs", &[1], &[out.len() as f32])], parameters: vec![] })
             }
             "io-state" => {

@@ -10,6 +10,7 @@ use super::bindings::wasi::nn::errors::ErrorCode;
 use super::{NnExecContext, NnView};
 use crate::backend::TensorView;
 use crate::tensor::{Datatype, ElementType};
+use mote_protocol::MAX_INPUTS;
 use wasmtime::component::{ComponentType, Lift, Linker, Resource, WasmList};
 use wasmtime::StoreContextMut;
 
@@ -40,6 +41,13 @@ pub(super) fn add_to_linker<T: 'static>(
     linker.instance(INTERFACE)?.func_wrap(
         "compute",
         move |mut store: StoreContextMut<'_, T>, (c, inputs): (Resource<NnExecContext>, WasmList<InputTensor>)| {
+            // Refused before any of it is lifted (names and shapes are
+            // copied to the host): no model takes more inputs than a
+            // request may carry.
+            if inputs.len() > MAX_INPUTS {
+                let message = format!("{} input tensors; a compute takes at most {MAX_INPUTS}", inputs.len());
+                return Ok((view(store.data_mut()).nn_error(ErrorCode::InvalidArgument, message)?,));
+            }
             let inputs = inputs.iter(&mut store)?.collect::<wasmtime::Result<Vec<InputTensor>>>()?;
             let mut checked = Vec::with_capacity(inputs.len());
             for t in &inputs {
