@@ -19,7 +19,9 @@
 //! Models come either as ONNX bytes ([`Graph::load_onnx`]), by name from the
 //! deployment ([`Graph::by_name`]), or declared op by op with
 //! [`GraphBuilder`]. Everything goes through the standard `wasi:nn` API and
-//! mote's `mote:edge` interfaces, so the host decides where it runs.
+//! mote's `mote:edge` interfaces, so the host decides where it runs:
+//! [`Graph::run_io`] / [`Graph::compute`] in one host call
+//! (`mote:edge/inference-io`), [`Graph::run`] through wasi-nn's tensors.
 
 #![allow(unreachable_pub)]
 
