@@ -64,15 +64,15 @@ pub(super) fn add_to_linker<T: 'static>(
             }
             let mut running = {
                 let mut v = view(store.data_mut());
-                for (t, c) in inputs.iter().zip(&checked) {
-                    v.check_tensor(&c.dims, c.ty, t.data.len())?;
+                for (t, k) in inputs.iter().zip(&checked) {
+                    v.check_tensor(&k.dims, k.ty, t.data.len())?;
                 }
                 v.begin_compute(&c, |name| inputs.iter().any(|t| t.name == name))?
             };
             let views: Vec<(&str, TensorView<'_>)> = inputs
                 .iter()
                 .zip(&checked)
-                .map(|(t, c)| (t.name.as_str(), TensorView { ty: c.ty, dims: &c.dims, data: t.data.as_le_slice(&store) }))
+                .map(|(t, k)| (t.name.as_str(), TensorView { ty: k.ty, dims: &k.dims, data: t.data.as_le_slice(&store) }))
                 .collect();
             let run = running.run(&views);
             drop(views);
