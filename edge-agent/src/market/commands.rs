@@ -370,7 +370,7 @@ pub async fn reexecute_locally(market: &Market, job: &super::spec::JobSpec) -> R
     for (name, sha) in &job.models {
         models.push((name.clone(), market.download(sha, 512 << 20).await?));
     }
-    let request = super::request_of(job, |sha| async move { market.download(&sha, 64 << 20).await }).await?;
+    let request = super::request_of(job, |sha| async move { Ok(market.download(&sha, 64 << 20).await?) }).await?;
     let job = job.clone();
     tokio::task::spawn_blocking(move || -> Result<mote_runtime::JobReport> {
         let rt = mote_runtime::Runtime::new(mote_runtime::RuntimeConfig {

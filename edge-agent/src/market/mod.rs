@@ -40,6 +40,19 @@ pub const VERIFY: &str = "MOTE_VERIFY";
 pub const ARTIFACTS: &str = "MOTE_ARTIFACTS";
 /// Longest an artifact may take to arrive from the object store.
 pub const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why an artifact could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    /// Not in the store, too large, or its bytes are not its hash: another
+    /// try would get the same.
+    #[error("{0}")]
+    Refused(String),
+    /// The store did not answer, or not in time (a cluster electing a
+    /// leader): another try may succeed.
+    #[error("{0}")]
+    Unavailable(String),
+}
 /// Most bytes of jobs waiting in `MOTE_JOBS` (all markets).
 pub const MAX_QUEUED_BYTES: i64 = 1 << 30;
 /// Results and jobs are deduplicated by id within this window.
@@ -323,24 +336,36 @@ impl Market {
     }
 
     /// Fetches an artifact and checks its bytes against `sha256`.
-    pub async fn download(&self, sha256: &str, max_bytes: usize) -> Result<Vec<u8>> {
+    pub async fn download(&self, sha256: &str, max_bytes: usize) -> Result<Vec<u8>, DownloadError> {
+        use object_store::GetErrorKind as K;
         use tokio::io::AsyncReadExt;
         let fetch = async {
-            let obj =
-                self.artifacts.get(sha256).await.with_context(|| format!("artifact {sha256} is not in {ARTIFACTS}"))?;
+            let obj = self.artifacts.get(sha256).await.map_err(|e| {
+                let message = format!("artifact {sha256} is not in {ARTIFACTS}: {e}");
+                match e.kind() {
+                    K::NotFound | K::InvalidName | K::BucketLink => DownloadError::Refused(message),
+                    K::ConsumerCreate | K::Other | K::TimedOut => DownloadError::Unavailable(message),
+                }
+            })?;
             let mut bytes = Vec::new();
             obj.take(max_bytes as u64 + 1)
                 .read_to_end(&mut bytes)
                 .await
-                .with_context(|| format!("reading artifact {sha256}"))?;
-            anyhow::Ok(bytes)
+                .map_err(|e| DownloadError::Unavailable(format!("reading artifact {sha256}: {e}")))?;
+            Ok(bytes)
         };
-        let bytes = tokio::time::timeout(DOWNLOAD_TIMEOUT, fetch)
-            .await
-            .map_err(|_| anyhow::anyhow!("artifact {sha256} did not arrive within {DOWNLOAD_TIMEOUT:?}"))??;
-        anyhow::ensure!(bytes.len() <= max_bytes, "artifact {sha256} is larger than {max_bytes} bytes");
+        let bytes = tokio::time::timeout(DOWNLOAD_TIMEOUT, fetch).await.map_err(|_| {
+            DownloadError::Unavailable(format!("artifact {sha256} did not arrive within {DOWNLOAD_TIMEOUT:?}"))
+        })??;
+        if bytes.len() > max_bytes {
+            return Err(DownloadError::Refused(format!("artifact {sha256} is larger than {max_bytes} bytes")));
+        }
         let got = mote_runtime::receipt::sha256_hex(&bytes);
-        anyhow::ensure!(got == sha256, "artifact {sha256}: its bytes hash to {got} (tampered or corrupted); rejected");
+        if got != sha256 {
+            return Err(DownloadError::Refused(format!(
+                "artifact {sha256}: its bytes hash to {got} (tampered or corrupted); rejected"
+            )));
+        }
         Ok(bytes)
     }
 }

@@ -347,6 +347,17 @@ enum Refusal {
     Never(String),
 }
 
+/// What a job's artifact or request that could not be had makes of the
+/// job: `Unavailable` when the store did not answer (another try may get
+/// it), else `Never` (missing, too large, or not its hash).
+fn fetch_refusal(what: &str, e: anyhow::Error) -> Refusal {
+    let message = format!("{what}{e:#}");
+    match e.downcast_ref::<super::DownloadError>() {
+        Some(super::DownloadError::Unavailable(_)) => Refusal::Unavailable(message),
+        _ => Refusal::Never(message),
+    }
+}
+
 /// How long a job handed back on its `attempt`-th delivery for
 /// [`Refusal::Unavailable`] waits before its next: 1, 2, 4, 8 s …, at most
 /// 30. Every delivery counts towards the consumer's `max_deliver`; with
@@ -494,9 +505,8 @@ impl Node {
     /// final state, to record) once the result is stored.
     async fn execute(self: Arc<Self>, job: &JobSpec, job_sha: &str, attempt: u64) -> Result<JobState, Refusal> {
         let node = &self;
-        let request = super::request_of(job, |sha| async move { node.artifact(&sha).await })
-            .await
-            .map_err(|e| Refusal::Never(format!("{e:#}")))?;
+        let request =
+            super::request_of(job, |sha| async move { node.artifact(&sha).await }).await.map_err(|e| fetch_refusal("", e))?;
         let deployment = self.deployment(job).await?;
         let job_id = job.id.clone();
         let report = {
@@ -563,10 +573,10 @@ impl Node {
         if let Some(d) = self.deployments.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return Ok(d.clone());
         }
-        let guest = self.artifact(&job.guest).await.map_err(|e| Refusal::Never(format!("guest: {e:#}")))?;
+        let guest = self.artifact(&job.guest).await.map_err(|e| fetch_refusal("guest: ", e))?;
         let mut models = Vec::with_capacity(job.models.len());
         for (name, sha) in &job.models {
-            let bytes = self.artifact(sha).await.map_err(|e| Refusal::Never(format!("model '{name}': {e:#}")))?;
+            let bytes = self.artifact(sha).await.map_err(|e| fetch_refusal(&format!("model '{name}': "), e))?;
             models.push((name.clone(), bytes));
         }
         let runtime = self.runtime.clone();
@@ -768,6 +778,17 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_artifact_the_store_did_not_serve_is_tried_again_and_a_bad_one_never() {
+        let unavailable = anyhow::Error::new(super::super::DownloadError::Unavailable("timed out".into()));
+        let r = fetch_refusal("guest: ", unavailable.context("request object"));
+        assert!(matches!(r, Refusal::Unavailable(ref m) if m == "guest: request object: timed out"));
+        let refused = anyhow::Error::new(super::super::DownloadError::Refused("hash mismatch".into()));
+        assert!(matches!(fetch_refusal("", refused), Refusal::Never(_)));
+        // Anything else (a request that does not parse) is the job's fault.
+        assert!(matches!(fetch_refusal("", anyhow::anyhow!("request: bad json")), Refusal::Never(_)));
+    }
 
     #[test]
     fn a_job_the_store_cannot_take_comes_back_later_each_time() {
