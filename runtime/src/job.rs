@@ -289,7 +289,7 @@ pub(crate) fn classify(e: &wasmtime::Error) -> JobError {
     JobError { outcome, message }
 }
 
-fn to_wit(t: IoTensor) -> wit::IoTensor {
+pub(crate) fn to_wit(t: IoTensor) -> wit::IoTensor {
     wit::IoTensor { name: t.name, datatype: t.datatype.into(), shape: t.shape, data: t.data }
 }
 

@@ -17,7 +17,7 @@ use mote_protocol::message::{digest_of, CanonicalTensor};
 use mote_protocol::{Datatype, DigestAlg};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 /// Requests with at least this many bytes of tensor data are digested on
 /// the digest thread.
@@ -48,7 +48,7 @@ type Task = (Arc<wit::Request>, mpsc::SyncSender<String>);
 
 /// The digest thread: its queue, and whether it is at work.
 struct Worker {
-    tasks: Mutex<mpsc::Sender<Task>>,
+    tasks: mpsc::Sender<Task>,
     busy: Arc<AtomicBool>,
 }
 
@@ -66,7 +66,7 @@ fn worker() -> Option<&'static Worker> {
                 }
             });
             match started {
-                Ok(_) => Some(Worker { tasks: Mutex::new(tx), busy }),
+                Ok(_) => Some(Worker { tasks: tx, busy }),
                 Err(e) => {
                     tracing::warn!("request digest thread did not start ({e}); digesting inline");
                     None
@@ -91,7 +91,7 @@ impl RequestDigest {
                 // request at a time, never a queue.
                 if !w.busy.swap(true, Ordering::AcqRel) {
                     let (done, result) = mpsc::sync_channel(1);
-                    let sent = w.tasks.lock().unwrap_or_else(|p| p.into_inner()).send((request.clone(), done));
+                    let sent = w.tasks.send((request.clone(), done));
                     if sent.is_ok() {
                         return Self::Beside(result, request.clone());
                     }
@@ -131,19 +131,8 @@ mod tests {
     }
 
     fn to_wit(r: &mote_protocol::Request) -> Arc<wit::Request> {
-        Arc::new(wit::Request {
-            inputs: r
-                .inputs
-                .iter()
-                .map(|t| wit::IoTensor {
-                    name: t.name.clone(),
-                    datatype: t.datatype.into(),
-                    shape: t.shape.clone(),
-                    data: t.data.clone(),
-                })
-                .collect(),
-            parameters: r.parameters.clone(),
-        })
+        let inputs = r.inputs.iter().cloned().map(crate::job::to_wit).collect();
+        Arc::new(wit::Request { inputs, parameters: r.parameters.clone() })
     }
 
     #[test]

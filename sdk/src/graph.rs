@@ -95,59 +95,47 @@ impl Tensor {
     /// Converts a request tensor (its datatype must exist in wasi-nn:
     /// FP16, FP32, FP64, BF16, UINT8, BOOL, INT32, INT64).
     pub fn from_io(t: &IoTensor) -> Result<Self, HandlerError> {
-        Ok(Self::new(tensor_type(t)?, &dims_u32(t)?, &t.data))
+        let ty = match t.datatype {
+            Datatype::Fp16 => TensorType::Fp16,
+            Datatype::Fp32 => TensorType::Fp32,
+            Datatype::Fp64 => TensorType::Fp64,
+            Datatype::Bf16 => TensorType::Bf16,
+            Datatype::Uint8 | Datatype::Bool => TensorType::U8,
+            Datatype::Int32 => TensorType::I32,
+            Datatype::Int64 => TensorType::I64,
+            other => {
+                return Err(HandlerError::InvalidInput(format!(
+                    "input '{}' has datatype {other:?}, which wasi-nn cannot carry",
+                    t.name
+                )))
+            }
+        };
+        let dims = t
+            .shape
+            .iter()
+            .map(|&d| u32::try_from(d))
+            .collect::<Result<Vec<u32>, _>>()
+            .map_err(|_| HandlerError::InvalidInput(format!("input '{}': dimension too large", t.name)))?;
+        Ok(Self::new(ty, &dims, &t.data))
     }
 
     /// Converts to a response tensor named `name`.
     pub fn to_io(&self, name: &str) -> IoTensor {
+        let datatype = match self.ty() {
+            TensorType::Fp16 => Datatype::Fp16,
+            TensorType::Fp32 => Datatype::Fp32,
+            TensorType::Fp64 => Datatype::Fp64,
+            TensorType::Bf16 => Datatype::Bf16,
+            TensorType::U8 => Datatype::Uint8,
+            TensorType::I32 => Datatype::Int32,
+            TensorType::I64 => Datatype::Int64,
+        };
         IoTensor {
             name: name.to_string(),
-            datatype: datatype(self.ty()),
+            datatype,
             shape: self.dims().into_iter().map(u64::from).collect(),
             data: self.bytes(),
         }
-    }
-}
-
-/// The wasi-nn element type of a request tensor (its datatype must exist
-/// in wasi-nn: FP16, FP32, FP64, BF16, UINT8, BOOL, INT32, INT64).
-fn tensor_type(t: &IoTensor) -> Result<TensorType, HandlerError> {
-    Ok(match t.datatype {
-        Datatype::Fp16 => TensorType::Fp16,
-        Datatype::Fp32 => TensorType::Fp32,
-        Datatype::Fp64 => TensorType::Fp64,
-        Datatype::Bf16 => TensorType::Bf16,
-        Datatype::Uint8 | Datatype::Bool => TensorType::U8,
-        Datatype::Int32 => TensorType::I32,
-        Datatype::Int64 => TensorType::I64,
-        other => {
-            return Err(HandlerError::InvalidInput(format!(
-                "input '{}' has datatype {other:?}, which wasi-nn cannot carry",
-                t.name
-            )))
-        }
-    })
-}
-
-/// A request tensor's shape as wasi-nn dimensions.
-fn dims_u32(t: &IoTensor) -> Result<Vec<u32>, HandlerError> {
-    t.shape
-        .iter()
-        .map(|&d| u32::try_from(d))
-        .collect::<Result<Vec<u32>, _>>()
-        .map_err(|_| HandlerError::InvalidInput(format!("input '{}': dimension too large", t.name)))
-}
-
-/// The response datatype of a wasi-nn element type.
-fn datatype(ty: TensorType) -> Datatype {
-    match ty {
-        TensorType::Fp16 => Datatype::Fp16,
-        TensorType::Fp32 => Datatype::Fp32,
-        TensorType::Fp64 => Datatype::Fp64,
-        TensorType::Bf16 => Datatype::Bf16,
-        TensorType::U8 => Datatype::Uint8,
-        TensorType::I32 => Datatype::Int32,
-        TensorType::I64 => Datatype::Int64,
     }
 }
 
