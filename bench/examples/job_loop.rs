@@ -1,6 +1,7 @@
 //! Runs one kind of job in a loop for `perf record` (profiling aid for the
 //! fixed cost of a job): `job_loop empty|mlp|cnn [seconds]`, from the
-//! repository root. Prints the p50 of the loop's jobs. `job_loop
+//! repository root. Prints the p50 of the loop's jobs (up to the report)
+//! and of the instance resets that follow them. `job_loop
 //! in-guest-mlp N [values|wasi-nn]` runs N inferences inside `inference-loop` jobs
 //! instead (the per-inference path between guest and backend).
 use mote_runtime::{kserve, DeploymentSpec, Limits, Request, Runtime, RuntimeConfig};
@@ -59,13 +60,20 @@ fn main() {
         return;
     }
     let end = Instant::now() + Duration::from_secs_f64(secs);
-    let mut samples = Vec::new();
+    let (mut samples, mut resets) = (Vec::new(), Vec::new());
     while Instant::now() < end {
         let r = req.clone();
         let t = Instant::now();
-        d.run_owned(r).result.unwrap();
+        // As the node runs a job: the report, then the instance's reset.
+        let (report, finished) = d.run_reply_first(mote_runtime::new_job_id(), r, None);
+        report.result.unwrap();
         samples.push(t.elapsed());
+        let t = Instant::now();
+        drop(finished);
+        resets.push(t.elapsed());
     }
     samples.sort();
-    println!("{what}: {} jobs, p50 {:.1} µs", samples.len(), samples[samples.len() / 2].as_secs_f64() * 1e6);
+    resets.sort();
+    let p50 = |v: &[Duration]| v[v.len() / 2].as_secs_f64() * 1e6;
+    println!("{what}: {} jobs, p50 {:.1} µs, reset after it {:.1} µs", samples.len(), p50(&samples), p50(&resets));
 }

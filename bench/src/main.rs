@@ -22,7 +22,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use mote_runtime::backend::{standalone, BackendKind, DirectInputs};
-use mote_runtime::{kserve, DigestAlg, Deployment, DeploymentSpec, Limits, Request, Runtime, RuntimeConfig};
+use mote_runtime::{kserve, new_job_id, DigestAlg, Deployment, DeploymentSpec, Limits, Request, Runtime, RuntimeConfig};
 use serde_json::{json, Value};
 use stats::Summary;
 use std::path::{Path, PathBuf};
@@ -126,25 +126,34 @@ fn deploy(ctx: &Ctx, rt: &Runtime, guest: &str, model: Option<&str>) -> Result<D
 
 /// Like [`time`], but each call gets a fresh value from `make`, made
 /// outside the timed part (a request the job consumes).
-pub(crate) fn time_owned<T>(
+pub(crate) fn time_owned<T, R>(
     runs: usize,
     pb: &ProgressBar,
     mut make: impl FnMut() -> T,
-    mut f: impl FnMut(T),
-) -> Summary {
+    mut f: impl FnMut(T) -> R,
+) -> Timed {
     for _ in 0..(runs / 10).max(3) {
-        f(make());
+        drop(f(make()));
     }
-    let samples: Vec<Duration> = (0..runs)
-        .map(|_| {
-            let v = make();
-            let t = Instant::now();
-            f(v);
-            pb.inc(1);
-            t.elapsed()
-        })
-        .collect();
-    Summary::of(&samples)
+    let (mut samples, mut after) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    for _ in 0..runs {
+        let v = make();
+        let t = Instant::now();
+        let left = f(v);
+        samples.push(t.elapsed());
+        let t = Instant::now();
+        drop(left);
+        after.push(t.elapsed());
+        pb.inc(1);
+    }
+    Timed { call: Summary::of(&samples), drop: Summary::of(&after) }
+}
+
+/// What [`time_owned`] measured: the call, and dropping what it returned
+/// (a job's finished instance: its slot's reset, after the reply).
+pub(crate) struct Timed {
+    pub(crate) call: Summary,
+    pub(crate) drop: Summary,
 }
 
 /// Per-inference latencies a guest measured inside the sandbox: the
@@ -195,12 +204,15 @@ fn overhead(ctx: &Ctx, rt: &Runtime, model: &str) -> Result<Value> {
     pb.inc(runs as u64);
     let guest_wasi_nn = in_guest(&looped, &req, runs, "wasi-nn")?;
     pb.inc(runs as u64);
+    // As the node runs it: the report first, the instance's reset after.
     let job = time_owned(
         runs,
         &pb,
         || req.clone(),
         |r| {
-            d.run_owned(r).result.expect("guest run");
+            let (report, finished) = d.run_reply_first(new_job_id(), r, None);
+            report.result.expect("guest run");
+            finished
         },
     );
     let hash = time(runs.min(200), &ProgressBar::hidden(), || {
@@ -210,11 +222,11 @@ fn overhead(ctx: &Ctx, rt: &Runtime, model: &str) -> Result<Value> {
         std::hint::black_box(mote_runtime::digest_with(DigestAlg::Sha256, &req.inputs, &req.parameters));
     });
     pb.finish_and_clear();
-    Ok(json!({"model": model, "native": native, "in_guest": guest, "in_guest_wasi_nn": guest_wasi_nn, "job": job, "input_hash": hash, "input_hash_sha256": hash_sha256,
+    Ok(json!({"model": model, "native": native, "in_guest": guest, "in_guest_wasi_nn": guest_wasi_nn, "job": job.call, "job_reset_after_reply": job.drop, "input_hash": hash, "input_hash_sha256": hash_sha256,
               "input_bytes": req.inputs.iter().map(|t| t.data.len()).sum::<usize>(),
               "ratio_p50": guest.p50_us / native.p50_us, "ratio_mean": guest.mean_us / native.mean_us,
               "wasi_nn_ratio_p50": guest_wasi_nn.p50_us / native.p50_us,
-              "job_ratio_p50": job.p50_us / native.p50_us}))
+              "job_ratio_p50": job.call.p50_us / native.p50_us}))
 }
 
 /// One model on each backend this machine has, called directly (no guest):
@@ -291,9 +303,10 @@ fn instantiation(ctx: &Ctx) -> Result<Value> {
         &pb,
         || ok.clone(),
         |r| {
-            let report = empty.run_owned(r);
+            let (report, finished) = empty.run_reply_first(new_job_id(), r, None);
             report.result.expect("empty handler");
             walls.push(Duration::from_nanos(report.receipt.usage.wall_ns));
+            finished
         },
     );
     let empty_call = Summary::of(&walls[walls.len() - runs..]);
@@ -331,7 +344,7 @@ fn instantiation(ctx: &Ctx) -> Result<Value> {
     let cached = t.elapsed();
     Ok(json!({
         "instantiate": instantiate,
-        "empty_job": empty_job,
+        "empty_job": empty_job.call, "empty_job_reset_after_reply": empty_job.drop,
         "empty_call": empty_call,
         "receipt_sign": sign,
         "receipt_sign_rfc8032": sign_rfc8032,

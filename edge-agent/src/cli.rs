@@ -353,7 +353,7 @@ fn run_job(args: RunArgs) -> Result<ExitCode> {
         // A closed stdout (`| head`) is a client that went away.
         out.write_all(chunk).and_then(|()| out.flush()).is_ok()
     });
-    let report = deployment.run_streaming(hex::encode(rand::random::<[u8; 16]>()), request, Some(sink));
+    let report = deployment.run_streaming(mote_runtime::new_job_id(), request, Some(sink));
     if streamed.load(std::sync::atomic::Ordering::Relaxed) && args.output.is_none() {
         println!();
     }
@@ -391,7 +391,7 @@ fn run_program(deployment: &mote_runtime::Deployment, args: &RunArgs, name: &str
         stdout: Box::new(std::io::stdout()),
         stderr: Box::new(std::io::stderr()),
     };
-    let report = deployment.run_command(hex::encode(rand::random::<[u8; 16]>()), run)?;
+    let report = deployment.run_command(mote_runtime::new_job_id(), run)?;
     report_run(&report, args.receipt.as_deref())?;
     let r = &report.receipt;
     match (&report.result, r.exit_code) {

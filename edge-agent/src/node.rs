@@ -310,20 +310,22 @@ impl Node {
         self.metrics.queue_seconds.get_or_create(&dep).observe(queued.elapsed().as_secs_f64());
         let node = self.clone();
         self.jobs
-            .run(move || {
+            .run_then(move || {
                 let (request, extra) = match decode() {
                     Ok(r) => r,
                     Err(e) => {
                         node.metrics.count(&dep.deployment, "bad_request");
-                        return Err(NodeError::BadRequest(e));
+                        return (Err(NodeError::BadRequest(e)), None);
                     }
                 };
-                let job_id = hex::encode(rand::random::<[u8; 16]>());
-                let report = admitted.served.deployment.run_streaming(job_id, request, sink);
-                drop(permit);
+                let job_id = mote_runtime::new_job_id();
+                // The instance's slot is reset after the reply is on its
+                // way, and the job slot given back after that: an admitted
+                // job always finds a free instance slot.
+                let (report, finished) = admitted.served.deployment.run_reply_first(job_id, request, sink);
                 node.record(&dep, queued, &report);
                 drop(admitted);
-                Ok((report, extra))
+                (Ok((report, extra)), Some((finished, permit)))
             })
             .await
             .map_err(|e| NodeError::Internal(e.to_string()))?

@@ -438,6 +438,57 @@ fn a_long_backend_compute_is_stopped_at_the_deadline() {
     still_serves(&rt);
 }
 
+/// A job run reply-first (the node's way: the report goes out, the
+/// instance is reset after) hands back a complete, signed report while its
+/// instance is still held, and no longer counts as running: a batching
+/// deployment's next job computes at once instead of waiting the batch
+/// window for it.
+#[test]
+fn a_job_replied_first_is_over_before_its_instance_is_reset() {
+    use mote_runtime::batching::BatchConfig;
+    let rt = runtime();
+    let d = rt
+        .deploy(DeploymentSpec {
+            name: "reply-first".into(),
+            guest: guest("inference-loop"),
+            models: vec![("model".into(), model("mlp"))],
+            limits: Limits::default(),
+            backend: BackendChoice::Auto,
+            batching: Some(BatchConfig { max_batch: 64, window_us: 100_000 }),
+        })
+        .unwrap();
+    d.warm().unwrap();
+    let req = request("mlp");
+    // The model's outputs (the guest also returns its own timing).
+    let model_outputs = |r: &mote_runtime::Response| {
+        r.outputs.iter().filter(|t| t.name != "latency_ns").cloned().collect::<Vec<_>>()
+    };
+    let want = model_outputs(&d.run(&req).result.expect("a plain run"));
+    assert_eq!(want.len(), 2);
+    let (first, held) = d.run_reply_first(mote_runtime::new_job_id(), req.clone(), None);
+    assert_eq!(model_outputs(first.result.as_ref().expect("reply-first run")), want);
+    let v = Receipt::verify_json(&first.receipt.to_json_pretty()).expect("the report's receipt is signed");
+    assert_eq!(v.outcome, Outcome::Ok);
+    assert!(v.usage.backend_ns > 0);
+    // With the first job still counted as running, each of these would
+    // wait the whole 100 ms window for it to join a batch.
+    let waited = (0..5)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            let next = d.run(&req);
+            let waited = start.elapsed();
+            assert_eq!(model_outputs(&next.result.expect("next job")), want);
+            waited
+        })
+        .min()
+        .unwrap();
+    assert!(waited < std::time::Duration::from_millis(50), "the next jobs waited {waited:?} for a finished one");
+    drop(held);
+    let stats = d.batch_stats().unwrap();
+    assert_eq!((stats.batched_runs, stats.fallbacks), (0, 0), "{stats:?}");
+    still_serves(&rt);
+}
+
 /// Dynamic batching on the real guest and ONNX Runtime: concurrent jobs of
 /// a batching deployment are merged into shared runs, and every job gets
 /// the outputs an unbatched deployment gives for its own input — its rows,

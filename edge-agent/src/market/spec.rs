@@ -126,10 +126,8 @@ pub fn is_sha256(s: &str) -> bool {
     is_hex(s, 64)
 }
 
-/// A fresh job id.
-pub fn new_job_id() -> String {
-    hex::encode(rand::random::<[u8; 16]>())
-}
+/// A fresh job id (the runtime's: receipts carry it).
+pub use mote_runtime::new_job_id;
 
 impl JobSpec {
     /// Parses and validates a posted job; the error names the field.

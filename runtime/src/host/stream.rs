@@ -26,6 +26,12 @@ impl JobStream {
         Self { sink, hasher: Sha256::new(), bytes: 0, chunks: 0, max_bytes }
     }
 
+    /// Ends the stream: the sink is dropped (its client sees the end) and
+    /// later chunks only count and hash.
+    pub(crate) fn close(&mut self) {
+        self.sink = None;
+    }
+
     /// The hash the receipt carries: of every chunk, concatenated; `None`
     /// when the guest streamed nothing.
     pub(crate) fn sha256(&self) -> Option<String> {

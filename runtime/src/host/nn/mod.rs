@@ -129,7 +129,7 @@ pub(crate) struct NnCtx {
     /// The deployment's dynamic batcher, if it batches.
     batcher: Option<Arc<Batcher>>,
     /// Counts this job as running in the batcher while it lives.
-    _running: Option<ActiveJob>,
+    running: Option<ActiveJob>,
     pub(crate) meter: NnMeter,
     /// Data buffers of dropped tensors, for the next tensors' bytes.
     pub(crate) spare: SpareBuffers,
@@ -158,12 +158,21 @@ impl NnCtx {
             max_tensor_bytes: limits.max_tensor_bytes,
             memory_bytes: limits.memory_bytes,
             deadline: started + limits.deadline(),
-            _running: batcher.as_ref().map(|b| b.job_started()),
+            running: batcher.as_ref().map(|b| b.job_started()),
             batcher,
             meter: NnMeter::default(),
             spare: SpareBuffers::default(),
             tensor_bytes: 0,
         }
+    }
+}
+
+impl NnCtx {
+    /// The job has ended: it no longer counts as running in the batcher
+    /// (a batch leader waits for running jobs), whether or not its store
+    /// is dropped yet.
+    pub(crate) fn end_job(&mut self) {
+        self.running = None;
     }
 }
 
