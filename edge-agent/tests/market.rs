@@ -536,7 +536,7 @@ fn settlement_rejects_forged_results_and_reexecution_catches_altered_output() {
             let mut resp = r.response.clone().unwrap();
             resp["outputs"][0]["data"][0] = serde_json::json!(42.0);
             let parsed = client::response_of(&resp).unwrap();
-            r.receipt.output_blake3 = Some(mote_runtime::digest(&parsed.outputs, &parsed.parameters));
+            r.receipt.set_output_digest(mote_runtime::receipt_digest(&parsed.outputs, &parsed.parameters));
             r.response = Some(resp);
             r.receipt.sign(&node_key);
         })
@@ -680,7 +680,7 @@ fn other_nodes_reexecute_the_verify_share_and_record_mismatches() {
         let mut resp = r.response.clone().unwrap();
         resp["outputs"][0]["data"][0] = serde_json::json!(42.0);
         let parsed = client::response_of(&resp).unwrap();
-        r.receipt.output_blake3 = Some(mote_runtime::digest(&parsed.outputs, &parsed.parameters));
+        r.receipt.set_output_digest(mote_runtime::receipt_digest(&parsed.outputs, &parsed.parameters));
         r.response = Some(resp);
         r.receipt.sign(&liar);
         assert!(client::check_result(&m, &r, &HashMap::new()).await.is_empty(), "the forgery passes every hash check");

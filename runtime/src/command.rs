@@ -225,7 +225,8 @@ impl Deployment {
         let started_at = SystemTime::now();
         let start = Instant::now();
         let manifest = invocation_manifest(&run.args, &run.mounts)?;
-        let input_digest = DigestAlg::Blake3.hex(&serde_json::to_vec(&manifest).expect("JSON serialises"));
+        let input_digest =
+            (DigestAlg::Blake3, DigestAlg::Blake3.hex(&serde_json::to_vec(&manifest).expect("JSON serialises")));
         let max = self.limits.max_tensor_bytes;
         let (stdout, stderr) = (Tee::new(run.stdout, max), Tee::new(run.stderr, max));
         let mut wasi = WasiCtxBuilder::new();
@@ -257,7 +258,7 @@ impl Deployment {
         let wall_ns = start.elapsed().as_nanos() as u64;
         let mut state = store.into_data();
         let usage = state.usage(fuel_left, wall_ns);
-        let (output_digest, _) = stdout.finish();
+        let output_digest = (DigestAlg::Blake3, stdout.finish().0);
         let _ = stderr.finish();
         let (outcome, exit_code, result) = match result {
             Ok(0) => (Outcome::Ok, Some(0), Ok(mote_protocol::Response::default())),

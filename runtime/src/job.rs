@@ -8,7 +8,7 @@ use crate::host::{JobState, LogLevel, LogLine};
 use crate::limits::{JobAbort, Outcome};
 use crate::receipt::Receipt;
 use crate::request_digest::RequestDigest;
-use mote_protocol::{digest, digest_with, DigestAlg, IoTensor, Request, Response, MAX_INPUTS};
+use mote_protocol::{digest_with, receipt_digest, DigestAlg, IoTensor, Request, Response, MAX_INPUTS};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use wasmtime::Store;
@@ -42,9 +42,10 @@ impl std::fmt::Debug for FinishedInstance {
 pub(crate) struct Ending {
     pub(crate) job_id: String,
     pub(crate) started_at: SystemTime,
-    /// BLAKE3 of the request's and the response's canonical forms.
-    pub(crate) input_digest: String,
-    pub(crate) output_digest: String,
+    /// Digests of the request's and the response's canonical forms (a
+    /// command's: of its invocation and its output), each in its hash.
+    pub(crate) input_digest: (DigestAlg, String),
+    pub(crate) output_digest: (DigestAlg, String),
     pub(crate) stream_sha256: Option<String>,
     pub(crate) exit_code: Option<i32>,
     pub(crate) outcome: Outcome,
@@ -87,6 +88,15 @@ fn response_digest(alg: DigestAlg, result: &Result<Response, JobError>) -> Strin
     match result {
         Ok(r) => digest_with(alg, &r.outputs, &r.parameters),
         Err(_) => digest_with(alg, &[], &[]),
+    }
+}
+
+/// The response digest the receipt carries, in the hash picked for its
+/// length ([`DigestAlg::for_len`]).
+fn response_receipt_digest(result: &Result<Response, JobError>) -> (DigestAlg, String) {
+    match result {
+        Ok(r) => receipt_digest(&r.outputs, &r.parameters),
+        Err(_) => receipt_digest::<IoTensor>(&[], &[]),
     }
 }
 
@@ -168,7 +178,7 @@ impl Deployment {
             Ok(_) => Outcome::Ok,
             Err(e) => e.outcome,
         };
-        let output_digest = response_digest(DigestAlg::Blake3, &result);
+        let output_digest = response_receipt_digest(&result);
         let stream_sha256 = state.stream.sha256();
         let ends = Ending { job_id, started_at, input_digest, output_digest, stream_sha256, exit_code: None, outcome };
         let (receipt, log) = self.seal(state, usage, ends);
@@ -199,9 +209,9 @@ impl Deployment {
             node_id: String::new(),
             guest_sha256: self.guest_sha256.clone(),
             model_sha256: m.models.clone(),
-            input_blake3: Some(ends.input_digest),
+            input_blake3: None,
             input_sha256: None,
-            output_blake3: Some(ends.output_digest),
+            output_blake3: None,
             output_sha256: None,
             started_at: humantime::format_rfc3339_millis(ends.started_at).to_string(),
             price_units: rt.signer.price.price_usage(&usage),
@@ -213,6 +223,8 @@ impl Deployment {
             device,
             signature: String::new(),
         };
+        receipt.set_input_digest(ends.input_digest);
+        receipt.set_output_digest(ends.output_digest);
         receipt.sign(&rt.signer.key);
         (receipt, log)
     }
@@ -220,10 +232,10 @@ impl Deployment {
     /// Runs the handler on `request`; returns its result and the request's
     /// digest (computed beside the guest for a large request, see
     /// `request_digest`).
-    fn call(&self, store: &mut Store<JobState>, request: Request) -> (Result<Response, JobError>, String) {
+    fn call(&self, store: &mut Store<JobState>, request: Request) -> (Result<Response, JobError>, (DigestAlg, String)) {
         let pre = match self.admit(&request) {
             Ok(pre) => pre,
-            Err(e) => return (Err(e), digest(&request.inputs, &request.parameters)),
+            Err(e) => return (Err(e), receipt_digest(&request.inputs, &request.parameters)),
         };
         // Shared with the digest thread, not copied: lowering only reads it.
         let wit_request = Arc::new(wit::Request {

@@ -34,5 +34,5 @@ pub use price::PriceTable;
 pub use receipt::{NodeKey, Receipt, Usage};
 pub use deployment::{DeployError, Deployment, DeploymentSpec, ModelInfo, WarmError};
 pub use job::{new_job_id, FinishedInstance, JobError, JobReport};
-pub use mote_protocol::{digest, digest_with, DigestAlg, Request, Response};
+pub use mote_protocol::{digest, digest_with, receipt_digest, DigestAlg, Request, Response};
 pub use runtime::{Runtime, RuntimeConfig, RuntimeError};

@@ -55,19 +55,21 @@ pub struct Receipt {
     /// builder graphs), hex, in load order without repeats.
     pub model_sha256: Vec<String>,
     /// BLAKE3 of the request in canonical binary form (docs/receipts.md),
-    /// hex. Receipts written before BLAKE3 carry `input_sha256` instead:
-    /// a receipt has exactly one of the two ([`Receipt::input_digest`]).
+    /// hex; or, in its place, `input_sha256`: a receipt has exactly one
+    /// of the two ([`Receipt::input_digest`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_blake3: Option<String>,
-    /// sha256 of the request: receipts written before BLAKE3 only.
+    /// sha256 of the request: what a node writes for a short request on a
+    /// CPU with sha256 instructions ([`mote_protocol::DigestAlg::for_len`]),
+    /// and what receipts written before BLAKE3 carry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_sha256: Option<String>,
     /// BLAKE3 of the response in canonical binary form (of an empty
-    /// response when the job produced none), hex. Older receipts:
-    /// `output_sha256` ([`Receipt::output_digest`]).
+    /// response when the job produced none), hex; or `output_sha256`, as
+    /// for the request ([`Receipt::output_digest`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_blake3: Option<String>,
-    /// sha256 of the response: receipts written before BLAKE3 only.
+    /// sha256 of the response, as `input_sha256`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_sha256: Option<String>,
     /// Start time, RFC 3339 UTC.
@@ -245,10 +247,27 @@ impl Receipt {
         self.signature = hex::encode(key.signing.signing_key().sign(&self.canonical_bytes()).to_bytes());
     }
 
-    /// The request digest and its hash: `input_blake3`, or `input_sha256`
-    /// in receipts written before BLAKE3; `None` if the receipt has
-    /// neither or both (no signed receipt does: [`Receipt::verify_json`]
-    /// refuses them).
+    /// Sets the request digest: the field of its hash, the other one
+    /// cleared.
+    pub fn set_input_digest(&mut self, (alg, hex): (DigestAlg, String)) {
+        (self.input_blake3, self.input_sha256) = match alg {
+            DigestAlg::Blake3 => (Some(hex), None),
+            DigestAlg::Sha256 => (None, Some(hex)),
+        };
+    }
+
+    /// Sets the response digest, as [`Receipt::set_input_digest`].
+    pub fn set_output_digest(&mut self, (alg, hex): (DigestAlg, String)) {
+        (self.output_blake3, self.output_sha256) = match alg {
+            DigestAlg::Blake3 => (Some(hex), None),
+            DigestAlg::Sha256 => (None, Some(hex)),
+        };
+    }
+
+    /// The request digest and its hash: `input_blake3` or `input_sha256`
+    /// (a node writes one, [`mote_protocol::DigestAlg::for_len`]); `None`
+    /// if the receipt has neither or both (no signed receipt does:
+    /// [`Receipt::verify_json`] refuses them).
     pub fn input_digest(&self) -> Option<(DigestAlg, &str)> {
         one_digest(self.input_blake3.as_deref(), self.input_sha256.as_deref())
     }

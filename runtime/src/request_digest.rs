@@ -1,7 +1,7 @@
 //! The receipt's request digest, computed beside the guest.
 //!
-//! A request's digest (BLAKE3 over its canonical form, docs/receipts.md)
-//! is node work on every job's path: ≈ 70 µs for the CNN's 588 KiB
+//! A request's digest (over its canonical form, docs/receipts.md; BLAKE3
+//! for any request large enough to matter here) is node work on every job's path: ≈ 70 µs for the CNN's 588 KiB
 //! request on this project's VM, a fifth of the inference itself. The
 //! guest does not need it, so for a request of at least [`BESIDE_BYTES`]
 //! the node's digest thread computes it while the guest runs, and the job
@@ -13,7 +13,7 @@
 //! job never waits in a queue for its digest.
 
 use crate::host::bindings::mote::edge::types as wit;
-use mote_protocol::message::{digest_of, CanonicalTensor};
+use mote_protocol::message::{receipt_digest, CanonicalTensor};
 use mote_protocol::{Datatype, DigestAlg};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -40,11 +40,11 @@ impl CanonicalTensor for wit::IoTensor {
 
 /// A request's digest: ready, or being computed on the digest thread.
 pub(crate) enum RequestDigest {
-    Ready(String),
-    Beside(mpsc::Receiver<String>, Arc<wit::Request>),
+    Ready((DigestAlg, String)),
+    Beside(mpsc::Receiver<(DigestAlg, String)>, Arc<wit::Request>),
 }
 
-type Task = (Arc<wit::Request>, mpsc::SyncSender<String>);
+type Task = (Arc<wit::Request>, mpsc::SyncSender<(DigestAlg, String)>);
 
 /// The digest thread: its queue, and whether it is at work.
 struct Worker {
@@ -76,8 +76,10 @@ fn worker() -> Option<&'static Worker> {
         .as_ref()
 }
 
-fn digest(request: &wit::Request) -> String {
-    digest_of(DigestAlg::Blake3, &request.inputs, &request.parameters)
+/// The receipt's digest of the request, in the hash picked for its length
+/// (a request large enough to go beside the guest is always BLAKE3).
+fn digest(request: &wit::Request) -> (DigestAlg, String) {
+    receipt_digest(&request.inputs, &request.parameters)
 }
 
 impl RequestDigest {
@@ -103,7 +105,7 @@ impl RequestDigest {
     }
 
     /// The digest (waits for the digest thread if it is still at it).
-    pub(crate) fn wait(self) -> String {
+    pub(crate) fn wait(self) -> (DigestAlg, String) {
         match self {
             Self::Ready(d) => d,
             // The thread ends only with the process; should it have
@@ -139,7 +141,8 @@ mod tests {
     fn digests_beside_and_inline_equal_the_receipts_digest_of_the_request() {
         for bytes in [16, BESIDE_BYTES, 600 << 10] {
             let r = request(bytes);
-            let want = mote_protocol::digest(&r.inputs, &r.parameters);
+            let want = mote_protocol::receipt_digest(&r.inputs, &r.parameters);
+            assert_eq!(want.1, mote_protocol::digest_with(want.0, &r.inputs, &r.parameters));
             let shared = to_wit(&r);
             // Several at once: some go to the thread, the rest inline.
             let started: Vec<_> = (0..4).map(|_| RequestDigest::start(&shared)).collect();

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use mote_runtime::backend::{BackendChoice, BackendKind};
-use mote_runtime::{DeployError, DeploymentSpec, Limits, LogLevel, Outcome, Receipt, Request, Runtime};
+use mote_runtime::{DeployError, DeploymentSpec, DigestAlg, Limits, LogLevel, Outcome, Receipt, Request, Runtime};
 
 fn misbehave(rt: &Runtime, limits: Limits) -> mote_runtime::Deployment {
     deploy(rt, "misbehave", &[("model", "mlp")], limits)
@@ -341,10 +341,18 @@ fn receipts_are_signed_and_describe_the_job() {
     assert_eq!(v.node_id, rt.node_id());
     assert_eq!(v.guest_sha256, mote_runtime::receipt::sha256_hex(&guest("passthrough")));
     assert_eq!(v.model_sha256, vec![mote_runtime::receipt::sha256_hex(&model("mlp"))]);
-    // Request and response digests: BLAKE3 of their canonical forms.
-    assert_eq!(v.input_blake3.as_deref(), Some(&*mote_runtime::digest(&req.inputs, &req.parameters)));
-    assert_eq!(v.output_blake3.as_deref(), Some(&*mote_runtime::digest(&resp.outputs, &resp.parameters)));
-    assert_eq!((&v.input_sha256, &v.output_sha256), (&None, &None), "new receipts carry no sha256 digests");
+    // Request and response digests of their canonical forms, each in the
+    // hash the node picks for its length: this MLP's are short (sha256 on
+    // a CPU with sha256 instructions, BLAKE3 elsewhere).
+    let picked = |tensors: &[mote_runtime::tensor::IoTensor], params: &[(String, String)]| {
+        let (alg, hex) = mote_runtime::receipt_digest(tensors, params);
+        assert_eq!(alg, DigestAlg::for_len(mote_protocol::canonical_len(tensors, params)));
+        assert!(mote_protocol::canonical_len(tensors, params) < mote_protocol::SHORT_FORM_BYTES);
+        Some((alg, hex))
+    };
+    let owned = |d: Option<(DigestAlg, &str)>| d.map(|(alg, hex)| (alg, hex.to_string()));
+    assert_eq!(owned(v.input_digest()), picked(&req.inputs, &req.parameters));
+    assert_eq!(owned(v.output_digest()), picked(&resp.outputs, &resp.parameters));
     assert!(v.binds_input(&req.inputs, &req.parameters) && v.binds_output(&resp.outputs, &resp.parameters));
     assert!(!v.binds_input(&resp.outputs, &resp.parameters), "another request does not match");
     assert_eq!(v.backend, "ort-cpu");
@@ -354,6 +362,16 @@ fn receipts_are_signed_and_describe_the_job() {
     assert!(v.price_units > 0);
     let tampered = text.replace(&format!("\"bytes_in\": {}", v.usage.bytes_in), "\"bytes_in\": 1");
     assert!(Receipt::verify_json(&tampered).is_err(), "tampered receipt must fail");
+
+    // A request past SHORT_FORM_BYTES (the transformer's 6 KiB) is BLAKE3
+    // on any CPU.
+    let d = deploy(&rt, "passthrough", &[("model", "transformer")], Limits::default());
+    let req = request("transformer");
+    let r = d.run(&req);
+    r.result.as_ref().expect("transformer job");
+    assert!(mote_protocol::canonical_len(&req.inputs, &req.parameters) >= mote_protocol::SHORT_FORM_BYTES);
+    assert_eq!(r.receipt.input_blake3.as_deref(), Some(&*mote_runtime::digest(&req.inputs, &req.parameters)));
+    assert!(r.receipt.input_sha256.is_none());
 }
 
 /// A receipt signed before request/response digests moved to BLAKE3

@@ -15,5 +15,5 @@ pub mod message;
 pub mod mote1;
 pub mod tensor;
 
-pub use message::{digest, digest_with, DigestAlg, Request, Response, MAX_INPUTS};
+pub use message::{canonical_len, digest, digest_with, receipt_digest, DigestAlg, Request, Response, MAX_INPUTS, SHORT_FORM_BYTES};
 pub use tensor::{Datatype, ElementType, IoTensor};
