@@ -1,7 +1,7 @@
 //! Runs one kind of job in a loop for `perf record` (profiling aid for the
 //! fixed cost of a job): `job_loop empty|mlp|cnn [seconds]`, from the
 //! repository root. Prints the p50 of the loop's jobs (up to the report)
-//! and of the instance resets that follow them. `job_loop
+//! and of the work after each reply (reset, next instance prepared). `job_loop
 //! in-guest-mlp N [values|wasi-nn]` runs N inferences inside `inference-loop` jobs
 //! instead (the per-inference path between guest and backend).
 use mote_runtime::{kserve, DeploymentSpec, Limits, Request, Runtime, RuntimeConfig};
@@ -64,16 +64,18 @@ fn main() {
     while Instant::now() < end {
         let r = req.clone();
         let t = Instant::now();
-        // As the node runs a job: the report, then the instance's reset.
+        // As the node runs a job: the report, then the instance's reset
+        // and the next job's instance.
         let (report, finished) = d.run_reply_first(mote_runtime::new_job_id(), r, None);
         report.result.unwrap();
         samples.push(t.elapsed());
         let t = Instant::now();
         drop(finished);
+        d.prepare_instance();
         resets.push(t.elapsed());
     }
     samples.sort();
     resets.sort();
     let p50 = |v: &[Duration]| v[v.len() / 2].as_secs_f64() * 1e6;
-    println!("{what}: {} jobs, p50 {:.1} µs, reset after it {:.1} µs", samples.len(), p50(&samples), p50(&resets));
+    println!("{what}: {} jobs, p50 {:.1} µs, after the reply {:.1} µs", samples.len(), p50(&samples), p50(&resets));
 }

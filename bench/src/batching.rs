@@ -56,7 +56,7 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
                     let (d, req, permits, jobs) = (d2.clone(), req.clone(), permits.clone(), jobs.clone());
                     Box::pin(async move {
                         let _permit = permits.acquire().await?;
-                        let r = jobs.run_then(move || d.run_reply_first(mote_runtime::new_job_id(), (*req).clone(), None)).await?;
+                        let r = jobs.run_then(move || crate::replying_first(d, (*req).clone())).await?;
                         r.result.map(|_| ()).map_err(anyhow::Error::new)
                     })
                 });

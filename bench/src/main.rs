@@ -126,34 +126,48 @@ fn deploy(ctx: &Ctx, rt: &Runtime, guest: &str, model: Option<&str>) -> Result<D
 
 /// Like [`time`], but each call gets a fresh value from `make`, made
 /// outside the timed part (a request the job consumes).
-pub(crate) fn time_owned<T, R>(
+pub(crate) fn time_owned<T, L: FnOnce()>(
     runs: usize,
     pb: &ProgressBar,
     mut make: impl FnMut() -> T,
-    mut f: impl FnMut(T) -> R,
+    mut f: impl FnMut(T) -> L,
 ) -> Timed {
     for _ in 0..(runs / 10).max(3) {
-        drop(f(make()));
+        f(make())();
     }
     let (mut samples, mut after) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
     for _ in 0..runs {
         let v = make();
         let t = Instant::now();
-        let left = f(v);
+        let later = f(v);
         samples.push(t.elapsed());
         let t = Instant::now();
-        drop(left);
+        later();
         after.push(t.elapsed());
         pb.inc(1);
     }
-    Timed { call: Summary::of(&samples), drop: Summary::of(&after) }
+    Timed { call: Summary::of(&samples), later: Summary::of(&after) }
 }
 
-/// What [`time_owned`] measured: the call, and dropping what it returned
-/// (a job's finished instance: its slot's reset, after the reply).
+/// What [`time_owned`] measured: the call, and the work it left for after
+/// (a job's: its instance's reset and the next job's instance, after the
+/// reply).
 pub(crate) struct Timed {
     pub(crate) call: Summary,
-    pub(crate) drop: Summary,
+    pub(crate) later: Summary,
+}
+
+/// Runs a job as the node does: the report, and what is left for after
+/// the reply (the finished instance reset, the next one prepared).
+pub(crate) fn replying_first<D: std::ops::Deref<Target = Deployment>>(
+    d: D,
+    request: Request,
+) -> (mote_runtime::JobReport, impl FnOnce()) {
+    let (report, finished) = d.run_reply_first(new_job_id(), request, None);
+    (report, move || {
+        drop(finished);
+        d.prepare_instance();
+    })
 }
 
 /// Per-inference latencies a guest measured inside the sandbox: the
@@ -210,9 +224,9 @@ fn overhead(ctx: &Ctx, rt: &Runtime, model: &str) -> Result<Value> {
         &pb,
         || req.clone(),
         |r| {
-            let (report, finished) = d.run_reply_first(new_job_id(), r, None);
+            let (report, later) = replying_first(&d, r);
             report.result.expect("guest run");
-            finished
+            later
         },
     );
     let hash = time(runs.min(200), &ProgressBar::hidden(), || {
@@ -222,7 +236,7 @@ fn overhead(ctx: &Ctx, rt: &Runtime, model: &str) -> Result<Value> {
         std::hint::black_box(mote_runtime::digest_with(DigestAlg::Sha256, &req.inputs, &req.parameters));
     });
     pb.finish_and_clear();
-    Ok(json!({"model": model, "native": native, "in_guest": guest, "in_guest_wasi_nn": guest_wasi_nn, "job": job.call, "job_reset_after_reply": job.drop, "input_hash": hash, "input_hash_sha256": hash_sha256,
+    Ok(json!({"model": model, "native": native, "in_guest": guest, "in_guest_wasi_nn": guest_wasi_nn, "job": job.call, "job_after_reply": job.later, "input_hash": hash, "input_hash_sha256": hash_sha256,
               "input_bytes": req.inputs.iter().map(|t| t.data.len()).sum::<usize>(),
               "ratio_p50": guest.p50_us / native.p50_us, "ratio_mean": guest.mean_us / native.mean_us,
               "wasi_nn_ratio_p50": guest_wasi_nn.p50_us / native.p50_us,
@@ -303,10 +317,10 @@ fn instantiation(ctx: &Ctx) -> Result<Value> {
         &pb,
         || ok.clone(),
         |r| {
-            let (report, finished) = empty.run_reply_first(new_job_id(), r, None);
+            let (report, later) = replying_first(&empty, r);
             report.result.expect("empty handler");
             walls.push(Duration::from_nanos(report.receipt.usage.wall_ns));
-            finished
+            later
         },
     );
     let empty_call = Summary::of(&walls[walls.len() - runs..]);
@@ -344,7 +358,7 @@ fn instantiation(ctx: &Ctx) -> Result<Value> {
     let cached = t.elapsed();
     Ok(json!({
         "instantiate": instantiate,
-        "empty_job": empty_job.call, "empty_job_reset_after_reply": empty_job.drop,
+        "empty_job": empty_job.call, "empty_job_after_reply": empty_job.later,
         "empty_call": empty_call,
         "receipt_sign": sign,
         "receipt_sign_rfc8032": sign_rfc8032,

@@ -56,14 +56,14 @@ impl JobThreads {
         &self,
         job: impl FnOnce() -> T + Send + 'static,
     ) -> impl Future<Output = Result<T, JobThreadsError>> + Send + 'static {
-        self.run_then(move || (job(), ()))
+        self.run_then(move || (job(), || ()))
     }
 
-    /// Like [`JobThreads::run`] for a job that leaves clean-up behind
-    /// (`later`, e.g. a finished guest instance whose memory is reset when
-    /// dropped): its result goes to the caller first, then the job thread
-    /// drops `later` before it takes another job.
-    pub fn run_then<T: Send + 'static, L: 'static>(
+    /// Like [`JobThreads::run`] for a job that leaves work for after its
+    /// reply (`later`: e.g. resetting a finished guest instance and
+    /// preparing the next): its result goes to the caller first, then the
+    /// job thread runs `later` before it takes another job.
+    pub fn run_then<T: Send + 'static, L: FnOnce()>(
         &self,
         job: impl FnOnce() -> (T, L) + Send + 'static,
     ) -> impl Future<Output = Result<T, JobThreadsError>> + Send + 'static {
@@ -73,7 +73,7 @@ impl JobThreads {
             // caller sees the dropped sender as `Panicked`.
             if let Ok((value, later)) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)) {
                 let _ = done.send(value);
-                drop(later);
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(later));
             }
         });
         let sent = self.tx.send(task).is_ok();
@@ -125,30 +125,33 @@ mod tests {
         assert_eq!(pool.run(|| 7).await.unwrap(), 7, "the only thread died with the panic");
     }
 
-    /// What a job leaves behind is dropped after its result is delivered
-    /// and before the thread's next job.
+    /// What a job leaves for later runs after its result is delivered and
+    /// before the thread's next job.
     #[tokio::test(flavor = "current_thread")]
-    async fn a_jobs_leftovers_go_after_its_result_and_before_the_next_job() {
-        struct Leftover(std::sync::mpsc::SyncSender<&'static str>, Arc<std::sync::Mutex<Vec<&'static str>>>);
-        impl Drop for Leftover {
-            fn drop(&mut self) {
-                // Hold the drop until the caller has the result.
-                let _ = self.0.send("dropping");
-                std::thread::sleep(Duration::from_millis(100));
-                self.1.lock().unwrap().push("leftover dropped");
-            }
-        }
+    async fn a_jobs_later_work_runs_after_its_result_and_before_the_next_job() {
         let pool = JobThreads::new(1).unwrap();
         let order = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let o = order.clone();
-        let first = pool.run_then(move || (1, Leftover(tx, o.clone())));
+        let first = pool.run_then(move || {
+            let later = move || {
+                // Hold on until the caller has the result.
+                let _ = tx.send("later");
+                std::thread::sleep(Duration::from_millis(100));
+                o.lock().unwrap().push("later work done");
+            };
+            (1, later)
+        });
         assert_eq!(first.await.unwrap(), 1, "the result came first");
         order.lock().unwrap().push("result delivered");
-        assert_eq!(rx.recv().unwrap(), "dropping");
+        assert_eq!(rx.recv().unwrap(), "later");
         let o = order.clone();
         pool.run(move || o.lock().unwrap().push("next job")).await.unwrap();
-        assert_eq!(*order.lock().unwrap(), ["result delivered", "leftover dropped", "next job"]);
+        assert_eq!(*order.lock().unwrap(), ["result delivered", "later work done", "next job"]);
+        // Later work that panics does not take the thread with it.
+        let r = pool.run_then(|| (2, || panic!("later"))).await;
+        assert_eq!(r.unwrap(), 2);
+        assert_eq!(pool.run(|| 3).await.unwrap(), 3, "the only thread died with the later work's panic");
     }
 
     #[tokio::test(flavor = "current_thread")]

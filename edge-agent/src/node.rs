@@ -315,17 +315,24 @@ impl Node {
                     Ok(r) => r,
                     Err(e) => {
                         node.metrics.count(&dep.deployment, "bad_request");
-                        return (Err(NodeError::BadRequest(e)), None);
+                        return (Err(NodeError::BadRequest(e)), Box::new(|| ()) as Box<dyn FnOnce()>);
                     }
                 };
                 let job_id = mote_runtime::new_job_id();
-                // The instance's slot is reset after the reply is on its
-                // way, and the job slot given back after that: an admitted
-                // job always finds a free instance slot.
-                let (report, finished) = admitted.served.deployment.run_reply_first(job_id, request, sink);
+                let served = admitted.served.clone();
+                let (report, finished) = served.deployment.run_reply_first(job_id, request, sink);
                 node.record(&dep, queued, &report);
                 drop(admitted);
-                (Ok((report, extra)), Some((finished, permit)))
+                // After the reply: the finished instance's slot is reset,
+                // the next job's instance prepared, and only then the job
+                // slot given back (an admitted job always finds a free
+                // instance slot).
+                let later = move || {
+                    drop(finished);
+                    served.deployment.prepare_instance();
+                    drop(permit);
+                };
+                (Ok((report, extra)), Box::new(later) as Box<dyn FnOnce()>)
             })
             .await
             .map_err(|e| NodeError::Internal(e.to_string()))?

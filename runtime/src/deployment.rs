@@ -114,6 +114,9 @@ pub struct Deployment {
     backend: BackendChoice,
     batcher: Option<Arc<Batcher>>,
     pub(crate) runtime: Runtime,
+    /// The next job's instance, created ahead of it
+    /// ([`Deployment::prepare_instance`]).
+    pub(crate) spare: Arc<std::sync::Mutex<Option<crate::job::Spare>>>,
 }
 
 /// What kind of component a deployment runs, told apart by its exports.
@@ -191,6 +194,7 @@ impl Runtime {
             backend: spec.backend,
             batcher,
             runtime: self.clone(),
+            spare: Arc::default(),
         })
     }
 }
@@ -240,6 +244,7 @@ impl Deployment {
             });
         }
         self.instantiate_probe().map_err(WarmError::Instantiate)?;
+        self.prepare_instance();
         Ok(infos)
     }
 
@@ -256,12 +261,21 @@ impl Deployment {
     }
 
     /// A job's store with every limit armed: memory limiter, fuel (the bool:
-    /// whether metering is on) and the epoch deadline.
+    /// whether metering is on) and the epoch deadline; the job begins now.
     pub(crate) fn new_store(
         &self,
         wasi: wasmtime_wasi::WasiCtx,
         sink: Option<crate::host::StreamSink>,
     ) -> (Store<JobState>, bool) {
+        let (mut store, fuel_armed) = self.idle_store(wasi);
+        self.begin_job(&mut store, Instant::now(), sink);
+        (store, fuel_armed)
+    }
+
+    /// A store armed as [`Deployment::new_store`]'s, for a job that has
+    /// not begun: its instance may be created ahead of the job (a spare,
+    /// see `job.rs`), and [`Deployment::begin_job`] starts the job's clock.
+    pub(crate) fn idle_store(&self, wasi: wasmtime_wasi::WasiCtx) -> (Store<JobState>, bool) {
         let rt = &self.runtime;
         let started = Instant::now();
         let nn = NnCtx::new(
@@ -273,12 +287,24 @@ impl Deployment {
             started,
             self.batcher.clone(),
         );
-        let state = JobState::new(nn, &self.limits, wasi, started, sink);
+        let state = JobState::new(nn, &self.limits, wasi, started, None);
         let mut store = Store::new(&rt.engine, state);
         store.limiter(|s| &mut s.limiter);
         let fuel_armed = store.set_fuel(self.limits.fuel).is_ok();
-        store.set_epoch_deadline(self.limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1));
+        self.arm_deadline(&mut store);
         store.epoch_deadline_trap();
         (store, fuel_armed)
+    }
+
+    /// Begins the job in `store`: its clock and deadlines run from
+    /// `started`, its stream goes to `sink`, the batcher counts it.
+    pub(crate) fn begin_job(&self, store: &mut Store<JobState>, started: Instant, sink: Option<crate::host::StreamSink>) {
+        store.data_mut().begin_job(started, started + self.limits.deadline(), sink);
+        self.arm_deadline(store);
+    }
+
+    /// The epoch deadline: the job's `deadline_ms` from now.
+    fn arm_deadline(&self, store: &mut Store<JobState>) {
+        store.set_epoch_deadline(self.limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1));
     }
 }

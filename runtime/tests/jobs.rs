@@ -507,6 +507,45 @@ fn a_job_replied_first_is_over_before_its_instance_is_reset() {
     still_serves(&rt);
 }
 
+/// Every job gets a pristine instance, whether it instantiates its own or
+/// takes the one prepared ahead of it (`prepare_instance`, what the node
+/// does after each reply): nothing one tenant's job left in guest memory
+/// reaches the next job, and the prepared instance's clock, deadline and
+/// usage are the job's own.
+#[test]
+fn a_prepared_instance_is_pristine_and_the_jobs_own() {
+    let rt = runtime();
+    let d = misbehave(&rt, Limits { deadline_ms: 300, ..Limits::default() });
+    let remember = |secret: &str| with_params(Request::default(), &[("mode", "remember"), ("secret", secret)]);
+    let seen = |r: &mote_runtime::JobReport| {
+        let out = r.result.as_ref().expect("remember job");
+        let earlier = out.outputs.iter().find(|t| t.name == "earlier").expect("earlier");
+        let calls = out.outputs.iter().find(|t| t.name == "calls").expect("calls");
+        (String::from_utf8(earlier.data.clone()).unwrap(), f32::from_le_bytes(calls.data[..4].try_into().unwrap()))
+    };
+    for (i, prepared) in [false, true, true, false, true].into_iter().enumerate() {
+        if prepared {
+            d.prepare_instance();
+        }
+        let secret = format!("tenant {i}'s secret");
+        let (report, finished) = d.run_reply_first(mote_runtime::new_job_id(), remember(&secret), None);
+        assert_eq!(seen(&report), (String::new(), 1.0), "job {i} (prepared: {prepared}) saw an earlier job");
+        drop(finished);
+    }
+    // Prepared long before its job: the deadline and the wall time run
+    // from the job's start, not from the instance's.
+    d.prepare_instance();
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let r = d.run(&mode("ok"));
+    assert!(r.result.is_ok(), "a job on an instance prepared 600 ms earlier (deadline 300 ms): {:?}", r.result.err());
+    assert!(r.receipt.usage.wall_ns < 300_000_000, "wall time counted from the preparation: {}", r.receipt.usage.wall_ns);
+    // ... and the deadline still stops a job that runs past it.
+    d.prepare_instance();
+    let r = d.run(&mode("spin"));
+    assert_eq!(r.result.expect_err("spins past its deadline").outcome, Outcome::Deadline);
+    still_serves(&rt);
+}
+
 /// Dynamic batching on the real guest and ONNX Runtime: concurrent jobs of
 /// a batching deployment are merged into shared runs, and every job gets
 /// the outputs an unbatched deployment gives for its own input — its rows,

@@ -198,6 +198,22 @@ impl Handler for Misbehave {
                 let out = graph.run(inputs)?;
                 Ok(Response { outputs: out.iter().map(|(n, t)| t.to_io(n)).collect(), parameters: vec![] })
             }
+            "remember" => {
+                // Keeps the request's `secret` in the instance's memory and
+                // returns what an earlier call left there, and how many
+                // calls this instance has served: a fresh instance per job
+                // returns nothing and 1.
+                static KEPT: std::sync::Mutex<(Vec<u8>, u32)> = std::sync::Mutex::new((Vec::new(), 0));
+                let mut kept = KEPT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let earlier = std::mem::replace(&mut kept.0, req.param("secret").unwrap_or("").as_bytes().to_vec());
+                kept.1 += 1;
+                let earlier =
+                    IoTensor { name: "earlier".into(), datatype: Datatype::Uint8, shape: vec![earlier.len() as u64], data: earlier };
+                Ok(Response {
+                    outputs: vec![earlier, IoTensor::from_f32("calls", &[1], &[kept.1 as f32])],
+                    parameters: vec![],
+                })
+            }
             "invalid" => Err(HandlerError::InvalidInput("the guest refused the request".into())),
             other => Err(HandlerError::InvalidInput(format!("unknown mode '{other}'"))),
         }

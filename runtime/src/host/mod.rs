@@ -70,6 +70,14 @@ impl JobState {
         }
     }
 
+    /// The job begins: its clock runs from `started`, backend work stops
+    /// at `deadline`, its stream goes to `sink`.
+    pub(crate) fn begin_job(&mut self, started: Instant, deadline: Instant, sink: Option<StreamSink>) {
+        self.started = started;
+        self.stream.set_sink(sink);
+        self.nn.begin_job(deadline);
+    }
+
     /// The job's usage so far: the one computation behind both the guest's
     /// `usage.current()` and the receipt. `fuel_left` is `None` when fuel
     /// is not metered (then the job burned none on the meter).

@@ -26,6 +26,11 @@ impl JobStream {
         Self { sink, hasher: Sha256::new(), bytes: 0, chunks: 0, max_bytes }
     }
 
+    /// Where the job's chunks go from now on.
+    pub(crate) fn set_sink(&mut self, sink: Option<StreamSink>) {
+        self.sink = sink;
+    }
+
     /// Ends the stream: the sink is dropped (its client sees the end) and
     /// later chunks only count and hash.
     pub(crate) fn close(&mut self) {

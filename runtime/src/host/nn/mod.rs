@@ -128,7 +128,7 @@ pub(crate) struct NnCtx {
     deadline: Instant,
     /// The deployment's dynamic batcher, if it batches.
     batcher: Option<Arc<Batcher>>,
-    /// Counts this job as running in the batcher while it lives.
+    /// Counts this job as running in the batcher, from its beginning to its end.
     running: Option<ActiveJob>,
     pub(crate) meter: NnMeter,
     /// Data buffers of dropped tensors, for the next tensors' bytes.
@@ -158,7 +158,7 @@ impl NnCtx {
             max_tensor_bytes: limits.max_tensor_bytes,
             memory_bytes: limits.memory_bytes,
             deadline: started + limits.deadline(),
-            running: batcher.as_ref().map(|b| b.job_started()),
+            running: None,
             batcher,
             meter: NnMeter::default(),
             spare: SpareBuffers::default(),
@@ -168,6 +168,13 @@ impl NnCtx {
 }
 
 impl NnCtx {
+    /// The job begins: backend work stops at `deadline`, and the batcher
+    /// counts it as running.
+    pub(crate) fn begin_job(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+        self.running = self.batcher.as_ref().map(|b| b.job_started());
+    }
+
     /// The job has ended: it no longer counts as running in the batcher
     /// (a batch leader waits for running jobs), whether or not its store
     /// is dropped yet.
