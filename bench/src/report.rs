@@ -165,16 +165,18 @@ fn markdown(r: &Value) -> String {
              back into the guest), timed inside the sandbox, tensors passed by value in one host call \
              (`mote:edge/inference-io`, the SDK's `run_io`); the targets apply to it. *via wasi-nn*: the same loop \
              through wasi-nn's tensor resources (a host call per input, `compute`, four per output). *whole job*: the `passthrough` \
-             guest as the node runs every request: a fresh instance, model lookup, inference, request and response \
-             hashes and the signed receipt. *input hash*: the receipt's digest of the request alone (BLAKE3), and \
-             beside it the sha256 that receipts carried before.\n"
+             guest as the node runs every request, up to the signed report: on a pristine instance prepared after the \
+             previous reply, model lookup, inference, request and response digests and the signed receipt. *after the \
+             reply*: what the node does next, off the request's path (the finished instance's slot reset, the next \
+             job's instance prepared). *input hash*: the request's digest alone in BLAKE3, and beside it in sha256 \
+             (a node writes sha256 for forms under 2 KiB on a CPU with sha256 instructions).\n"
         );
         let _ = writeln!(
             md,
             "| model | input KiB | native p50 | native p99 | in guest p50 | in guest p99 | ratio p50 | target | | \
-             via wasi-nn p50 | ratio p50 | whole job p50 | whole job p99 | ratio p50 | input hash p50 | sha256 p50 (older receipts) |"
+             via wasi-nn p50 | ratio p50 | whole job p50 | whole job p99 | ratio p50 | after the reply p50 | input hash p50 | sha256 p50 |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for o in r["overhead"].as_array().into_iter().flatten() {
             let target = match o["model"].as_str() {
                 Some("cnn") => Some(1.03),
@@ -184,7 +186,7 @@ fn markdown(r: &Value) -> String {
             let ratio = f(&o["ratio_p50"]);
             let _ = writeln!(
                 md,
-                "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {} | {} | {:.1} | {:.3} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} |",
+                "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {} | {} | {:.1} | {:.3} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} |",
                 o["model"].as_str().unwrap_or("?"),
                 f(&o["input_bytes"]) / 1024.0,
                 f(&o["native"]["p50_us"]),
@@ -199,6 +201,7 @@ fn markdown(r: &Value) -> String {
                 f(&o["job"]["p50_us"]),
                 f(&o["job"]["p99_us"]),
                 f(&o["job_ratio_p50"]),
+                f(&o["job_after_reply"]["p50_us"]),
                 f(&o["input_hash"]["p50_us"]),
                 f(&o["input_hash_sha256"]["p50_us"]),
             );
@@ -213,7 +216,8 @@ fn markdown(r: &Value) -> String {
         for (name, key, target) in [
             ("instantiate (pooled, pre-instantiated)", "instantiate", None),
             ("warm instantiate + empty handler (store, instance, call: the receipt's wall time)", "empty_call", Some(10.0)),
-            ("whole job with an empty handler (the above + hashes + signed receipt)", "empty_job", Some(20.0)),
+            ("whole job with an empty handler, as the node runs it (on an instance prepared after the last reply; digests, signed receipt)", "empty_job", Some(20.0)),
+            ("… and after its reply (slot reset, next instance prepared)", "empty_job_after_reply", None),
             ("receipt signature, precomputed nonce (what a job pays)", "receipt_sign", None),
             ("receipt signature, RFC 8032 nonce (the inline fallback)", "receipt_sign_rfc8032", None),
         ] {
