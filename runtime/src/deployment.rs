@@ -116,7 +116,7 @@ pub struct Deployment {
     pub(crate) runtime: Runtime,
     /// The next job's instance, created ahead of it
     /// ([`Deployment::prepare_instance`]).
-    pub(crate) spare: Arc<std::sync::Mutex<Option<crate::job::Spare>>>,
+    pub(crate) spare: Arc<crate::job::SpareSlot>,
 }
 
 /// What kind of component a deployment runs, told apart by its exports.

@@ -37,8 +37,21 @@ pub(crate) struct Spare {
     job: Option<crate::host::bindings::Job>,
 }
 
-fn lock(spare: &std::sync::Mutex<Option<Spare>>) -> std::sync::MutexGuard<'_, Option<Spare>> {
-    spare.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// Where a deployment keeps its prepared instance.
+#[derive(Default)]
+pub(crate) struct SpareSlot {
+    spare: std::sync::Mutex<Option<Spare>>,
+    /// Instantiation failed once: no more instances are prepared ahead
+    /// (each job instantiates, and its receipt accounts for what that
+    /// costs; a guest whose instantiation spins to its deadline must not
+    /// burn unbilled time after every reply).
+    failed: std::sync::atomic::AtomicBool,
+}
+
+impl SpareSlot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Spare>> {
+        self.spare.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// A finished job's instance, store and guest memory, kept past its report
@@ -151,8 +164,9 @@ impl Deployment {
     /// client need not wait for. Reply with the report, then drop the
     /// [`FinishedInstance`] on the same thread before its next job (the
     /// slot is that thread's warm one; held on, it is one slot fewer in the
-    /// pool). The job's log, stream, usage and batching seat are closed
-    /// before this returns; only the instance and its memory are left.
+    /// pool). The job's log, stream, usage and its count among the
+    /// batcher's running jobs end before this returns; only the instance
+    /// and its memory are left.
     pub fn run_reply_first(
         &self,
         job_id: String,
@@ -162,7 +176,7 @@ impl Deployment {
         let started_at = SystemTime::now();
         let start = Instant::now();
         // The instance prepared ahead of this job, or a store to create one.
-        let spare = lock(&self.spare).take();
+        let spare = self.spare.lock().take();
         let Spare { mut store, armed, stdout, stderr, job } = spare.unwrap_or_else(|| self.idle_job_store());
         self.begin_job(&mut store, start, sink);
         let (result, input_digest) = self.call(&mut store, job, request);
@@ -224,24 +238,28 @@ impl Deployment {
     /// clock, deadlines, stream and batching seat start when the job
     /// does, not here; what instantiation costs (fuel, memory) counts
     /// toward the job that takes the instance, as it does when the job
-    /// instantiates. Does nothing for command programs.
+    /// instantiates. Does nothing for command programs, nor after an
+    /// instantiation has failed once.
     pub fn prepare_instance(&self) {
         let crate::deployment::Entry::Job(pre) = &self.entry else { return };
-        if lock(&self.spare).is_some() {
+        if self.spare.failed.load(std::sync::atomic::Ordering::Relaxed) || self.spare.lock().is_some() {
             return;
         }
         let mut spare = self.idle_job_store();
         match pre.instantiate(&mut spare.store) {
             Ok(job) => {
                 spare.job = Some(job);
-                let mut slot = lock(&self.spare);
+                let mut slot = self.spare.lock();
                 if slot.is_none() {
                     *slot = Some(spare);
                 }
             }
-            // The job that comes next instantiates, fails the same way
-            // and says so in its report.
-            Err(e) => tracing::debug!(deployment = %self.name, "no instance prepared ahead: {}", one_line(&e)),
+            // Jobs instantiate their own from now on: each fails the same
+            // way and says so in its report.
+            Err(e) => {
+                self.spare.failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(deployment = %self.name, "no instances prepared ahead: instantiation failed: {}", one_line(&e));
+            }
         }
     }
 

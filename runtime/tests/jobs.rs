@@ -543,6 +543,14 @@ fn a_prepared_instance_is_pristine_and_the_jobs_own() {
     d.prepare_instance();
     let r = d.run(&mode("spin"));
     assert_eq!(r.result.expect_err("spins past its deadline").outcome, Outcome::Deadline);
+    // A guest that cannot be instantiated (its initial memory is over the
+    // limit): nothing is prepared, and every job still says why.
+    let tiny = misbehave(&rt, Limits { memory_bytes: 64 << 10, ..Limits::default() });
+    for _ in 0..3 {
+        tiny.prepare_instance();
+        let err = tiny.run(&mode("ok")).result.expect_err("cannot instantiate");
+        assert_eq!(err.outcome, Outcome::MemoryLimit, "{err}");
+    }
     still_serves(&rt);
 }
 
