@@ -265,7 +265,7 @@ mod tests {
         assert!(canonical_len(std::slice::from_ref(&long), &[]) >= SHORT_FORM_BYTES);
         assert_eq!(receipt_digest(std::slice::from_ref(&long), &[]).0, DigestAlg::Blake3);
         assert_eq!(DigestAlg::for_len(SHORT_FORM_BYTES), DigestAlg::Blake3);
-        // The hashes this machine has (the x86-64 CI machines have SHA-NI).
+        // For the record: which hash this machine picks for short forms.
         eprintln!("sha256 instructions: {}", sha256_in_hardware());
     }
 }
