@@ -116,7 +116,7 @@ pub struct Deployment {
     pub(crate) runtime: Runtime,
     /// The next job's instance, created ahead of it
     /// ([`Deployment::prepare_instance`]).
-    pub(crate) spare: Arc<crate::job::SpareSlot>,
+    pub(crate) prepared: Arc<crate::job::PreparedSlot>,
 }
 
 /// What kind of component a deployment runs, told apart by its exports.
@@ -194,7 +194,7 @@ impl Runtime {
             backend: spec.backend,
             batcher,
             runtime: self.clone(),
-            spare: Arc::default(),
+            prepared: Arc::default(),
         })
     }
 }
@@ -273,8 +273,9 @@ impl Deployment {
     }
 
     /// A store armed as [`Deployment::new_store`]'s, for a job that has
-    /// not begun: its instance may be created ahead of the job (a spare,
-    /// see `job.rs`), and [`Deployment::begin_job`] starts the job's clock.
+    /// not begun: its instance may be created ahead of the job
+    /// ([`Deployment::prepare_instance`]), and [`Deployment::begin_job`]
+    /// starts the job's clock.
     pub(crate) fn idle_store(&self, wasi: wasmtime_wasi::WasiCtx) -> (Store<JobState>, bool) {
         let rt = &self.runtime;
         let started = Instant::now();

@@ -28,7 +28,7 @@ pub struct JobError {
 /// A job's store, armed and not yet begun, with the instance created in it
 /// ahead of the job if there is one: [`Deployment::prepare_instance`]
 /// keeps one per deployment so that the next job skips instantiation.
-pub(crate) struct Spare {
+pub(crate) struct Prepared {
     store: Store<JobState>,
     /// Whether fuel is metered.
     armed: bool,
@@ -39,8 +39,8 @@ pub(crate) struct Spare {
 
 /// Where a deployment keeps its prepared instance.
 #[derive(Default)]
-pub(crate) struct SpareSlot {
-    spare: std::sync::Mutex<Option<Spare>>,
+pub(crate) struct PreparedSlot {
+    instance: std::sync::Mutex<Option<Prepared>>,
     /// Instantiation failed once: no more instances are prepared ahead
     /// (each job instantiates, and its receipt accounts for what that
     /// costs; a guest whose instantiation spins to its deadline must not
@@ -48,9 +48,9 @@ pub(crate) struct SpareSlot {
     failed: std::sync::atomic::AtomicBool,
 }
 
-impl SpareSlot {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Spare>> {
-        self.spare.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+impl PreparedSlot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Prepared>> {
+        self.instance.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -176,8 +176,8 @@ impl Deployment {
         let started_at = SystemTime::now();
         let start = Instant::now();
         // The instance prepared ahead of this job, or a store to create one.
-        let spare = self.spare.lock().take();
-        let Spare { mut store, armed, stdout, stderr, job } = spare.unwrap_or_else(|| self.idle_job_store());
+        let prepared = self.prepared.lock().take();
+        let Prepared { mut store, armed, stdout, stderr, job } = prepared.unwrap_or_else(|| self.idle_job_store());
         self.begin_job(&mut store, start, sink);
         let (result, input_digest) = self.call(&mut store, job, request);
         // Fuel left, where metering is on.
@@ -214,7 +214,7 @@ impl Deployment {
 
     /// A store for a job, its WASI context capturing stdout and stderr;
     /// no instance yet, the job not begun.
-    fn idle_job_store(&self) -> Spare {
+    fn idle_job_store(&self) -> Prepared {
         let stdout = MemoryOutputPipe::new(self.limits.max_log_bytes as usize);
         let stderr = MemoryOutputPipe::new(self.limits.max_log_bytes as usize);
         let wasi = WasiCtxBuilder::new()
@@ -225,7 +225,7 @@ impl Deployment {
             .allow_ip_name_lookup(false)
             .build();
         let (store, armed) = self.idle_store(wasi);
-        Spare { store, armed, stdout, stderr, job: None }
+        Prepared { store, armed, stdout, stderr, job: None }
     }
 
     /// Creates the next job's instance ahead of it, if none is waiting: a
@@ -242,22 +242,22 @@ impl Deployment {
     /// instantiation has failed once.
     pub fn prepare_instance(&self) {
         let crate::deployment::Entry::Job(pre) = &self.entry else { return };
-        if self.spare.failed.load(std::sync::atomic::Ordering::Relaxed) || self.spare.lock().is_some() {
+        if self.prepared.failed.load(std::sync::atomic::Ordering::Relaxed) || self.prepared.lock().is_some() {
             return;
         }
-        let mut spare = self.idle_job_store();
-        match pre.instantiate(&mut spare.store) {
+        let mut prepared = self.idle_job_store();
+        match pre.instantiate(&mut prepared.store) {
             Ok(job) => {
-                spare.job = Some(job);
-                let mut slot = self.spare.lock();
+                prepared.job = Some(job);
+                let mut slot = self.prepared.lock();
                 if slot.is_none() {
-                    *slot = Some(spare);
+                    *slot = Some(prepared);
                 }
             }
             // Jobs instantiate their own from now on: each fails the same
             // way and says so in its report.
             Err(e) => {
-                self.spare.failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                self.prepared.failed.store(true, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(deployment = %self.name, "no instances prepared ahead: instantiation failed: {}", one_line(&e));
             }
         }
