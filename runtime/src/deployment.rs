@@ -221,8 +221,10 @@ impl Deployment {
     }
 
     /// Gets the deployment ready to serve: loads every named model into the
-    /// graph cache (on the backend `load-by-name` will use) and instantiates
-    /// the guest once. Returns the models' declared inputs and outputs.
+    /// graph cache (on the backend `load-by-name` will use), instantiates
+    /// the guest once, and leaves the first job's instance prepared
+    /// ([`Deployment::prepare_instance`]: it holds one pool slot). Returns
+    /// the models' declared inputs and outputs.
     pub fn warm(&self) -> Result<Vec<ModelInfo>, WarmError> {
         let nn = &self.runtime.nn;
         let kind = nn.backends.for_named_models(self.backend);

@@ -28,7 +28,8 @@ pub struct RuntimeConfig {
     /// graphs together (the node's backend budget).
     pub backend_memory_bytes: u64,
     /// Component instances the pooling allocator keeps ready (also the most
-    /// jobs that can run at once).
+    /// jobs that can run at once, counting each deployment's prepared
+    /// instance: `Deployment::prepare_instance`).
     pub pool_instances: u32,
     /// Largest linear memory any deployment may allow, in bytes.
     pub max_memory_bytes: u64,
