@@ -70,8 +70,7 @@ fn main() {
         report.result.unwrap();
         samples.push(t.elapsed());
         let t = Instant::now();
-        drop(finished);
-        d.prepare_instance();
+        d.after_reply(finished);
         resets.push(t.elapsed());
     }
     samples.sort();

@@ -164,10 +164,7 @@ pub(crate) fn replying_first<D: std::ops::Deref<Target = Deployment>>(
     request: Request,
 ) -> (mote_runtime::JobReport, impl FnOnce()) {
     let (report, finished) = d.run_reply_first(new_job_id(), request, None);
-    (report, move || {
-        drop(finished);
-        d.prepare_instance();
-    })
+    (report, move || d.after_reply(finished))
 }
 
 /// Per-inference latencies a guest measured inside the sandbox: the

@@ -328,8 +328,7 @@ impl Node {
                 // slot given back (an admitted job always finds a free
                 // instance slot).
                 let later = move || {
-                    drop(finished);
-                    served.deployment.prepare_instance();
+                    served.deployment.after_reply(finished);
                     drop(permit);
                 };
                 (Ok((report, extra)), Box::new(later) as Box<dyn FnOnce()>)

@@ -263,6 +263,14 @@ impl Deployment {
         }
     }
 
+    /// The work after a reply, as the node does it: resets the finished
+    /// instance's pool slot (dropping it), then prepares the next job's
+    /// instance ([`Deployment::prepare_instance`]).
+    pub fn after_reply(&self, finished: FinishedInstance) {
+        drop(finished);
+        self.prepare_instance();
+    }
+
     /// The signed receipt and the kept log of a finished run (a job or a
     /// command program): the meter's usage and backend, and `ends`.
     pub(crate) fn seal(&self, state: &mut JobState, usage: crate::receipt::Usage, ends: Ending) -> (Receipt, Vec<LogLine>) {
