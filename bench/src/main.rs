@@ -215,7 +215,8 @@ fn overhead(ctx: &Ctx, rt: &Runtime, model: &str) -> Result<Value> {
     pb.inc(runs as u64);
     let guest_wasi_nn = in_guest(&looped, &req, runs, "wasi-nn")?;
     pb.inc(runs as u64);
-    // As the node runs it: the report first, the instance's reset after.
+    // As the node runs it: the report first; the instance's reset and the
+    // next one's preparation after.
     let job = time_owned(
         runs,
         &pb,

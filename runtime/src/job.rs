@@ -161,10 +161,10 @@ impl Deployment {
     /// instance with the report instead of resetting it first: resetting
     /// its pool slot (the guest memory the job dirtied) takes µs for a
     /// small job and tens of µs for one that took a large request, time the
-    /// client need not wait for. Reply with the report, then drop the
-    /// [`FinishedInstance`] on the same thread before its next job (the
-    /// slot is that thread's warm one; held on, it is one slot fewer in the
-    /// pool). The job's log, stream, usage and its count among the
+    /// client need not wait for. Reply with the report, then hand the
+    /// [`FinishedInstance`] to [`Deployment::after_reply`] (or drop it) on
+    /// the same thread before its next job (the slot is that thread's warm
+    /// one; held on, it is one slot fewer in the pool). The job's log, stream, usage and its count among the
     /// batcher's running jobs end before this returns; only the instance
     /// and its memory are left.
     pub fn run_reply_first(

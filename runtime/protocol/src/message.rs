@@ -101,17 +101,12 @@ pub fn receipt_digest<T: CanonicalTensor>(tensors: &[T], parameters: &[(String, 
     (alg, digest_of(alg, tensors, parameters))
 }
 
-/// The length of the canonical form of tensors and parameters, in bytes.
+/// The length of the canonical form of tensors and parameters, in bytes
+/// (counted over the form itself: nothing is hashed or copied).
 pub fn canonical_len<T: CanonicalTensor>(tensors: &[T], parameters: &[(String, String)]) -> u64 {
-    let tensors_len: u64 = tensors
-        .iter()
-        .map(|t| {
-            let (name, datatype, shape, data) = (t.name().len(), t.datatype().len(), t.shape().len(), t.data().len());
-            (8 + name + 8 + datatype + 8 + 8 * shape + 8 + data) as u64
-        })
-        .sum();
-    let parameters_len: u64 = parameters.iter().map(|(k, v)| (16 + k.len() + v.len()) as u64).sum();
-    8 + tensors_len + 8 + parameters_len
+    let mut len = 0u64;
+    canonical_form(tensors, parameters, |b| len += b.len() as u64);
+    len
 }
 
 /// [`digest`] with the hash `alg` (sha256 for receipts written before
