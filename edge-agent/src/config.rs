@@ -44,7 +44,8 @@ pub(crate) struct Server {
     pub(crate) data_dir: Option<PathBuf>,
     /// How long in-flight requests may run after SIGTERM.
     pub(crate) grace_period_ms: u64,
-    /// Threads per ONNX Runtime session (0: all cores).
+    /// Threads of ONNX Runtime's one intra-op pool, shared by all
+    /// sessions (0: all cores).
     pub(crate) ort_threads: usize,
     /// Largest request body accepted, in bytes.
     pub(crate) max_body_bytes: usize,

@@ -121,6 +121,11 @@ impl Runtime {
         let mut wc = Config::new();
         wc.consume_fuel(config.fuel_metering);
         wc.epoch_interruption(true);
+        // Profiling aid: wasmtime writes /tmp/perf-PID.map, so `perf
+        // report` names guest functions (docs/benchmarks.md).
+        if std::env::var_os("MOTE_PERFMAP").is_some() {
+            wc.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         wc.wasm_component_model(true);
         // Explicit bounds checks instead of guard pages. With guard pages,
         // every job whose memory grew makes the next instantiation of that
