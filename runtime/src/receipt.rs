@@ -249,19 +249,13 @@ impl Receipt {
 
     /// Sets the request digest: the field of its hash, the other one
     /// cleared.
-    pub fn set_input_digest(&mut self, (alg, hex): (DigestAlg, String)) {
-        (self.input_blake3, self.input_sha256) = match alg {
-            DigestAlg::Blake3 => (Some(hex), None),
-            DigestAlg::Sha256 => (None, Some(hex)),
-        };
+    pub fn set_input_digest(&mut self, digest: (DigestAlg, String)) {
+        (self.input_blake3, self.input_sha256) = digest_fields(digest);
     }
 
     /// Sets the response digest, as [`Receipt::set_input_digest`].
-    pub fn set_output_digest(&mut self, (alg, hex): (DigestAlg, String)) {
-        (self.output_blake3, self.output_sha256) = match alg {
-            DigestAlg::Blake3 => (Some(hex), None),
-            DigestAlg::Sha256 => (None, Some(hex)),
-        };
+    pub fn set_output_digest(&mut self, digest: (DigestAlg, String)) {
+        (self.output_blake3, self.output_sha256) = digest_fields(digest);
     }
 
     /// The request digest and its hash: `input_blake3` or `input_sha256`
@@ -487,6 +481,15 @@ pub fn read_receipt_file(path: &Path) -> std::io::Result<String> {
         ));
     }
     Ok(text)
+}
+
+/// A digest as a receipt side's two fields, `(blake3, sha256)`: the one of
+/// its hash set, the other empty.
+fn digest_fields((alg, hex): (DigestAlg, String)) -> (Option<String>, Option<String>) {
+    match alg {
+        DigestAlg::Blake3 => (Some(hex), None),
+        DigestAlg::Sha256 => (None, Some(hex)),
+    }
 }
 
 /// The one digest of a pair, with its hash.

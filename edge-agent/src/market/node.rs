@@ -412,20 +412,7 @@ impl Node {
             }
         }
         if let Err(refusal) = self.accepts(&job) {
-            match refusal {
-                Refusal::NotHere(why) => {
-                    tracing::info!(job = %job.id, "not taking the job: {why}");
-                    let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                }
-                Refusal::Unavailable(why) => {
-                    let _ = msg.ack_with(AckKind::Nak(Some(unavailable_delay(attempt)))).await;
-                    tracing::warn!(job = %job.id, "job handed back: {why}");
-                }
-                Refusal::Never(why) => {
-                    self.dead_letter(&job, &why, attempt).await;
-                    let _ = msg.ack_with(AckKind::Term).await;
-                }
-            }
+            self.hand_back(&msg, &job, refusal, attempt).await;
             return;
         }
         // `running` is informational: written beside the run, not before it.
@@ -461,18 +448,28 @@ impl Node {
                     tracing::warn!(job = %job.id, "ack: {e}");
                 }
             }
-            Err(Refusal::Never(why)) => {
-                self.dead_letter(&job, &why, attempt).await;
-                let _ = msg.ack_with(AckKind::Term).await;
-            }
-            Err(Refusal::NotHere(why)) => {
-                tracing::warn!(job = %job.id, "job handed back: {why}");
+            Err(refusal) => self.hand_back(&msg, &job, refusal, attempt).await,
+        }
+    }
+
+    /// Gives back a job this node does not run to the end: to another
+    /// node (`NotHere`, redelivered after 1 s), to a later try
+    /// (`Unavailable`, later on each attempt), or to the dead letters
+    /// (`Never`).
+    async fn hand_back(&self, msg: &Message, job: &JobSpec, refusal: Refusal, attempt: u64) {
+        match refusal {
+            Refusal::NotHere(why) => {
+                tracing::info!(job = %job.id, "job handed back for another node: {why}");
                 let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
             }
-            Err(Refusal::Unavailable(why)) => {
+            Refusal::Unavailable(why) => {
                 let delay = unavailable_delay(attempt);
-                tracing::warn!(job = %job.id, ?delay, "job handed back: {why}");
+                tracing::warn!(job = %job.id, ?delay, "job handed back for a later try: {why}");
                 let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+            }
+            Refusal::Never(why) => {
+                self.dead_letter(job, &why, attempt).await;
+                let _ = msg.ack_with(AckKind::Term).await;
             }
         }
     }
