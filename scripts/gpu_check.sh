@@ -9,7 +9,8 @@
 # It writes to OUT (default build/gpu-check): the GPU, `mote specs`, the
 # CUDA and wgpu test binaries' logs (CUDA required: MOTE_REQUIRE_CUDA=1),
 # one job per backend through `mote run` with its receipt verified, and
-# `mote-bench --only backends,batching`. Every step runs under a time
+# `mote-bench --only overhead,backends,batching` (the sandbox's overhead on
+# ORT CUDA beside ORT CPU's). Every step runs under a time
 # limit; the last line says how many steps failed.
 #
 # Binaries: MOTE_BIN_DIR (default the release target directory) holds
@@ -108,7 +109,8 @@ print(f"  {r['backend']} on {r['device']!r}: wall {r['wall_ns'] / 1e6:.2f} ms, b
 EOF
 done
 
-step bench 420 "$bin/mote-bench" --only backends,batching --rounds 1 --build build --out "$out/bench"
+step bench 420 "$bin/mote-bench" --only overhead,backends,batching --rounds 1 --build build --out "$out/bench"
+grep -A20 '## Sandbox overhead' "$out/bench/latest.md" 2>/dev/null | grep -v '^\*in guest'
 grep -A12 '## Backends' "$out/bench/latest.md" 2>/dev/null
 grep -B2 -A14 -i '## .*batch' "$out/bench/latest.md" 2>/dev/null | head -40
 

@@ -21,7 +21,7 @@ mod stats;
 use anyhow::{Context, Result};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use mote_runtime::backend::{standalone, BackendKind, DirectInputs};
+use mote_runtime::backend::{standalone, BackendChoice, BackendKind, DirectInputs};
 use mote_runtime::{kserve, new_job_id, DigestAlg, Deployment, DeploymentSpec, Limits, Request, Runtime, RuntimeConfig};
 use serde_json::{json, Value};
 use stats::Summary;
@@ -111,6 +111,11 @@ fn runtime(fuel: bool) -> Result<Runtime> {
 }
 
 fn deploy(ctx: &Ctx, rt: &Runtime, guest: &str, model: Option<&str>) -> Result<Deployment> {
+    deploy_on(ctx, rt, guest, model, BackendChoice::Auto)
+}
+
+/// [`deploy`] on `backend`.
+fn deploy_on(ctx: &Ctx, rt: &Runtime, guest: &str, model: Option<&str>, backend: BackendChoice) -> Result<Deployment> {
     let models = match model {
         Some(m) => vec![("model".to_string(), ctx.read(&format!("models/{m}.onnx"))?)],
         None => vec![],
@@ -120,6 +125,7 @@ fn deploy(ctx: &Ctx, rt: &Runtime, guest: &str, model: Option<&str>) -> Result<D
         guest: ctx.read(&format!("guests/{guest}.wasm"))?,
         models,
         limits: Limits::default(),
+        backend,
         ..DeploymentSpec::default()
     })?)
 }
@@ -186,8 +192,10 @@ fn in_guest(d: &Deployment, req: &Request, runs: usize, abi: &str) -> Result<Sum
     Ok(Summary::of(&samples))
 }
 
-/// Sandbox overhead on one model, three ways against native ORT (the same
-/// backend object, same threads, no sandbox):
+/// Sandbox overhead on one model on backend `kind`, three ways against
+/// native ORT on the same backend (same threads, no sandbox; the guests'
+/// deployments are fixed to `kind`, so a machine with a GPU does not
+/// compare its CUDA jobs with native CPU runs):
 /// - in-guest: each inference of a running guest (tensors into the host,
 ///   compute, outputs back into the guest), timed inside the sandbox, by
 ///   value (`mote:edge/inference-io`, what the SDK uses) and, beside it,
@@ -197,16 +205,16 @@ fn in_guest(d: &Deployment, req: &Request, runs: usize, abi: &str) -> Result<Sum
 /// - the receipt's request digest alone (BLAKE3 over the input tensors),
 ///   the part of a whole job that grows with the input, and beside it the
 ///   sha256 that receipts carried before (what the change saves).
-fn overhead(ctx: &Ctx, rt: &Runtime, model: &str) -> Result<Value> {
-    let d = deploy(ctx, rt, "passthrough", Some(model))?;
-    let looped = deploy(ctx, rt, "inference-loop", Some(model))?;
+fn overhead(ctx: &Ctx, rt: &Runtime, model: &str, kind: BackendKind) -> Result<Value> {
+    let d = deploy_on(ctx, rt, "passthrough", Some(model), BackendChoice::Fixed(kind))?;
+    let looped = deploy_on(ctx, rt, "inference-loop", Some(model), BackendChoice::Fixed(kind))?;
     let req = ctx.request(model)?;
-    let backend = standalone(BackendKind::OrtCpu)?;
+    let backend = standalone(kind)?;
     let graph = backend.load(ctx.read(&format!("models/{model}.onnx"))?.into())?;
     let mut exec = graph.init_execution_context()?;
     let direct = DirectInputs::new(&req).map_err(anyhow::Error::msg)?;
     let runs = ctx.runs(model);
-    let pb = bar(runs * 4, &format!("overhead {model}"));
+    let pb = bar(runs * 4, &format!("overhead {model} {}", kind.as_str()));
     let native = time(runs, &pb, || {
         exec.compute(&direct.views(), None).expect("native run");
     });
@@ -234,7 +242,7 @@ fn overhead(ctx: &Ctx, rt: &Runtime, model: &str) -> Result<Value> {
         std::hint::black_box(mote_runtime::digest_with(DigestAlg::Sha256, &req.inputs, &req.parameters));
     });
     pb.finish_and_clear();
-    Ok(json!({"model": model, "native": native, "in_guest": guest, "in_guest_wasi_nn": guest_wasi_nn, "job": job.call, "job_after_reply": job.later, "input_hash": hash, "input_hash_sha256": hash_sha256,
+    Ok(json!({"model": model, "backend": kind.as_str(), "native": native, "in_guest": guest, "in_guest_wasi_nn": guest_wasi_nn, "job": job.call, "job_after_reply": job.later, "input_hash": hash, "input_hash_sha256": hash_sha256,
               "input_bytes": req.inputs.iter().map(|t| t.data.len()).sum::<usize>(),
               "ratio_p50": guest.p50_us / native.p50_us, "ratio_mean": guest.mean_us / native.mean_us,
               "wasi_nn_ratio_p50": guest_wasi_nn.p50_us / native.p50_us,
@@ -440,7 +448,7 @@ fn main() -> Result<()> {
         let mut overheads = Vec::new();
         if want("overhead") {
             for model in ["mlp", "cnn", "transformer"] {
-                overheads.push(overhead(&ctx, &rt, model)?);
+                overheads.push(overhead(&ctx, &rt, model, BackendKind::OrtCpu)?);
             }
         }
         let inst = if want("instantiation") { instantiation(&ctx)? } else { Value::Null };
@@ -455,6 +463,22 @@ fn main() -> Result<()> {
         .map_or(Value::Null, |r| r["instantiation"].clone());
     let endpoint = stats::median_by(&per_round, |r| report::endpoint_overhead(&r["endpoint"], "https-json"))
         .map_or(Value::Null, |r| r["endpoint"].clone());
+    // The same on ORT CUDA where this machine has a device (one round:
+    // no target, and a lent GPU's time is short).
+    let overhead_cuda = if want("overhead") {
+        match standalone(BackendKind::OrtCuda) {
+            Ok(_) => {
+                let rows = ["cnn", "transformer"]
+                    .into_iter()
+                    .map(|model| overhead(&ctx, &rt, model, BackendKind::OrtCuda))
+                    .collect::<Result<Vec<_>>>()?;
+                json!({"available": true, "rows": rows})
+            }
+            Err(e) => json!({"available": false, "reason": e.to_string()}),
+        }
+    } else {
+        Value::Null
+    };
     let metering = if want("metering") { metering(&ctx)? } else { Value::Null };
     let market = if want("market") { market::run(&ctx)? } else { Value::Null };
     let batching = if want("batching") { batching::run(&ctx)? } else { Value::Null };
@@ -470,6 +494,7 @@ fn main() -> Result<()> {
         "quick": ctx.quick,
         "machine": machine(),
         "overhead": overheads,
+        "overhead_cuda": overhead_cuda,
         "instantiation": inst,
         "endpoint": endpoint,
         "backends": backends,

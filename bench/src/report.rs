@@ -158,7 +158,7 @@ fn markdown(r: &Value) -> String {
     );
 
     if has(&r["overhead"]) {
-        let _ = writeln!(md, "## Sandbox overhead vs a native ORT session\n");
+        let _ = writeln!(md, "## Sandbox overhead vs a native ORT session (ORT CPU)\n");
         let _ = writeln!(
             md,
             "*in guest*: each inference of a running guest (`inference-loop`: tensors into the host, compute, outputs \
@@ -171,40 +171,24 @@ fn markdown(r: &Value) -> String {
              job's instance prepared). *input hash*: the request's digest alone in BLAKE3, and beside it in sha256 \
              (a node writes sha256 for forms under 2 KiB on a CPU with sha256 instructions).\n"
         );
-        let _ = writeln!(
-            md,
-            "| model | input KiB | native p50 | native p99 | in guest p50 | in guest p99 | ratio p50 | target | | \
-             via wasi-nn p50 | ratio p50 | whole job p50 | whole job p99 | ratio p50 | after the reply p50 | input hash p50 | sha256 p50 |"
-        );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-        for o in r["overhead"].as_array().into_iter().flatten() {
-            let target = match o["model"].as_str() {
-                Some("cnn") => Some(1.03),
-                Some("mlp") => Some(1.10),
-                _ => None,
-            };
-            let ratio = f(&o["ratio_p50"]);
-            let _ = writeln!(
-                md,
-                "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {} | {} | {:.1} | {:.3} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} |",
-                o["model"].as_str().unwrap_or("?"),
-                f(&o["input_bytes"]) / 1024.0,
-                f(&o["native"]["p50_us"]),
-                f(&o["native"]["p99_us"]),
-                f(&o["in_guest"]["p50_us"]),
-                f(&o["in_guest"]["p99_us"]),
-                ratio,
-                target.map_or("—".into(), |t| format!("≤ {t}")),
-                target.map_or("", |t| verdict(ratio <= t)),
-                f(&o["in_guest_wasi_nn"]["p50_us"]),
-                f(&o["wasi_nn_ratio_p50"]),
-                f(&o["job"]["p50_us"]),
-                f(&o["job"]["p99_us"]),
-                f(&o["job_ratio_p50"]),
-                f(&o["job_after_reply"]["p50_us"]),
-                f(&o["input_hash"]["p50_us"]),
-                f(&o["input_hash_sha256"]["p50_us"]),
-            );
+        overhead_table(&mut md, &r["overhead"], true);
+        match r["overhead_cuda"]["available"].as_bool() {
+            Some(true) => {
+                let _ = writeln!(
+                    md,
+                    "\nThe same on ORT CUDA (native: an ORT CUDA session called directly; the guests' deployments on \
+                     `ort-cuda`; one round, no target):\n"
+                );
+                overhead_table(&mut md, &r["overhead_cuda"]["rows"], false);
+            }
+            Some(false) => {
+                let _ = writeln!(
+                    md,
+                    "\nORT CUDA: not measured here ({}).",
+                    r["overhead_cuda"]["reason"].as_str().unwrap_or("no reason given")
+                );
+            }
+            None => {}
         }
     }
 
@@ -530,4 +514,44 @@ fn plot(path: &Path, r: &Value) -> Result<()> {
     chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).draw()?;
     root.present()?;
     Ok(())
+}
+
+/// The sandbox-overhead table of `rows` (one per model); `with_targets`:
+/// judge the in-guest ratios by the issue's targets (ORT CPU).
+fn overhead_table(md: &mut String, rows: &Value, with_targets: bool) {
+    let _ = writeln!(
+        md,
+        "| model | input KiB | native p50 | native p99 | in guest p50 | in guest p99 | ratio p50 | target | | \
+         via wasi-nn p50 | ratio p50 | whole job p50 | whole job p99 | ratio p50 | after the reply p50 | input hash p50 | sha256 p50 |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for o in rows.as_array().into_iter().flatten() {
+        let target = match o["model"].as_str() {
+            Some("cnn") if with_targets => Some(1.03),
+            Some("mlp") if with_targets => Some(1.10),
+            _ => None,
+        };
+        let ratio = f(&o["ratio_p50"]);
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {} | {} | {:.1} | {:.3} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} |",
+            o["model"].as_str().unwrap_or("?"),
+            f(&o["input_bytes"]) / 1024.0,
+            f(&o["native"]["p50_us"]),
+            f(&o["native"]["p99_us"]),
+            f(&o["in_guest"]["p50_us"]),
+            f(&o["in_guest"]["p99_us"]),
+            ratio,
+            target.map_or("—".into(), |t| format!("≤ {t}")),
+            target.map_or("", |t| verdict(ratio <= t)),
+            f(&o["in_guest_wasi_nn"]["p50_us"]),
+            f(&o["wasi_nn_ratio_p50"]),
+            f(&o["job"]["p50_us"]),
+            f(&o["job"]["p99_us"]),
+            f(&o["job_ratio_p50"]),
+            f(&o["job_after_reply"]["p50_us"]),
+            f(&o["input_hash"]["p50_us"]),
+            f(&o["input_hash_sha256"]["p50_us"]),
+        );
+    }
 }
