@@ -169,7 +169,7 @@ fn markdown(r: &Value) -> String {
              previous reply, model lookup, inference, request and response digests and the signed receipt. *after the \
              reply*: what the node does next, off the request's path (the finished instance's slot reset, the next \
              job's instance prepared). *input hash*: the request's digest alone in BLAKE3, and beside it in sha256 \
-             (a node writes sha256 for forms under 2 KiB on a CPU with sha256 instructions).\n"
+             (a node writes sha256 for forms under 16 KiB on a CPU with sha256 instructions).\n"
         );
         overhead_table(&mut md, &r["overhead"], true);
         match r["overhead_cuda"]["available"].as_bool() {

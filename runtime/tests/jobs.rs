@@ -363,12 +363,12 @@ fn receipts_are_signed_and_describe_the_job() {
     let tampered = text.replace(&format!("\"bytes_in\": {}", v.usage.bytes_in), "\"bytes_in\": 1");
     assert!(Receipt::verify_json(&tampered).is_err(), "tampered receipt must fail");
 
-    // A request past SHORT_FORM_BYTES (the transformer's 6 KiB) is BLAKE3
-    // on any CPU.
-    let d = deploy(&rt, "passthrough", &[("model", "transformer")], Limits::default());
-    let req = request("transformer");
+    // A request past SHORT_FORM_BYTES (the CNN's 588 KiB) is BLAKE3 on
+    // any CPU.
+    let d = deploy(&rt, "passthrough", &[("model", "cnn")], Limits::default());
+    let req = request("cnn");
     let r = d.run(&req);
-    r.result.as_ref().expect("transformer job");
+    r.result.as_ref().expect("cnn job");
     assert!(mote_protocol::canonical_len(&req.inputs, &req.parameters) >= mote_protocol::SHORT_FORM_BYTES);
     assert_eq!(r.receipt.input_blake3.as_deref(), Some(&*mote_runtime::digest(&req.inputs, &req.parameters)));
     assert!(r.receipt.input_sha256.is_none());

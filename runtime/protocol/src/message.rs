@@ -40,12 +40,18 @@ pub enum DigestAlg {
 }
 
 /// Canonical forms shorter than this are hashed with sha256 where the CPU
-/// has sha256 instructions. Measured on an AMD EPYC (SHA-NI, AVX-512):
-/// 300 bytes take 165 ns in sha256 and 423 in BLAKE3, 1 KiB 521 and 1329,
-/// 2 KiB 1035 and 1353, 4 KiB 2018 and 1455: BLAKE3 compresses one 64-byte
-/// block at a time until a form spans several 1 KiB chunks, and only then
-/// hashes them side by side in SIMD lanes.
-pub const SHORT_FORM_BYTES: u64 = 2048;
+/// has sha256 instructions. BLAKE3 compresses one 64-byte block at a time
+/// within a 1 KiB chunk and hashes whole chunks side by side in SIMD lanes
+/// only once it has several; a canonical form's data starts some bytes
+/// into its first chunk (the header before it: counts, name, datatype,
+/// shape), so that chunk and the tail are serial. Measured on an AMD EPYC
+/// (SHA-NI, AVX-512) over canonical forms of one FP32 tensor, p50 of 2000
+/// (`bench/examples/digest_sizes.rs`), sha256 against BLAKE3: 1 KiB 641 and
+/// 1613 ns, 4 KiB 2133 and 4427, 8 KiB 4156 and 6009, 12 KiB 6109 and
+/// 7482, 16 KiB 8142 and 7742, 32 KiB 16094 and 9694. (The 2 KiB used
+/// before came from a measurement that had BLAKE3 at 1455 ns for 4 KiB,
+/// not reproduced over canonical forms.)
+pub const SHORT_FORM_BYTES: u64 = 16 << 10;
 
 impl DigestAlg {
     /// The hash a node writes for a canonical form of `len` bytes: sha256
