@@ -1,25 +1,29 @@
-//! KServe v2 JSON infer requests parsed straight into tensor bytes: the
-//! request's structure by serde_json, each input's `data` kept as its raw
-//! text and scanned once into little-endian elements (numbers by the
-//! standard library's Eisel–Lemire parser): no `serde_json::Value` per
-//! element, no flattened copy. A 224×224×3 FP32
-//! image is 150,528 numbers; as a value tree that is 150,528 heap nodes
-//! built, walked and dropped on every request.
+//! KServe v2 JSON infer requests parsed straight into tensor bytes, in one
+//! pass over the text: the request's structure, and each input's `data`
+//! read element by element into little-endian bytes as it is checked (each
+//! float by Lemire's algorithm, `fast_float2`). No `serde_json::Value` per
+//! element, no second walk over the numbers: a 224×224×3 FP32 image is
+//! 150,528 numbers, and the text around them is checked on the way.
 //!
-//! The fast path covers numeric and `BYTES` data in either key order.
-//! Every malformed request is parsed by
-//! [`crate::kserve::parse_request_with_binary`], the reference: the fast
-//! path either produces exactly its result or defers to it, so errors and
-//! their messages are the reference's.
+//! The one pass covers numeric and `BYTES` data in either key order; the
+//! small values of the header (`id`, `outputs`, `parameters`, a tensor's
+//! `name`, `shape`, `datatype`) become `serde_json::Value`s once their
+//! extent is known. Every request the pass does not take — malformed or
+//! merely unusual (a scalar `data`, a duplicated `data`, nesting past
+//! [`MAX_DEPTH`]) — is parsed by
+//! [`crate::kserve::parse_request_with_binary`], the reference: the pass
+//! either produces exactly its result or defers to it, so errors and their
+//! messages are the reference's. What the pass takes must therefore be
+//! JSON that serde_json's value parser takes too: UTF-8, strings without
+//! control characters and with valid escapes, numbers by JSON's grammar
+//! and within f64's range, nesting within serde_json's limit (the fuzz
+//! target `kserve_request` holds the two to that).
 
 use crate::kserve::{self, encode_num, KserveError, Num};
 use crate::message::{Request, MAX_INPUTS};
 use crate::tensor::{Datatype, IoTensor};
-use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
-use serde_json::value::RawValue;
-use serde::Deserializer;
 use serde_json::{Map, Value};
-use std::fmt;
+use std::borrow::Cow;
 
 /// A parsed infer request and the rest of its JSON header (`id`,
 /// `outputs`, `parameters`: what the response is shaped by).
@@ -44,15 +48,41 @@ pub fn parse_infer_body(json: &[u8], binary: &[u8]) -> Result<InferBody, KserveE
     Ok(InferBody { request, header: v })
 }
 
+/// Nesting the one pass takes, the request's own levels (object, `inputs`,
+/// tensor) included; deeper goes to the reference, which refuses past
+/// serde_json's limit of 128 levels.
+const MAX_DEPTH: usize = 100;
+
+/// Nesting of `data` the one pass takes (within [`MAX_DEPTH`]).
+const MAX_DATA_DEPTH: usize = 64;
+
 /// The one-pass parse, or `None` where the reference must decide.
 fn fast(json: &[u8], binary: &[u8]) -> Option<InferBody> {
-    // serde_json's skipping (raw values) checks less than its `Value`
-    // parser: not UTF-8 inside strings, not number ranges, not depth. So:
-    // the text must be UTF-8, unknown keys are parsed as values, and
-    // `scan` refuses what a value would (see there).
+    // serde_json's value parser refuses invalid UTF-8 in strings; checking
+    // the whole text once is cheaper than string by string.
     let text = std::str::from_utf8(json).ok()?;
-    let wire: WireRequest = serde_json::from_str(text).ok()?;
-    let inputs = wire.inputs?;
+    let mut r = Reader { s: text, b: text.as_bytes(), i: 0 };
+    let (mut id, mut inputs, mut outputs, mut parameters) = (None, None, None, None);
+    r.ws();
+    r.object(1, |r, key| {
+        // A later duplicate key replaces the earlier one, as in a
+        // `serde_json::Value` object.
+        match key {
+            // A second `inputs`: the reference decides.
+            "inputs" if inputs.is_some() => return None,
+            "inputs" => inputs = Some(r.inputs()?),
+            "id" => id = Some(r.value(1)?),
+            "outputs" => outputs = Some(r.value(1)?),
+            "parameters" => parameters = Some(r.value(1)?),
+            _ => r.skip(1)?,
+        }
+        Some(())
+    })?;
+    r.ws();
+    if r.i != r.b.len() {
+        return None;
+    }
+    let inputs = inputs?;
     let mut names = std::collections::HashSet::with_capacity(inputs.len());
     let mut tensors = Vec::with_capacity(inputs.len());
     let mut rest = binary;
@@ -70,14 +100,30 @@ fn fast(json: &[u8], binary: &[u8]) -> Option<InferBody> {
         }
         let size = input.parameters.as_ref().and_then(|p| p.get("binary_data_size"));
         let data = match (size, input.data) {
-            (None, Some(raw)) if datatype == Datatype::Bytes => {
-                let v: Value = serde_json::from_str(raw.get()).ok()?;
+            (None, Some(d)) if datatype == Datatype::Bytes => {
+                let v: Value = serde_json::from_str(&text[d.start..d.end]).ok()?;
                 let mut flat = Vec::new();
                 kserve::flatten(&v, &mut flat);
                 kserve::encode_elements(datatype, &flat).ok()?
             }
-            (None, Some(raw)) => scan(raw.get(), datatype)?,
-            // Binary data and `data` both: `data` would go unscanned.
+            (None, Some(Data { read: Read::Bytes(dt, bytes), .. })) if dt == datatype => bytes,
+            // Data before its float datatype (serde_json writes keys in
+            // sorted order): read as f64 on the way.
+            (None, Some(Data { read: Read::Floats(xs), .. })) if is_float(datatype) => {
+                let mut out = Vec::with_capacity(xs.len() * datatype.size().unwrap_or(1));
+                for x in xs {
+                    push_float(datatype, x, &mut out)?;
+                }
+                out
+            }
+            // Data before another datatype, or a datatype replaced after
+            // it: checked on the way, now encoded.
+            (None, Some(d)) => {
+                let mut out = Vec::with_capacity(capacity(datatype, Some(&shape), d.end - d.start));
+                Reader { s: text, b: text.as_bytes(), i: d.start }.data(Sink::Bytes(datatype, &mut out))?;
+                out
+            }
+            // Binary data and `data` both: the reference decides.
             (Some(_), Some(_)) => return None,
             (Some(size), None) => {
                 let size = usize::try_from(size.as_u64()?).ok()?;
@@ -97,222 +143,656 @@ fn fast(json: &[u8], binary: &[u8]) -> Option<InferBody> {
     if !rest.is_empty() {
         return None;
     }
-    let parameters = kserve::parse_parameters(wire.parameters.as_ref()).ok()?;
+    let parameters_list = kserve::parse_parameters(parameters.as_ref()).ok()?;
     let mut header = Map::new();
-    for (key, v) in [("id", wire.id), ("outputs", wire.outputs), ("parameters", wire.parameters)] {
+    for (key, v) in [("id", id), ("outputs", outputs), ("parameters", parameters)] {
         if let Some(v) = v {
             header.insert(key.into(), v);
         }
     }
-    Some(InferBody { request: Request { inputs: tensors, parameters }, header: Value::Object(header) })
+    Some(InferBody { request: Request { inputs: tensors, parameters: parameters_list }, header: Value::Object(header) })
 }
 
-/// The request object, with each input's data already encoded.
+/// One input tensor's members as read.
 #[derive(Default)]
-struct WireRequest<'de> {
-    id: Option<Value>,
-    inputs: Option<Vec<WireTensor<'de>>>,
-    outputs: Option<Value>,
-    parameters: Option<Value>,
-}
-
-#[derive(Default)]
-struct WireTensor<'de> {
+struct WireTensor {
     name: Option<Value>,
     datatype: Option<Value>,
     shape: Option<Value>,
     parameters: Option<Value>,
-    /// `data`'s JSON text, encoded once the datatype is known (it may
-    /// come later: serde_json writes keys in sorted order).
-    data: Option<&'de RawValue>,
+    data: Option<Data>,
 }
 
-/// A later duplicate key replaces the earlier one, as in a
-/// `serde_json::Value` object.
-impl<'de> de::Deserialize<'de> for WireRequest<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = WireRequest<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a KServe infer request object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<WireRequest<'de>, A::Error> {
-                let mut r = WireRequest::default();
-                while let Some(key) = map.next_key::<String>()? {
-                    match key.as_str() {
-                        "id" => r.id = Some(map.next_value()?),
-                        // A second `inputs` would leave the first one's
-                        // raw `data` unchecked: the reference decides.
-                        "inputs" if r.inputs.is_some() => return Err(de::Error::custom("duplicate inputs")),
-                        "inputs" => r.inputs = Some(map.next_value_seed(Inputs)?),
-                        "outputs" => r.outputs = Some(map.next_value()?),
-                        "parameters" => r.parameters = Some(map.next_value()?),
-                        _ => {
-                            map.next_value::<Value>()?;
-                        }
-                    }
+/// Where an input's `data` stands in the text, and what was made of it
+/// as it was read.
+struct Data {
+    start: usize,
+    end: usize,
+    read: Read,
+}
+
+/// What reading a tensor's `data` made of it.
+enum Read {
+    /// Its bytes, encoded as the datatype known then.
+    Bytes(Datatype, Vec<u8>),
+    /// Its numbers as f64, the datatype not yet known: a float datatype's
+    /// elements (most requests' datatype).
+    Floats(Vec<f64>),
+    /// Checked only (strings, booleans).
+    Checked,
+}
+
+/// Where a walk over `data` puts its elements.
+enum Sink<'v> {
+    /// Nowhere: the data is only checked (strings allowed).
+    Check,
+    /// Encoded as the datatype, little-endian.
+    Bytes(Datatype, &'v mut Vec<u8>),
+    /// As f64, every number (a boolean or a string stops the walk).
+    Floats(&'v mut Vec<f64>),
+}
+
+/// Whether `dt` is a float datatype: its elements are every number read as
+/// the correctly rounded f64.
+fn is_float(dt: Datatype) -> bool {
+    matches!(dt, Datatype::Fp16 | Datatype::Bf16 | Datatype::Fp32 | Datatype::Fp64)
+}
+
+/// Appends `x` as the float datatype `dt`; `None` where it does not fit.
+fn push_float(dt: Datatype, x: f64, out: &mut Vec<u8>) -> Option<()> {
+    match dt {
+        // The common case, without `encode_num`'s dispatch.
+        Datatype::Fp32 if x.abs() <= f64::from(f32::MAX) => out.extend_from_slice(&(x as f32).to_le_bytes()),
+        _ => encode_num(dt, Num::F(x), out).ok()?,
+    }
+    Some(())
+}
+
+/// Room for a tensor's bytes: its shape's size where known, but never
+/// more than `text_len` bytes of JSON could hold (an element takes at
+/// least two: a digit and a comma), so a hostile shape reserves nothing
+/// its text does not back.
+fn capacity(datatype: Datatype, shape: Option<&[u64]>, text_len: usize) -> usize {
+    let size = datatype.size().unwrap_or(1);
+    let most = (text_len / 2 + 1).saturating_mul(size);
+    let elements = shape.and_then(|s| s.iter().try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?)));
+    match elements.and_then(|n| n.checked_mul(size)) {
+        Some(bytes) => bytes.min(most),
+        None => text_len / 4,
+    }
+}
+
+/// A cursor over the request's text.
+struct Reader<'a> {
+    s: &'a str,
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.peek()? == c).then(|| self.i += 1)
+    }
+
+    /// An object at nesting `level`, each member's value read by `member`
+    /// (which gets the key, escapes decoded).
+    fn object(&mut self, level: usize, mut member: impl FnMut(&mut Self, &str) -> Option<()>) -> Option<()> {
+        if level > MAX_DEPTH {
+            return None;
+        }
+        self.eat(b'{')?;
+        self.ws();
+        if self.eat(b'}').is_some() {
+            return Some(());
+        }
+        loop {
+            let key = self.string()?;
+            self.ws();
+            self.eat(b':')?;
+            self.ws();
+            member(self, &key)?;
+            self.ws();
+            match self.peek()? {
+                b',' => self.i += 1,
+                b'}' => {
+                    self.i += 1;
+                    return Some(());
                 }
-                Ok(r)
+                _ => return None,
+            }
+            self.ws();
+        }
+    }
+
+    /// An array at nesting `level`, each element read by `element`.
+    fn array(&mut self, level: usize, mut element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        if level > MAX_DEPTH {
+            return None;
+        }
+        self.eat(b'[')?;
+        self.ws();
+        if self.eat(b']').is_some() {
+            return Some(());
+        }
+        loop {
+            element(self)?;
+            self.ws();
+            match self.peek()? {
+                b',' => self.i += 1,
+                b']' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+            self.ws();
+        }
+    }
+
+    /// A string, escapes decoded (by serde_json, where there are any).
+    fn string(&mut self) -> Option<Cow<'a, str>> {
+        let start = self.i;
+        self.eat(b'"')?;
+        let mut escaped = false;
+        loop {
+            match *self.b.get(self.i)? {
+                b'"' => break,
+                b'\\' => {
+                    escaped = true;
+                    self.i += 2;
+                }
+                // Control characters must be escaped.
+                0..=0x1f => return None,
+                _ => self.i += 1,
             }
         }
-        d.deserialize_map(V)
-    }
-}
-
-/// The `inputs` array, refused past [`MAX_INPUTS`] as soon as it is seen.
-struct Inputs;
-
-impl<'de> DeserializeSeed<'de> for Inputs {
-    type Value = Vec<WireTensor<'de>>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Inputs {
-    type Value = Vec<WireTensor<'de>>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an array of input tensors")
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut out = Vec::new();
-        while let Some(t) = seq.next_element::<WireTensor<'de>>()? {
-            if out.len() == MAX_INPUTS {
-                return Err(de::Error::custom("too many inputs"));
-            }
-            out.push(t);
+        self.i += 1;
+        let s = &self.s[start..self.i];
+        if escaped {
+            serde_json::from_str(s).ok().map(Cow::Owned)
+        } else {
+            Some(Cow::Borrowed(&s[1..s.len() - 1]))
         }
-        Ok(out)
     }
-}
 
-impl<'de> de::Deserialize<'de> for WireTensor<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = WireTensor<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an input tensor object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<WireTensor<'de>, A::Error> {
-                let mut t = WireTensor::default();
-                while let Some(key) = map.next_key::<String>()? {
-                    match key.as_str() {
-                        "name" => t.name = Some(map.next_value()?),
-                        "datatype" => t.datatype = Some(map.next_value()?),
-                        "shape" => t.shape = Some(map.next_value()?),
-                        "parameters" => t.parameters = Some(map.next_value()?),
-                        // Raw `data` is only checked as JSON when scanned:
-                        // a replaced one never is, so the reference decides.
-                        "data" if t.data.is_some() => return Err(de::Error::custom("duplicate data")),
-                        "data" => t.data = Some(map.next_value()?),
-                        _ => {
-                            map.next_value::<Value>()?;
-                        }
-                    }
-                }
-                Ok(t)
-            }
+    /// A number token by JSON's grammar (no `+`, no leading zeros, digits
+    /// on both sides of `.`): its text, and how it is written.
+    fn number(&mut self) -> Option<(&'a str, Written)> {
+        let (b, start) = (self.b, self.i);
+        let mut i = start + usize::from(b.get(start) == Some(&b'-'));
+        let end = digits(b, i);
+        // At least one digit, and no leading zero.
+        if end == i || (end - i > 1 && b[i] == b'0') {
+            return None;
         }
-        d.deserialize_map(V)
-    }
-}
-
-/// Nesting of `data` the one pass takes; deeper goes to the reference
-/// (which refuses past serde_json's limit of 128 levels in all).
-const MAX_DATA_DEPTH: usize = 64;
-
-/// Encodes `data`'s raw JSON text as `datatype`: one scan over the text,
-/// nesting flattened, each number read once where it stands. `None` for
-/// anything but numbers and booleans that fit the datatype (the reference
-/// then decides). The text is valid JSON: serde_json checked it, so a
-/// token that starts with `-` or a digit is a JSON number.
-///
-/// Numbers are what serde_json (`float_roundtrip`) makes of them:
-/// - for a float datatype every number is read as the correctly rounded
-///   f64 (Lemire's algorithm, `fast_float2`). serde_json reads an integer
-///   token as u64 or i64 and the reference converts it with `as f64`,
-///   which rounds the same exact value the same way; `-0` is -0.0 to both;
-/// - for the other datatypes tokens are told apart as serde_json does:
-///   an integer that fits u64 (i64 when negative), `-0` and larger
-///   integers as floats, anything with `.`/`e` as a float.
-fn scan(raw: &str, datatype: Datatype) -> Option<Vec<u8>> {
-    let b = raw.as_bytes();
-    let float_type = matches!(datatype, Datatype::Fp16 | Datatype::Bf16 | Datatype::Fp32 | Datatype::Fp64);
-    let mut out = Vec::with_capacity(b.len() / 4);
-    let mut i = 0;
-    let mut depth = 0usize;
-    while i < b.len() {
-        match b[i] {
-            b'[' => {
-                // Deeper than serde_json's recursion limit allows for a
-                // request's data (128 levels in all): the reference refuses.
-                depth += 1;
-                if depth > MAX_DATA_DEPTH {
-                    return None;
-                }
+        i = end;
+        let mut written = Written::Integer;
+        if b.get(i) == Some(&b'.') {
+            let end = digits(b, i + 1);
+            if end == i + 1 {
+                return None;
+            }
+            i = end;
+            written = Written::Fraction;
+        }
+        if let Some(b'e' | b'E') = b.get(i) {
+            i += 1;
+            if let Some(b'+' | b'-') = b.get(i) {
                 i += 1;
             }
-            b']' => {
-                depth = depth.saturating_sub(1);
-                i += 1;
+            let end = digits(b, i);
+            if end == i {
+                return None;
             }
-            b',' | b' ' | b'\t' | b'\n' | b'\r' => i += 1,
-            b't' => {
-                encode_num(datatype, Num::B(true), &mut out).ok()?;
-                i += 4;
-            }
-            b'f' => {
-                encode_num(datatype, Num::B(false), &mut out).ok()?;
-                i += 5;
-            }
-            b'-' | b'0'..=b'9' if float_type => {
-                let (x, len) = fast_float2::parse_partial::<f64, _>(&b[i..]).ok()?;
-                i += len;
-                // A number too large for f64 (`1e999`) is refused by
-                // serde_json ("number out of range"), so by the reference,
-                // never taken as infinity.
-                if !x.is_finite() {
-                    return None;
-                }
-                encode_num(datatype, Num::F(x), &mut out).ok()?;
-            }
+            i = end;
+            written = Written::Exponent;
+        }
+        self.i = i;
+        Some((&self.s[start..i], written))
+    }
+
+    /// A number token read as the correctly rounded f64 (`fast_float2`,
+    /// which finds the token's end as it reads); `None` where JSON's
+    /// grammar or f64's range refuse it. `fast_float2` takes a superset of
+    /// JSON's numbers; what JSON does not allow is ruled out here (a
+    /// sign other than a leading `-`, and `inf`/`nan` after it; leading
+    /// zeros; a `.` without digits after it) or stops its reading early,
+    /// so that the next byte is not one a number may be followed by (an
+    /// `e` without exponent digits, a second `.`).
+    fn float(&mut self) -> Option<f64> {
+        let (b, start) = (self.b, self.i);
+        let i = start + usize::from(b.get(start) == Some(&b'-'));
+        let end = digits(b, i);
+        if end == i || (end - i > 1 && b[i] == b'0') {
+            return None;
+        }
+        if b.get(end) == Some(&b'.') && !b.get(end + 1).is_some_and(u8::is_ascii_digit) {
+            return None;
+        }
+        let (x, len) = fast_float2::parse_partial::<f64, _>(&b[start..]).ok()?;
+        self.i = start + len;
+        // A number too large for f64 (`1e999`) is refused by serde_json
+        // ("number out of range"), never taken as infinity.
+        x.is_finite().then_some(x)
+    }
+
+    /// A literal (`true`, `false`, `null`).
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        self.b[self.i..].starts_with(word).then(|| self.i += word.len())
+    }
+
+    /// Any value, checked and passed over; `depth` is how many arrays and
+    /// objects hold it.
+    fn skip(&mut self, depth: usize) -> Option<()> {
+        match self.peek()? {
+            b'{' => self.object(depth + 1, |r, _| r.skip(depth + 1)),
+            b'[' => self.array(depth + 1, |r| r.skip(depth + 1)),
+            b'"' => self.string().map(drop),
             b'-' | b'0'..=b'9' => {
-                let start = i;
-                let mut float = false;
-                while i < b.len() && !matches!(b[i], b',' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
-                    float |= matches!(b[i], b'.' | b'e' | b'E');
-                    i += 1;
-                }
-                let tok = &raw[start..i];
-                let as_float = || tok.parse::<f64>().ok().filter(|x| x.is_finite()).map(Num::F);
-                let n = if float {
-                    as_float()?
-                } else if tok.starts_with('-') {
-                    match tok.parse::<i64>() {
-                        // `-0` is a float to serde_json (-0.0).
-                        Ok(0) => Num::F(-0.0),
-                        Ok(x) => Num::I(x),
-                        // Integers past 64 bits are floats to serde_json.
-                        Err(_) => as_float()?,
-                    }
-                } else {
-                    tok.parse().map_or_else(|_| as_float(), |x| Some(Num::U(x)))?
-                };
-                encode_num(datatype, n, &mut out).ok()?;
+                let (tok, written) = self.number()?;
+                in_range(tok, written).then_some(())
             }
-            // Strings, objects, null: the reference's errors.
-            _ => return None,
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            _ => None,
         }
     }
-    Some(out)
+
+    /// Any value as a `serde_json::Value` (for the header's small ones).
+    fn value(&mut self, depth: usize) -> Option<Value> {
+        let start = self.i;
+        self.skip(depth)?;
+        serde_json::from_str(&self.s[start..self.i]).ok()
+    }
+
+    /// The `inputs` array, refused past [`MAX_INPUTS`] as soon as it is
+    /// seen.
+    fn inputs(&mut self) -> Option<Vec<WireTensor>> {
+        let mut out = Vec::new();
+        self.array(2, |r| {
+            if out.len() == MAX_INPUTS {
+                return None;
+            }
+            out.push(r.tensor()?);
+            Some(())
+        })?;
+        Some(out)
+    }
+
+    /// One input tensor object; its `data` encoded as it is read when the
+    /// datatype came first and is numeric.
+    fn tensor(&mut self) -> Option<WireTensor> {
+        let mut t = WireTensor::default();
+        self.object(3, |r, key| {
+            match key {
+                "name" => t.name = Some(r.value(3)?),
+                "datatype" => t.datatype = Some(r.value(3)?),
+                "shape" => t.shape = Some(r.value(3)?),
+                "parameters" => t.parameters = Some(r.value(3)?),
+                // A replaced `data` is never encoded: the reference decides.
+                "data" if t.data.is_some() => return None,
+                "data" => {
+                    let start = r.i;
+                    let left = r.b.len() - start;
+                    let datatype = t.datatype.as_ref().and_then(Value::as_str).and_then(Datatype::parse);
+                    let read = match datatype {
+                        Some(Datatype::Bytes) => {
+                            r.data(Sink::Check)?;
+                            Read::Checked
+                        }
+                        Some(dt) => {
+                            let shape = t.shape.as_ref().and_then(Value::as_array).and_then(|s| {
+                                s.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>()
+                            });
+                            let mut out = Vec::with_capacity(capacity(dt, shape.as_deref(), left));
+                            r.data(Sink::Bytes(dt, &mut out))?;
+                            Read::Bytes(dt, out)
+                        }
+                        // Not known yet: read as floats, or, at the first
+                        // boolean or string, only checked.
+                        None => {
+                            let mut xs = Vec::with_capacity(left / 8);
+                            if r.data(Sink::Floats(&mut xs)).is_some() {
+                                Read::Floats(xs)
+                            } else {
+                                r.i = start;
+                                r.data(Sink::Check)?;
+                                Read::Checked
+                            }
+                        }
+                    };
+                    t.data = Some(Data { start, end: r.i, read });
+                }
+                _ => r.skip(3)?,
+            }
+            Some(())
+        })?;
+        Some(t)
+    }
+
+    /// A tensor's `data`: an array, nested at most [`MAX_DATA_DEPTH`]
+    /// deep, of numbers and booleans (and, when only checked, strings),
+    /// each element put in `sink` as serde_json (`float_roundtrip`) and
+    /// the reference would read it:
+    /// - for a float datatype every number is the correctly rounded f64
+    ///   (Lemire's algorithm, `fast_float2`). serde_json reads an integer
+    ///   token as u64 or i64 and the reference converts it with `as f64`,
+    ///   which rounds the same exact value the same way; `-0` is -0.0 to
+    ///   both;
+    /// - for the other datatypes tokens are told apart as serde_json does:
+    ///   an integer that fits u64 (i64 when negative), `-0` and larger
+    ///   integers as floats, anything with `.`/`e` as a float.
+    ///
+    /// Anything else (`null`, objects, a string to encode, an element the
+    /// datatype cannot hold) is the reference's to refuse.
+    ///
+    /// Large data read into bytes or floats is read in parts, one thread
+    /// each (see [`parts`]).
+    fn data(&mut self, sink: Sink<'_>) -> Option<()> {
+        if self.peek()? != b'[' {
+            return None;
+        }
+        match sink {
+            Sink::Check => self.walk(&mut Sink::Check, None).map(drop),
+            Sink::Bytes(dt, out) => self.in_parts(out, move |v| Sink::Bytes(dt, v)),
+            Sink::Floats(xs) => self.in_parts(xs, |v| Sink::Floats(v)),
+        }
+    }
+
+    /// Walks `data` into `out` (through the sink `to` makes of a vector),
+    /// in parts on several threads where it is large, each part's elements
+    /// appended in order.
+    fn in_parts<T: Copy + Send>(
+        &mut self,
+        out: &mut Vec<T>,
+        to: impl for<'v> Fn(&'v mut Vec<T>) -> Sink<'v> + Sync,
+    ) -> Option<()> {
+        let Some((bounds, end)) = parts(self.b, self.i) else {
+            return self.walk(&mut to(out), None).map(drop);
+        };
+        let (s, b, to) = (self.s, self.b, &to);
+        // Part `j` runs from `bounds[j]` to the comma before the next one,
+        // the last to `end`.
+        let stop = |j: usize| bounds.get(j + 1).map_or(end, |&next| next - 1);
+        let each = out.capacity() / bounds.len() + 64;
+        std::thread::scope(|scope| {
+            let rest: Vec<_> = (1..bounds.len())
+                .map(|j| {
+                    let (from, until) = (bounds[j], stop(j));
+                    scope.spawn(move || {
+                        let mut v = Vec::with_capacity(each);
+                        let w = Reader { s, b, i: from }.walk(&mut to(&mut v), Some(until))?;
+                        Some((w, v))
+                    })
+                })
+                .collect();
+            let first = Reader { s, b, i: bounds[0] }.walk(&mut to(out), Some(stop(0)));
+            let mut depth = 0isize;
+            let mut ok = first.is_some_and(|w| {
+                depth = w.depth;
+                w.lowest >= 1
+            });
+            let last = rest.len();
+            for (j, h) in rest.into_iter().enumerate() {
+                let part = h.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+                let Some((w, v)) = part.filter(|_| ok) else {
+                    ok = false;
+                    continue;
+                };
+                // Depths are relative to where a part starts. Absolute,
+                // the data stays open until its last part's final `]`, and
+                // within bounds.
+                let floor = if j + 1 == last { 0 } else { 1 };
+                ok = depth + w.deepest <= MAX_DATA_DEPTH as isize && depth.saturating_add(w.lowest) >= floor;
+                depth += w.depth;
+                out.extend_from_slice(&v);
+            }
+            (ok && depth == 0).then_some(())
+        })?;
+        self.i = end;
+        Some(())
+    }
+
+    /// Walks `data` from `self.i`: the whole array (`until` `None`: from its
+    /// `[` to its `]`), or a part of it (from just after a comma, or from
+    /// the `[`, to `until`, the next part's comma or the data's end).
+    /// Depths are counted from where the walk starts.
+    fn walk(&mut self, sink: &mut Sink<'_>, until: Option<usize>) -> Option<Walk> {
+        let mut w = Walk { depth: 0, lowest: isize::MAX, deepest: 0 };
+        // After `[` or `,`: a value is next (or, right after `[`, `]`).
+        let mut value_next = true;
+        let mut empty_ok = false;
+        loop {
+            if let Some(until) = until {
+                // The last part ends on the data's `]`, the others on a
+                // comma (after whitespace).
+                if !value_next && self.i == until {
+                    return Some(w);
+                }
+                self.ws();
+                if !value_next && self.i == until {
+                    return Some(w);
+                }
+                if self.i > until {
+                    return None;
+                }
+            } else {
+                self.ws();
+            }
+            let c = self.peek()?;
+            if !value_next {
+                self.i += 1;
+                match c {
+                    b',' => {
+                        value_next = true;
+                        empty_ok = false;
+                    }
+                    b']' => {
+                        if w.close() && until.is_none() {
+                            return Some(w);
+                        }
+                    }
+                    _ => return None,
+                }
+                continue;
+            }
+            match c {
+                b'[' => {
+                    w.depth += 1;
+                    w.deepest = w.deepest.max(w.depth);
+                    if w.depth > MAX_DATA_DEPTH as isize {
+                        return None;
+                    }
+                    self.i += 1;
+                    empty_ok = true;
+                    continue;
+                }
+                b']' if empty_ok => {
+                    self.i += 1;
+                    if w.close() && until.is_none() {
+                        return Some(w);
+                    }
+                }
+                b'-' | b'0'..=b'9' => match sink {
+                    Sink::Floats(xs) => xs.push(self.float()?),
+                    Sink::Bytes(dt, out) if is_float(*dt) => push_float(*dt, self.float()?, out)?,
+                    Sink::Bytes(dt, out) => {
+                        let (tok, written) = self.number()?;
+                        let n = if written == Written::Integer {
+                            integer(tok)?
+                        } else {
+                            // A number too large for f64 (`1e999`) is
+                            // refused by serde_json ("number out of
+                            // range"), never taken as infinity.
+                            Num::F(fast_float2::parse::<f64, _>(tok).ok().filter(|x| x.is_finite())?)
+                        };
+                        encode_num(*dt, n, out).ok()?;
+                    }
+                    Sink::Check => {
+                        let (tok, written) = self.number()?;
+                        if !in_range(tok, written) {
+                            return None;
+                        }
+                    }
+                },
+                b't' | b'f' => {
+                    let b = c == b't';
+                    self.literal(if b { b"true" } else { b"false" })?;
+                    match sink {
+                        Sink::Bytes(dt, out) => encode_num(*dt, Num::B(b), out).ok()?,
+                        Sink::Floats(_) => return None,
+                        Sink::Check => {}
+                    }
+                }
+                b'"' if matches!(sink, Sink::Check) => _ = self.string()?,
+                _ => return None,
+            }
+            value_next = false;
+        }
+    }
+}
+
+/// What a walk over (part of) `data` saw, depths counted from where it
+/// started.
+#[derive(Clone, Copy)]
+struct Walk {
+    /// Where it ended.
+    depth: isize,
+    /// The lowest depth a `]` left it at.
+    lowest: isize,
+    /// The deepest it went.
+    deepest: isize,
+}
+
+impl Walk {
+    /// A `]`: whether it closed the array the walk started in.
+    fn close(&mut self) -> bool {
+        self.depth -= 1;
+        self.lowest = self.lowest.min(self.depth);
+        self.depth == 0
+    }
+}
+
+/// Text of `data` per thread below which it is read on one.
+const PART_MIN_BYTES: usize = 256 << 10;
+
+/// Splits large `data` (its `[` at `start`) into parts for as many
+/// threads as the machine runs at once (at most four): each part starts
+/// at `start` or just after a comma, and the data ends at `end`, where its
+/// brackets first balance. `None` for data too small to share or with no
+/// commas to split at. Only where the datatype is numeric: the text then
+/// holds no strings, so every bracket is the array's (data with a string
+/// is refused by the walk).
+fn parts(b: &[u8], start: usize) -> Option<(Vec<usize>, usize)> {
+    #[cfg(not(test))]
+    let (forced, min) = (None::<usize>, PART_MIN_BYTES);
+    #[cfg(test)]
+    let (forced, min) = tests::PARTS.get().map_or((None, PART_MIN_BYTES), |(t, m)| (Some(t), m));
+    if b.len() - start < 2 * min {
+        return None;
+    }
+    // Asked once: std reads the process's cgroup quota files for it, tens
+    // of µs that a small request must not pay.
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let threads = forced
+        .unwrap_or_else(|| *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from).min(4)));
+    if threads < 2 {
+        return None;
+    }
+    let mut depth = 0usize;
+    let end = memchr::memchr2_iter(b'[', b']', &b[start..]).find_map(|p| {
+        if b[start + p] == b'[' {
+            depth += 1;
+        } else {
+            depth = depth.saturating_sub(1);
+        }
+        (depth == 0).then_some(start + p + 1)
+    })?;
+    let n = ((end - start) / min).min(threads);
+    if n < 2 {
+        return None;
+    }
+    let mut bounds = vec![start];
+    for j in 1..n {
+        let at = (start + (end - start) * j / n).max(*bounds.last()?);
+        let comma = at + memchr::memchr(b',', &b[at..end])?;
+        bounds.push(comma + 1);
+    }
+    Some((bounds, end))
+}
+
+/// An integer token as serde_json reads it: u64, else i64 when negative,
+/// `-0` and integers past 64 bits as floats (`None` past f64's range).
+fn integer(tok: &str) -> Option<Num> {
+    let as_float = || fast_float2::parse::<f64, _>(tok).ok().filter(|x| x.is_finite()).map(Num::F);
+    if tok.starts_with('-') {
+        match tok.parse::<i64>() {
+            // `-0` is a float to serde_json (-0.0).
+            Ok(0) => Some(Num::F(-0.0)),
+            Ok(x) => Some(Num::I(x)),
+            Err(_) => as_float(),
+        }
+    } else {
+        tok.parse().map_or_else(|_| as_float(), |x| Some(Num::U(x)))
+    }
+}
+
+/// Where the run of ASCII digits that starts at `i` ends: eight bytes at
+/// a time (a number's digits are read here once, then by `fast_float2`).
+fn digits(b: &[u8], mut i: usize) -> usize {
+    while let Some(chunk) = b.get(i..i + 8) {
+        let x = u64::from_le_bytes(chunk.try_into().expect("eight bytes")) ^ 0x3030_3030_3030_3030;
+        // A byte's top bit set where it is not a digit: digits are now
+        // 0..=9; the low seven bits plus 118 reach 128 from 10 up (no carry
+        // between bytes), and a top bit already set stays.
+        let other = (((x & 0x7f7f_7f7f_7f7f_7f7f) + 0x7676_7676_7676_7676) | x) & 0x8080_8080_8080_8080;
+        if other != 0 {
+            return i + (other.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while b.get(i).is_some_and(u8::is_ascii_digit) {
+        i += 1;
+    }
+    i
+}
+
+/// How a number token is written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Written {
+    Integer,
+    Fraction,
+    /// With an exponent (and maybe a fraction).
+    Exponent,
+}
+
+/// Whether serde_json takes a number token: every token within f64's
+/// range (`1e999` is "number out of range"). One without an exponent and
+/// under 300 characters always is; the others are read to see.
+fn in_range(tok: &str, written: Written) -> bool {
+    (written != Written::Exponent && tok.len() < 300) || fast_float2::parse::<f64, _>(tok).is_ok_and(f64::is_finite)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    thread_local! {
+        /// Threads and bytes per part for [`parts`] on this test's thread.
+        pub(super) static PARTS: std::cell::Cell<Option<(usize, usize)>> = const { std::cell::Cell::new(None) };
+    }
 
     /// The fast path's result, asserting it did not defer.
     fn fast_only(v: &Value) -> Request {
@@ -321,6 +801,26 @@ mod tests {
 
     fn reference(v: &Value) -> Result<Request, KserveError> {
         kserve::parse_request(v)
+    }
+
+    /// The eight-at-a-time digit run agrees with a byte-by-byte one, for
+    /// every byte value at every position of a word and past its end.
+    #[test]
+    fn digit_runs_end_where_the_digits_do() {
+        let naive = |b: &[u8], i: usize| i + b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+        for c in 0..=255u8 {
+            for at in 0..20 {
+                for len in at..20 {
+                    let mut b = vec![b'7'; len];
+                    if at < len {
+                        b[at] = c;
+                    }
+                    for i in 0..=len.min(3) {
+                        assert_eq!(digits(&b, i), naive(&b, i), "{c} at {at} of {len} from {i}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
@@ -490,6 +990,144 @@ mod tests {
         assert!(matches!(err, KserveError::TooManyInputs { .. }), "{err}");
     }
 
+    /// The one pass checks the JSON itself: whatever serde_json's value
+    /// parser refuses, it refuses (and the reference's error is the
+    /// answer), in `data`, in the header's values and around them.
+    #[test]
+    fn json_serde_json_refuses_is_refused() {
+        let ok = r#"{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1.5, -2]}]}"#;
+        assert!(fast(ok.as_bytes(), &[]).is_some());
+        let data = [
+            "[01, 2]", "[1., 2]", "[.5, 2]", "[+1, 2]", "[-, 2]", "[1e, 2]", "[1e+, 2]", "[1 2]", "[1, 2,]",
+            "[1,, 2]", "[[1, 2]", "[1, 2]]", "[1, tru]", "[1, nan]", "[1, -inf]", "[1, Infinity]", "[0x1, 2]",
+            "[1, 2", "[1, 2.5.5]", "[1, 2e5e5]", "[1, -01]", "[1,\u{b}2]", "[1, 2] 3",
+        ];
+        let header = [
+            r#""id": 01"#, r#""id": "a\x""#, "\"id\": \"a\u{1}\"", r#""id": "\ud800""#, r#""id": [1,]"#,
+            r#""id": {"a" 1}"#, r#""id": {"a": 1,}"#, r#""id": {1: 1}"#, r#""id": nul"#, r#""id": 'a'"#,
+            r#""parameters": {"k": 1e999}"#, r#""other": [1e400]"#, r#""other": -"#, r#""other": "\u12""#,
+        ];
+        let mut cases: Vec<String> = data
+            .iter()
+            .map(|d| format!(r#"{{"inputs": [{{"name": "x", "shape": [2], "datatype": "FP32", "data": {d}}}]}}"#))
+            .collect();
+        // The same data before its datatype: checked without encoding.
+        cases.extend(data.iter().map(|d| {
+            format!(r#"{{"inputs": [{{"data": {d}, "name": "x", "shape": [2], "datatype": "FP32"}}]}}"#)
+        }));
+        cases.extend(header.iter().map(|h| format!("{{{h}, {}", &ok[1..])));
+        cases.extend([
+            format!("{ok} x"),
+            format!("{ok},"),
+            ok.replace("\"name\"", "\"name\"\u{0}"),
+            ok.replace("\"x\"", "\"x\u{1f}\""),
+            ok.replace(": [", ":["),
+            ok.replace("]}]}", "]}],}"),
+            ok.replace("\"shape\"", "shape"),
+        ]);
+        for text in &cases {
+            if serde_json::from_str::<Value>(text).is_err() {
+                assert!(fast(text.as_bytes(), &[]).is_none(), "one pass took {text}");
+                let err = parse_infer_body(text.as_bytes(), &[]).unwrap_err().to_string();
+                assert!(err.starts_with("request is not valid JSON"), "{text}: {err}");
+            } else {
+                // JSON after all (`: [` → `:[`): the reference's answer.
+                let v: Value = serde_json::from_str(text).unwrap();
+                assert_eq!(parse_infer_body(text.as_bytes(), &[]).map(|b| b.request), reference(&v), "{text}");
+            }
+        }
+        // Escapes decoded, whitespace of every kind, keys in any order.
+        let text = "{\"in\\u0070uts\":\t[ {\r\n\"shape\" : [ 2 ] , \"data\" : [ [ 1 ] ,[ 2e-1 ] ] ,\
+                    \"name\":\"\\u00e9\\n\",\"datatype\":\"FP64\"} ],\"id\":\"a\\\"b\"} ";
+        let v: Value = serde_json::from_str(text).unwrap();
+        let body = fast(text.as_bytes(), &[]).expect("fast path");
+        assert_eq!(body.request, reference(&v).unwrap());
+        assert_eq!(body.header["id"], "a\"b");
+    }
+
+    /// Data read in parts on several threads gives what one walk gives,
+    /// and refuses what serde_json refuses, wherever a part boundary falls:
+    /// random nested data, then the same text with one byte changed.
+    #[test]
+    fn data_read_in_parts_agrees_with_one_walk_and_the_reference() {
+        let mut x: u64 = 0x2545f4914f6cdd1d;
+        let mut rand = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let mut checked = (0, 0);
+        for case in 0..400 {
+            // A random nesting: rows of rows, sometimes empty, with
+            // numbers of every spelling and random whitespace.
+            let mut text = String::new();
+            let mut count = 0;
+            fn fill(text: &mut String, count: &mut usize, depth: u32, rand: &mut dyn FnMut(u64) -> u64) {
+                text.push('[');
+                let n = if depth < 3 { rand(5) } else { rand(40) };
+                for i in 0..n {
+                    if i > 0 {
+                        text.push_str([",", ", ", " ,\n", ","][rand(4) as usize]);
+                    }
+                    if depth < 3 && rand(3) > 0 {
+                        fill(text, count, depth + 1, rand);
+                    } else {
+                        let v = [
+                            "0", "-0", "1", "-17", "2.5", "-0.125", "1e3", "3E-2", "-7.25e+1", "123456789012",
+                            "0.30000000000000004",
+                        ];
+                        text.push_str(v[rand(v.len() as u64) as usize]);
+                        *count += 1;
+                    }
+                }
+                text.push(']');
+            }
+            fill(&mut text, &mut count, 0, &mut rand);
+            let dt = ["FP32", "FP64", "INT64", "FP16"][case % 4];
+            // The datatype before `data` (read into bytes) and after it
+            // (read as floats, or checked and read again).
+            let doc = |data: &str| match case % 3 {
+                0 => format!(r#"{{"inputs": [{{"data": {data}, "datatype": "{dt}", "name": "x", "shape": [{count}]}}]}}"#),
+                _ => format!(r#"{{"inputs": [{{"name": "x", "shape": [{count}], "datatype": "{dt}", "data": {data}}}]}}"#),
+            };
+            let whole = doc(&text);
+            for threads in [2, 3, 4] {
+                PARTS.set(Some((threads, 16)));
+                let mut texts = vec![whole.clone()];
+                // One byte changed, somewhere in the data.
+                for _ in 0..4 {
+                    let mut b = text.clone().into_bytes();
+                    let at = rand(b.len() as u64) as usize;
+                    b[at] = b"[], x.-e\"0"[rand(10) as usize];
+                    texts.push(doc(std::str::from_utf8(&b).unwrap()));
+                }
+                for t in &texts {
+                    let parted = fast(t.as_bytes(), &[]).map(|b| b.request);
+                    PARTS.set(Some((1, usize::MAX / 4)));
+                    let one = fast(t.as_bytes(), &[]).map(|b| b.request);
+                    PARTS.set(Some((threads, 16)));
+                    assert_eq!(parted, one, "{threads} threads: {t}");
+                    match serde_json::from_str::<Value>(t) {
+                        Ok(v) => {
+                            if let Ok(r) = reference(&v) {
+                                checked.0 += 1;
+                                assert_eq!(parse_infer_body(t.as_bytes(), &[]).unwrap().request, r, "{t}");
+                            }
+                        }
+                        Err(_) => {
+                            checked.1 += 1;
+                            assert!(parted.is_none(), "took what serde_json refuses: {t}");
+                        }
+                    }
+                }
+            }
+            PARTS.set(None);
+        }
+        // Both kinds of case were met, many times.
+        assert!(checked.0 > 500 && checked.1 > 500, "{checked:?}");
+    }
+
     #[test]
     fn binary_inputs_and_the_header_fields_come_through() {
         let v = json!({"id": "r1", "inputs": [
@@ -514,20 +1152,45 @@ mod tests {
 
 #[cfg(test)]
 mod timing {
+    /// Median and fastest of `n` timed calls, in ms.
+    fn times(n: usize, mut f: impl FnMut()) -> (f64, f64) {
+        let mut t: Vec<f64> = (0..n)
+            .map(|_| {
+                let start = std::time::Instant::now();
+                f();
+                start.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        t.sort_by(f64::total_cmp);
+        (t[n / 2], t[0])
+    }
+
+    /// The CNN's request (or `MOTE_JSON_REQUEST`'s file): the value tree
+    /// and the one pass, alternated, 15 calls each (2001 for requests under
+    /// 64 KiB).
     #[test]
     #[ignore = "timing aid: cargo test --release -- --ignored cnn_json_parse_time"]
     fn cnn_json_parse_time() {
-        let json = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../build/models/cnn.request.json")).unwrap();
-        for _ in 0..3 {
-            let t = std::time::Instant::now();
-            let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
-            let r = crate::kserve::parse_request(&v).unwrap();
-            let slow = t.elapsed();
-            let t = std::time::Instant::now();
-            let b = super::fast(&json, &[]).unwrap();
-            let quick = t.elapsed();
-            assert_eq!(b.request, r);
-            eprintln!("{} bytes: value tree {slow:?}, one pass {quick:?}", json.len());
+        let path = std::env::var("MOTE_JSON_REQUEST")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../build/models/cnn.request.json").into());
+        let json = std::fs::read(path).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(super::fast(&json, &[]).unwrap().request, crate::kserve::parse_request(&v).unwrap());
+        let n = if json.len() < 64 << 10 { 2001 } else { 15 };
+        for _ in 0..2 {
+            let (tree, tree_min) = times(n, || {
+                let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+                crate::kserve::parse_request(&v).unwrap();
+            });
+            let (pass, pass_min) = times(n, || _ = super::fast(&json, &[]).unwrap());
+            eprintln!(
+                "{} bytes: value tree {:.1} µs (fastest {:.1}), one pass {:.1} µs (fastest {:.1})",
+                json.len(),
+                tree * 1e3,
+                tree_min * 1e3,
+                pass * 1e3,
+                pass_min * 1e3
+            );
         }
     }
 }
