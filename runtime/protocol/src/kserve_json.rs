@@ -120,7 +120,7 @@ fn fast(json: &[u8], binary: &[u8]) -> Option<InferBody> {
             // it: checked on the way, now encoded.
             (None, Some(d)) => {
                 let mut out = Vec::with_capacity(capacity(datatype, Some(&shape), d.end - d.start));
-                Reader { s: text, b: text.as_bytes(), i: d.start }.data(Sink::Bytes(datatype, &mut out))?;
+                Reader { s: text, b: text.as_bytes(), i: d.start }.data(Sink::Bytes(datatype, &mut out), d.end)?;
                 out
             }
             // Binary data and `data` both: the reference decides.
@@ -444,30 +444,37 @@ impl<'a> Reader<'a> {
                 "data" if t.data.is_some() => return None,
                 "data" => {
                     let start = r.i;
-                    let left = r.b.len() - start;
                     let datatype = t.datatype.as_ref().and_then(Value::as_str).and_then(Datatype::parse);
-                    let read = match datatype {
-                        Some(Datatype::Bytes) => {
-                            r.data(Sink::Check)?;
+                    // Vectors are sized by the data's own text, never by
+                    // what follows it (other inputs' data).
+                    let end = data_end(r.b, start);
+                    let read = match (datatype, end) {
+                        (Some(Datatype::Bytes), _) => {
+                            r.data(Sink::Check, 0)?;
                             Read::Checked
                         }
-                        Some(dt) => {
+                        (Some(dt), end) => {
+                            let end = end?;
                             let shape = t.shape.as_ref().and_then(Value::as_array).and_then(|s| {
                                 s.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>()
                             });
-                            let mut out = Vec::with_capacity(capacity(dt, shape.as_deref(), left));
-                            r.data(Sink::Bytes(dt, &mut out))?;
+                            let mut out = Vec::with_capacity(capacity(dt, shape.as_deref(), end - start));
+                            r.data(Sink::Bytes(dt, &mut out), end)?;
                             Read::Bytes(dt, out)
                         }
                         // Not known yet: read as floats, or, at the first
                         // boolean or string, only checked.
-                        None => {
-                            let mut xs = Vec::with_capacity(left / 8);
-                            if r.data(Sink::Floats(&mut xs)).is_some() {
+                        (None, end) => {
+                            let mut xs = Vec::new();
+                            let floats = end.and_then(|end| {
+                                xs.reserve_exact((end - start) / 8);
+                                r.data(Sink::Floats(&mut xs), end)
+                            });
+                            if floats.is_some() {
                                 Read::Floats(xs)
                             } else {
                                 r.i = start;
-                                r.data(Sink::Check)?;
+                                r.data(Sink::Check, 0)?;
                                 Read::Checked
                             }
                         }
@@ -497,29 +504,32 @@ impl<'a> Reader<'a> {
     /// Anything else (`null`, objects, a string to encode, an element the
     /// datatype cannot hold) is the reference's to refuse.
     ///
-    /// Large data read into bytes or floats is read in parts, one thread
-    /// each (see [`parts`]).
-    fn data(&mut self, sink: Sink<'_>) -> Option<()> {
+    /// Data read into bytes or floats must end at `end` (its
+    /// [`data_end`], which sized the vector); large data is read in parts,
+    /// one thread each (see [`parts`]).
+    fn data(&mut self, sink: Sink<'_>, end: usize) -> Option<()> {
         if self.peek()? != b'[' {
             return None;
         }
         match sink {
             Sink::Check => self.walk(&mut Sink::Check, None).map(drop),
-            Sink::Bytes(dt, out) => self.in_parts(out, move |v| Sink::Bytes(dt, v)),
-            Sink::Floats(xs) => self.in_parts(xs, |v| Sink::Floats(v)),
+            Sink::Bytes(dt, out) => self.in_parts(out, end, move |v| Sink::Bytes(dt, v)),
+            Sink::Floats(xs) => self.in_parts(xs, end, |v| Sink::Floats(v)),
         }
     }
 
-    /// Walks `data` into `out` (through the sink `to` makes of a vector),
-    /// in parts on several threads where it is large, each part's elements
-    /// appended in order.
+    /// Walks `data` (to `end`) into `out`, through the sink `to` makes of a
+    /// vector, in parts on several threads where it is large, each part's
+    /// elements appended in order.
     fn in_parts<T: Copy + Send>(
         &mut self,
         out: &mut Vec<T>,
+        end: usize,
         to: impl for<'v> Fn(&'v mut Vec<T>) -> Sink<'v> + Sync,
     ) -> Option<()> {
-        let Some((bounds, end)) = parts(self.b, self.i) else {
-            return self.walk(&mut to(out), None).map(drop);
+        let Some(bounds) = parts(self.b, self.i, end) else {
+            self.walk(&mut to(out), None)?;
+            return (self.i == end).then_some(());
         };
         let (s, b, to) = (self.s, self.b, &to);
         // Part `j` runs from `bounds[j]` to the comma before the next one,
@@ -687,19 +697,32 @@ impl Walk {
 /// Text of `data` per thread below which it is read on one.
 const PART_MIN_BYTES: usize = 256 << 10;
 
-/// Splits large `data` (its `[` at `start`) into parts for as many
-/// threads as the machine runs at once (at most four): each part starts
-/// at `start` or just after a comma, and the data ends at `end`, where its
-/// brackets first balance. `None` for data too small to share or with no
-/// commas to split at. Only where the datatype is numeric: the text then
-/// holds no strings, so every bracket is the array's (data with a string
-/// is refused by the walk).
-fn parts(b: &[u8], start: usize) -> Option<(Vec<usize>, usize)> {
+/// Where `data` whose `[` is at `start` ends: just after the `]` where its
+/// brackets first balance (`None` if they never do). Only for data read
+/// into bytes or floats: its text holds no strings (the walk refuses
+/// them), so every bracket is the array's.
+fn data_end(b: &[u8], start: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    memchr::memchr2_iter(b'[', b']', &b[start..]).find_map(|p| {
+        if b[start + p] == b'[' {
+            depth += 1;
+        } else {
+            depth = depth.saturating_sub(1);
+        }
+        (depth == 0).then_some(start + p + 1)
+    })
+}
+
+/// Splits large `data` (from `start` to `end`, see [`data_end`]) into
+/// parts for as many threads as the machine runs at once (at most four):
+/// each part starts at `start` or just after a comma. `None` for data too
+/// small to share or with no commas to split at.
+fn parts(b: &[u8], start: usize, end: usize) -> Option<Vec<usize>> {
     #[cfg(not(test))]
     let (forced, min) = (None::<usize>, PART_MIN_BYTES);
     #[cfg(test)]
     let (forced, min) = tests::PARTS.get().map_or((None, PART_MIN_BYTES), |(t, m)| (Some(t), m));
-    if b.len() - start < 2 * min {
+    if end - start < 2 * min {
         return None;
     }
     // Asked once: std reads the process's cgroup quota files for it, tens
@@ -710,15 +733,6 @@ fn parts(b: &[u8], start: usize) -> Option<(Vec<usize>, usize)> {
     if threads < 2 {
         return None;
     }
-    let mut depth = 0usize;
-    let end = memchr::memchr2_iter(b'[', b']', &b[start..]).find_map(|p| {
-        if b[start + p] == b'[' {
-            depth += 1;
-        } else {
-            depth = depth.saturating_sub(1);
-        }
-        (depth == 0).then_some(start + p + 1)
-    })?;
     let n = ((end - start) / min).min(threads);
     if n < 2 {
         return None;
@@ -729,7 +743,7 @@ fn parts(b: &[u8], start: usize) -> Option<(Vec<usize>, usize)> {
         let comma = at + memchr::memchr(b',', &b[at..end])?;
         bounds.push(comma + 1);
     }
-    Some((bounds, end))
+    Some(bounds)
 }
 
 /// An integer token as serde_json reads it: u64, else i64 when negative,
@@ -1126,6 +1140,24 @@ mod tests {
         }
         // Both kinds of case were met, many times.
         assert!(checked.0 > 500 && checked.1 > 500, "{checked:?}");
+    }
+
+    /// A tensor's bytes are sized by its own `data`, never by the text
+    /// after it: a request of many inputs must not reserve the rest of
+    /// the body once per input.
+    #[test]
+    fn a_tensor_reserves_by_its_own_data() {
+        let big = vec!["0.5"; 1 << 18].join(",");
+        let text = format!(
+            r#"{{"inputs": [{{"name": "a", "datatype": "FP32", "data": [1], "shape": [1]}},
+                            {{"name": "b", "data": [2], "datatype": "FP64", "shape": [1]}},
+                            {{"name": "c", "datatype": "FP32", "shape": [{}], "data": [{big}]}}]}}"#,
+            1 << 18
+        );
+        let body = fast(text.as_bytes(), &[]).expect("fast path");
+        let [a, b, c] = &body.request.inputs[..] else { panic!("three inputs") };
+        assert!(a.data.capacity() < 64 && b.data.capacity() < 64, "{} {}", a.data.capacity(), b.data.capacity());
+        assert_eq!(c.data.len(), 4 << 18);
     }
 
     #[test]
