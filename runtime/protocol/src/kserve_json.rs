@@ -247,49 +247,37 @@ impl<'a> Reader<'a> {
     /// An object at nesting `level`, each member's value read by `member`
     /// (which gets the key, escapes decoded).
     fn object(&mut self, level: usize, mut member: impl FnMut(&mut Self, &str) -> Option<()>) -> Option<()> {
-        if level > MAX_DEPTH {
-            return None;
-        }
-        self.eat(b'{')?;
-        self.ws();
-        if self.eat(b'}').is_some() {
-            return Some(());
-        }
-        loop {
-            let key = self.string()?;
-            self.ws();
-            self.eat(b':')?;
-            self.ws();
-            member(self, &key)?;
-            self.ws();
-            match self.peek()? {
-                b',' => self.i += 1,
-                b'}' => {
-                    self.i += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
-            self.ws();
-        }
+        self.sequence(level, b'{', b'}', |r| {
+            let key = r.string()?;
+            r.ws();
+            r.eat(b':')?;
+            r.ws();
+            member(r, &key)
+        })
     }
 
     /// An array at nesting `level`, each element read by `element`.
-    fn array(&mut self, level: usize, mut element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+    fn array(&mut self, level: usize, element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.sequence(level, b'[', b']', element)
+    }
+
+    /// `open`, items read by `item` and separated by commas, `close`: an
+    /// object or an array at nesting `level`.
+    fn sequence(&mut self, level: usize, open: u8, close: u8, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
         if level > MAX_DEPTH {
             return None;
         }
-        self.eat(b'[')?;
+        self.eat(open)?;
         self.ws();
-        if self.eat(b']').is_some() {
+        if self.eat(close).is_some() {
             return Some(());
         }
         loop {
-            element(self)?;
+            item(self)?;
             self.ws();
             match self.peek()? {
                 b',' => self.i += 1,
-                b']' => {
+                c if c == close => {
                     self.i += 1;
                     return Some(());
                 }
