@@ -317,13 +317,7 @@ impl<'a> Reader<'a> {
     /// on both sides of `.`): its text, and how it is written.
     fn number(&mut self) -> Option<(&'a str, Written)> {
         let (b, start) = (self.b, self.i);
-        let mut i = start + usize::from(b.get(start) == Some(&b'-'));
-        let end = digits(b, i);
-        // At least one digit, and no leading zero.
-        if end == i || (end - i > 1 && b[i] == b'0') {
-            return None;
-        }
-        i = end;
+        let mut i = integer_end(b, start)?;
         let mut written = Written::Integer;
         if b.get(i) == Some(&b'.') {
             let end = digits(b, i + 1);
@@ -359,11 +353,7 @@ impl<'a> Reader<'a> {
     /// `e` without exponent digits, a second `.`).
     fn float(&mut self) -> Option<f64> {
         let (b, start) = (self.b, self.i);
-        let i = start + usize::from(b.get(start) == Some(&b'-'));
-        let end = digits(b, i);
-        if end == i || (end - i > 1 && b[i] == b'0') {
-            return None;
-        }
+        let end = integer_end(b, start)?;
         if b.get(end) == Some(&b'.') && !b.get(end + 1).is_some_and(u8::is_ascii_digit) {
             return None;
         }
@@ -435,14 +425,13 @@ impl<'a> Reader<'a> {
                     let datatype = t.datatype.as_ref().and_then(Value::as_str).and_then(Datatype::parse);
                     // Vectors are sized by the data's own text, never by
                     // what follows it (other inputs' data).
-                    let end = data_end(r.b, start);
-                    let read = match (datatype, end) {
-                        (Some(Datatype::Bytes), _) => {
+                    let read = match datatype {
+                        Some(Datatype::Bytes) => {
                             r.data(Sink::Check, 0)?;
                             Read::Checked
                         }
-                        (Some(dt), end) => {
-                            let end = end?;
+                        Some(dt) => {
+                            let end = data_end(r.b, start)?;
                             let shape = t.shape.as_ref().and_then(Value::as_array).and_then(|s| {
                                 s.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>()
                             });
@@ -452,9 +441,9 @@ impl<'a> Reader<'a> {
                         }
                         // Not known yet: read as floats, or, at the first
                         // boolean or string, only checked.
-                        (None, end) => {
+                        None => {
                             let mut xs = Vec::new();
-                            let floats = end.and_then(|end| {
+                            let floats = data_end(r.b, start).and_then(|end| {
                                 xs.reserve_exact((end - start) / 8);
                                 r.data(Sink::Floats(&mut xs), end)
                             });
@@ -748,6 +737,14 @@ fn integer(tok: &str) -> Option<Num> {
     } else {
         tok.parse().map_or_else(|_| as_float(), |x| Some(Num::U(x)))
     }
+}
+
+/// Where a number's integer part, starting at `start`, ends: an optional
+/// `-`, then at least one digit and no leading zero (JSON's grammar).
+fn integer_end(b: &[u8], start: usize) -> Option<usize> {
+    let i = start + usize::from(b.get(start) == Some(&b'-'));
+    let end = digits(b, i);
+    (end > i && (end - i == 1 || b[i] != b'0')).then_some(end)
 }
 
 /// Where the run of ASCII digits that starts at `i` ends: eight bytes at
