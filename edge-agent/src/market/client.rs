@@ -10,6 +10,9 @@ use mote_runtime::{kserve, Receipt};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+/// How long reading the results may wait for the next message it expects.
+const RESULTS_IDLE: Duration = Duration::from_secs(10);
+
 /// What a client posts, before artifacts are uploaded.
 #[derive(Clone, Debug)]
 pub struct Submission {
@@ -171,7 +174,15 @@ impl Market {
             return Ok(out);
         }
         let mut msgs = consumer.messages().await?;
-        while let Some(m) = msgs.next().await {
+        // An ordered consumer that loses its stream's leader (a server of
+        // the cluster died) recreates itself and may wait for messages
+        // that never come: bounded, so the caller sees an error and can
+        // read again instead of hanging.
+        loop {
+            let Ok(next) = tokio::time::timeout(RESULTS_IDLE, msgs.next()).await else {
+                bail!("reading MOTE_RESULTS: no message for {RESULTS_IDLE:?} with {} of {pending} read", out.len());
+            };
+            let Some(m) = next else { break };
             let m = m?;
             match serde_json::from_slice::<JobResult>(&m.payload) {
                 Ok(r) => out.push(r),
