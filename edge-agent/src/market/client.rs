@@ -10,8 +10,21 @@ use mote_runtime::{kserve, Receipt};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-/// How long reading the results may wait for the next message it expects.
-const RESULTS_IDLE: Duration = Duration::from_secs(10);
+/// How long a listing of a stream or bucket may wait for the next entry
+/// it expects.
+const READ_IDLE: Duration = Duration::from_secs(10);
+
+/// The next entry of a listing (an ordered consumer underneath), or an
+/// error after [`READ_IDLE`]. An ordered consumer that loses its stream's
+/// leader (a server of the cluster died) recreates itself and may wait for
+/// entries that never come: bounded, so the caller sees an error and can
+/// read again instead of hanging.
+async fn next_within<S: futures_util::Stream + Unpin>(listing: &mut S, what: &str) -> Result<Option<S::Item>> {
+    match tokio::time::timeout(READ_IDLE, listing.next()).await {
+        Ok(next) => Ok(next),
+        Err(_) => bail!("reading {what}: nothing for {READ_IDLE:?}"),
+    }
+}
 
 /// What a client posts, before artifacts are uploaded.
 #[derive(Clone, Debug)]
@@ -128,7 +141,7 @@ impl Market {
         let mut keys = self.nodes.keys().await?;
         let prefix = format!("{market}.");
         let mut names = Vec::new();
-        while let Some(k) = keys.next().await {
+        while let Some(k) = next_within(&mut keys, "MOTE_NODES").await? {
             let k = k?;
             if k.starts_with(&prefix) {
                 names.push(k);
@@ -174,15 +187,7 @@ impl Market {
             return Ok(out);
         }
         let mut msgs = consumer.messages().await?;
-        // An ordered consumer that loses its stream's leader (a server of
-        // the cluster died) recreates itself and may wait for messages
-        // that never come: bounded, so the caller sees an error and can
-        // read again instead of hanging.
-        loop {
-            let Ok(next) = tokio::time::timeout(RESULTS_IDLE, msgs.next()).await else {
-                bail!("reading MOTE_RESULTS: no message for {RESULTS_IDLE:?} with {} of {pending} read", out.len());
-            };
-            let Some(m) = next else { break };
+        while let Some(m) = next_within(&mut msgs, "MOTE_RESULTS").await? {
             let m = m?;
             match serde_json::from_slice::<JobResult>(&m.payload) {
                 Ok(r) => out.push(r),
