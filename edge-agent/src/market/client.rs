@@ -182,7 +182,8 @@ impl Market {
             .await
             .context("reading MOTE_RESULTS")?;
         let pending = consumer.cached_info().num_pending;
-        let mut out = Vec::with_capacity(pending as usize);
+        // Room reserved up to a bound: the count is the server's word, not ours.
+        let mut out = Vec::with_capacity(pending.min(4096) as usize);
         if pending == 0 {
             return Ok(out);
         }
