@@ -188,7 +188,10 @@ impl Market {
             return Ok(out);
         }
         let mut msgs = consumer.messages().await?;
-        while let Some(m) = next_within(&mut msgs, "MOTE_RESULTS").await? {
+        while let Some(m) = next_within(&mut msgs, "MOTE_RESULTS")
+            .await
+            .with_context(|| format!("{} of {pending} results read", out.len()))?
+        {
             let m = m?;
             match serde_json::from_slice::<JobResult>(&m.payload) {
                 Ok(r) => out.push(r),
