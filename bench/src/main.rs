@@ -420,7 +420,17 @@ fn machine() -> Value {
         })
         .unwrap_or_else(|| "unknown".into());
     let ort = mote_runtime::backend::ort::find_library().map(|p| p.display().to_string()).unwrap_or_else(|e| e);
+    // How an idle core sleeps: what a thread woken on it waits for (the
+    // endpoint floors). `guest_halt_poll_ns` exists on KVM guests with the
+    // haltpoll driver: 0 means an idle vCPU halts at once, and waking it
+    // takes the hypervisor.
+    let sys = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string());
+    let cpuidle = json!({
+        "driver": sys("/sys/devices/system/cpu/cpuidle/current_driver"),
+        "guest_halt_poll_ns": sys("/sys/module/haltpoll/parameters/guest_halt_poll_ns").and_then(|s| s.parse::<u64>().ok()),
+    });
     json!({
+        "cpuidle": cpuidle,
         "cpu": cpu,
         "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
         "os": std::env::consts::OS,
