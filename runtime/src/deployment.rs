@@ -123,7 +123,7 @@ pub struct Deployment {
 #[derive(Clone)]
 pub(crate) enum Entry {
     /// A `mote:edge/job` guest: `handler.handle` per request.
-    Job(bindings::JobPre<JobState>),
+    Job(crate::host::handler::HandlerPre),
     /// A `wasi:cli/command` program: `run` once per invocation.
     Command(wasmtime_wasi::p2::bindings::sync::CommandPre<JobState>),
 }
@@ -167,7 +167,11 @@ impl Runtime {
                     .map_err(|e| DeployError::WorldMismatch(one_line(&e)))?,
             )
         } else {
-            Entry::Job(bindings::JobPre::new(pre).map_err(|e| DeployError::WorldMismatch(one_line(&e)))?)
+            Entry::Job(
+                bindings::JobPre::new(pre)
+                    .and_then(crate::host::handler::HandlerPre::new)
+                    .map_err(|e| DeployError::WorldMismatch(one_line(&e)))?,
+            )
         };
         let mut models = NamedModels::new();
         for (name, bytes) in spec.models {

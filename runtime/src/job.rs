@@ -34,7 +34,7 @@ pub(crate) struct Prepared {
     armed: bool,
     stdout: MemoryOutputPipe,
     stderr: MemoryOutputPipe,
-    job: Option<crate::host::bindings::Job>,
+    job: Option<crate::host::handler::HandlerInstance>,
 }
 
 /// Where a deployment keeps its prepared instance.
@@ -318,7 +318,7 @@ impl Deployment {
     fn call(
         &self,
         store: &mut Store<JobState>,
-        job: Option<crate::host::bindings::Job>,
+        job: Option<crate::host::handler::HandlerInstance>,
         request: Request,
     ) -> (Result<Response, JobError>, (DigestAlg, String)) {
         let pre = match self.admit(&request) {
@@ -337,7 +337,7 @@ impl Deployment {
 
     /// The request's checks before a guest sees it, and the deployment's
     /// pre-instantiated handler.
-    fn admit(&self, request: &Request) -> Result<&crate::host::bindings::JobPre<JobState>, JobError> {
+    fn admit(&self, request: &Request) -> Result<&crate::host::handler::HandlerPre, JobError> {
         // Checked before the guest runs: each input becomes a resource in
         // the store's bounded table, and names are how guests find them.
         let invalid = |message: String| JobError { outcome: Outcome::InvalidInput, message };
@@ -381,15 +381,15 @@ impl Deployment {
     /// its handler once.
     fn call_handler(
         store: &mut Store<JobState>,
-        pre: &crate::host::bindings::JobPre<JobState>,
-        job: Option<crate::host::bindings::Job>,
+        pre: &crate::host::handler::HandlerPre,
+        job: Option<crate::host::handler::HandlerInstance>,
         request: &wit::Request,
     ) -> Result<Response, JobError> {
         let job = match job {
             Some(job) => job,
             None => pre.instantiate(&mut *store).map_err(|e| classify(&e))?,
         };
-        match job.mote_edge_handler().call_handle(&mut *store, request) {
+        match job.call_handle(&mut *store, request) {
             Ok(Ok(resp)) => {
                 let outputs: Vec<IoTensor> = resp.outputs.into_iter().map(from_wit).collect();
                 for t in &outputs {

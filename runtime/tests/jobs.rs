@@ -296,6 +296,37 @@ fn bad_guests_are_refused_at_deploy_time() {
     still_serves(&rt);
 }
 
+/// A guest whose `handle` export has the world's names but another type:
+/// deployed (names are all a deploy checks), every job then fails on the
+/// type check, and the runtime, which keeps a deployment's check only once
+/// it has passed, never calls the mistyped export unchecked.
+#[test]
+fn a_handler_of_the_wrong_type_fails_every_job_and_is_never_called() {
+    let rt = runtime();
+    let guest = wat::parse_str(
+        r#"(component
+            (core module $m (func (export "h") (result i32) i32.const 7))
+            (core instance $i (instantiate $m))
+            (func $h (result u32) (canon lift (core func $i "h")))
+            (instance $handler (export "handle" (func $h)))
+            (export "mote:edge/handler@0.1.0" (instance $handler)))"#,
+    )
+    .expect("valid component text");
+    let d = rt
+        .deploy(DeploymentSpec { name: "mistyped".into(), guest, ..DeploymentSpec::default() })
+        .expect("the export's names are the world's");
+    for job in 0..3 {
+        // As the node runs jobs: after each reply it prepares the next
+        // instance, which must fail its check the same way.
+        let (report, finished) = d.run_reply_first(mote_runtime::new_job_id(), Request::default(), None);
+        let err = report.result.expect_err("a mistyped handle must not run");
+        assert_eq!(err.outcome, Outcome::Trap, "job {job}: {err}");
+        assert!(err.message.contains("type-checking export func `handle`"), "job {job}: {err}");
+        d.after_reply(finished);
+    }
+    still_serves(&rt);
+}
+
 #[test]
 fn second_load_of_a_model_is_a_cache_hit_without_a_new_session() {
     let rt = runtime();

@@ -9,6 +9,7 @@
 #![allow(unreachable_pub)]
 
 pub(crate) mod bindings;
+pub(crate) mod handler;
 pub(crate) mod nn;
 pub(crate) mod stream;
 mod usage_log;
