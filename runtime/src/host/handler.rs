@@ -58,7 +58,10 @@ impl HandlerPre {
     /// Instantiates the guest in `store`. The deployment's first instance
     /// type-checks `handle` (an instance whose export does not match fails
     /// here, as with bindgen, and leaves the next one to check again).
-    pub(crate) fn instantiate(&self, mut store: impl AsContextMut<Data = JobState>) -> wasmtime::Result<HandlerInstance> {
+    pub(crate) fn instantiate(
+        &self,
+        mut store: impl AsContextMut<Data = JobState>,
+    ) -> wasmtime::Result<HandlerInstance> {
         let instance: Instance = self.pre.instance_pre().instantiate(&mut store)?;
         let handle = if self.checked.load(Ordering::Acquire) {
             instance
