@@ -313,10 +313,13 @@ fn floors(
     pb.finish_and_clear();
     // Pinned, so that the placement is known: the scheduler otherwise puts
     // the two threads on one core in some runs and on two in others.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let placements: &[(&str, usize)] = if cores > 1 { &[("tcp-same-core", 0), ("tcp-across-cores", 1)] } else { &[("tcp-same-core", 0)] };
-    for &(transport, echo_core) in placements {
-        let tcp = tcp_round_trip(total, echo_core)?;
+    let cores = allowed_cores()?;
+    let mut placements = vec![("tcp-same-core", cores[0], cores[0])];
+    if let Some(&other) = cores.get(1) {
+        placements.push(("tcp-across-cores", cores[0], other));
+    }
+    for (transport, client_core, echo_core) in placements {
+        let tcp = tcp_round_trip(total, client_core, echo_core)?;
         rows.push(json!({"model": "none", "transport": transport, "concurrency": 1, "latency": tcp,
             "throughput_rps": 1e6 / tcp.mean_us}));
     }
@@ -326,12 +329,12 @@ fn floors(
 /// The machine's floor for any request that crosses threads: a loopback
 /// TCP round trip between two threads of this process (blocking sockets,
 /// `TCP_NODELAY`, 64 bytes each way, no TLS, no async runtime), the caller
-/// pinned to core 0 and the echo to `echo_core`. Each direction wakes a
-/// thread asleep in `read`: on one core that is a context switch; across
-/// two, the other core has gone idle meanwhile, and the wake-up costs what
-/// leaving its idle state costs (on a VM without guest halt polling, the
-/// hypervisor's).
-fn tcp_round_trip(total: usize, echo_core: usize) -> Result<Summary> {
+/// pinned to `client_core` and the echo to `echo_core`. Each direction
+/// wakes a thread asleep in `read`: on one core that is a context switch;
+/// across two, the other core has gone idle meanwhile, and the wake-up
+/// costs what leaving its idle state costs (on a VM without guest halt
+/// polling, the hypervisor's).
+fn tcp_round_trip(total: usize, client_core: usize, echo_core: usize) -> Result<Summary> {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
@@ -348,30 +351,55 @@ fn tcp_round_trip(total: usize, echo_core: usize) -> Result<Summary> {
             }
         }
     })?;
-    let timed = std::thread::Builder::new().name("bench-tcp-client".into()).spawn(move || -> std::io::Result<Summary> {
-        pin_to_core(0)?;
-        let mut c = std::net::TcpStream::connect(addr)?;
-        c.set_nodelay(true)?;
-        c.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut buf = [7u8; 64];
-        let warm_up = 64;
-        let mut samples = Vec::with_capacity(total);
-        for i in 0..warm_up + total {
-            let t = Instant::now();
-            c.write_all(&buf)?;
-            c.read_exact(&mut buf)?;
-            if i >= warm_up {
-                samples.push(t.elapsed());
-            }
-        }
-        Ok(Summary::of(&samples))
-    })?;
+    let timed = std::thread::Builder::new()
+        .name("bench-tcp-client".into())
+        .spawn(move || time_round_trips(addr, client_core, total))?;
     let summary = timed.join().map_err(|_| anyhow::anyhow!("the timing thread panicked"))??;
     echo.join().map_err(|_| anyhow::anyhow!("the echo thread panicked"))??;
     Ok(summary)
 }
 
-/// Pins the calling thread to one core.
+/// The client side of [`tcp_round_trip`]: `total` round trips timed after a
+/// warm-up, from `core`.
+fn time_round_trips(addr: SocketAddr, core: usize, total: usize) -> std::io::Result<Summary> {
+    use std::io::{Read, Write};
+    pin_to_core(core)?;
+    let mut c = std::net::TcpStream::connect(addr)?;
+    c.set_nodelay(true)?;
+    c.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut buf = [7u8; 64];
+    let warm_up = 64;
+    let mut samples = Vec::with_capacity(total);
+    for i in 0..warm_up + total {
+        let t = Instant::now();
+        c.write_all(&buf)?;
+        c.read_exact(&mut buf)?;
+        if i >= warm_up {
+            samples.push(t.elapsed());
+        }
+    }
+    Ok(Summary::of(&samples))
+}
+
+/// The cores this process may run on (its affinity mask, which a cgroup's
+/// cpuset narrows), lowest first; at least one.
+fn allowed_cores() -> Result<Vec<usize>> {
+    // SAFETY: `set` is a plain bit set the call fills for this process
+    // (pid 0); `CPU_ISSET` reads bits below `CPU_SETSIZE` only.
+    let cores: Vec<usize> = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Err(std::io::Error::last_os_error()).context("reading this process's CPU affinity");
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+    };
+    if cores.is_empty() {
+        bail!("this process may run on no core");
+    }
+    Ok(cores)
+}
+
+/// Pins the calling thread to one core (one of [`allowed_cores`]).
 fn pin_to_core(core: usize) -> std::io::Result<()> {
     // SAFETY: `set` is a plain bit set, zeroed then given one bit; the call
     // reads it and changes only the calling thread's affinity (pid 0).

@@ -283,17 +283,22 @@ fn markdown(r: &Value) -> String {
             (Some(d), None) => format!("cpuidle driver `{d}`"),
             _ => "cpuidle not reported".into(),
         };
+        let across = floor("tcp-across-cores");
+        let across = if across.is_nan() {
+            "no figure across cores (this process may run on one core only)".to_string()
+        } else {
+            format!("{across:.1} µs with the two on different cores")
+        };
         let _ = writeln!(
             md,
             "\nThe machine's floor under all of them: a loopback TCP round trip between two threads of one process \
              (blocking sockets, 64 bytes each way, no TLS, no async runtime) takes {:.1} µs p50 with both threads on \
-             one core and {:.1} µs with the two on different cores ({idle}). Each direction wakes a thread asleep in \
+             one core and {across} ({idle}). Each direction wakes a thread asleep in \
              `read`: on one core that is a context switch; across cores, the other core has gone idle meanwhile, and \
              the wake-up costs what leaving its idle state costs. A request and its answer cross between client and \
              server twice; the node's hand-off to a job thread and back adds two more crossings (docs/benchmarks.md, \
              \"Why the transport floors are what they are\").",
             floor("tcp-same-core"),
-            floor("tcp-across-cores")
         );
         let _ = writeln!(md, "\nTargets (tiny MLP, 1 client):\n");
         let _ = writeln!(

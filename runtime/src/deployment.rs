@@ -4,7 +4,7 @@
 use crate::backend::{BackendChoice, BackendError};
 use crate::batching::{BatchConfig, BatchStats, Batcher};
 use crate::graph_cache::Residency;
-use crate::host::bindings;
+use crate::host::handler::HandlerPre;
 use crate::host::nn::{NamedModel, NamedModels, NnCtx};
 use crate::host::JobState;
 use crate::job::{one_line, JobError};
@@ -123,7 +123,7 @@ pub struct Deployment {
 #[derive(Clone)]
 pub(crate) enum Entry {
     /// A `mote:edge/job` guest: `handler.handle` per request.
-    Job(crate::host::handler::HandlerPre),
+    Job(HandlerPre),
     /// A `wasi:cli/command` program: `run` once per invocation.
     Command(wasmtime_wasi::p2::bindings::sync::CommandPre<JobState>),
 }
@@ -167,11 +167,7 @@ impl Runtime {
                     .map_err(|e| DeployError::WorldMismatch(one_line(&e)))?,
             )
         } else {
-            Entry::Job(
-                bindings::JobPre::new(pre)
-                    .and_then(crate::host::handler::HandlerPre::new)
-                    .map_err(|e| DeployError::WorldMismatch(one_line(&e)))?,
-            )
+            Entry::Job(HandlerPre::new(pre).map_err(|e| DeployError::WorldMismatch(one_line(&e)))?)
         };
         let mut models = NamedModels::new();
         for (name, bytes) in spec.models {

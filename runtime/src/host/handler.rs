@@ -9,16 +9,15 @@
 
 use super::bindings::exports::mote::edge::handler::HandlerError;
 use super::bindings::mote::edge::types::{Request, Response};
-use super::bindings::JobPre;
 use super::JobState;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use wasmtime::component::{ComponentExportIndex, Func, Instance, TypedFunc};
+use wasmtime::component::{ComponentExportIndex, Func, Instance, InstancePre, TypedFunc};
 use wasmtime::AsContextMut;
 
 /// The exported interface and function: `mote:edge/handler.handle`
-/// (wit/edge.wit). `JobPre::new` finds them by these names too, so a
-/// guest of another version of the interface is refused at deploy.
+/// (wit/edge.wit). A guest of another version of the interface exports
+/// another name, and is refused at deploy.
 const INTERFACE: &str = "mote:edge/handler@0.1.0";
 const FUNCTION: &str = "handle";
 
@@ -29,7 +28,7 @@ type Results = (Result<Response, HandlerError>,);
 /// A job guest, pre-instantiated: each job instantiates it in its own store.
 #[derive(Clone)]
 pub(crate) struct HandlerPre {
-    pre: JobPre<JobState>,
+    pre: InstancePre<JobState>,
     handle: ComponentExportIndex,
     /// Set once `handle`'s type matched [`Params`] and [`Results`] on an
     /// instance of `pre`; shared by the deployment's clones.
@@ -42,10 +41,9 @@ pub(crate) struct HandlerInstance {
 }
 
 impl HandlerPre {
-    /// Finds the `handle` export (bindgen's `JobPre::new` has checked the
-    /// world's exports by name).
-    pub(crate) fn new(pre: JobPre<JobState>) -> wasmtime::Result<Self> {
-        let component = pre.instance_pre().component();
+    /// Finds the `handle` export by name, as bindgen's `JobPre::new` would.
+    pub(crate) fn new(pre: InstancePre<JobState>) -> wasmtime::Result<Self> {
+        let component = pre.component();
         let interface = component
             .get_export_index(None, INTERFACE)
             .ok_or_else(|| wasmtime::format_err!("no exported instance named `{INTERFACE}`"))?;
@@ -62,7 +60,7 @@ impl HandlerPre {
         &self,
         mut store: impl AsContextMut<Data = JobState>,
     ) -> wasmtime::Result<HandlerInstance> {
-        let instance: Instance = self.pre.instance_pre().instantiate(&mut store)?;
+        let instance: Instance = self.pre.instantiate(&mut store)?;
         let handle = if self.checked.load(Ordering::Acquire) {
             instance
                 .get_func(&mut store, self.handle)
