@@ -3,7 +3,8 @@
 //! repository root. Prints the p50 of the loop's jobs (up to the report)
 //! and of the work after each reply (reset, next instance prepared). `job_loop
 //! in-guest-mlp N [values|wasi-nn]` runs N inferences inside `inference-loop` jobs
-//! instead (the per-inference path between guest and backend).
+//! instead (the per-inference path between guest and backend); `job_loop
+//! native-mlp N` runs N inferences on the backend directly (the baseline).
 use mote_runtime::{kserve, DeploymentSpec, Limits, Request, Runtime, RuntimeConfig};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,10 @@ fn main() {
     let build = std::path::Path::new("build");
     let what = std::env::args().nth(1).unwrap_or_else(|| "empty".into());
     let secs: f64 = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(5.0);
+    if let Some(m) = what.strip_prefix("native-") {
+        native(build, m, secs as u64);
+        return;
+    }
     let rt = Runtime::new(RuntimeConfig { data_dir: None, ..RuntimeConfig::default() }).unwrap();
     let (guest, model) = match what.as_str() {
         "empty" => ("misbehave", None),
@@ -34,12 +39,7 @@ fn main() {
         .unwrap();
     let req = match model {
         None => Request { inputs: vec![], parameters: vec![("mode".into(), "ok".into())] },
-        Some(m) => {
-            let v: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(build.join(format!("models/{m}.request.json"))).unwrap())
-                    .unwrap();
-            kserve::parse_request(&v).unwrap()
-        }
+        Some(m) => request(build, m),
     };
     if guest == "inference-loop" {
         // Jobs of at most 100000 inferences (the guest's bound) until N;
@@ -47,16 +47,22 @@ fn main() {
         let abi = std::env::args().nth(3).unwrap_or_else(|| "values".into());
         let total = secs as u64;
         let t = Instant::now();
-        let mut done = 0;
+        let (mut done, mut backend_ns) = (0, 0);
         while done < total {
             let runs = (total - done).min(100_000);
             let mut r = req.clone();
             r.parameters.push(("runs".into(), runs.to_string()));
             r.parameters.push(("abi".into(), abi.clone()));
-            d.run_owned(r).result.unwrap();
+            let report = d.run_owned(r);
+            report.result.unwrap();
+            backend_ns += report.receipt.usage.backend_ns;
             done += runs;
         }
-        println!("{what} ({abi}): {total} inferences, {:.1} µs each", t.elapsed().as_secs_f64() * 1e6 / secs);
+        println!(
+            "{what} ({abi}): {total} inferences, {:.1} µs each, {:.1} µs of them in the backend",
+            t.elapsed().as_secs_f64() * 1e6 / secs,
+            backend_ns as f64 / 1e3 / secs
+        );
         return;
     }
     let end = Instant::now() + Duration::from_secs_f64(secs);
@@ -77,4 +83,28 @@ fn main() {
     resets.sort();
     let p50 = |v: &[Duration]| v[v.len() / 2].as_secs_f64() * 1e6;
     println!("{what}: {} jobs, p50 {:.1} µs, after the reply {:.1} µs", samples.len(), p50(&samples), p50(&resets));
+}
+
+/// `native-MODEL N`: N inferences on ORT CPU with no guest, as the bench's
+/// native baseline runs them.
+fn native(build: &std::path::Path, model: &str, total: u64) {
+    use mote_runtime::backend::{standalone, BackendKind, DirectInputs};
+    let req = request(build, model);
+    let graph = standalone(BackendKind::OrtCpu)
+        .unwrap()
+        .load(std::fs::read(build.join(format!("models/{model}.onnx"))).unwrap().into())
+        .unwrap();
+    let mut exec = graph.init_execution_context().unwrap();
+    let direct = DirectInputs::new(&req).unwrap();
+    let t = Instant::now();
+    for _ in 0..total {
+        std::hint::black_box(exec.compute(&direct.views(), None).unwrap());
+    }
+    println!("native-{model}: {total} inferences, {:.1} µs each", t.elapsed().as_secs_f64() * 1e6 / total as f64);
+}
+
+fn request(build: &std::path::Path, model: &str) -> Request {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(build.join(format!("models/{model}.request.json"))).unwrap()).unwrap();
+    kserve::parse_request(&v).unwrap()
 }

@@ -177,20 +177,24 @@ pub(crate) fn replying_first<D: std::ops::Deref<Target = Deployment>>(
 /// `inference-loop` guest runs the model `runs` times in one job and returns
 /// each run's time as `latency_ns`. `abi`: `values` (one
 /// `mote:edge/inference-io` call per run) or `wasi-nn` (tensor resources).
-fn in_guest(d: &Deployment, req: &Request, runs: usize, abi: &str) -> Result<Summary> {
+fn in_guest(d: &Deployment, req: &Request, runs: usize, abi: &str) -> Result<Vec<Duration>> {
     let mut req = req.clone();
     req.parameters.push(("runs".into(), runs.to_string()));
     req.parameters.push(("abi".into(), abi.into()));
     let resp = d.run_owned(req).result?;
-    let t = resp
-        .outputs
-        .iter()
-        .find(|t| t.name == "latency_ns")
-        .context("inference-loop returned no latency_ns")?;
-    let samples: Vec<Duration> =
-        t.data.chunks_exact(8).map(|c| Duration::from_nanos(u64::from_le_bytes(c.try_into().expect("8 bytes")))).collect();
-    Ok(Summary::of(&samples))
+    let t = resp.outputs.iter().find(|t| t.name == "latency_ns").context("inference-loop returned no latency_ns")?;
+    Ok(t.data
+        .chunks_exact(8)
+        .map(|c| Duration::from_nanos(u64::from_le_bytes(c.try_into().expect("8 bytes"))))
+        .collect())
 }
+
+/// How many blocks the overhead section cuts each way of running a model
+/// into. The ways take turns block by block, so a spell in which this
+/// shared VM runs slower (seconds long, where a block of the MLP lasts
+/// about a millisecond) falls on all of them alike instead of on whichever
+/// ran then: the ratios compare figures measured side by side.
+const OVERHEAD_BLOCKS: usize = 10;
 
 /// Sandbox overhead on one model on backend `kind`, three ways against
 /// native ORT on the same backend (same threads, no sandbox; the guests'
@@ -215,26 +219,55 @@ fn overhead(ctx: &Ctx, rt: &Runtime, model: &str, kind: BackendKind) -> Result<V
     let direct = DirectInputs::new(&req).map_err(anyhow::Error::msg)?;
     let runs = ctx.runs(model);
     let pb = bar(runs * 4, &format!("overhead {model} {}", kind.as_str()));
-    let native = time(runs, &pb, || {
+    let block = runs.div_ceil(OVERHEAD_BLOCKS);
+    // Warm-up of each way: caches, the graph cache, the pool's slots.
+    let mut native_run = || {
         exec.compute(&direct.views(), None).expect("native run");
-    });
-    in_guest(&looped, &req, (runs / 10).max(3), "values")?; // warm-up
-    let guest = in_guest(&looped, &req, runs, "values")?;
-    pb.inc(runs as u64);
-    let guest_wasi_nn = in_guest(&looped, &req, runs, "wasi-nn")?;
-    pb.inc(runs as u64);
-    // As the node runs it: the report first; the instance's reset and the
-    // next one's preparation after.
-    let job = time_owned(
-        runs,
-        &pb,
-        || req.clone(),
-        |r| {
-            let (report, later) = replying_first(&d, r);
-            report.result.expect("guest run");
-            later
-        },
-    );
+    };
+    for _ in 0..(runs / 10).max(3) {
+        native_run();
+    }
+    in_guest(&looped, &req, (runs / 10).max(3), "values")?;
+    in_guest(&looped, &req, (runs / 10).max(3), "wasi-nn")?;
+    for _ in 0..(runs / 10).max(3) {
+        let (report, later) = replying_first(&d, req.clone());
+        report.result?;
+        later();
+    }
+    let (mut native, mut guest, mut guest_wasi_nn) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut job, mut job_after) = (Vec::new(), Vec::new());
+    for b in 0..OVERHEAD_BLOCKS {
+        // Each block starts with another way, so none always follows the
+        // same other one (whose leftovers in the caches it would inherit).
+        for way in (0..4).map(|i| (b + i) % 4) {
+            match way {
+                0 => native.extend((0..block).map(|_| {
+                    let t = Instant::now();
+                    native_run();
+                    t.elapsed()
+                })),
+                1 => guest.extend(in_guest(&looped, &req, block, "values")?),
+                2 => guest_wasi_nn.extend(in_guest(&looped, &req, block, "wasi-nn")?),
+                _ => {
+                    // As the node runs it: the report first; the instance's
+                    // reset and the next one's preparation after.
+                    for _ in 0..block {
+                        let r = req.clone();
+                        let t = Instant::now();
+                        let (report, later) = replying_first(&d, r);
+                        job.push(t.elapsed());
+                        report.result?;
+                        let t = Instant::now();
+                        later();
+                        job_after.push(t.elapsed());
+                    }
+                }
+            }
+            pb.inc(block as u64);
+        }
+    }
+    let (native, guest, guest_wasi_nn) = (Summary::of(&native), Summary::of(&guest), Summary::of(&guest_wasi_nn));
+    let job = Timed { call: Summary::of(&job), later: Summary::of(&job_after) };
     let hash = time(runs.min(200), &ProgressBar::hidden(), || {
         std::hint::black_box(mote_runtime::digest(&req.inputs, &req.parameters));
     });
