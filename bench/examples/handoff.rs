@@ -1,7 +1,7 @@
 //! One client's job latency through each way of running a job from async
 //! code (profiling aid for the endpoint's in-process figure): inline on the
 //! caller, `block_in_place`, `spawn_blocking`, and mote's job threads.
-use mote_agent::jobs::JobThreads;
+use mote_agent::jobs::{JobThreads, Slots};
 use mote_runtime::{kserve, DeploymentSpec, Limits, Runtime, RuntimeConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,7 +73,10 @@ fn main() {
 }
 
 /// Jobs per second with `conc` clients and 2 job slots (the node's
-/// admission), `block_in_place` vs job threads.
+/// admission): `block_in_place`; job threads behind a semaphore, the slot
+/// given back after the job's later work (the node before `Slots`); and
+/// `Slots`, whose job thread runs the next job in line itself. Each job as
+/// the node runs it: reply first, then the instance's reset.
 fn throughput(
     rt: &tokio::runtime::Runtime,
     d: &Arc<mote_runtime::Deployment>,
@@ -83,23 +86,45 @@ fn throughput(
     conc: usize,
 ) {
     for round in 0..3 {
-        for way in ["block_in_place", "job-threads"] {
-            let slots = Arc::new(tokio::sync::Semaphore::new(2));
+        for way in ["block_in_place", "semaphore", "slots"] {
+            let permits = Arc::new(tokio::sync::Semaphore::new(2));
+            let slots = Slots::new(2);
             let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let start = Instant::now();
             rt.block_on(async {
                 let tasks: Vec<_> = (0..conc)
                     .map(|_| {
-                        let (d, req, jobs, slots, next) =
-                            (d.clone(), req.clone(), jobs.clone(), slots.clone(), next.clone());
+                        let (d, req, jobs, permits, slots, next) =
+                            (d.clone(), req.clone(), jobs.clone(), permits.clone(), slots.clone(), next.clone());
                         tokio::spawn(async move {
                             while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < n {
-                                let _p = slots.acquire().await.unwrap();
                                 let (d, r) = (d.clone(), (*req).clone());
-                                let report = if way == "job-threads" {
-                                    jobs.run(move || d.run_owned(r)).await.unwrap()
-                                } else {
-                                    tokio::task::block_in_place(|| d.run_owned(r))
+                                let job = move || {
+                                    let (report, finished) = d.run_reply_first(mote_runtime::new_job_id(), r, None);
+                                    (report, move || d.after_reply(finished))
+                                };
+                                let report = match way {
+                                    "block_in_place" => {
+                                        let _p = permits.acquire().await.unwrap();
+                                        tokio::task::block_in_place(|| {
+                                            let (report, later) = job();
+                                            later();
+                                            report
+                                        })
+                                    }
+                                    "semaphore" => {
+                                        let p = permits.clone().acquire_owned().await.unwrap();
+                                        jobs.run_then(move || {
+                                            let (report, later) = job();
+                                            (report, move || {
+                                                later();
+                                                drop(p);
+                                            })
+                                        })
+                                        .await
+                                        .unwrap()
+                                    }
+                                    _ => slots.run_then(&jobs, Duration::from_secs(60), job).await.unwrap(),
                                 };
                                 report.result.unwrap();
                             }

@@ -7,7 +7,7 @@
 use crate::endpoint::{drive, Call};
 use crate::{bar, Ctx};
 use anyhow::Result;
-use mote_agent::jobs::JobThreads;
+use mote_agent::jobs::{JobThreads, Slots};
 use mote_runtime::batching::BatchConfig;
 use mote_runtime::{DeploymentSpec, Limits, Runtime, RuntimeConfig};
 use serde_json::{json, Value};
@@ -45,18 +45,19 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
             ..DeploymentSpec::default()
         })?);
         d.warm().map_err(anyhow::Error::msg)?;
-        served.push((name, slots, d, Arc::new(tokio::sync::Semaphore::new(slots)), JobThreads::new(slots)?));
+        served.push((name, slots, d, Slots::new(slots), JobThreads::new(slots)?));
     }
     for (clients, total) in totals {
         let mut measured: Vec<Vec<Value>> = vec![Vec::new(); served.len()];
         for rep in 0..reps {
-            for (i, (name, slots, d, permits, jobs)) in served.iter().enumerate() {
-                let (d2, req, permits, jobs) = (d.clone(), req.clone(), permits.clone(), jobs.clone());
+            for (i, (name, slots, d, line, jobs)) in served.iter().enumerate() {
+                let (d2, req, line, jobs) = (d.clone(), req.clone(), line.clone(), jobs.clone());
                 let call: Call = Arc::new(move || {
-                    let (d, req, permits, jobs) = (d2.clone(), req.clone(), permits.clone(), jobs.clone());
+                    let (d, req) = (d2.clone(), req.clone());
+                    let run = line
+                        .run_then(&jobs, crate::endpoint::SLOT_WAIT, move || crate::replying_first(d, (*req).clone()));
                     Box::pin(async move {
-                        let _permit = permits.acquire().await?;
-                        let r = jobs.run_then(move || crate::replying_first(d, (*req).clone())).await?;
+                        let r = run.await?;
                         r.result.map(|_| ()).map_err(anyhow::Error::new)
                     })
                 });

@@ -6,7 +6,7 @@
 use crate::stats::Summary;
 use crate::{bar, Ctx};
 use anyhow::{bail, Context, Result};
-use mote_agent::jobs::JobThreads;
+use mote_agent::jobs::{JobThreads, Slots};
 use mote_agent::quic::QuicClient;
 use mote_agent::tls::Trust;
 use mote_runtime::{DeploymentSpec, Limits, Request, Runtime, RuntimeConfig};
@@ -20,6 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const CONCURRENCY: [usize; 3] = [1, 8, 64];
+/// How long an in-process job may wait in line for a slot (the served
+/// config's deadline).
+pub(crate) const SLOT_WAIT: Duration = Duration::from_secs(120);
+
 const TRANSPORTS: [&str; 5] = ["in-process", "https-json", "https-binary", "quic", "grpc"];
 
 struct Server {
@@ -190,8 +194,8 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
         })?);
         // The node's admission: at most `max_concurrency` (2, as in the
         // served config) jobs at once, each on a job thread as the node runs
-        // them.
-        let slots = Arc::new(tokio::sync::Semaphore::new(2));
+        // them, the others in line.
+        let slots = Slots::new(2);
         let job_threads = JobThreads::new(2)?;
         let total = match (ctx.quick, model) {
             (true, "cnn") => 16,
@@ -207,10 +211,11 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
                     "in-process" => {
                         let (d, req, slots, jobs) = (d.clone(), req.clone(), slots.clone(), job_threads.clone());
                         Arc::new(move || {
-                            let (d, req, slots, jobs) = (d.clone(), req.clone(), slots.clone(), jobs.clone());
+                            let (d, req) = (d.clone(), req.clone());
+                            let run =
+                                slots.run_then(&jobs, SLOT_WAIT, move || crate::replying_first(d, (*req).clone()));
                             Box::pin(async move {
-                                let _permit = slots.acquire().await?;
-                                let r = jobs.run_then(move || crate::replying_first(d, (*req).clone())).await?;
+                                let r = run.await?;
                                 r.result.map(|_| ()).map_err(anyhow::Error::new)
                             })
                         })

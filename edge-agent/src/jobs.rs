@@ -10,9 +10,18 @@
 //! of threads takes jobs from one channel: an idle thread is woken once per
 //! job, a busy one takes the next job without sleeping, and the async side
 //! awaits a oneshot.
+//!
+//! A deployment's job slots ([`Slots`]) bound how many of its jobs run at
+//! once; the others wait in line. A job thread that finishes a job whose
+//! deployment has others in line runs the next one itself, keeping the
+//! slot: the line moves without a round trip through the async side (a
+//! worker woken to hand over the next job, the job thread woken to take
+//! it), which on a virtual machine costs two wake-ups per job.
 
+use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 type Task = Box<dyn FnOnce() + Send>;
 
@@ -32,6 +41,10 @@ pub enum JobThreadsError {
     /// not panics).
     #[error("the job panicked")]
     Panicked,
+    /// The job waited in line for a slot longer than it was allowed to
+    /// and never ran.
+    #[error("waited for a job slot for {0:?}")]
+    Waited(Duration),
 }
 
 impl JobThreads {
@@ -67,15 +80,7 @@ impl JobThreads {
         &self,
         job: impl FnOnce() -> (T, L) + Send + 'static,
     ) -> impl Future<Output = Result<T, JobThreadsError>> + Send + 'static {
-        let (done, result) = tokio::sync::oneshot::channel();
-        let task: Task = Box::new(move || {
-            // A panic must not kill the thread (the pool would shrink); the
-            // caller sees the dropped sender as `Panicked`.
-            if let Ok((value, later)) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)) {
-                let _ = done.send(value);
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(later));
-            }
-        });
+        let (task, result) = task(job);
         let sent = self.tx.send(task).is_ok();
         async move {
             if !sent {
@@ -83,6 +88,174 @@ impl JobThreads {
             }
             result.await.map_err(|_| JobThreadsError::Panicked)
         }
+    }
+}
+
+/// `job` as a task for a job thread, and the receiver of its result. A
+/// panic must not kill the thread (the pool would shrink); the caller sees
+/// the dropped sender as `Panicked`.
+fn task<T: Send + 'static, L: FnOnce()>(
+    job: impl FnOnce() -> (T, L) + Send + 'static,
+) -> (Task, tokio::sync::oneshot::Receiver<T>) {
+    let (done, result) = tokio::sync::oneshot::channel();
+    let task: Task = Box::new(move || {
+        if let Ok((value, later)) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)) {
+            let _ = done.send(value);
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(later));
+        }
+    });
+    (task, result)
+}
+
+/// A deployment's job slots: at most `n` of its jobs run at once, on the
+/// node's job threads; the rest wait in line, first come first served. The
+/// job thread that finishes a job (its later work included) takes the next
+/// in line itself, in the same slot; a slot is given back only when the
+/// line is empty.
+pub struct Slots {
+    n: usize,
+    state: Mutex<Line>,
+}
+
+struct Line {
+    running: usize,
+    next_id: u64,
+    waiting: VecDeque<(u64, Task)>,
+}
+
+impl Slots {
+    /// `n` slots (at least one).
+    pub fn new(n: usize) -> Arc<Self> {
+        Arc::new(Self { n: n.max(1), state: Mutex::new(Line { running: 0, next_id: 0, waiting: VecDeque::new() }) })
+    }
+
+    fn line(&self) -> std::sync::MutexGuard<'_, Line> {
+        // Nothing panics while the lock is held; a poisoned lock holds a
+        // consistent line all the same.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Jobs running now.
+    pub fn running(&self) -> usize {
+        self.line().running
+    }
+
+    /// Runs `job` in a slot on one of `threads`: at once if a slot is free,
+    /// else when its turn comes. Its result goes to the caller first; its
+    /// later work runs before the slot takes its next job. A job still in
+    /// line after `wait` never runs (`Waited`); one whose caller goes away
+    /// while it waits leaves the line. Once started, a job runs to its end
+    /// whether or not anyone awaits it.
+    pub fn run_then<T: Send + 'static, L: FnOnce()>(
+        self: &Arc<Self>,
+        threads: &JobThreads,
+        wait: Duration,
+        job: impl FnOnce() -> (T, L) + Send + 'static,
+    ) -> impl Future<Output = Result<T, JobThreadsError>> + Send + 'static {
+        let (task, mut result) = task(job);
+        // Err: a slot was free, the task goes to a thread now.
+        let queued = {
+            let mut line = self.line();
+            if line.running < self.n {
+                line.running += 1;
+                Err(task)
+            } else {
+                let id = line.next_id;
+                line.next_id += 1;
+                line.waiting.push_back((id, task));
+                Ok(id)
+            }
+        };
+        // Made here, not in the future: a future dropped before its first
+        // poll takes its job out of line too.
+        let mut in_line = InLine { slots: self.clone(), id: None };
+        let sent = match queued {
+            Ok(id) => {
+                in_line.id = Some(id);
+                true
+            }
+            Err(task) => {
+                let run = self.clone();
+                let sent = threads.tx.send(Box::new(move || run.hold(task))).is_ok();
+                if !sent {
+                    self.line().running -= 1;
+                }
+                sent
+            }
+        };
+        async move {
+            if !sent {
+                return Err(JobThreadsError::Stopped);
+            }
+            if in_line.id.is_some() {
+                match tokio::time::timeout(wait, &mut result).await {
+                    Ok(r) => {
+                        in_line.started();
+                        return r.map_err(|_| JobThreadsError::Panicked);
+                    }
+                    Err(_) => {
+                        if in_line.leave() {
+                            return Err(JobThreadsError::Waited(wait));
+                        }
+                        // Its turn came as the wait ran out: it runs.
+                    }
+                }
+            }
+            result.await.map_err(|_| JobThreadsError::Panicked)
+        }
+    }
+
+    /// Runs `task` in a slot this thread holds, then the jobs in line
+    /// while there are any; gives the slot back when the line is empty.
+    fn hold(&self, mut task: Task) {
+        loop {
+            task();
+            let mut line = self.line();
+            match line.waiting.pop_front() {
+                Some((_, next)) => task = next,
+                None => {
+                    line.running -= 1;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A job's place in line while its caller waits; leaves the line when the
+/// caller goes away before the job's turn.
+struct InLine {
+    slots: Arc<Slots>,
+    id: Option<u64>,
+}
+
+impl InLine {
+    /// The job has left the line by starting.
+    fn started(&mut self) {
+        self.id = None;
+    }
+
+    /// Takes the job out of line; false if it has already started.
+    fn leave(&mut self) -> bool {
+        let Some(id) = self.id.take() else { return false };
+        let mut line = self.slots.line();
+        match line.waiting.iter().position(|(i, _)| *i == id) {
+            Some(at) => {
+                // Dropped outside the lock: the task owns the caller's
+                // request (and whatever its drop releases).
+                let left = line.waiting.remove(at);
+                drop(line);
+                drop(left);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Drop for InLine {
+    fn drop(&mut self) {
+        self.leave();
     }
 }
 
@@ -152,6 +325,108 @@ mod tests {
         let r = pool.run_then(|| (2, || panic!("later"))).await;
         assert_eq!(r.unwrap(), 2);
         assert_eq!(pool.run(|| 3).await.unwrap(), 3, "the only thread died with the later work's panic");
+    }
+
+    /// A job that records when it starts and ends, under `name`.
+    fn logged(
+        log: &Arc<std::sync::Mutex<Vec<String>>>,
+        name: &str,
+        ms: u64,
+    ) -> impl FnOnce() -> String + Send + 'static {
+        let (log, name) = (log.clone(), name.to_string());
+        move || {
+            log.lock().unwrap().push(format!("{name} start"));
+            std::thread::sleep(Duration::from_millis(ms));
+            log.lock().unwrap().push(format!("{name} end"));
+            std::thread::current().name().unwrap_or("?").to_string()
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_slot_runs_its_line_in_order_on_the_thread_that_holds_it() {
+        let threads = JobThreads::new(3).unwrap();
+        let slots = Slots::new(1);
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let wait = Duration::from_secs(10);
+        let run = |name: &str, ms| {
+            let job = logged(&log, name, ms);
+            slots.run_then(&threads, wait, move || (job(), || ()))
+        };
+        let (a, b, c) = (run("a", 100), run("b", 10), run("c", 10));
+        assert_eq!(slots.running(), 1, "one slot, one job at a time");
+        let (a, b, c) = tokio::join!(a, b, c);
+        let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+        assert_eq!(*log.lock().unwrap(), ["a start", "a end", "b start", "b end", "c start", "c end"]);
+        // Three threads were free, yet the line ran on the slot's thread:
+        // no hand-back to the async side between jobs.
+        assert_eq!((&b, &c), (&a, &a), "the next job in line went to another thread");
+        assert_eq!(slots.running(), 0, "the slot was not given back");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn slots_run_side_by_side_and_later_work_comes_before_the_next_in_line() {
+        let threads = JobThreads::new(2).unwrap();
+        let slots = Slots::new(2);
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let wait = Duration::from_secs(10);
+        let start = Instant::now();
+        let later_log = log.clone();
+        let (a, b) = (logged(&log, "a", 200), logged(&log, "b", 200));
+        let a = slots.run_then(&threads, wait, move || (a(), move || later_log.lock().unwrap().push("a later".into())));
+        let b = slots.run_then(&threads, wait, move || (b(), || ()));
+        let c = logged(&log, "c", 10);
+        let c = slots.run_then(&threads, wait, move || (c(), || ()));
+        assert_eq!(slots.running(), 2);
+        let (a, b, c) = tokio::join!(a, b, c);
+        let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+        assert!(start.elapsed() < Duration::from_millis(390), "two slots ran one after the other");
+        assert_ne!(a, b, "two slots on one thread");
+        let log = log.lock().unwrap();
+        let at = |e: &str| log.iter().position(|x| x == e).unwrap_or_else(|| panic!("no {e} in {log:?}"));
+        assert!(at("c start") > at("a end").min(at("b end")), "c ran before a slot was free: {log:?}");
+        if c == a {
+            assert!(at("c start") > at("a later"), "c ran before a's later work: {log:?}");
+        }
+        assert_eq!(slots.running(), 0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_job_that_waits_too_long_or_whose_caller_goes_never_runs() {
+        let threads = JobThreads::new(2).unwrap();
+        let slots = Slots::new(1);
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let long = logged(&log, "long", 300);
+        let first = slots.run_then(&threads, Duration::from_secs(10), move || (long(), || ()));
+        let late = logged(&log, "late", 10);
+        let late = slots.run_then(&threads, Duration::from_millis(50), move || (late(), || ()));
+        let gone = logged(&log, "gone", 10);
+        let gone = slots.run_then(&threads, Duration::from_secs(10), move || (gone(), || ()));
+        let kept = logged(&log, "kept", 10);
+        let kept = slots.run_then(&threads, Duration::from_secs(10), move || (kept(), || ()));
+        // The caller of `gone` goes away while it waits in line.
+        drop(gone);
+        let (first, late, kept) = tokio::join!(first, late, kept);
+        assert!(matches!(late, Err(JobThreadsError::Waited(_))), "{late:?}");
+        first.unwrap();
+        kept.unwrap();
+        assert_eq!(*log.lock().unwrap(), ["long start", "long end", "kept start", "kept end"]);
+        assert_eq!(slots.running(), 0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_panicking_job_frees_its_slot_for_the_next_in_line() {
+        let threads = JobThreads::new(1).unwrap();
+        let slots = Slots::new(1);
+        let wait = Duration::from_secs(10);
+        let boom = slots.run_then(&threads, wait, || -> (u32, fn()) {
+            std::thread::sleep(Duration::from_millis(50));
+            panic!("boom")
+        });
+        let next = slots.run_then(&threads, wait, || (7, || ()));
+        let (boom, next) = tokio::join!(boom, next);
+        assert!(matches!(boom, Err(JobThreadsError::Panicked)), "{boom:?}");
+        assert_eq!(next.unwrap(), 7);
+        assert_eq!(slots.running(), 0);
     }
 
     #[tokio::test(flavor = "current_thread")]

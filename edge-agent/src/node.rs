@@ -2,7 +2,7 @@
 //! admission control and metrics. HTTP and QUIC both call [`Node::infer`].
 
 use crate::config::Config;
-use crate::jobs::JobThreads;
+use crate::jobs::{JobThreads, JobThreadsError, Slots};
 use crate::metrics::{Dep, Metrics};
 use anyhow::{Context, Result};
 use mote_runtime::{Deployment, DeploymentSpec, JobReport, ModelInfo, Request, Runtime, RuntimeConfig};
@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
 
 /// Why the node did not run a job.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +36,7 @@ pub(crate) enum NodeError {
 
 /// Bounded concurrency plus a bounded queue for one deployment.
 pub(crate) struct Admission {
-    slots: Arc<Semaphore>,
+    slots: Arc<Slots>,
     slots_total: usize,
     admitted: AtomicUsize,
     capacity: usize,
@@ -170,7 +169,7 @@ impl Node {
             tenant: d.tenant.clone(),
             models,
             admission: Admission {
-                slots: Arc::new(Semaphore::new(d.max_concurrency)),
+                slots: Slots::new(d.max_concurrency),
                 slots_total: d.max_concurrency,
                 admitted: AtomicUsize::new(0),
                 capacity: d.max_concurrency + d.max_queue,
@@ -274,7 +273,9 @@ impl Node {
     /// runs the job. A request that does not decode is a 400 and no job.
     /// The job, its slot, the in-flight count and its metrics belong to the
     /// job thread from then on: a caller that goes away does not free the
-    /// slot of a job still running, and a drain still waits for it.
+    /// slot of a job still running, and a drain still waits for it. A
+    /// caller that goes away while its request waits in line takes it out
+    /// of line (it never runs).
     /// `decode` may return something besides the request (response
     /// options read from the same bytes); it comes back with the report.
     pub(crate) async fn run_admitted<T: Send + 'static>(
@@ -298,43 +299,39 @@ impl Node {
         let adm = &served.admission;
         let queued = Instant::now();
         let deadline = served.deployment.limits().deadline();
-        let permit = match tokio::time::timeout(deadline, adm.slots.clone().acquire_owned()).await {
-            Ok(Ok(p)) => p,
-            Ok(Err(_)) => return Err(NodeError::Internal("admission semaphore closed".into())),
-            Err(_) => {
-                self.metrics.count(&name, "busy");
-                return Err(NodeError::Busy(name, "waited for a job slot past the deadline"));
-            }
-        };
         let dep = Dep { deployment: name.clone() };
-        self.metrics.queue_seconds.get_or_create(&dep).observe(queued.elapsed().as_secs_f64());
         let node = self.clone();
-        self.jobs
-            .run_then(move || {
-                let (request, extra) = match decode() {
-                    Ok(r) => r,
-                    Err(e) => {
-                        node.metrics.count(&dep.deployment, "bad_request");
-                        return (Err(NodeError::BadRequest(e)), Box::new(|| ()) as Box<dyn FnOnce()>);
-                    }
-                };
-                let job_id = mote_runtime::new_job_id();
-                let served = admitted.served.clone();
-                let (report, finished) = served.deployment.run_reply_first(job_id, request, sink);
-                node.record(&dep, queued, &report);
-                drop(admitted);
-                // After the reply: the finished instance's slot is reset,
-                // the next job's instance prepared, and only then the job
-                // slot given back (an admitted job always finds a free
-                // instance slot).
-                let later = move || {
-                    served.deployment.after_reply(finished);
-                    drop(permit);
-                };
-                (Ok((report, extra)), Box::new(later) as Box<dyn FnOnce()>)
-            })
-            .await
-            .map_err(|e| NodeError::Internal(e.to_string()))?
+        // A job waits in line for at most its deadline; the thread that
+        // frees a slot runs the next job in line itself.
+        let ran = adm.slots.run_then(&self.jobs, deadline, move || {
+            node.metrics.queue_seconds.get_or_create(&dep).observe(queued.elapsed().as_secs_f64());
+            let (request, extra) = match decode() {
+                Ok(r) => r,
+                Err(e) => {
+                    node.metrics.count(&dep.deployment, "bad_request");
+                    return (Err(NodeError::BadRequest(e)), Box::new(|| ()) as Box<dyn FnOnce()>);
+                }
+            };
+            let job_id = mote_runtime::new_job_id();
+            let served = admitted.served.clone();
+            let (report, finished) = served.deployment.run_reply_first(job_id, request, sink);
+            node.record(&dep, queued, &report);
+            drop(admitted);
+            // After the reply: the finished instance's slot is reset and
+            // the next job's instance prepared before the job slot takes
+            // its next job or is given back (an admitted job always finds
+            // a free instance slot).
+            let later = move || served.deployment.after_reply(finished);
+            (Ok((report, extra)), Box::new(later) as Box<dyn FnOnce()>)
+        });
+        match ran.await {
+            Ok(r) => r,
+            Err(JobThreadsError::Waited(_)) => {
+                self.metrics.count(&name, "busy");
+                Err(NodeError::Busy(name, "waited for a job slot past the deadline"))
+            }
+            Err(e) => Err(NodeError::Internal(e.to_string())),
+        }
     }
 
     /// Starts an admitted request whose guest streams: what it emits
