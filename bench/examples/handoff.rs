@@ -87,6 +87,10 @@ fn throughput(
 ) {
     for round in 0..3 {
         for way in ["block_in_place", "semaphore", "slots"] {
+            // `HANDOFF_WAY=slots` (for perf): that way alone.
+            if std::env::var("HANDOFF_WAY").is_ok_and(|w| w != way) {
+                continue;
+            }
             let permits = Arc::new(tokio::sync::Semaphore::new(2));
             let slots = Slots::new(2);
             let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
