@@ -328,6 +328,81 @@ fn overload_gets_503_at_once_and_admitted_requests_succeed() {
     assert!(metrics.contains("mote_in_flight_requests 0"), "{metrics}");
 }
 
+/// A deployment's line: requests beyond its one slot wait their turn and
+/// run one after another (the job thread that frees the slot takes the
+/// next); one still in line at its deadline gets 503 and never runs.
+#[test]
+fn queued_requests_run_in_turn_and_those_past_their_deadline_get_503() {
+    let extra = format!(
+        r#"
+[[deployment]]
+name = "line"
+guest = "{}"
+tenant = "a"
+max_concurrency = 1
+max_queue = 4
+[deployment.limits]
+deadline_ms = 2000
+"#,
+        artifact("guests/misbehave.wasm")
+    );
+    let s = start(&extra, &[]);
+    let rt = rt();
+    let http = s.https_client();
+    // Each job is busy for 1.2 s of its 2 s deadline: of four sent at
+    // once, the first runs at once, the second after 1.2 s in line, and
+    // the other two would start at 2.4 s, past their deadline in line.
+    let body = serde_json::to_vec(&json!({"inputs": [], "parameters": {"mode": "work", "ms": "1200"}})).unwrap();
+    let results: Vec<(u16, String, Duration)> = rt.block_on(async {
+        // Four connections open first, so that the four requests arrive
+        // together.
+        let warm: Vec<_> = (0..4)
+            .map(|_| {
+                let (http, u) = (http.clone(), url(&s, "/v2/health/live"));
+                tokio::spawn(async move { http.get(u).send().await.unwrap().status().as_u16() })
+            })
+            .collect();
+        for w in warm {
+            assert_eq!(w.await.unwrap(), 200);
+        }
+        let sent = Instant::now();
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let (http, u, body) = (http.clone(), url(&s, "/v2/models/line/infer"), body.clone());
+                tokio::spawn(async move {
+                    let r = http.post(u).bearer_auth(TOKEN_A).body(body).send().await.unwrap();
+                    let status = r.status().as_u16();
+                    (status, r.text().await.unwrap(), sent.elapsed())
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    let mut ran: Vec<Duration> = results.iter().filter(|r| r.0 == 200).map(|r| r.2).collect();
+    let late: Vec<&(u16, String, Duration)> = results.iter().filter(|r| r.0 == 503).collect();
+    assert_eq!((ran.len(), late.len()), (2, 2), "two run, two wait past their deadline: {results:?}");
+    ran.sort();
+    assert!(ran[1] >= ran[0] + Duration::from_millis(1100), "the second ran after the first, in one slot: {ran:?}");
+    for (_, body, after) in &late {
+        assert!(body.contains("past the deadline"), "{body}");
+        assert!(*after >= Duration::from_millis(1900), "a 503 only once its wait ran out: {after:?}");
+    }
+    // Past the time the two would have finished had they stayed in line
+    // (3.6 s and 4.8 s after sending), they have not run: two jobs, two
+    // busy, nothing in flight.
+    std::thread::sleep(Duration::from_millis(5000).saturating_sub(late.iter().map(|r| r.2).max().unwrap()));
+    let metrics = rt.block_on(async {
+        http.get(url(&s, "/metrics")).bearer_auth(METRICS_TOKEN).send().await.unwrap().text().await.unwrap()
+    });
+    assert!(metrics.contains("mote_requests_total{deployment=\"line\",outcome=\"ok\"} 2"), "{metrics}");
+    assert!(metrics.contains("mote_requests_total{deployment=\"line\",outcome=\"busy\"} 2"), "{metrics}");
+    assert!(metrics.contains("mote_in_flight_requests 0"), "{metrics}");
+}
+
 #[test]
 fn sigterm_lets_in_flight_requests_finish() {
     let mut s = start("", &[]);
