@@ -135,6 +135,11 @@ impl Slots {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// How many slots there are.
+    pub fn count(&self) -> usize {
+        self.n
+    }
+
     /// Jobs running now.
     pub fn running(&self) -> usize {
         self.line().running

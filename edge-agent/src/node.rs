@@ -37,7 +37,6 @@ pub(crate) enum NodeError {
 /// Bounded concurrency plus a bounded queue for one deployment.
 pub(crate) struct Admission {
     slots: Arc<Slots>,
-    slots_total: usize,
     admitted: AtomicUsize,
     capacity: usize,
 }
@@ -128,7 +127,7 @@ impl Node {
                 }
             }
         }
-        let slots: usize = deployments.values().map(|s: &Arc<Served>| s.admission.slots_total).sum();
+        let slots: usize = deployments.values().map(|s: &Arc<Served>| s.admission.slots.count()).sum();
         let jobs = JobThreads::new(slots).context("starting the job threads")?;
         let tokens =
             cfg.tenants.iter().flat_map(|t| t.tokens.iter().map(move |tok| (tok.clone(), t.name.clone()))).collect();
@@ -170,7 +169,6 @@ impl Node {
             models,
             admission: Admission {
                 slots: Slots::new(d.max_concurrency),
-                slots_total: d.max_concurrency,
                 admitted: AtomicUsize::new(0),
                 capacity: d.max_concurrency + d.max_queue,
             },
