@@ -6,6 +6,7 @@
 use crate::stats::Summary;
 use crate::{bar, Ctx};
 use anyhow::{bail, Context, Result};
+use mote_agent::busy_poll::BusyPoll;
 use mote_agent::jobs::{JobThreads, Slots};
 use mote_agent::quic::QuicClient;
 use mote_agent::tls::Trust;
@@ -23,6 +24,27 @@ const CONCURRENCY: [usize; 3] = [1, 8, 64];
 /// How long an in-process job may wait in line for a slot (the served
 /// config's deadline).
 pub(crate) const SLOT_WAIT: Duration = Duration::from_secs(120);
+
+/// The node's busy-polling window, here and in the served config:
+/// `MOTE_BENCH_BUSY_POLL_US` (µs; 0: off), else the node's default.
+pub(crate) fn busy_poll_window() -> Duration {
+    std::env::var("MOTE_BENCH_BUSY_POLL_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(mote_agent::busy_poll::DEFAULT_WINDOW, Duration::from_micros)
+}
+
+/// The in-process node: job threads polling as the served node's do, and
+/// an async runtime of its own whose workers poll as the server's (the
+/// transports' clients run on another runtime, which does not poll, as a
+/// remote client's would not).
+fn in_process_node(threads: usize) -> Result<(tokio::runtime::Runtime, Arc<JobThreads>)> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let jobs = JobThreads::polling(threads, BusyPoll::new(busy_poll_window()))?;
+    let poll = jobs.busy_poll().clone();
+    rt.block_on(async move { poll.start_async(2) });
+    Ok((rt, jobs))
+}
 
 const TRANSPORTS: [&str; 5] = ["in-process", "https-json", "https-binary", "quic", "grpc"];
 
@@ -51,6 +73,7 @@ fn start(ctx: &Ctx) -> Result<Server> {
 listen = "127.0.0.1:0"
 quic = "127.0.0.1:0"
 grpc = "127.0.0.1:0"
+busy_poll_us = {poll}
 [[deployment]]
 name = "mlp"
 guest = "{b}/guests/passthrough.wasm"
@@ -66,7 +89,8 @@ max_queue = 256
 [deployment.limits]
 deadline_ms = 120000
 "#,
-        b = b.display()
+        b = b.display(),
+        poll = busy_poll_window().as_micros()
     );
     let path = dir.path().join("mote.toml");
     std::fs::write(&path, cfg)?;
@@ -196,7 +220,7 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
         // served config) jobs at once, each on a job thread as the node runs
         // them, the others in line.
         let slots = Slots::new(2);
-        let job_threads = JobThreads::new(2)?;
+        let (node_rt, job_threads) = in_process_node(2)?;
         let total = match (ctx.quick, model) {
             (true, "cnn") => 16,
             (true, _) => 128,
@@ -257,8 +281,9 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
                     }
                 };
                 // Warm-up: connections, sessions, caches.
-                drive(&rt, conc.min(8), conc.min(8) * 2, &indicatif::ProgressBar::hidden(), call.clone())?;
-                let (lat, rps) = drive(&rt, conc, total, &pb, call)?;
+                let on = if transport == "in-process" { &node_rt } else { &rt };
+                drive(on, conc.min(8), conc.min(8) * 2, &indicatif::ProgressBar::hidden(), call.clone())?;
+                let (lat, rps) = drive(on, conc, total, &pb, call)?;
                 rows.push(json!({"model": model, "transport": transport, "concurrency": conc, "latency": lat, "throughput_rps": rps}));
             }
             pb.finish_and_clear();
@@ -300,7 +325,7 @@ fn floors(
     // The node's hand-off without a job: an async task gives a no-op to a
     // job thread and awaits its answer (two thread wake-ups), as every
     // served request does around its job.
-    let jobs = JobThreads::new(2)?;
+    let (node_rt, jobs) = in_process_node(2)?;
     let handoff: Call = Arc::new(move || {
         let done = jobs.run(|| ());
         Box::pin(async move {
@@ -310,9 +335,11 @@ fn floors(
     });
     let pb = bar(total * 3, "endpoint floors x1");
     let mut rows = Vec::new();
-    for (transport, call) in [("https-no-job", https), ("quic-no-job", quic), ("job-thread-handoff", handoff)] {
-        drive(rt, 1, 16, &indicatif::ProgressBar::hidden(), call.clone())?;
-        let (lat, rps) = drive(rt, 1, total, &pb, call)?;
+    for (transport, call, on) in
+        [("https-no-job", https, rt), ("quic-no-job", quic, rt), ("job-thread-handoff", handoff, &node_rt)]
+    {
+        drive(on, 1, 16, &indicatif::ProgressBar::hidden(), call.clone())?;
+        let (lat, rps) = drive(on, 1, total, &pb, call)?;
         rows.push(json!({"model": "none", "transport": transport, "concurrency": 1, "latency": lat, "throughput_rps": rps}));
     }
     pb.finish_and_clear();

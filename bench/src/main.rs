@@ -536,6 +536,7 @@ fn main() -> Result<()> {
     let results = json!({
         "quick": ctx.quick,
         "machine": machine(),
+        "busy_poll_us": endpoint::busy_poll_window().as_micros() as u64,
         "overhead": overheads,
         "overhead_cuda": overhead_cuda,
         "instantiation": inst,

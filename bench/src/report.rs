@@ -277,6 +277,12 @@ fn markdown(r: &Value) -> String {
             floor("quic-no-job"),
             floor("job-thread-handoff")
         );
+        let _ = writeln!(
+            md,
+            "\nThe node's busy polling (`busy_poll_us`, docs/serve.md): {} µs, in `mote serve` and in the in-process \
+             rows' job threads and workers alike; the transports' clients do not poll.",
+            r["busy_poll_us"].as_u64().unwrap_or(0)
+        );
         let idle = &r["machine"]["cpuidle"];
         let idle = match (idle["driver"].as_str(), idle["guest_halt_poll_ns"].as_u64()) {
             (Some(d), Some(ns)) => format!("cpuidle driver `{d}`, guest halt polling {ns} ns"),

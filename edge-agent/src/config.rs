@@ -47,6 +47,10 @@ pub(crate) struct Server {
     /// Threads of ONNX Runtime's one intra-op pool, shared by all
     /// sessions (0: all cores).
     pub(crate) ort_threads: usize,
+    /// After a job is handed in or finishes, the node's threads poll for
+    /// their next work this long before they sleep, while fewer jobs than
+    /// cores are in flight (0: off). See `busy_poll`.
+    pub(crate) busy_poll_us: u64,
     /// Largest request body accepted, in bytes.
     pub(crate) max_body_bytes: usize,
     /// Request bytes the node holds at once, all connections together
@@ -72,6 +76,10 @@ pub(crate) struct Server {
     pub(crate) backend_memory_bytes: Option<u64>,
 }
 
+/// The longest busy-polling window: past this, polling keeps cores busy
+/// for nothing (a wake-up costs tens of µs).
+const MAX_BUSY_POLL_US: u64 = 10_000;
+
 impl Default for Server {
     fn default() -> Self {
         Self {
@@ -83,6 +91,7 @@ impl Default for Server {
             data_dir: None,
             grace_period_ms: 10_000,
             ort_threads: 0,
+            busy_poll_us: crate::busy_poll::DEFAULT_WINDOW.as_micros() as u64,
             max_body_bytes: 64 << 20,
             max_inflight_body_bytes: 256 << 20,
             max_connections: 512,
@@ -243,6 +252,9 @@ impl Config {
         if self.server.cert.is_some() != self.server.key.is_some() {
             bail!("[server] cert and key go together");
         }
+        if self.server.busy_poll_us > MAX_BUSY_POLL_US {
+            bail!("[server] busy_poll_us {} is above {MAX_BUSY_POLL_US}", self.server.busy_poll_us);
+        }
         Ok(())
     }
 }
@@ -285,6 +297,8 @@ mod tests {
         assert_eq!(cfg.price.per_backend_second, 5);
         assert_eq!(cfg.server.quic.unwrap().port(), 9001);
         assert_eq!(cfg.deployments[0].batching(), None, "batching is off by default");
+        assert_eq!(cfg.server.busy_poll_us, 300, "busy polling is on by default");
+        assert_eq!(parse("[server]\nbusy_poll_us = 0").unwrap().server.busy_poll_us, 0);
     }
 
     #[test]
@@ -308,6 +322,7 @@ mod tests {
             ("[[deployment]]\nname='a'\nguest='g'\nmax_batch=1", "outside 2..=1024"),
             ("[[deployment]]\nname='a'\nguest='g'\nmax_batch=4\nbatch_window_us=200000", "above 100000"),
             ("[[deployment]]\nname='a'\nguest='g'\nmax_batch=4\nmax_concurrency=1", "max_concurrency of at least 2"),
+            ("[server]\nbusy_poll_us = 20000", "above 10000"),
         ] {
             let err = format!("{:#}", parse(text).unwrap_err());
             assert!(err.contains(want), "{text}: {err}");

@@ -17,9 +17,16 @@
 //! slot: the line moves without a round trip through the async side (a
 //! worker woken to hand over the next job, the job thread woken to take
 //! it), which on a virtual machine costs two wake-ups per job.
+//!
+//! With [`BusyPoll`] on, a job thread whose queue is empty polls it for
+//! the polling window before it sleeps (one thread at a time, and only
+//! while no job runs), so the next job of a lightly loaded node finds it
+//! awake.
 
+use crate::busy_poll::BusyPoll;
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +36,7 @@ type Task = Box<dyn FnOnce() + Send>;
 /// threads finish the jobs already queued, then end.
 pub struct JobThreads {
     tx: crossbeam_channel::Sender<Task>,
+    poll: Arc<BusyPoll>,
 }
 
 /// Why a job could not be handed to a thread.
@@ -48,18 +56,50 @@ pub enum JobThreadsError {
 }
 
 impl JobThreads {
-    /// Starts `n` threads (at least one) named `mote-job-N`.
+    /// Starts `n` threads (at least one) named `mote-job-N`, without busy
+    /// polling.
     pub fn new(n: usize) -> std::io::Result<Arc<Self>> {
+        Self::polling(n, BusyPoll::new(Duration::ZERO))
+    }
+
+    /// Starts `n` threads (at least one) named `mote-job-N` that poll for
+    /// their next job as `poll` says.
+    pub fn polling(n: usize, poll: Arc<BusyPoll>) -> std::io::Result<Arc<Self>> {
         let (tx, rx) = crossbeam_channel::unbounded::<Task>();
+        // Threads running a task; whether one polls the queue now.
+        let (running, one_polls) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
         for i in 0..n.max(1) {
-            let rx = rx.clone();
-            std::thread::Builder::new().name(format!("mote-job-{i}")).spawn(move || {
-                for task in rx {
-                    task();
-                }
+            let (rx, poll, running, one_polls) = (rx.clone(), poll.clone(), running.clone(), one_polls.clone());
+            std::thread::Builder::new().name(format!("mote-job-{i}")).spawn(move || loop {
+                let task = match rx.try_recv() {
+                    Ok(task) => task,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => return,
+                    Err(crossbeam_channel::TryRecvError::Empty) => {
+                        if running.load(Ordering::Relaxed) == 0 && !one_polls.swap(true, Ordering::Acquire) {
+                            let _ = poll.spin_until(|| !rx.is_empty() || running.load(Ordering::Relaxed) > 0);
+                            one_polls.store(false, Ordering::Release);
+                            if !rx.is_empty() {
+                                continue;
+                            }
+                        }
+                        match rx.recv() {
+                            Ok(task) => task,
+                            Err(_) => return,
+                        }
+                    }
+                };
+                running.fetch_add(1, Ordering::Relaxed);
+                task();
+                running.fetch_sub(1, Ordering::Relaxed);
             })?;
         }
-        Ok(Arc::new(Self { tx }))
+        Ok(Arc::new(Self { tx, poll }))
+    }
+
+    /// The threads' busy polling, for the async side
+    /// ([`BusyPoll::start_async`]).
+    pub fn busy_poll(&self) -> &Arc<BusyPoll> {
+        &self.poll
     }
 
     /// Runs `job` on a job thread; the future resolves with its result.
@@ -80,7 +120,7 @@ impl JobThreads {
         &self,
         job: impl FnOnce() -> (T, L) + Send + 'static,
     ) -> impl Future<Output = Result<T, JobThreadsError>> + Send + 'static {
-        let (task, result) = task(job);
+        let (task, result) = task(&self.poll, job);
         let sent = self.tx.send(task).is_ok();
         async move {
             if !sent {
@@ -93,14 +133,18 @@ impl JobThreads {
 
 /// `job` as a task for a job thread, and the receiver of its result. A
 /// panic must not kill the thread (the pool would shrink); the caller sees
-/// the dropped sender as `Panicked`.
+/// the dropped sender as `Panicked`. The job counts as in flight for `poll`
+/// until its result is sent (or the task is dropped unrun).
 fn task<T: Send + 'static, L: FnOnce()>(
+    poll: &Arc<BusyPoll>,
     job: impl FnOnce() -> (T, L) + Send + 'static,
 ) -> (Task, tokio::sync::oneshot::Receiver<T>) {
     let (done, result) = tokio::sync::oneshot::channel();
+    let in_flight = poll.job();
     let task: Task = Box::new(move || {
         if let Ok((value, later)) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)) {
             let _ = done.send(value);
+            drop(in_flight);
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(later));
         }
     });
@@ -157,7 +201,7 @@ impl Slots {
         wait: Duration,
         job: impl FnOnce() -> (T, L) + Send + 'static,
     ) -> impl Future<Output = Result<T, JobThreadsError>> + Send + 'static {
-        let (task, mut result) = task(job);
+        let (task, mut result) = task(&threads.poll, job);
         // Err: a slot was free, the task goes to a thread now.
         let queued = {
             let mut line = self.line();
@@ -472,6 +516,36 @@ mod tests {
         assert!(matches!(boom, Err(JobThreadsError::Panicked)), "{boom:?}");
         assert_eq!(next.unwrap(), 7);
         all_free(&slots).await;
+    }
+
+    /// With busy polling, a job thread spins for the window after each job
+    /// (its CPU time grows by about the window), then sleeps until the next
+    /// (it does not grow over the rest of a long gap); without, it sleeps
+    /// at once.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_polling_thread_spins_for_the_window_after_a_job_then_sleeps() {
+        fn cpu() -> Duration {
+            let stat = std::fs::read_to_string("/proc/thread-self/schedstat").expect("schedstat");
+            Duration::from_nanos(stat.split_whitespace().next().and_then(|ns| ns.parse().ok()).expect("ns on cpu"))
+        }
+        async fn spun_between_jobs(pool: &JobThreads) -> Vec<Duration> {
+            let mut on_cpu = Vec::new();
+            for _ in 0..3 {
+                on_cpu.push(pool.run(cpu).await.unwrap());
+                tokio::time::sleep(Duration::from_millis(600)).await;
+            }
+            on_cpu.windows(2).map(|w| w[1] - w[0]).collect()
+        }
+        let window = Duration::from_millis(50);
+        let polling = JobThreads::polling(1, BusyPoll::with_cores(window, 8)).unwrap();
+        for spun in spun_between_jobs(&polling).await {
+            assert!(spun >= Duration::from_millis(10), "polled {spun:?} of a {window:?} window");
+            assert!(spun <= Duration::from_millis(300), "polled {spun:?} of a 600 ms gap: never slept");
+        }
+        let sleeping = JobThreads::new(1).unwrap();
+        for spun in spun_between_jobs(&sleeping).await {
+            assert!(spun < Duration::from_millis(10), "{spun:?} on a core without polling");
+        }
     }
 
     #[tokio::test(flavor = "current_thread")]

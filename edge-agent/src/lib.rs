@@ -5,6 +5,7 @@
 //! for Rust programs that call a node.
 
 mod build;
+pub mod busy_poll;
 pub mod cli;
 mod config;
 pub mod grpc;

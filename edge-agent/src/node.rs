@@ -1,6 +1,7 @@
 //! The serving node, independent of transport: deployments, tenants,
 //! admission control and metrics. HTTP and QUIC both call [`Node::infer`].
 
+use crate::busy_poll::BusyPoll;
 use crate::config::Config;
 use crate::jobs::{JobThreads, JobThreadsError, Slots};
 use crate::metrics::{Dep, Metrics};
@@ -128,7 +129,8 @@ impl Node {
             }
         }
         let slots: usize = deployments.values().map(|s: &Arc<Served>| s.admission.slots.count()).sum();
-        let jobs = JobThreads::new(slots).context("starting the job threads")?;
+        let poll = BusyPoll::new(Duration::from_micros(cfg.server.busy_poll_us));
+        let jobs = JobThreads::polling(slots, poll).context("starting the job threads")?;
         let tokens =
             cfg.tenants.iter().flat_map(|t| t.tokens.iter().map(move |tok| (tok.clone(), t.name.clone()))).collect();
         Ok(Self {
@@ -230,6 +232,11 @@ impl Node {
     /// Requests admitted and not yet answered.
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The job threads' busy polling (the async side starts its pollers).
+    pub(crate) fn busy_poll(&self) -> &Arc<BusyPoll> {
+        self.jobs.busy_poll()
     }
 
     /// Stops admitting new requests (graceful shutdown).

@@ -78,6 +78,8 @@ pub(crate) async fn serve(cfg: Config, insecure_http: bool) -> Result<()> {
         say(format!("deployment {name}: FAILED: {err}"));
     }
     let identity = Identity::load_or_generate(tls.0.as_deref(), tls.1.as_deref(), &data_dir)?;
+    // One poller per async worker (the runtime has one per core).
+    node.busy_poll().start_async(std::thread::available_parallelism().map_or(1, |n| n.get()));
 
     let app = http::router(node.clone(), http::HttpLimits { max_body, body_timeout });
     let tuning = Tuning { cap: ConnectionCap::new(max_connections), idle, header_timeout, streams };
