@@ -1,6 +1,9 @@
 //! One client's in-process MLP job as the bench's in-process row runs it
 //! (Slots, polling job threads, a polling runtime), timed in parts:
 //! submit → job start, the job up to its report, report → caller resumes.
+//! On stderr: how often the caller resumed on the job's core or the other,
+//! and whether its answer took over 10 µs.
+//! `inproc N WINDOW_US [inline|jt] [ASYNC_POLLERS]`
 use mote_agent::busy_poll::BusyPoll;
 use mote_agent::jobs::{JobThreads, Slots};
 use mote_runtime::{kserve, DeploymentSpec, Limits, Runtime, RuntimeConfig};
@@ -42,6 +45,7 @@ fn main() {
     let out = node_rt.block_on(async move {
         tokio::spawn(async move {
             let mut rows = Vec::with_capacity(n);
+            let mut where_ = Vec::with_capacity(n);
             for _ in 0..n + 200 {
                 let (d, r) = (d.clone(), (*req).clone());
                 let t0 = ns();
@@ -50,9 +54,10 @@ fn main() {
                     let (d2, r2) = (d, r);
                     let (report, finished) = d2.run_reply_first("job".to_string(), r2, None);
                     let t2 = ns();
-                    ((report, t1, t2), move || d2.after_reply(finished))
+                    let cpu = unsafe { libc::sched_getcpu() };
+                    ((report, t1, t2, cpu), move || d2.after_reply(finished))
                 };
-                let (report, t1, t2) = if inline {
+                let (report, t1, t2, jcpu) = if inline {
                     let (out, later) = job();
                     later();
                     out
@@ -60,8 +65,20 @@ fn main() {
                     slots.run_then(&jobs, Duration::from_secs(10), job).await.unwrap()
                 };
                 let t3 = ns();
+                let ccpu = unsafe { libc::sched_getcpu() };
+                let tid = unsafe { libc::gettid() };
                 report.result.unwrap();
                 rows.push((t1 - t0, t2 - t1, t3 - t2, t3 - t0));
+                where_.push((jcpu, ccpu, tid, t3 - t2 > 10_000));
+            }
+            let mut h = std::collections::BTreeMap::new();
+            for w in &where_[200..] {
+                *h.entry(*w).or_insert(0) += 1;
+            }
+            for (k, v) in h {
+                if v > 20 {
+                    eprintln!("job cpu {} caller cpu {} caller tid {} slow {}: {v}", k.0, k.1, k.2, k.3);
+                }
             }
             rows.split_off(200)
         })

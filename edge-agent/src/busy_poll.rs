@@ -16,9 +16,10 @@
 //! - after a job is handed in or finishes, threads poll for `window`, then
 //!   sleep until the next job (a lone request after a quiet spell pays the
 //!   wake-ups as before);
-//! - only while fewer jobs are in flight than the machine has cores: a
-//!   loaded node has no idle core to keep awake, and a polling thread
-//!   would take time from the jobs;
+//! - only while fewer jobs, and fewer admitted requests, are in flight
+//!   than the machine has cores: a loaded node has no idle core to keep
+//!   awake, and a polling thread would take time from the jobs and from
+//!   the workers reading and answering requests;
 //! - the job threads poll their queue (one of them at a time, and only
 //!   while none runs a job); the async workers poll their I/O driver
 //!   through one task each that yields until the window closes
@@ -48,6 +49,10 @@ pub struct BusyPoll {
     last: AtomicU64,
     /// Jobs handed in and not yet finished.
     in_flight: AtomicUsize,
+    /// Requests the node has admitted and not yet answered (a node
+    /// reading, parsing or answering requests is busy before and after
+    /// their jobs).
+    requests: AtomicUsize,
     /// Set by async pollers going to sleep; the next [`BusyPoll::touch`]
     /// wakes them.
     asleep: AtomicBool,
@@ -69,6 +74,7 @@ impl BusyPoll {
             base: Instant::now(),
             last: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            requests: AtomicUsize::new(0),
             asleep: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
         })
@@ -98,10 +104,13 @@ impl BusyPoll {
         }
     }
 
-    /// Whether threads should poll now: activity within the window and a
-    /// core to spare.
+    /// Whether threads should poll now: activity within the window, and
+    /// fewer jobs and fewer requests in flight than cores.
     pub fn polling(&self) -> bool {
-        if self.window_ns == 0 || self.in_flight.load(Ordering::Relaxed) >= self.cores {
+        if self.window_ns == 0
+            || self.in_flight.load(Ordering::Relaxed) >= self.cores
+            || self.requests.load(Ordering::Relaxed) >= self.cores
+        {
             return false;
         }
         let last = self.last.load(Ordering::SeqCst);
@@ -114,6 +123,14 @@ impl BusyPoll {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.touch();
         InFlight(self.clone())
+    }
+
+    /// A request admitted: counted until the returned guard drops (when it
+    /// has been answered), which starts the window again for the client's
+    /// next request.
+    pub(crate) fn request(self: &Arc<Self>) -> RequestInFlight {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        RequestInFlight(self.clone())
     }
 
     /// Spins while [`BusyPoll::polling`] and not `ready()`; true once
@@ -164,6 +181,16 @@ impl BusyPoll {
     }
 }
 
+/// A request in flight (see [`BusyPoll::request`]).
+pub(crate) struct RequestInFlight(Arc<BusyPoll>);
+
+impl Drop for RequestInFlight {
+    fn drop(&mut self) {
+        self.0.requests.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
 /// A job in flight (see [`BusyPoll::job`]).
 pub(crate) struct InFlight(Arc<BusyPoll>);
 
@@ -206,6 +233,19 @@ mod tests {
         assert!(p.polling(), "one job of two cores");
         let b = p.job();
         assert!(!p.polling(), "as many jobs as cores");
+        drop(a);
+        assert!(p.polling());
+        drop(b);
+    }
+
+    #[test]
+    fn a_node_with_as_many_requests_as_cores_does_not_poll() {
+        let p = BusyPoll::with_cores(Duration::from_secs(60), 2);
+        drop(p.job());
+        let a = p.request();
+        assert!(p.polling(), "one request of two cores");
+        let b = p.request();
+        assert!(!p.polling(), "as many requests as cores, jobs or not");
         drop(a);
         assert!(p.polling());
         drop(b);

@@ -48,8 +48,8 @@ pub(crate) struct Server {
     /// sessions (0: all cores).
     pub(crate) ort_threads: usize,
     /// After a job is handed in or finishes, the node's threads poll for
-    /// their next work this long before they sleep, while fewer jobs than
-    /// cores are in flight (0: off). See `busy_poll`.
+    /// their next work this long before they sleep, while fewer jobs and
+    /// requests than cores are in flight (0: off). See `busy_poll`.
     pub(crate) busy_poll_us: u64,
     /// Largest request body accepted, in bytes.
     pub(crate) max_body_bytes: usize,

@@ -79,13 +79,15 @@ pub(crate) struct Node {
 pub(crate) struct Admitted {
     node: Arc<Node>,
     served: Arc<Served>,
+    _polled: crate::busy_poll::RequestInFlight,
 }
 
 impl Admitted {
     fn new(node: Arc<Node>, served: Arc<Served>) -> Self {
         node.in_flight.fetch_add(1, Ordering::SeqCst);
         node.metrics.in_flight.inc();
-        Self { node, served }
+        let _polled = node.busy_poll().request();
+        Self { node, served, _polled }
     }
 }
 
