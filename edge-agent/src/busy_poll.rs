@@ -90,16 +90,17 @@ impl BusyPoll {
     }
 
     /// Marks activity: the window starts again, and async pollers asleep
-    /// wake up.
+    /// wake up unless the node is loaded (they would only go back to sleep,
+    /// and a loaded node would wake them for every job and answer).
     fn touch(&self) {
         if self.window_ns == 0 {
             return;
         }
-        // SeqCst on both sides: a poller stores `asleep` then loads `last`,
-        // this stores `last` then reads `asleep`; one of the two sees the
-        // other's store.
+        // SeqCst throughout: a poller stores `asleep`, then loads `last` and
+        // the counts; this updates a count, stores `last`, then loads the
+        // counts and `asleep`. One of the two sees the other's stores.
         self.last.store(self.now(), Ordering::SeqCst);
-        if self.asleep.swap(false, Ordering::SeqCst) {
+        if self.polling() && self.asleep.swap(false, Ordering::SeqCst) {
             self.wake.notify_waiters();
         }
     }
@@ -108,8 +109,8 @@ impl BusyPoll {
     /// fewer jobs and fewer requests in flight than cores.
     pub fn polling(&self) -> bool {
         if self.window_ns == 0
-            || self.in_flight.load(Ordering::Relaxed) >= self.cores
-            || self.requests.load(Ordering::Relaxed) >= self.cores
+            || self.in_flight.load(Ordering::SeqCst) >= self.cores
+            || self.requests.load(Ordering::SeqCst) >= self.cores
         {
             return false;
         }
@@ -120,7 +121,7 @@ impl BusyPoll {
     /// A job handed in: counted in flight until the returned guard drops
     /// (when the job has finished, or leaves without running).
     pub(crate) fn job(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.touch();
         InFlight(self.clone())
     }
@@ -129,7 +130,7 @@ impl BusyPoll {
     /// has been answered), which starts the window again for the client's
     /// next request.
     pub(crate) fn request(self: &Arc<Self>) -> RequestInFlight {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::SeqCst);
         RequestInFlight(self.clone())
     }
 
@@ -186,7 +187,7 @@ pub(crate) struct RequestInFlight(Arc<BusyPoll>);
 
 impl Drop for RequestInFlight {
     fn drop(&mut self) {
-        self.0.requests.fetch_sub(1, Ordering::Relaxed);
+        self.0.requests.fetch_sub(1, Ordering::SeqCst);
         self.0.touch();
     }
 }
@@ -196,7 +197,7 @@ pub(crate) struct InFlight(Arc<BusyPoll>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.0.touch();
     }
 }
@@ -248,6 +249,21 @@ mod tests {
         assert!(!p.polling(), "as many requests as cores, jobs or not");
         drop(a);
         assert!(p.polling());
+        drop(b);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_loaded_node_leaves_its_pollers_asleep_until_load_drops() {
+        let p = BusyPoll::with_cores(Duration::from_secs(60), 2);
+        p.start_async(2);
+        let (a, b) = (p.request(), p.request());
+        drop(p.job());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(p.asleep.load(Ordering::SeqCst), "pollers asleep while loaded");
+        drop(p.job());
+        assert!(p.asleep.load(Ordering::SeqCst), "a job of a loaded node does not wake them");
+        drop(a);
+        assert!(!p.asleep.load(Ordering::SeqCst), "an answer that unloads the node wakes them");
         drop(b);
     }
 
