@@ -2,30 +2,17 @@
 //! code (profiling aid for the endpoint's in-process figure): inline on the
 //! caller, `block_in_place`, `spawn_blocking`, and mote's job threads.
 use mote_agent::jobs::{JobThreads, Slots};
-use mote_runtime::{kserve, DeploymentSpec, Limits, Runtime, RuntimeConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod common;
 
 /// The allocator the `mote` binary uses.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let build = std::path::Path::new("build"); // run from the repository root
-    let rt = Runtime::new(RuntimeConfig { data_dir: None, ..RuntimeConfig::default() }).unwrap();
-    let d = Arc::new(
-        rt.deploy(DeploymentSpec {
-            name: "p".into(),
-            guest: std::fs::read(build.join("guests/passthrough.wasm")).unwrap(),
-            models: vec![("model".into(), std::fs::read(build.join("models/mlp.onnx")).unwrap())],
-            limits: Limits::default(),
-            ..DeploymentSpec::default()
-        })
-        .unwrap(),
-    );
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(build.join("models/mlp.request.json")).unwrap()).unwrap();
-    let req = Arc::new(kserve::parse_request(&v).unwrap());
+    let (_rt, d, req) = common::mlp_passthrough();
     let n: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(2000);
     let multi = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let single = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -6,29 +6,15 @@
 //! `inproc N WINDOW_US [inline|jt] [ASYNC_POLLERS]`
 use mote_agent::busy_poll::BusyPoll;
 use mote_agent::jobs::{JobThreads, Slots};
-use mote_runtime::{kserve, DeploymentSpec, Limits, Runtime, RuntimeConfig};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod common;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let build = std::path::Path::new("build");
-    let rt = Runtime::new(RuntimeConfig { data_dir: None, ..RuntimeConfig::default() }).unwrap();
-    let d = Arc::new(
-        rt.deploy(DeploymentSpec {
-            name: "p".into(),
-            guest: std::fs::read(build.join("guests/passthrough.wasm")).unwrap(),
-            models: vec![("model".into(), std::fs::read(build.join("models/mlp.onnx")).unwrap())],
-            limits: Limits::default(),
-            ..DeploymentSpec::default()
-        })
-        .unwrap(),
-    );
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(build.join("models/mlp.request.json")).unwrap()).unwrap();
-    let req = Arc::new(kserve::parse_request(&v).unwrap());
+    let (_rt, d, req) = common::mlp_passthrough();
     let n: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(5000);
     let window: u64 = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(300);
     // `inline`: each job and its later work on the caller's own thread.
