@@ -134,6 +134,11 @@ impl BusyPoll {
         RequestInFlight(self.clone())
     }
 
+    /// Requests admitted and not yet answered.
+    pub(crate) fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
     /// Spins while [`BusyPoll::polling`] and not `ready()`; true once
     /// ready, false when the window closed first.
     pub(crate) fn spin_until(&self, ready: impl Fn() -> bool) -> bool {

@@ -63,7 +63,6 @@ pub(crate) struct Node {
     tokens: HashMap<String, String>,
     pub(crate) failed: Vec<(String, String)>,
     pub(crate) metrics: Metrics,
-    in_flight: AtomicUsize,
     draining: AtomicBool,
     /// Threads that run jobs: one per job slot of every deployment, so a
     /// deployment never waits for another's jobs.
@@ -79,22 +78,22 @@ pub(crate) struct Node {
 pub(crate) struct Admitted {
     node: Arc<Node>,
     served: Arc<Served>,
-    _polled: crate::busy_poll::RequestInFlight,
+    /// The node's count of requests in flight, which its busy polling
+    /// keeps (it polls only while they are fewer than the cores).
+    _in_flight: crate::busy_poll::RequestInFlight,
 }
 
 impl Admitted {
     fn new(node: Arc<Node>, served: Arc<Served>) -> Self {
-        node.in_flight.fetch_add(1, Ordering::SeqCst);
+        let _in_flight = node.busy_poll().request();
         node.metrics.in_flight.inc();
-        let _polled = node.busy_poll().request();
-        Self { node, served, _polled }
+        Self { node, served, _in_flight }
     }
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.served.admission.admitted.fetch_sub(1, Ordering::SeqCst);
-        self.node.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.node.metrics.in_flight.dec();
     }
 }
@@ -141,7 +140,6 @@ impl Node {
             tokens,
             failed,
             metrics: Metrics::new(),
-            in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             jobs,
             body_budget: crate::intake::BodyBudget::new(cfg.server.max_inflight_body_bytes),
@@ -233,7 +231,7 @@ impl Node {
 
     /// Requests admitted and not yet answered.
     pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::SeqCst)
+        self.busy_poll().requests()
     }
 
     /// The job threads' busy polling (the async side starts its pollers).
