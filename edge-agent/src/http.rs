@@ -249,11 +249,10 @@ async fn infer(State(app): State<App>, Path(name): Path<String>, headers: Header
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let (v, tail) = match response_value(&report, &name, &*want_binary, only.as_deref(), id) {
+    let (json_bytes, tail) = match response_body(&report, &name, &*want_binary, only.as_deref(), id) {
         Ok(x) => x,
         Err((status, body)) => return (status, Json(body)).into_response(),
     };
-    let json_bytes = serde_json::to_vec(&v).expect("response serialises");
     if tail.is_empty() {
         return ([(header::CONTENT_TYPE, "application/json")], json_bytes).into_response();
     }
@@ -278,13 +277,14 @@ fn accepts_event_stream(headers: &HeaderMap) -> bool {
 
 /// A finished job's KServe response (JSON header and binary tail), or the
 /// status and body of its failure, with usage and receipt as parameters.
-fn response_value(
+/// The JSON is written straight from the tensors (no value per element).
+fn response_body(
     report: &JobReport,
     name: &str,
     want_binary: &dyn Fn(&str) -> bool,
     only: Option<&[String]>,
     id: Option<Value>,
-) -> Result<(Value, Vec<u8>), (StatusCode, Value)> {
+) -> Result<(Vec<u8>, Vec<u8>), (StatusCode, Value)> {
     let params = usage_parameters(report);
     let response = match &report.result {
         Ok(r) => r,
@@ -293,17 +293,18 @@ fn response_value(
             return Err((outcome_status(e.outcome), body));
         }
     };
-    let (mut v, tail) = kserve::response_json_binary(response, Some(name), want_binary, only)
-        .map_err(|e| (StatusCode::BAD_REQUEST, json!({"error": e.to_string()})))?;
-    if let Some(id) = id {
-        v["id"] = id;
-    }
-    let obj = v.as_object_mut().expect("response is an object");
-    let p = obj.entry("parameters").or_insert_with(|| json!({}));
-    if let (Some(p), Some(extra)) = (p.as_object_mut(), params.as_object()) {
-        p.extend(extra.clone());
-    }
-    Ok((v, tail))
+    let mut json = Vec::with_capacity(1024);
+    let tail = kserve::write_response_json(
+        &mut json,
+        response,
+        Some(name),
+        want_binary,
+        only,
+        id.as_ref(),
+        params.as_object(),
+    )
+    .map_err(|e| (StatusCode::BAD_REQUEST, json!({"error": e.to_string()})))?;
+    Ok((json, tail))
 }
 
 type Preferences = (kserve::BinaryChoice, Option<Vec<String>>, Option<Value>);
@@ -335,8 +336,8 @@ fn infer_events(
             let finished = job?.await;
             drop(share);
             let event = match finished {
-                Ok(Ok((report, (_, only, id)))) => match response_value(&report, &name, &|_| false, only.as_deref(), id) {
-                    Ok((v, _)) => format!("event: response\ndata: {v}\n\n"),
+                Ok(Ok((report, (_, only, id)))) => match response_body(&report, &name, &|_| false, only.as_deref(), id) {
+                    Ok((json, _)) => format!("event: response\ndata: {}\n\n", String::from_utf8_lossy(&json)),
                     Err((_, body)) => format!("event: error\ndata: {body}\n\n"),
                 },
                 Ok(Err(e)) => format!("event: error\ndata: {}\n\n", json!({"error": e.to_string()})),
