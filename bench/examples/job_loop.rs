@@ -5,6 +5,9 @@
 //! in-guest-mlp N [values|wasi-nn]` runs N inferences inside `inference-loop` jobs
 //! instead (the per-inference path between guest and backend); `job_loop
 //! native-mlp N` runs N inferences on the backend directly (the baseline).
+//! `JOB_GAP_US=150 JOB_GAP=sleep|yield|spin` pauses between whole jobs: a
+//! thread that sleeps lets its core go idle (on this VM the next job then
+//! runs slower), one that yields or spins keeps it.
 use mote_runtime::{kserve, DeploymentSpec, Limits, Request, Runtime, RuntimeConfig};
 use std::time::{Duration, Instant};
 
@@ -67,7 +70,26 @@ fn main() {
     }
     let end = Instant::now() + Duration::from_secs_f64(secs);
     let (mut samples, mut resets) = (Vec::new(), Vec::new());
+    // JOB_GAP_US: a pause between jobs, slept (JOB_GAP=sleep) or spun.
+    let gap = Duration::from_micros(std::env::var("JOB_GAP_US").ok().and_then(|v| v.parse().ok()).unwrap_or(0));
+    let mode = std::env::var("JOB_GAP").unwrap_or_default();
+    let sleep = mode == "sleep";
+    let yielding = mode == "yield";
     while Instant::now() < end {
+        if !gap.is_zero() {
+            if sleep {
+                std::thread::sleep(gap);
+            } else {
+                let t = Instant::now();
+                while t.elapsed() < gap {
+                    if yielding {
+                        std::thread::yield_now();
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                }
+            }
+        }
         let r = req.clone();
         let t = Instant::now();
         // As the node runs a job: the report, then the instance's reset

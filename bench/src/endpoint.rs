@@ -3,6 +3,7 @@
 //! KServe gRPC (tonic, raw tensor contents, over TLS), with the same
 //! deployment called in-process as the baseline.
 
+use crate::blocking_https::BlockingPost;
 use crate::stats::Summary;
 use crate::{bar, Ctx};
 use anyhow::{bail, Context, Result};
@@ -21,6 +22,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const CONCURRENCY: [usize; 3] = [1, 8, 64];
+/// How many blocks each transport's one-client requests are cut into,
+/// the transports taking turns block by block.
+const ONE_CLIENT_BLOCKS: usize = 8;
+/// The one-client row of HTTPS JSON from [`BlockingPost`].
+pub(crate) const BLOCKING_CLIENT: &str = "https-json-blocking";
 /// How long an in-process job may wait in line for a slot (the served
 /// config's deadline).
 pub(crate) const SLOT_WAIT: Duration = Duration::from_secs(120);
@@ -151,6 +157,18 @@ pub(crate) fn drive(
     pb: &indicatif::ProgressBar,
     call: Call,
 ) -> Result<(Summary, f64)> {
+    let (samples, secs) = drive_samples(rt, conc, total, pb, call)?;
+    Ok((Summary::of(&samples), samples.len() as f64 / secs))
+}
+
+/// [`drive`]'s latencies, each request's, and the seconds the run took.
+fn drive_samples(
+    rt: &tokio::runtime::Runtime,
+    conc: usize,
+    total: usize,
+    pb: &indicatif::ProgressBar,
+    call: Call,
+) -> Result<(Vec<Duration>, f64)> {
     let next = Arc::new(AtomicUsize::new(0));
     let samples = Arc::new(Mutex::new(Vec::with_capacity(total)));
     let start = Instant::now();
@@ -175,8 +193,8 @@ pub(crate) fn drive(
         anyhow::Ok(())
     })?;
     let elapsed = start.elapsed().as_secs_f64();
-    let samples = samples.lock().expect("samples");
-    Ok((Summary::of(&samples), samples.len() as f64 / elapsed))
+    let samples = std::mem::take(&mut *samples.lock().expect("samples"));
+    Ok((samples, elapsed))
 }
 
 pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
@@ -227,9 +245,11 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
             (false, "cnn") => 128,
             (false, _) => 1024,
         };
-        let url = format!("https://localhost:{}/v2/models/{model}/infer", server.https.port());
+        let infer_path = format!("/v2/models/{model}/infer");
+        let url = format!("https://localhost:{}{infer_path}", server.https.port());
         for conc in CONCURRENCY {
             let pb = bar(total * TRANSPORTS.len(), &format!("endpoint {model} x{conc}"));
+            let mut calls = Vec::new();
             for transport in TRANSPORTS {
                 let call: Call = match transport {
                     "in-process" => {
@@ -283,7 +303,46 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
                 // Warm-up: connections, sessions, caches.
                 let on = if transport == "in-process" { &node_rt } else { &rt };
                 drive(on, conc.min(8), conc.min(8) * 2, &indicatif::ProgressBar::hidden(), call.clone())?;
-                let (lat, rps) = drive(on, conc, total, &pb, call)?;
+                calls.push((transport, on, call));
+            }
+            // One client: the transports take turns in blocks, so that the
+            // overhead over in-process compares figures measured side by
+            // side, not stretches minutes apart on a VM whose speed drifts;
+            // HTTPS JSON also from a blocking client, for reference. More
+            // clients: one stretch each (their figures are throughput).
+            let mut blocking = None;
+            if conc == 1 {
+                let json = [("content-type", "application/json".to_string())];
+                let mut client =
+                    BlockingPost::connect(server.https.port(), &server.cert, &infer_path, &json, &json_body)?;
+                for _ in 0..16 {
+                    client.exchange()?;
+                }
+                blocking = Some(client);
+            }
+            let blocks = if conc == 1 { ONE_CLIENT_BLOCKS } else { 1 };
+            let mut runs: Vec<(Vec<Duration>, f64)> = vec![(Vec::new(), 0.0); calls.len() + 1];
+            for _ in 0..blocks {
+                let per_block = total.div_ceil(blocks);
+                for ((_, on, call), run) in calls.iter().zip(runs.iter_mut()) {
+                    let (samples, secs) = drive_samples(on, conc, per_block, &pb, call.clone())?;
+                    run.0.extend(samples);
+                    run.1 += secs;
+                }
+                if let Some(client) = blocking.as_mut() {
+                    let run = runs.last_mut().expect("a run per transport and one more");
+                    let start = Instant::now();
+                    for _ in 0..per_block {
+                        let t = Instant::now();
+                        client.exchange()?;
+                        run.0.push(t.elapsed());
+                    }
+                    run.1 += start.elapsed().as_secs_f64();
+                }
+            }
+            let names = calls.iter().map(|(t, _, _)| *t).chain(blocking.is_some().then_some(BLOCKING_CLIENT));
+            for (transport, (samples, secs)) in names.zip(runs) {
+                let (lat, rps) = (Summary::of(&samples), samples.len() as f64 / secs);
                 rows.push(json!({"model": model, "transport": transport, "concurrency": conc, "latency": lat, "throughput_rps": rps}));
             }
             pb.finish_and_clear();

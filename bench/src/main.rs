@@ -12,6 +12,7 @@
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod batching;
+mod blocking_https;
 mod endpoint;
 mod llm;
 mod market;

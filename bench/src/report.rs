@@ -115,11 +115,17 @@ fn rounds_table(md: &mut String, r: &Value) {
         Box::new(|x| x["instantiation"]["empty_job"]["p50_us"].as_f64()),
         Some(20.0),
     ));
-    for (t, target) in [("https-json", 100.0), ("https-binary", 100.0), ("quic", 60.0), ("grpc", 100.0)] {
+    for (t, target) in [
+        ("https-json", Some(100.0)),
+        ("https-binary", Some(100.0)),
+        ("quic", Some(60.0)),
+        ("grpc", None),
+        (crate::endpoint::BLOCKING_CLIENT, None),
+    ] {
         figures.push((
             format!("{t} overhead p50 µs (mlp, 1 client)"),
             Box::new(move |x| endpoint_overhead(&x["endpoint"], t)),
-            (t != "grpc").then_some(target),
+            target,
         ));
     }
     figures.push(("cnn https JSON / binary p50".into(), Box::new(|x| cnn_json_ratio(&x["endpoint"])), Some(2.0)));
@@ -315,6 +321,13 @@ fn markdown(r: &Value) -> String {
         let _ =
             writeln!(md, "- QUIC p50 overhead over in-process: {quic:.1} µs (target ≤ 60 µs): {}", verdict(quic <= 60.0));
         let _ = writeln!(md, "- gRPC (KServe v2, TLS) p50 overhead over in-process: {:.1} µs", overhead("grpc"));
+        let _ = writeln!(
+            md,
+            "- HTTPS JSON p50 overhead over in-process from a blocking client (`{}`: rustls on a std socket, one \
+             thread asleep in `read`, as curl or perf_analyzer; the rows above use reqwest on tokio): {:.1} µs",
+            crate::endpoint::BLOCKING_CLIENT,
+            overhead(crate::endpoint::BLOCKING_CLIENT)
+        );
         let json_ratio = cnn_json_ratio(&r["endpoint"]).unwrap_or(f64::NAN);
         let _ = writeln!(
             md,
