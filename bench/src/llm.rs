@@ -10,7 +10,7 @@
 
 use crate::Ctx;
 use anyhow::{Context, Result};
-use mote_runtime::backend::{self, BackendKind, TensorView};
+use mote_runtime::backend::{self, Backend, TensorView};
 use mote_runtime::tensor::{Datatype, ElementType, IoTensor};
 use mote_runtime::{DeploymentSpec, Limits, Request, Runtime, RuntimeConfig};
 use serde_json::{json, Value};
@@ -45,8 +45,9 @@ fn i64_bytes(v: impl IntoIterator<Item = i64>) -> Vec<u8> {
 }
 
 /// The native loop: (time to first token, decode tokens/s).
-fn native(model: &[u8], prompt: usize, gen: usize) -> Result<(Duration, f64)> {
-    let b = backend::standalone(BackendKind::OrtCpu).map_err(anyhow::Error::msg)?;
+fn native(ctx: &Ctx, model: &[u8], prompt: usize, gen: usize) -> Result<(Duration, f64)> {
+    let options = backend::ort::OrtOptions { spinning: ctx.ort_spinning, ..Default::default() };
+    let b = backend::ort::OrtBackend::cpu_with(options).map_err(anyhow::Error::msg)?;
     let g = b.load(model.into()).map_err(anyhow::Error::msg)?;
     let mut ctx = g.init_execution_context().map_err(anyhow::Error::msg)?;
     let pairs: Vec<(String, String)> = (0..LAYERS)
@@ -93,7 +94,8 @@ fn native(model: &[u8], prompt: usize, gen: usize) -> Result<(Duration, f64)> {
 /// Through the sandbox: (ttft, decode tokens/s, prompt tokens, completion
 /// tokens, peak memory bytes).
 fn sandbox(ctx: &Ctx, model: Vec<u8>, prompt: usize, gen: usize) -> Result<(Duration, f64, u64, u64, u64)> {
-    let rt = Runtime::new(RuntimeConfig { data_dir: None, ..RuntimeConfig::default() }).map_err(anyhow::Error::msg)?;
+    let config = RuntimeConfig { data_dir: None, ort_spinning: ctx.ort_spinning, ..RuntimeConfig::default() };
+    let rt = Runtime::new(config).map_err(anyhow::Error::msg)?;
     let dep = rt.deploy(DeploymentSpec {
         name: "chat".into(),
         guest: ctx.read("guests/chat.wasm")?,
@@ -143,15 +145,57 @@ fn llama_cpp(ctx: &Ctx, prompt: u64, gen: usize) -> Value {
     }
 }
 
+/// The prompt and generated tokens of a run.
+fn lengths(ctx: &Ctx) -> (usize, usize) {
+    if ctx.quick {
+        (32, 16)
+    } else {
+        (128, 128)
+    }
+}
+
+/// The sandbox's and the native loop's generation, as JSON: what the LLM
+/// section's child process (`--llm-decode-only`) prints.
+pub(crate) fn decode(ctx: &Ctx) -> Result<Value> {
+    let (prompt, gen) = lengths(ctx);
+    let model = ctx.read("models/smollm2/model.onnx")?;
+    let (s_ttft, s_tps, p_tok, ..) = sandbox(ctx, model.clone(), prompt, gen)?;
+    let (n_ttft, n_tps) = native(ctx, &model, p_tok as usize, gen)?;
+    Ok(json!({
+        "sandbox": {"ttft_ms": s_ttft.as_secs_f64() * 1e3, "decode_tok_s": s_tps},
+        "native": {"ttft_ms": n_ttft.as_secs_f64() * 1e3, "decode_tok_s": n_tps},
+    }))
+}
+
+/// The same generation in a process whose ONNX Runtime threads spin
+/// (`[server] ort_spinning = true`): this binary again, `--ort-spinning
+/// --llm-decode-only`.
+fn decode_spinning(ctx: &Ctx) -> Value {
+    let mut cmd = std::process::Command::new(std::env::current_exe().expect("the bench's own path"));
+    cmd.arg("--build").arg(&ctx.build).args(["--ort-spinning", "--llm-decode-only"]);
+    if ctx.quick {
+        cmd.arg("--quick");
+    }
+    match cmd.stderr(std::process::Stdio::inherit()).output() {
+        Ok(o) if o.status.success() => {
+            serde_json::from_slice(&o.stdout).unwrap_or_else(|e| json!({"error": e.to_string()}))
+        }
+        Ok(o) => json!({"error": format!("the spinning run exited with {}", o.status)}),
+        Err(e) => json!({"error": e.to_string()}),
+    }
+}
+
 pub(crate) fn run(ctx: &Ctx) -> Result<Value> {
-    let (prompt, gen) = if ctx.quick { (32, 16) } else { (128, 128) };
+    let (prompt, gen) = lengths(ctx);
     let model = ctx.read("models/smollm2/model.onnx")?;
     eprintln!("llm: SmolLM2-135M, {prompt}-token prompt, {gen} generated tokens");
     let (s_ttft, s_tps, p_tok, c_tok, peak) = sandbox(ctx, model.clone(), prompt, gen)?;
-    let (n_ttft, n_tps) = native(&model, p_tok as usize, gen)?;
+    let (n_ttft, n_tps) = native(ctx, &model, p_tok as usize, gen)?;
+    let spinning = decode_spinning(ctx);
     let llama = if ctx.quick { json!({"error": "not run with --quick"}) } else { llama_cpp(ctx, p_tok, gen) };
     let vs_llama = llama["decode_tok_s"].as_f64().map(|l| s_tps / l);
     Ok(json!({
+        "spinning": spinning,
         "llama_cpp": llama,
         "decode_vs_llama_cpp": vs_llama,
         "prompt_tokens": p_tok,

@@ -53,11 +53,22 @@ struct Args {
     /// its tables show the median round (`--quick`: one round).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// ONNX Runtime's threads spin between a run's parallel parts
+    /// (`[server] ort_spinning`). The LLM section runs itself again with
+    /// it in a process of its own (ORT's threads are set once per process).
+    #[arg(long, hide = true)]
+    ort_spinning: bool,
+    /// Only the LLM's sandbox and native decode, as JSON on stdout (the
+    /// LLM section's child process).
+    #[arg(long, hide = true)]
+    llm_decode_only: bool,
 }
 
 pub(crate) struct Ctx {
     pub(crate) quick: bool,
     pub(crate) build: PathBuf,
+    /// ONNX Runtime's threads spin (the LLM section's child process).
+    pub(crate) ort_spinning: bool,
 }
 
 impl Ctx {
@@ -477,7 +488,11 @@ fn machine() -> Value {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let ctx = Ctx { quick: args.quick, build: args.build.clone() };
+    let ctx = Ctx { quick: args.quick, build: args.build.clone(), ort_spinning: args.ort_spinning };
+    if args.llm_decode_only {
+        println!("{}", llm::decode(&ctx)?);
+        return Ok(());
+    }
     let started = Instant::now();
     eprintln!("mote-bench{}: results go to {}", if ctx.quick { " --quick" } else { "" }, args.out.display());
 

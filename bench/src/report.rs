@@ -497,6 +497,14 @@ fn markdown(r: &Value) -> String {
         for (name, k) in [("sandbox (chat guest, KV on host, streamed)", "sandbox"), ("native loop (ORT backend, no guest)", "native")] {
             let _ = writeln!(md, "| {name} | {:.1} | {:.1} |", f(&l[k]["ttft_ms"]), f(&l[k]["decode_tok_s"]));
         }
+        let spin = &l["spinning"];
+        if spin["sandbox"].is_object() {
+            for (name, k) in
+                [("sandbox, `ort_spinning = true`", "sandbox"), ("native loop, `ort_spinning = true`", "native")]
+            {
+                let _ = writeln!(md, "| {name} | {:.1} | {:.1} |", f(&spin[k]["ttft_ms"]), f(&spin[k]["decode_tok_s"]));
+            }
+        }
         let llama = &l["llama_cpp"];
         if llama["decode_tok_s"].is_number() {
             let _ = writeln!(
@@ -517,10 +525,21 @@ fn markdown(r: &Value) -> String {
         match l["decode_vs_llama_cpp"].as_f64() {
             Some(x) => {
                 let _ = writeln!(md, "Sandbox / llama.cpp decode rate: {x:.3} (target ≥ 0.8).");
+                if let Some(spun) = spin["sandbox"]["decode_tok_s"].as_f64() {
+                    let _ = writeln!(
+                        md,
+                        "With ONNX Runtime's threads spinning between operators (`[server] ort_spinning = true`, a \
+                         process of its own; docs/serve.md): sandbox / llama.cpp {:.3}.",
+                        spun / f(&llama["decode_tok_s"])
+                    );
+                }
             }
             None => {
                 let _ = writeln!(md, "llama.cpp: {}.", llama["error"].as_str().unwrap_or("not run"));
             }
+        }
+        if let Some(e) = spin["error"].as_str() {
+            let _ = writeln!(md, "The run with `ort_spinning`: {e}.");
         }
     }
     let _ = writeln!(md, "\nTotal run time: {:.0} s.", f(&r["elapsed_s"]));

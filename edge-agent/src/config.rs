@@ -47,6 +47,11 @@ pub(crate) struct Server {
     /// Threads of ONNX Runtime's one intra-op pool, shared by all
     /// sessions (0: all cores).
     pub(crate) ort_threads: usize,
+    /// ONNX Runtime's threads spin between a run's parallel parts instead
+    /// of sleeping: faster runs of many small operators (an LLM's decode
+    /// step), while runs go on the spinning threads take cores from other
+    /// jobs. Off by default.
+    pub(crate) ort_spinning: bool,
     /// After a job is handed in or finishes, the node's threads poll for
     /// their next work this long before they sleep, while fewer jobs and
     /// requests than cores are in flight (0: off). See `busy_poll`.
@@ -91,6 +96,7 @@ impl Default for Server {
             data_dir: None,
             grace_period_ms: 10_000,
             ort_threads: 0,
+            ort_spinning: false,
             busy_poll_us: crate::busy_poll::DEFAULT_WINDOW.as_micros() as u64,
             max_body_bytes: 64 << 20,
             max_inflight_body_bytes: 256 << 20,
@@ -299,6 +305,8 @@ mod tests {
         assert_eq!(cfg.deployments[0].batching(), None, "batching is off by default");
         assert_eq!(cfg.server.busy_poll_us, 300, "busy polling is on by default");
         assert_eq!(parse("[server]\nbusy_poll_us = 0").unwrap().server.busy_poll_us, 0);
+        assert!(!cfg.server.ort_spinning, "ORT's threads sleep by default");
+        assert!(parse("[server]\nort_spinning = true").unwrap().server.ort_spinning);
     }
 
     #[test]

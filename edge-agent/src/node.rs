@@ -104,6 +104,7 @@ impl Node {
     pub(crate) fn new(cfg: &Config) -> Result<Self> {
         let runtime = Runtime::new(RuntimeConfig {
             ort_threads: cfg.server.ort_threads,
+            ort_spinning: cfg.server.ort_spinning,
             backend_memory_bytes: cfg
                 .server
                 .backend_memory_bytes

@@ -24,6 +24,9 @@ pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
 pub struct RuntimeConfig {
     /// Threads per ONNX Runtime session (0: ORT's default, all cores).
     pub ort_threads: usize,
+    /// ONNX Runtime's threads spin between a run's parallel parts instead
+    /// of sleeping (see [`crate::backend::ort::OrtOptions::spinning`]).
+    pub ort_spinning: bool,
     /// Most bytes ONNX Runtime may hold on the CPU for all jobs and cached
     /// graphs together (the node's backend budget).
     pub backend_memory_bytes: u64,
@@ -51,6 +54,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             ort_threads: 0,
+            ort_spinning: false,
             backend_memory_bytes: crate::backend::ort::default_memory_budget(),
             pool_instances: 64,
             max_memory_bytes: 4 << 30,
@@ -188,6 +192,7 @@ impl Runtime {
                 backends: Backends::new(crate::backend::ort::OrtOptions {
                     threads: config.ort_threads,
                     memory_budget: config.backend_memory_bytes,
+                    spinning: config.ort_spinning,
                 }),
                 cache: GraphCache::new(config.cache_bytes),
             }),

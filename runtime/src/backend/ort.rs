@@ -96,11 +96,16 @@ pub struct OrtOptions {
     /// Most bytes ORT may hold on the CPU for all sessions together
     /// (weights, intermediates, outputs): the node's backend budget.
     pub memory_budget: u64,
+    /// The intra-op pool's threads spin between a run's parallel parts
+    /// instead of sleeping: no wake-up per operator (an LLM's decode step
+    /// runs hundreds of small ones), at the price of cores the spinning
+    /// threads take from other jobs while runs go on. Off by default.
+    pub spinning: bool,
 }
 
 impl Default for OrtOptions {
     fn default() -> Self {
-        Self { threads: 0, memory_budget: default_memory_budget() }
+        Self { threads: 0, memory_budget: default_memory_budget(), spinning: false }
     }
 }
 
@@ -134,8 +139,9 @@ pub fn nvidia_gpu_model() -> Option<String> {
 
 /// The process-wide environment. Every session runs on the environment's
 /// one intra-op thread pool (`threads` threads, 0: one per core, set by the
-/// first caller), without spinning: many sessions share the cores with wasm
-/// jobs, so idle threads must sleep, not burn CPU.
+/// first caller), by default without spinning: many sessions share the
+/// cores with wasm jobs, so waiting threads sleep rather than burn CPU
+/// (`OrtOptions::spinning` trades that for runs of many small operators).
 fn environment_with(options: OrtOptions) -> Result<&'static OrtEnv, BackendError> {
     static ENV: OnceLock<Result<OrtEnv, String>> = OnceLock::new();
     ENV.get_or_init(|| {
@@ -151,7 +157,7 @@ fn environment_with(options: OrtOptions) -> Result<&'static OrtEnv, BackendError
         let pool = ort::environment::GlobalThreadPoolOptions::default()
             .with_intra_threads(threads)
             .and_then(|p| p.with_inter_threads(1))
-            .and_then(|p| p.with_spin_control(false))
+            .and_then(|p| p.with_spin_control(options.spinning))
             .map_err(|e| format!("configuring ONNX Runtime threads: {e}"))?;
         let env = builder
             .with_name("mote")
