@@ -165,6 +165,21 @@ fn https_and_quic_answer_like_mote_run() {
     }
 }
 
+/// `ort_spinning` changes how ONNX Runtime's threads wait, not what they
+/// compute: the answers are `mote run`'s, bit for bit.
+#[test]
+fn a_node_whose_ort_threads_spin_answers_alike() {
+    let s = start_with(&config_with("ort_spinning = true", ""), &[]);
+    let rt = rt();
+    let http = s.https_client();
+    for (name, model) in [("mlp", "models/mlp.onnx"), ("cnn", "models/cnn.onnx")] {
+        let req_path = artifact(&format!("models/{name}.request.json"));
+        let want = mote_run("guests/passthrough.wasm", model, &req_path);
+        let got = infer_json(&rt, &http, &s, name, &std::fs::read(&req_path).unwrap());
+        assert_eq!(got["outputs"], want["outputs"], "{name} with ort_spinning");
+    }
+}
+
 #[test]
 fn binary_tensor_extension_over_https() {
     let s = start("", &[]);
