@@ -55,6 +55,10 @@ pub struct NodeConfig {
     pub prepull: Vec<String>,
     /// Serve only these backend requirements (default: what the node has).
     pub serve: Option<Vec<BackendReq>>,
+    /// ONNX Runtime's threads spin between a run's parallel parts instead
+    /// of sleeping (as `mote serve`'s `[server] ort_spinning`): for a node
+    /// given over to text generation. Off by default.
+    pub ort_spinning: bool,
 }
 
 impl Default for NodeConfig {
@@ -76,6 +80,7 @@ impl Default for NodeConfig {
             max_memory_bytes: 4 << 30,
             prepull: Vec::new(),
             serve: None,
+            ort_spinning: false,
         }
     }
 }
@@ -120,6 +125,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         price: cfg.price.clone(),
         pool_instances: (concurrency as u32 * 2).max(8),
         max_memory_bytes: cfg.max_memory_bytes,
+        ort_spinning: cfg.ort_spinning,
         ..RuntimeConfig::default()
     })?;
     let key = NodeKey::load_or_create(&cfg.data_dir).context("node key")?;
@@ -775,6 +781,15 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_toml_sets_ort_spinning_which_is_off_by_default() {
+        let cfg: NodeConfig = toml::from_str("market = \"m\"").unwrap();
+        assert!(!cfg.ort_spinning);
+        let cfg: NodeConfig = toml::from_str("market = \"m\"\nort_spinning = true").unwrap();
+        assert!(cfg.ort_spinning);
+        assert!(toml::from_str::<NodeConfig>("ort_spin = true").is_err(), "unknown keys are refused");
+    }
 
     #[test]
     fn an_artifact_the_store_did_not_serve_is_tried_again_and_a_bad_one_never() {
