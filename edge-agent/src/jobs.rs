@@ -21,7 +21,8 @@
 //! With [`BusyPoll`] on, a job thread whose queue is empty polls it for
 //! the polling window before it sleeps (one thread at a time, and only
 //! while no job runs), so the next job of a lightly loaded node finds it
-//! awake.
+//! awake. A job handed in while a thread polls wakes no sleeping one (a
+//! wake-up the poller would make useless, on the path of the request).
 
 use crate::busy_poll::BusyPoll;
 use std::collections::VecDeque;
@@ -35,8 +36,60 @@ type Task = Box<dyn FnOnce() + Send>;
 /// A fixed set of threads that run jobs. Dropping the last handle lets the
 /// threads finish the jobs already queued, then end.
 pub struct JobThreads {
-    tx: crossbeam_channel::Sender<Task>,
+    /// `None` once dropped: the threads then finish what is queued and end.
+    tx: Option<crossbeam_channel::Sender<Task>>,
+    idle: Arc<Idle>,
     poll: Arc<BusyPoll>,
+}
+
+/// The job threads that wait for work: at most one polls the queue, the
+/// others sleep until a job is handed in. A job handed in while one polls
+/// wakes no one (the poller takes it, and wakes a sleeper itself if more
+/// are queued): a wake-up is a futex call and, on a VM, an interrupt to
+/// another core, on the path of the request that hands the job in.
+struct Idle {
+    /// Threads parked for want of work.
+    sleepers: Mutex<Vec<std::thread::Thread>>,
+    /// Whether a thread polls the queue now.
+    one_polls: AtomicBool,
+    /// Set when the handle is dropped: no thread parks again.
+    closed: AtomicBool,
+}
+
+impl Idle {
+    fn sleepers(&self) -> std::sync::MutexGuard<'_, Vec<std::thread::Thread>> {
+        self.sleepers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes one sleeping thread, if any.
+    fn wake_one(&self) {
+        if let Some(t) = self.sleepers().pop() {
+            t.unpark();
+        }
+    }
+
+    /// After a job was queued: wakes a sleeper unless a thread polls the
+    /// queue. The fence pairs with the poller's after it stops polling:
+    /// either it sees the job, or this sees that it stopped.
+    fn job_queued(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if !self.one_polls.load(Ordering::SeqCst) {
+            self.wake_one();
+        }
+    }
+
+    /// Parks this thread until a job is queued (or the handle is dropped);
+    /// it may return early, and the caller looks at the queue again.
+    fn sleep(&self, rx: &crossbeam_channel::Receiver<Task>) {
+        let me = std::thread::current();
+        self.sleepers().push(me.clone());
+        std::sync::atomic::fence(Ordering::SeqCst);
+        // A job queued before we were listed found no one to wake.
+        if rx.is_empty() && !self.closed.load(Ordering::SeqCst) {
+            std::thread::park();
+        }
+        self.sleepers().retain(|t| t.id() != me.id());
+    }
 }
 
 /// Why a job could not be handed to a thread.
@@ -66,34 +119,59 @@ impl JobThreads {
     /// their next job as `poll` says.
     pub fn polling(n: usize, poll: Arc<BusyPoll>) -> std::io::Result<Arc<Self>> {
         let (tx, rx) = crossbeam_channel::unbounded::<Task>();
-        // Threads running a task; whether one polls the queue now.
-        let (running, one_polls) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+        let idle = Arc::new(Idle {
+            sleepers: Mutex::new(Vec::new()),
+            one_polls: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+        });
+        // Threads running a task.
+        let running = Arc::new(AtomicUsize::new(0));
         for i in 0..n.max(1) {
-            let (rx, poll, running, one_polls) = (rx.clone(), poll.clone(), running.clone(), one_polls.clone());
-            std::thread::Builder::new().name(format!("mote-job-{i}")).spawn(move || loop {
-                let task = match rx.try_recv() {
-                    Ok(task) => task,
-                    Err(crossbeam_channel::TryRecvError::Disconnected) => return,
-                    Err(crossbeam_channel::TryRecvError::Empty) => {
-                        if running.load(Ordering::Relaxed) == 0 && !one_polls.swap(true, Ordering::Acquire) {
-                            let _ = poll.spin_until(|| !rx.is_empty() || running.load(Ordering::Relaxed) > 0);
-                            one_polls.store(false, Ordering::Release);
-                            if !rx.is_empty() {
-                                continue;
+            let (rx, poll, running, idle) = (rx.clone(), poll.clone(), running.clone(), idle.clone());
+            std::thread::Builder::new().name(format!("mote-job-{i}")).spawn(move || {
+                // Whether this thread just polled: jobs queued meanwhile
+                // woke no one.
+                let mut polled = false;
+                loop {
+                    let task = match rx.try_recv() {
+                        Ok(task) => task,
+                        Err(crossbeam_channel::TryRecvError::Disconnected) => return,
+                        Err(crossbeam_channel::TryRecvError::Empty) => {
+                            if running.load(Ordering::Relaxed) == 0 && !idle.one_polls.swap(true, Ordering::Acquire) {
+                                let _ = poll.spin_until(|| !rx.is_empty() || running.load(Ordering::Relaxed) > 0);
+                                idle.one_polls.store(false, Ordering::SeqCst);
+                                // Pairs with `Idle::job_queued`'s fence.
+                                std::sync::atomic::fence(Ordering::SeqCst);
+                                if !rx.is_empty() {
+                                    polled = true;
+                                    continue;
+                                }
                             }
+                            idle.sleep(&rx);
+                            continue;
                         }
-                        match rx.recv() {
-                            Ok(task) => task,
-                            Err(_) => return,
-                        }
+                    };
+                    // More were queued while this thread polled than it
+                    // takes: another thread runs the next.
+                    if std::mem::take(&mut polled) && !rx.is_empty() {
+                        idle.wake_one();
                     }
-                };
-                running.fetch_add(1, Ordering::Relaxed);
-                task();
-                running.fetch_sub(1, Ordering::Relaxed);
+                    running.fetch_add(1, Ordering::Relaxed);
+                    task();
+                    running.fetch_sub(1, Ordering::Relaxed);
+                }
             })?;
         }
-        Ok(Arc::new(Self { tx, poll }))
+        Ok(Arc::new(Self { tx: Some(tx), idle, poll }))
+    }
+
+    /// Queues `task` for a thread; false once the threads have stopped.
+    fn submit(&self, task: Task) -> bool {
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(task).is_ok());
+        if sent {
+            self.idle.job_queued();
+        }
+        sent
     }
 
     /// The threads' busy polling, for the async side
@@ -121,12 +199,24 @@ impl JobThreads {
         job: impl FnOnce() -> (T, L) + Send + 'static,
     ) -> impl Future<Output = Result<T, JobThreadsError>> + Send + 'static {
         let (task, result) = task(&self.poll, job);
-        let sent = self.tx.send(task).is_ok();
+        let sent = self.submit(task);
         async move {
             if !sent {
                 return Err(JobThreadsError::Stopped);
             }
             result.await.map_err(|_| JobThreadsError::Panicked)
+        }
+    }
+}
+
+impl Drop for JobThreads {
+    /// The queue is closed first, then every sleeper woken: each finds
+    /// the queue empty and closed and ends (jobs still queued run first).
+    fn drop(&mut self) {
+        self.tx = None;
+        self.idle.closed.store(true, Ordering::SeqCst);
+        for t in self.idle.sleepers().drain(..) {
+            t.unpark();
         }
     }
 }
@@ -225,7 +315,7 @@ impl Slots {
             }
             Err(task) => {
                 let run = self.clone();
-                let sent = threads.tx.send(Box::new(move || run.hold(task))).is_ok();
+                let sent = threads.submit(Box::new(move || run.hold(task)));
                 if !sent {
                     self.line().running -= 1;
                 }
@@ -315,6 +405,65 @@ impl Drop for InLine {
 mod tests {
     use super::*;
     use std::time::{Duration, Instant};
+
+    /// Jobs handed in while a thread polls wake no sleeper; the poller
+    /// wakes one when it finds more than it takes, and a job handed in
+    /// after the poller stopped wakes one itself (which of the two happens
+    /// is up to timing). Either way two jobs handed in at once, which can
+    /// only finish together (each waits for the other), get a thread each.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jobs_handed_in_while_one_polls_still_run_side_by_side() {
+        let pool = JobThreads::polling(3, BusyPoll::with_cores(Duration::from_millis(200), 4)).unwrap();
+        for _ in 0..20 {
+            // A job just finished: a thread polls the queue now.
+            pool.run(|| ()).await.unwrap();
+            let barrier = Arc::new((Mutex::new(0), std::sync::Condvar::new()));
+            let meet = |b: Arc<(Mutex<u32>, std::sync::Condvar)>| {
+                move || {
+                    let (count, cv) = &*b;
+                    let mut n = count.lock().unwrap();
+                    *n += 1;
+                    cv.notify_all();
+                    let (n, _) = cv.wait_timeout_while(n, Duration::from_secs(5), |n| *n < 2).unwrap();
+                    *n >= 2
+                }
+            };
+            let (a, b) = tokio::join!(pool.run(meet(barrier.clone())), pool.run(meet(barrier)));
+            assert!(a.unwrap() && b.unwrap(), "the second job waited for the first one's thread");
+        }
+    }
+
+    /// No job is lost between a thread going to sleep and another handing
+    /// a job in: many small jobs from several tasks, polling on and off,
+    /// all finish.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_job_handed_in_runs_whether_threads_poll_or_sleep() {
+        for window in [Duration::ZERO, Duration::from_micros(50), Duration::from_millis(5)] {
+            let pool = JobThreads::polling(4, BusyPoll::with_cores(window, 4)).unwrap();
+            let done = Arc::new(AtomicUsize::new(0));
+            let tasks: Vec<_> = (0..6)
+                .map(|t| {
+                    let (pool, done) = (pool.clone(), done.clone());
+                    tokio::spawn(async move {
+                        for i in 0..300u64 {
+                            let done = done.clone();
+                            pool.run(move || done.fetch_add(1, Ordering::Relaxed)).await.unwrap();
+                            if (i + t) % 7 == 0 {
+                                tokio::time::sleep(Duration::from_micros(100 * (i % 5))).await;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let all = async {
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(60), all).await.expect("a job handed in never ran");
+            assert_eq!(done.load(Ordering::Relaxed), 6 * 300, "window {window:?}");
+        }
+    }
 
     #[tokio::test(flavor = "current_thread")]
     async fn jobs_run_on_their_threads_in_parallel() {
