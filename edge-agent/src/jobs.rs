@@ -129,9 +129,6 @@ impl JobThreads {
         for i in 0..n.max(1) {
             let (rx, poll, running, idle) = (rx.clone(), poll.clone(), running.clone(), idle.clone());
             std::thread::Builder::new().name(format!("mote-job-{i}")).spawn(move || {
-                // Whether this thread just polled: jobs queued meanwhile
-                // woke no one.
-                let mut polled = false;
                 loop {
                     let task = match rx.try_recv() {
                         Ok(task) => task,
@@ -143,7 +140,6 @@ impl JobThreads {
                                 // Pairs with `Idle::job_queued`'s fence.
                                 std::sync::atomic::fence(Ordering::SeqCst);
                                 if !rx.is_empty() {
-                                    polled = true;
                                     continue;
                                 }
                             }
@@ -151,9 +147,10 @@ impl JobThreads {
                             continue;
                         }
                     };
-                    // More were queued while this thread polled than it
-                    // takes: another thread runs the next.
-                    if std::mem::take(&mut polled) && !rx.is_empty() {
+                    // More queued than this thread takes (jobs handed in
+                    // while it polled woke no one): a sleeper runs the
+                    // next, and wakes another if still more wait.
+                    if !rx.is_empty() {
                         idle.wake_one();
                     }
                     running.fetch_add(1, Ordering::Relaxed);
@@ -406,14 +403,14 @@ mod tests {
     use super::*;
     use std::time::{Duration, Instant};
 
-    /// Jobs handed in while a thread polls wake no sleeper; the poller
-    /// wakes one when it finds more than it takes, and a job handed in
-    /// after the poller stopped wakes one itself (which of the two happens
-    /// is up to timing). Either way two jobs handed in at once, which can
-    /// only finish together (each waits for the other), get a thread each.
+    /// Jobs handed in while a thread polls wake no sleeper; a thread that
+    /// takes a job and finds more wakes one, and a job handed in after the
+    /// poller stopped wakes one itself (which happens is up to timing).
+    /// Either way three jobs handed in at once, which can only finish
+    /// together (each waits for the others), get a thread each.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn jobs_handed_in_while_one_polls_still_run_side_by_side() {
-        let pool = JobThreads::polling(3, BusyPoll::with_cores(Duration::from_millis(200), 4)).unwrap();
+        let pool = JobThreads::polling(3, BusyPoll::with_cores(Duration::from_millis(200), 8)).unwrap();
         for _ in 0..20 {
             // A job just finished: a thread polls the queue now.
             pool.run(|| ()).await.unwrap();
@@ -424,12 +421,13 @@ mod tests {
                     let mut n = count.lock().unwrap();
                     *n += 1;
                     cv.notify_all();
-                    let (n, _) = cv.wait_timeout_while(n, Duration::from_secs(5), |n| *n < 2).unwrap();
-                    *n >= 2
+                    let (n, _) = cv.wait_timeout_while(n, Duration::from_secs(5), |n| *n < 3).unwrap();
+                    *n >= 3
                 }
             };
-            let (a, b) = tokio::join!(pool.run(meet(barrier.clone())), pool.run(meet(barrier)));
-            assert!(a.unwrap() && b.unwrap(), "the second job waited for the first one's thread");
+            let (a, b, c) =
+                tokio::join!(pool.run(meet(barrier.clone())), pool.run(meet(barrier.clone())), pool.run(meet(barrier)));
+            assert!(a.unwrap() && b.unwrap() && c.unwrap(), "a job waited for another one's thread");
         }
     }
 
