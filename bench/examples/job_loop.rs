@@ -5,6 +5,12 @@
 //! in-guest-mlp N [values|wasi-nn]` runs N inferences inside `inference-loop` jobs
 //! instead (the per-inference path between guest and backend); `job_loop
 //! native-mlp N` runs N inferences on the backend directly (the baseline).
+//! `job_loop empty-fresh` runs each empty job on an instance of its own
+//! (none prepared ahead: store, instantiation and call, the bench's "warm
+//! instantiate + empty handler") and prints the receipts' wall time.
+//! `job_loop instantiate-GUEST` instantiates `build/guests/GUEST.wasm` in a
+//! fresh store and drops it, in a loop (no call, no model), and prints
+//! the p50 of each.
 //! `JOB_GAP_US=150 JOB_GAP=sleep|yield|spin` pauses between whole jobs: a
 //! thread that sleeps lets its core go idle (on this VM the next job then
 //! runs slower), one that yields or spins keeps it.
@@ -24,8 +30,27 @@ fn main() {
         return;
     }
     let rt = Runtime::new(RuntimeConfig { data_dir: None, ..RuntimeConfig::default() }).unwrap();
+    if let Some(guest) = what.strip_prefix("instantiate-") {
+        let d = rt
+            .deploy(DeploymentSpec {
+                name: "i".into(),
+                guest: std::fs::read(build.join(format!("guests/{guest}.wasm"))).unwrap(),
+                ..DeploymentSpec::default()
+            })
+            .unwrap();
+        let end = Instant::now() + Duration::from_secs_f64(secs);
+        let mut samples = Vec::new();
+        while Instant::now() < end {
+            let t = Instant::now();
+            d.instantiate_probe().unwrap();
+            samples.push(t.elapsed());
+        }
+        samples.sort();
+        println!("{what}: {} instances, p50 {:.2} µs", samples.len(), samples[samples.len() / 2].as_secs_f64() * 1e6);
+        return;
+    }
     let (guest, model) = match what.as_str() {
-        "empty" => ("misbehave", None),
+        "empty" | "empty-fresh" => ("misbehave", None),
         m if m.starts_with("in-guest-") => ("inference-loop", Some(&m["in-guest-".len()..])),
         m => ("passthrough", Some(m)),
     };
@@ -69,6 +94,18 @@ fn main() {
         return;
     }
     let end = Instant::now() + Duration::from_secs_f64(secs);
+    if what == "empty-fresh" {
+        let mut walls = Vec::new();
+        while Instant::now() < end {
+            let (report, finished) = d.run_reply_first(mote_runtime::new_job_id(), req.clone(), None);
+            report.result.unwrap();
+            walls.push(report.receipt.usage.wall_ns);
+            drop(finished);
+        }
+        walls.sort_unstable();
+        println!("{what}: {} jobs, receipt wall p50 {:.2} µs", walls.len(), walls[walls.len() / 2] as f64 / 1e3);
+        return;
+    }
     let (mut samples, mut resets) = (Vec::new(), Vec::new());
     // JOB_GAP_US: a pause between jobs, slept (JOB_GAP=sleep) or spun.
     let gap = Duration::from_micros(std::env::var("JOB_GAP_US").ok().and_then(|v| v.parse().ok()).unwrap_or(0));
