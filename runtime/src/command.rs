@@ -242,7 +242,7 @@ impl Deployment {
                 message: e.to_string(),
             })?;
         }
-        let (mut store, armed) = self.new_store(wasi.build(), None);
+        let (mut store, armed) = self.new_store(crate::host::JobWasi::given(wasi.build()), None);
         let result: Result<i32, JobError> = match pre.instantiate(&mut store) {
             Err(e) => Err(classify(&e)),
             Ok(cmd) => match cmd.wasi_cli_run().call_run(&mut store) {

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::component::Component;
 use wasmtime::Store;
-use wasmtime_wasi::WasiCtxBuilder;
 
 /// Why a deployment could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -253,7 +252,7 @@ impl Deployment {
     /// Instantiates the guest in a fresh store and drops it, calling
     /// nothing: the fixed cost of a job before its handler runs.
     pub fn instantiate_probe(&self) -> Result<(), JobError> {
-        let (mut store, _) = self.new_store(WasiCtxBuilder::new().build(), None);
+        let (mut store, _) = self.new_store(crate::host::JobWasi::captured(self.limits.max_log_bytes as usize), None);
         match &self.entry {
             Entry::Job(pre) => pre.instantiate(&mut store).map(drop),
             Entry::Command(pre) => pre.instantiate(&mut store).map(drop),
@@ -266,7 +265,7 @@ impl Deployment {
     /// whether metering is on) and the epoch deadline; the job begins now.
     pub(crate) fn new_store(
         &self,
-        wasi: wasmtime_wasi::WasiCtx,
+        wasi: crate::host::JobWasi,
         sink: Option<crate::host::StreamSink>,
     ) -> (Store<JobState>, bool) {
         let (mut store, fuel_armed) = self.idle_store(wasi);
@@ -278,7 +277,7 @@ impl Deployment {
     /// not begun: its instance may be created ahead of the job
     /// ([`Deployment::prepare_instance`]), and [`Deployment::begin_job`]
     /// starts the job's clock.
-    pub(crate) fn idle_store(&self, wasi: wasmtime_wasi::WasiCtx) -> (Store<JobState>, bool) {
+    pub(crate) fn idle_store(&self, wasi: crate::host::JobWasi) -> (Store<JobState>, bool) {
         let rt = &self.runtime;
         let started = Instant::now();
         let nn = NnCtx::new(

@@ -12,8 +12,6 @@ use mote_protocol::{digest_with, receipt_digest, DigestAlg, IoTensor, Request, R
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use wasmtime::Store;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::WasiCtxBuilder;
 
 /// Why a job produced no response.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -32,8 +30,6 @@ pub(crate) struct Prepared {
     store: Store<JobState>,
     /// Whether fuel is metered.
     armed: bool,
-    stdout: MemoryOutputPipe,
-    stderr: MemoryOutputPipe,
     job: Option<crate::host::handler::HandlerInstance>,
 }
 
@@ -177,7 +173,7 @@ impl Deployment {
         let start = Instant::now();
         // The instance prepared ahead of this job, or a store to create one.
         let prepared = self.prepared.lock().take();
-        let Prepared { mut store, armed, stdout, stderr, job } = prepared.unwrap_or_else(|| self.idle_job_store());
+        let Prepared { mut store, armed, job } = prepared.unwrap_or_else(|| self.idle_job_store());
         self.begin_job(&mut store, start, sink);
         let (result, input_digest) = self.call(&mut store, job, request);
         // Fuel left, where metering is on.
@@ -192,8 +188,8 @@ impl Deployment {
         let usage = state.usage(fuel_left, wall_ns);
         // Captured stdout/stderr go through the job log, so the kept log is
         // bounded by max_log_bytes for the whole job, not per pipe.
-        for (pipe, level) in [(stdout, LogLevel::Stdout), (stderr, LogLevel::Stderr)] {
-            let text = pipe.contents();
+        let [stdout, stderr] = state.wasi.captured_output();
+        for (text, level) in [(stdout, LogLevel::Stdout), (stderr, LogLevel::Stderr)] {
             for line in String::from_utf8_lossy(&text).lines() {
                 state.log.push(level, line.to_string());
             }
@@ -212,20 +208,12 @@ impl Deployment {
         (JobReport { result, receipt, log }, FinishedInstance { _store: store })
     }
 
-    /// A store for a job, its WASI context capturing stdout and stderr;
-    /// no instance yet, the job not begun.
+    /// A store for a job, its WASI context (built on the guest's first
+    /// WASI call) capturing stdout and stderr; no instance yet, the job
+    /// not begun.
     fn idle_job_store(&self) -> Prepared {
-        let stdout = MemoryOutputPipe::new(self.limits.max_log_bytes as usize);
-        let stderr = MemoryOutputPipe::new(self.limits.max_log_bytes as usize);
-        let wasi = WasiCtxBuilder::new()
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
-        let (store, armed) = self.idle_store(wasi);
-        Prepared { store, armed, stdout, stderr, job: None }
+        let (store, armed) = self.idle_store(crate::host::JobWasi::captured(self.limits.max_log_bytes as usize));
+        Prepared { store, armed, job: None }
     }
 
     /// Creates the next job's instance ahead of it, if none is waiting: a
