@@ -57,6 +57,12 @@ struct Pool {
 struct PoolState {
     ready: Vec<Nonce>,
     closed: bool,
+    /// The refill thread waits on `changed`: only then does a signer wake
+    /// it (a futex syscall). Awake, or starved of CPU on a saturated node,
+    /// it needs no wake-up, and a signature then makes no syscall.
+    refill_asleep: bool,
+    /// Wake-ups sent to the refill thread (tests).
+    wakes: u64,
 }
 
 /// An ed25519 signer with a pool of precomputed nonces (see the module
@@ -75,7 +81,12 @@ impl Presigner {
         let expanded = Arc::new(ExpandedSecretKey::from(&signing.to_bytes()));
         let public = signing.verifying_key().to_bytes();
         let pool = Arc::new(Pool {
-            nonces: Mutex::new(PoolState { ready: Vec::with_capacity(POOL_SIZE), closed: false }),
+            nonces: Mutex::new(PoolState {
+                ready: Vec::with_capacity(POOL_SIZE),
+                closed: false,
+                refill_asleep: false,
+                wakes: 0,
+            }),
             changed: Condvar::new(),
         });
         Self { signing, expanded, public, pool, thread: OnceLock::new() }
@@ -90,9 +101,11 @@ impl Presigner {
     pub(crate) fn sign(&self, message: &[u8]) -> Signature {
         let nonce = self.lock_pool().and_then(|mut state| {
             let n = state.ready.pop();
-            // Wake the thread (a futex syscall) only at the low-water mark:
-            // it then refills the pool to the top.
-            if state.ready.len() < LOW_WATER {
+            // Wake the thread (a futex syscall) only at the low-water mark,
+            // and only if it sleeps: it then refills the pool to the top.
+            if state.ready.len() < LOW_WATER && state.refill_asleep {
+                state.refill_asleep = false;
+                state.wakes += 1;
                 self.pool.changed.notify_one();
             }
             n
@@ -139,7 +152,9 @@ impl Presigner {
                     if state.ready.len() >= POOL_SIZE {
                         // Full: sleep until the signer reaches the low-water mark.
                         while state.ready.len() >= LOW_WATER && !state.closed {
+                            state.refill_asleep = true;
                             state = pool.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+                            state.refill_asleep = false;
                         }
                     }
                     if state.closed {
@@ -257,6 +272,29 @@ mod tests {
         for s in [a, b, rfc] {
             key.verifying_key().verify_strict(msg, &s).expect("verifies");
         }
+    }
+
+    /// Signatures below the low-water mark wake the sleeping refill
+    /// thread once, not once each.
+    #[test]
+    fn a_drained_pool_wakes_the_refill_thread_once() {
+        let p = full(&SigningKey::generate(&mut rand::rngs::OsRng));
+        let end = Instant::now() + Duration::from_secs(20);
+        while !p.pool.nonces.lock().unwrap().refill_asleep {
+            assert!(Instant::now() < end, "the refill thread never slept on a full pool");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let wakes = {
+            let mut state = p.pool.nonces.lock().unwrap();
+            state.ready.truncate(2);
+            state.wakes
+        };
+        // Both below the low-water mark; the thread, woken by the first,
+        // is awake (or has refilled) at the second.
+        p.sign(b"first");
+        p.sign(b"second");
+        wait_full(&p);
+        assert_eq!(p.pool.nonces.lock().unwrap().wakes, wakes + 1);
     }
 
     #[test]
