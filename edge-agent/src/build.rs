@@ -137,6 +137,7 @@ pub(crate) fn build(
     out: &Path,
     toolchain: Option<Toolchain>,
     target: Option<&str>,
+    preinit: bool,
 ) -> Result<Vec<PathBuf>> {
     let toolchain = pick(toolchain)?;
     let names = targets(dir)?;
@@ -196,11 +197,47 @@ pub(crate) fn build(
             (false, Kind::Program) => componentize_program(&bytes)?,
         };
         let dest = out.join(format!("{}.wasm", name.replace('_', "-")));
+        let (component, note) = match kind {
+            Kind::Guest if preinit && triple == "wasm32-unknown-unknown" => pre_initialize(component, &dest)?,
+            Kind::Guest if preinit && mote_runtime::preinit::exports_initializer(&component) => {
+                // wasi-libc's start-up (preopens, stdio) calls WASI, which
+                // the initializer's sandbox does not have.
+                eprintln!(
+                    "  note: {}'s pre-initializer not run: a {triple} guest's start-up calls WASI; \
+                     build for wasm32-unknown-unknown to pre-initialize",
+                    dest.display()
+                );
+                (component, String::new())
+            }
+            _ => (component, String::new()),
+        };
         std::fs::write(&dest, &component).with_context(|| format!("writing {}", dest.display()))?;
-        eprintln!("  {} ({} KiB)", dest.display(), component.len() / 1024);
+        eprintln!("  {} ({} KiB{note})", dest.display(), component.len() / 1024);
         written.push(dest);
     }
     Ok(written)
+}
+
+/// Runs a guest's pre-initializer (`wizer-initialize`) once and returns the
+/// component with the state it left ([`mote_runtime::preinit`]), or the
+/// component unchanged if it has none; the note tells what was done.
+fn pre_initialize(component: Vec<u8>, dest: &Path) -> Result<(Vec<u8>, String)> {
+    use mote_runtime::preinit;
+    let started = std::time::Instant::now();
+    match preinit::preinitialize(&component, preinit::PreinitLimits::default())
+        .with_context(|| format!("pre-initializing {} (build with --no-preinit to skip)", dest.display()))?
+    {
+        None => Ok((component, String::new())),
+        Some(done) => {
+            let note = format!(
+                ", pre-initialized: {:.1} M instructions in {} ms, was {} KiB",
+                done.fuel as f64 / 1e6,
+                started.elapsed().as_millis(),
+                component.len() / 1024
+            );
+            Ok((done.component, note))
+        }
+    }
 }
 
 /// RUSTFLAGS of a build-std guest build. On `wasm32-unknown-unknown` there

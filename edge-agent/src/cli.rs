@@ -37,6 +37,10 @@ enum Command {
         /// wasm32-wasip2 (rustup's target).
         #[arg(long)]
         target: Option<String>,
+        /// Ship guests as built, without running their pre-initializer
+        /// (`wizer-initialize`, `mote_sdk::export_initializer!`).
+        #[arg(long)]
+        no_preinit: bool,
     },
     /// Turn a wit-bindgen core module into a component.
     Componentize {
@@ -173,14 +177,14 @@ struct RunArgs {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run_job(args),
-        Command::Build { dir, out, toolchain, target } => {
+        Command::Build { dir, out, toolchain, target, no_preinit } => {
             let tc = match toolchain.as_deref() {
                 None => None,
                 Some("wasip2") => Some(build::Toolchain::Wasip2),
                 Some("build-std") => Some(build::Toolchain::BuildStd),
                 Some(other) => bail!("--toolchain {other}: expected wasip2 or build-std"),
             };
-            build::build(&dir, &out, tc, target.as_deref())?;
+            build::build(&dir, &out, tc, target.as_deref(), !no_preinit)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Componentize { input, output } => {

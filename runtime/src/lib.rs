@@ -19,6 +19,7 @@ mod job;
 pub mod limits;
 pub mod model_screen;
 pub mod onnx_proto;
+pub mod preinit;
 mod presign;
 mod request_digest;
 pub mod price;

@@ -647,3 +647,52 @@ fn batched_jobs_get_exactly_their_own_rows() {
     assert_eq!(stats.batched_computes + stats.alone_computes, (3 * JOBS * RUNS) as u64, "{stats:?}");
     assert!(stats.batched_rows <= stats.batched_runs * 64);
 }
+
+/// `mote build` pre-initialized the misbehave guest (`export_initializer!`):
+/// its table is in the instance before the job runs, costs the job none of
+/// the fuel it took to build, and a job that writes into that pre-built
+/// memory leaves the next job (prepared instance or fresh, another tenant's
+/// request) the untouched image. The WASI build of the same guest is not
+/// pre-initialized (its libc calls WASI at start-up) and builds it lazily,
+/// with the same result.
+#[test]
+fn a_pre_initialized_guest_starts_from_its_snapshot_and_every_job_sees_it_unchanged() {
+    use mote_runtime::preinit;
+    let guest = artifact("guests/misbehave.wasm");
+    assert!(preinit::exports_initializer(&guest), "built with the SDK's initializer");
+    let rt = runtime();
+    let d = misbehave(&rt, Limits::default());
+    let run = |d: &mote_runtime::Deployment, secret: &str| {
+        let r = d.run(&with_params(Request::default(), &[("mode", "preinit"), ("secret", secret)]));
+        let out = r.result.as_ref().expect("preinit job").clone();
+        let flag = f32::from_le_bytes(out.outputs[0].data[..4].try_into().unwrap());
+        let sum = i64::from_le_bytes(out.outputs[1].data[..8].try_into().unwrap());
+        (flag, sum, r.receipt.usage.fuel)
+    };
+    let (flag, sum, fuel) = run(&d, "tenant a");
+    assert_eq!(flag, 1.0, "the table was built before the job");
+    for (i, prepared) in [true, false, true].into_iter().enumerate() {
+        if prepared {
+            d.prepare_instance();
+        }
+        let (f, s, _) = run(&d, &format!("tenant {i} writes more"));
+        assert_eq!((f, s), (1.0, sum), "job {i} (prepared: {prepared}) saw an earlier job's write or no snapshot");
+    }
+
+    // Not pre-initialized: the same table, built in the job, for more fuel.
+    let wasi = rt
+        .deploy(DeploymentSpec {
+            name: "wasi".into(),
+            guest: artifact("guests-wasi/misbehave.wasm"),
+            ..DeploymentSpec::default()
+        })
+        .expect("a WASI guest deploys");
+    let (lazy_flag, lazy_sum, lazy_fuel) = run(&wasi, "tenant b");
+    assert_eq!((lazy_flag, lazy_sum), (0.0, sum), "built lazily, same table");
+    // Building the table (≈ 1.8 M instructions at build time) is no longer
+    // the job's: each build's `preinit` job against its own empty job.
+    let ok_fuel = |d: &mote_runtime::Deployment| d.run(&mode("ok")).receipt.usage.fuel;
+    let (own, lazy_own) = (fuel - ok_fuel(&d), lazy_fuel - ok_fuel(&wasi));
+    assert!(lazy_own > own + 1_000_000, "job's own fuel: pre-initialized {own}, lazy {lazy_own}");
+    still_serves(&rt);
+}

@@ -57,6 +57,20 @@ pub mod io_bindings {
     });
 }
 
+/// Bindings of the pre-initializer export (`wizer-initialize`), kept apart
+/// so that only guests using [`export_initializer!`] export it.
+#[doc(hidden)]
+pub mod init_bindings {
+    #![allow(missing_docs)]
+    wit_bindgen::generate!({
+        inline: "package mote:sdk-init; world initializer { export wizer-initialize: func(); }",
+        world: "mote:sdk-init/initializer",
+        pub_export_macro: true,
+        default_bindings_module: "mote_sdk::init_bindings",
+        export_macro_name: "export",
+    });
+}
+
 mod builder;
 mod graph;
 mod io;
@@ -73,6 +87,37 @@ pub use io::{RequestExt, TensorData};
 macro_rules! export_handler {
     ($t:ident) => {
         $crate::bindings::export!($t with_types_in $crate::bindings);
+    };
+}
+
+/// Exports `$init` as the guest's pre-initializer (`wizer-initialize`).
+///
+/// `mote build` runs it once, in a sandbox where every import traps, and
+/// ships the memory it leaves as the component's data: work done there
+/// (parsing a tokenizer, building tables) is done before any job, not in
+/// each one. Keep its results in statics that the handler reads lazily
+/// (`std::sync::OnceLock`), so a guest that was not pre-initialized still
+/// works. It may not call mote's or wasi-nn's functions, and what it
+/// computes must not depend on a job (docs/cli.md, `mote build`).
+///
+/// ```ignore
+/// static TABLE: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+/// fn table() -> &'static [u32] { TABLE.get_or_init(|| (0..1024).collect()) }
+/// fn init() { table(); }
+/// mote_sdk::export_initializer!(init);
+/// ```
+#[macro_export]
+macro_rules! export_initializer {
+    ($init:path) => {
+        const _: () = {
+            struct MoteInitializer;
+            impl $crate::init_bindings::Guest for MoteInitializer {
+                fn wizer_initialize() {
+                    $init()
+                }
+            }
+            $crate::init_bindings::export!(MoteInitializer with_types_in $crate::init_bindings);
+        };
     };
 }
 

@@ -24,6 +24,7 @@ mod sampling;
 use mote_sdk::{Datatype, Graph, Handler, HandlerError, IoTensor, Request, RequestExt, Response, Tensor, TensorData, TensorType};
 use sampling::{Sampler, SamplingParams};
 use serde::Deserialize;
+use std::sync::OnceLock;
 use tokenizers::Tokenizer;
 
 /// The tokenizer and model facts written by `scripts/convert_gguf.py`.
@@ -110,6 +111,38 @@ fn chat_prompt(messages: &[Message], cfg: &ModelConfig) -> Result<String, Handle
     Ok(s)
 }
 
+/// The parsed tokenizer and model facts: built once, by `mote build`'s
+/// pre-initialization (`init` below), so a job finds them in its memory
+/// instead of parsing 2 MB of JSON (≈ 0.1 s in the sandbox, docs/llm.md).
+/// A build without pre-initialization parses them in the first call.
+static TOKENIZER: OnceLock<Result<Tokenizer, String>> = OnceLock::new();
+static CONFIG: OnceLock<Result<ModelConfig, String>> = OnceLock::new();
+
+fn tokenizer() -> Result<&'static Tokenizer, HandlerError> {
+    TOKENIZER
+        .get_or_init(|| {
+            tokenizers::utils::parallelism::set_parallelism(false);
+            Tokenizer::from_bytes(TOKENIZER_JSON).map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| HandlerError::BackendError(e.clone()))
+}
+
+fn config() -> Result<&'static ModelConfig, HandlerError> {
+    CONFIG
+        .get_or_init(|| serde_json::from_slice(CONFIG_JSON).map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| HandlerError::BackendError(e.clone()))
+}
+
+/// The pre-initializer: everything here is the same for every job.
+fn init() {
+    let _ = tokenizer();
+    let _ = config();
+}
+
+mote_sdk::export_initializer!(init);
+
 struct Chat;
 
 impl Handler for Chat {
@@ -118,9 +151,9 @@ impl Handler for Chat {
         let [body] = <[Vec<u8>; 1]>::try_from(body).map_err(|_| invalid("'request' must hold one JSON object"))?;
         let req: ChatRequest =
             serde_json::from_slice(&body).map_err(|e| invalid(format!("request is not a chat request: {e}")))?;
-        let cfg: ModelConfig = serde_json::from_slice(CONFIG_JSON).map_err(|e| HandlerError::BackendError(e.to_string()))?;
+        let cfg = config()?;
         let prompt = match (&req.messages, &req.prompt) {
-            (Some(m), None) => chat_prompt(m, &cfg)?,
+            (Some(m), None) => chat_prompt(m, cfg)?,
             (None, Some(p)) => p.clone(),
             _ => return Err(invalid("give either 'messages' or 'prompt'")),
         };
@@ -144,8 +177,7 @@ impl Handler for Chat {
             return Err(invalid("stop: at most 4 non-empty strings"));
         }
 
-        tokenizers::utils::parallelism::set_parallelism(false);
-        let tok = Tokenizer::from_bytes(TOKENIZER_JSON).map_err(|e| HandlerError::BackendError(e.to_string()))?;
+        let tok = tokenizer()?;
         let prompt_ids: Vec<u32> =
             tok.encode(prompt.as_str(), false).map_err(|e| invalid(format!("tokenizing: {e}")))?.get_ids().to_vec();
         if prompt_ids.is_empty() {

@@ -214,6 +214,23 @@ impl Handler for Misbehave {
                     parameters: vec![],
                 })
             }
+            "preinit" => {
+                // What `mote build`'s pre-initialization left: whether the
+                // table was there before this job touched it, and its sum
+                // before this job overwrites one entry (every job of a
+                // deployment must see the same, untouched table).
+                let before = PREINITIALIZED.load(std::sync::atomic::Ordering::Relaxed);
+                let mut table = table().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let sum = table.iter().fold(0u32, |a, &v| a.wrapping_add(v));
+                table[7] = table[7].wrapping_add(req.param("secret").map_or(1, |s| s.len() as u32 + 1));
+                Ok(Response {
+                    outputs: vec![
+                        IoTensor::from_f32("preinitialized", &[1], &[if before { 1.0 } else { 0.0 }]),
+                        IoTensor::from_i64("sum", &[1], &[i64::from(sum)]),
+                    ],
+                    parameters: vec![],
+                })
+            }
             "invalid" => Err(HandlerError::InvalidInput("the guest refused the request".into())),
             other => Err(HandlerError::InvalidInput(format!("unknown mode '{other}'"))),
         }
@@ -221,3 +238,32 @@ impl Handler for Misbehave {
 }
 
 mote_sdk::export_handler!(Misbehave);
+
+/// State built by the pre-initializer (`mode=preinit`): a table worth
+/// building once (64 Ki entries of a xorshift stream) and a flag saying it
+/// was built before any job.
+static TABLE: std::sync::OnceLock<std::sync::Mutex<Vec<u32>>> = std::sync::OnceLock::new();
+static PREINITIALIZED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn table() -> &'static std::sync::Mutex<Vec<u32>> {
+    TABLE.get_or_init(|| {
+        let mut x = 0x9e37_79b9u32;
+        std::sync::Mutex::new(
+            (0..65_536)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x
+                })
+                .collect(),
+        )
+    })
+}
+
+fn init() {
+    table();
+    PREINITIALIZED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+mote_sdk::export_initializer!(init);
