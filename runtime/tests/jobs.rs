@@ -10,6 +10,16 @@ fn misbehave(rt: &Runtime, limits: Limits) -> mote_runtime::Deployment {
     deploy(rt, "misbehave", &[("model", "mlp")], limits)
 }
 
+/// The misbehave guest built for `wasm32-wasip1` (WASI through the adapter).
+fn wasi_misbehave(rt: &Runtime) -> mote_runtime::Deployment {
+    rt.deploy(DeploymentSpec {
+        name: "wasi".into(),
+        guest: artifact("guests-wasi/misbehave.wasm"),
+        ..DeploymentSpec::default()
+    })
+    .expect("a WASI guest deploys")
+}
+
 fn mode(m: &str) -> Request {
     with_params(Request::default(), &[("mode", m)])
 }
@@ -238,13 +248,7 @@ fn logs_stdout_and_usage_are_captured() {
 #[test]
 fn a_wasi_guest_gets_captured_stdio_and_nothing_else() {
     let rt = runtime();
-    let d = rt
-        .deploy(DeploymentSpec {
-            name: "wasi".into(),
-            guest: artifact("guests-wasi/misbehave.wasm"),
-            ..DeploymentSpec::default()
-        })
-        .expect("a WASI guest deploys");
+    let d = wasi_misbehave(&rt);
     let r = d.run(&mode("log"));
     r.result.as_ref().expect("log job");
     let has = |lvl: LogLevel, text: &str| r.log.iter().any(|l| l.level == lvl && l.message == text);
@@ -680,13 +684,7 @@ fn a_pre_initialized_guest_starts_from_its_snapshot_and_every_job_sees_it_unchan
     }
 
     // Not pre-initialized: the same table, built in the job, for more fuel.
-    let wasi = rt
-        .deploy(DeploymentSpec {
-            name: "wasi".into(),
-            guest: artifact("guests-wasi/misbehave.wasm"),
-            ..DeploymentSpec::default()
-        })
-        .expect("a WASI guest deploys");
+    let wasi = wasi_misbehave(&rt);
     let (lazy_flag, lazy_sum, lazy_fuel) = run(&wasi, "tenant b");
     assert_eq!((lazy_flag, lazy_sum), (0.0, sum), "built lazily, same table");
     // Building the table (≈ 1.8 M instructions at build time) is no longer
