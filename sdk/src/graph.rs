@@ -89,7 +89,7 @@ impl Tensor {
     /// The elements as f32, if this is an f32 tensor.
     pub fn to_f32(&self) -> Option<Vec<f32>> {
         (self.ty() == TensorType::Fp32)
-            .then(|| self.bytes().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+            .then(|| crate::io::f32s_from_le_bytes(&self.bytes()))
     }
 
     /// Converts a request tensor (its datatype must exist in wasi-nn:

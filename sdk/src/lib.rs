@@ -80,7 +80,7 @@ pub use bindings::mote::edge::types::{Datatype, HandlerError, IoTensor, Request,
 pub use bindings::wasi::nn::graph::ExecutionTarget as Target;
 pub use builder::{GraphBuilder, Operand};
 pub use graph::{Graph, NnError, Tensor, TensorType};
-pub use io::{RequestExt, TensorData};
+pub use io::{f32s_from_le_bytes, RequestExt, TensorData};
 
 /// Exports a [`Handler`] implementation as the guest's `handle` function.
 #[macro_export]

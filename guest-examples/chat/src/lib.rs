@@ -240,7 +240,7 @@ impl Handler for Chat {
             let vocab = *dims.last().unwrap_or(&0) as usize;
             let bytes = logits.bytes();
             let last = &bytes[bytes.len() - vocab * 4..];
-            let mut row: Vec<f32> = last.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let mut row = mote_sdk::f32s_from_le_bytes(last);
             let next = sampler.sample(&mut row, &seen);
             generated.push(next);
             seen.push(next);

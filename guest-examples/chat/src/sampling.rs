@@ -121,11 +121,15 @@ impl Sampler {
     }
 }
 
+/// The first index of the largest value (the best value kept in a local:
+/// no reload of `v[best]` per element).
 fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
+    let Some(&first) = v.first() else { return 0 };
+    let (mut best, mut best_v) = (0, first);
+    for (i, &x) in v.iter().enumerate().skip(1) {
+        if x > best_v {
             best = i;
+            best_v = x;
         }
     }
     best as u32
