@@ -135,10 +135,16 @@ fn config() -> Result<&'static ModelConfig, HandlerError> {
         .map_err(|e| HandlerError::BackendError(e.clone()))
 }
 
-/// The pre-initializer: everything here is the same for every job.
+/// The pre-initializer: everything here is the same for every job. It
+/// also tokenizes a conversation once, so that what the tokenizer builds
+/// lazily on first use (its pre-tokenizer regex's automaton states, the
+/// BPE word cache of the template's words) is in the snapshot too.
 fn init() {
-    let _ = tokenizer();
-    let _ = config();
+    let (Ok(tok), Ok(cfg)) = (tokenizer(), config()) else { return };
+    let warm = [Message { role: "user".into(), content: "What is the capital of France? Tell me a fun fact.".into() }];
+    if let Ok(prompt) = chat_prompt(&warm, cfg) {
+        let _ = tok.encode(prompt.as_str(), false);
+    }
 }
 
 mote_sdk::export_initializer!(init);
