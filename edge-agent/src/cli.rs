@@ -222,7 +222,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 }
             };
             let target = Target { addr: &quic, server_name: &server_name, trust: &trust, model: &model, token: &token };
-            tokio_runtime()?.block_on(infer(target, &request, repeat, output.as_deref()))
+            // One request at a time: quinn's endpoint and connection
+            // drivers run on the thread that awaits the reply, which a
+            // multi-threaded runtime's `block_on` would have its workers
+            // hand over (docs/benchmarks.md, "The client's runtime").
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(infer(target, &request, repeat, output.as_deref()))
         }
     }
 }

@@ -194,6 +194,13 @@ pub(crate) fn endpoint(
 
 /// A `mote/1` client that keeps one connection: after the first request no
 /// request pays a handshake.
+///
+/// quinn drives the connection in tasks of the runtime it was connected
+/// on. Await its requests in a task of that runtime or on a current-thread
+/// runtime: awaited in a multi-threaded runtime's `block_on`, outside its
+/// workers, each reply is handed from a worker to the waiting thread (≈ 60
+/// µs a request on a 2-core VM; docs/benchmarks.md, "The client's
+/// runtime").
 pub struct QuicClient {
     _endpoint: quinn::Endpoint,
     conn: quinn::Connection,
@@ -243,6 +250,12 @@ impl QuicClient {
         endpoint.set_default_client_config(client);
         let conn = endpoint.connect(addr, server_name)?.await.with_context(|| format!("QUIC handshake with {addr}"))?;
         Ok(Self { _endpoint: endpoint, conn })
+    }
+
+    /// The connection's statistics (datagrams, frames by type, path MTU
+    /// and round-trip time), as quinn counts them.
+    pub fn stats(&self) -> quinn::ConnectionStats {
+        self.conn.stats()
     }
 
     /// Opens a bare stream on the connection, for tools and tests that
