@@ -191,12 +191,18 @@ pub(crate) fn build(
     for (name, kind) in names {
         let built = target_dir.join(triple).join("release").join(format!("{name}.wasm"));
         let bytes = std::fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
+        let dest = out.join(format!("{}.wasm", name.replace('_', "-")));
+        let key = BuildKey::of(&bytes, kind, triple, preinit);
+        if let Some(len) = key.as_ref().and_then(|k| k.reuse(&dest)) {
+            eprintln!("  {} ({} KiB, unchanged)", dest.display(), len / 1024);
+            written.push(dest);
+            continue;
+        }
         let component = match (wasmparser_is_component(&bytes), kind) {
             (true, _) => bytes,
             (false, Kind::Guest) => componentize(&bytes)?,
             (false, Kind::Program) => componentize_program(&bytes)?,
         };
-        let dest = out.join(format!("{}.wasm", name.replace('_', "-")));
         let (component, note) = match kind {
             Kind::Guest if preinit && triple == "wasm32-unknown-unknown" => pre_initialize(component, &dest)?,
             Kind::Guest if preinit && mote_runtime::preinit::exports_initializer(&component) => {
@@ -212,10 +218,109 @@ pub(crate) fn build(
             _ => (component, String::new()),
         };
         std::fs::write(&dest, &component).with_context(|| format!("writing {}", dest.display()))?;
+        if let Some(k) = &key {
+            k.record(&dest, &component);
+        }
         eprintln!("  {} ({} KiB{note})", dest.display(), component.len() / 1024);
         written.push(dest);
     }
     Ok(written)
+}
+
+/// What a written component was made from: its core module, its kind and
+/// target, whether pre-initialization was asked for, and this `mote`
+/// binary (whose componentizer, adapters and pre-initializer made it).
+/// `mote build` keeps it beside each component it writes
+/// (`.NAME.wasm.build`, with the component's own digest), and a later build
+/// from the same key keeps the component as it is instead of making it
+/// again: cargo rebuilt nothing, so neither does mote (a guest's
+/// pre-initializer can run for seconds).
+#[derive(Debug, PartialEq, Eq)]
+struct BuildKey(String);
+
+impl BuildKey {
+    /// The key of `module` built as `kind` for `triple`; `None` when this
+    /// binary cannot be read (then every build makes its components).
+    fn of(module: &[u8], kind: Kind, triple: &str, preinit: bool) -> Option<Self> {
+        static SELF: std::sync::OnceLock<Option<blake3::Hash>> = std::sync::OnceLock::new();
+        let mote = SELF.get_or_init(|| {
+            let exe = std::env::current_exe().ok()?;
+            let mut h = blake3::Hasher::new();
+            h.update_reader(std::fs::File::open(exe).ok()?).ok()?;
+            Some(h.finalize())
+        });
+        Some(Self::with(mote.as_ref()?.as_bytes(), module, kind, triple, preinit))
+    }
+
+    fn with(mote: &[u8; 32], module: &[u8], kind: Kind, triple: &str, preinit: bool) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(b"mote build key 1\0");
+        h.update(mote);
+        h.update(format!("{kind:?}\0{triple}\0{preinit}\0").as_bytes());
+        h.update(blake3::hash(module).as_bytes());
+        Self(h.finalize().to_hex().to_string())
+    }
+
+    fn record_path(dest: &Path) -> PathBuf {
+        let name = dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        dest.with_file_name(format!(".{name}.build"))
+    }
+
+    /// The length of `dest` when it was written from this key and is still
+    /// what was written; `None` otherwise.
+    fn reuse(&self, dest: &Path) -> Option<usize> {
+        let record = std::fs::read_to_string(Self::record_path(dest)).ok()?;
+        let mut lines = record.lines();
+        if lines.next()? != self.0 {
+            return None;
+        }
+        let written = lines.next()?;
+        let component = std::fs::read(dest).ok()?;
+        (blake3::hash(&component).to_hex().as_str() == written).then_some(component.len())
+    }
+
+    /// Notes that `dest` was written from this key (best effort: without
+    /// the note the next build makes the component again).
+    fn record(&self, dest: &Path, component: &[u8]) {
+        let note = format!("{}\n{}\n", self.0, blake3::hash(component).to_hex());
+        if let Err(e) = std::fs::write(Self::record_path(dest), note) {
+            tracing::debug!("{}: build key not kept: {e}", dest.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_component_is_kept_only_while_its_key_and_its_bytes_are_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("guest.wasm");
+        let mote = [7u8; 32];
+        let key = BuildKey::with(&mote, b"core module", Kind::Guest, "wasm32-unknown-unknown", true);
+        assert_eq!(key.reuse(&dest), None, "nothing written yet");
+        std::fs::write(&dest, b"component").unwrap();
+        assert_eq!(key.reuse(&dest), None, "written without a key");
+        key.record(&dest, b"component");
+        assert_eq!(key.reuse(&dest), Some(9));
+        // Any input changed: another key.
+        for other in [
+            BuildKey::with(&[8u8; 32], b"core module", Kind::Guest, "wasm32-unknown-unknown", true),
+            BuildKey::with(&mote, b"core module!", Kind::Guest, "wasm32-unknown-unknown", true),
+            BuildKey::with(&mote, b"core module", Kind::Program, "wasm32-unknown-unknown", true),
+            BuildKey::with(&mote, b"core module", Kind::Guest, "wasm32-wasip1", true),
+            BuildKey::with(&mote, b"core module", Kind::Guest, "wasm32-unknown-unknown", false),
+        ] {
+            assert_ne!(other, key);
+            assert_eq!(other.reuse(&dest), None);
+        }
+        // The component changed since (edited, truncated): made again.
+        std::fs::write(&dest, b"componenT").unwrap();
+        assert_eq!(key.reuse(&dest), None);
+        std::fs::remove_file(&dest).unwrap();
+        assert_eq!(key.reuse(&dest), None);
+    }
 }
 
 /// Runs a guest's pre-initializer (`wizer-initialize`) once and returns the
