@@ -4,7 +4,9 @@
 //! N requests (a missing deployment by default); `current` drives the
 //! client on a current-thread runtime, `spawn` in a task spawned on the
 //! multi-threaded one (as the bench's clients), else in `block_on` on the
-//! main thread (as `mote infer` did).
+//! main thread (as `mote infer` did). `SHOW=1` prints the first reply's
+//! header, `STATS=1` the connection's counters at the end (datagrams and
+//! frames by type: `QuicClient::stats`).
 use mote_agent::quic::QuicClient;
 use mote_agent::tls::Trust;
 use std::time::Instant;
