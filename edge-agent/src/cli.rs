@@ -261,6 +261,7 @@ async fn infer(
     let client = crate::quic::QuicClient::connect(sock, server_name, trust).await?;
     let connect = start.elapsed();
     let mut reply = None;
+    let mut latencies = Vec::with_capacity(repeat.max(1));
     for i in 0..repeat.max(1) {
         let t = std::time::Instant::now();
         // What the guest streams is printed as it arrives.
@@ -275,12 +276,19 @@ async fn infer(
         if streamed && output.is_none() {
             println!();
         }
+        let took = t.elapsed();
         if repeat > 1 {
-            eprintln!("request {i}: {:.3} ms", t.elapsed().as_secs_f64() * 1e3);
+            eprintln!("request {i}: {:.3} ms", took.as_secs_f64() * 1e3);
         }
+        latencies.push(took);
         reply = Some(r);
     }
     eprintln!("connected in {:.3} ms (one handshake for {} request(s))", connect.as_secs_f64() * 1e3, repeat.max(1));
+    if repeat > 1 {
+        latencies.sort_unstable();
+        let ms = |q: usize| latencies[(latencies.len() - 1) * q / 100].as_secs_f64() * 1e3;
+        eprintln!("latency over {} requests: min {:.3} ms, p50 {:.3} ms, p99 {:.3} ms", latencies.len(), ms(0), ms(50), ms(99));
+    }
     let reply = reply.expect("at least one request");
     match &reply.response {
         Some(resp) if reply.is_ok() => {

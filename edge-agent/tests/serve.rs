@@ -162,6 +162,19 @@ fn https_and_quic_answer_like_mote_run() {
         let got = mote_runtime::kserve::response_json(&resp, None).unwrap();
         assert_eq!(got["outputs"], want["outputs"], "{name} over QUIC");
         mote_runtime::Receipt::verify_json(reply.header["parameters"]["mote_receipt"].as_str().unwrap()).unwrap();
+
+        // QUIC from the command line, several requests on one connection.
+        let out = Command::new(env!("CARGO_BIN_EXE_mote"))
+            .args(["infer", "--quic", &s.quic.to_string(), "--model", name, "--input", &req_path])
+            .args(["--token", TOKEN_A, "--cert", s.cert.to_str().unwrap(), "--repeat", "3"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "mote infer: {stderr}");
+        let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(got["outputs"], want["outputs"], "{name} over `mote infer`");
+        assert_eq!(stderr.lines().filter(|l| l.starts_with("request ")).count(), 3, "{stderr}");
+        assert!(stderr.contains("latency over 3 requests: min "), "{stderr}");
     }
 }
 
