@@ -286,7 +286,8 @@ async fn infer(
     eprintln!("connected in {:.3} ms (one handshake for {} request(s))", connect.as_secs_f64() * 1e3, repeat.max(1));
     if repeat > 1 {
         latencies.sort_unstable();
-        let ms = |q: usize| latencies[(latencies.len() - 1) * q / 100].as_secs_f64() * 1e3;
+        // Nearest rank: the smallest latency at least q % of the requests took.
+        let ms = |q: usize| latencies[(q * latencies.len()).div_ceil(100).max(1) - 1].as_secs_f64() * 1e3;
         eprintln!("latency over {} requests: min {:.3} ms, p50 {:.3} ms, p99 {:.3} ms", latencies.len(), ms(0), ms(50), ms(99));
     }
     let reply = reply.expect("at least one request");
